@@ -1,0 +1,53 @@
+"""Celery settings, built from the engine's one settings object (itself read from the
+environment). `workers.celery_app` applies them; a sender app (the API) uses the same."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu import Queue
+
+from engine.config import Settings
+from engine.work import MANAGER_QUEUE, RECONCILE_TASK
+
+QUEUES = (MANAGER_QUEUE, "steps", "default")
+
+
+def build(settings: Settings) -> dict[str, Any]:
+    """The Celery configuration for these settings."""
+    return {
+        "broker_url": settings.redis_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {
+            # Must exceed the longest step (Settings.check enforces it), or Redis would hand
+            # a running step's message to a second worker.
+            "visibility_timeout": settings.broker_visibility_timeout_s,
+            "global_keyprefix": settings.redis_key_prefix,
+            "queue_order_strategy": "priority",
+            "priority_steps": list(range(10)),
+            "sep": ":",
+        },
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        # The database holds every result; the broker only carries work.
+        "task_ignore_result": True,
+        "result_backend": None,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_default_queue": "default",
+        "task_queues": [Queue(name) for name in QUEUES],
+        "task_routes": {"manager.*": {"queue": MANAGER_QUEUE}, "steps.*": {"queue": "steps"}},
+        # Flower shows tasks from their events.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_hijack_root_logger": False,
+        "beat_schedule": {
+            "reconcile": {
+                "task": RECONCILE_TASK,
+                "schedule": settings.reconcile_interval_s,
+                "options": {"queue": MANAGER_QUEUE, "expires": settings.reconcile_interval_s * 2},
+            },
+        },
+    }

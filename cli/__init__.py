@@ -1,0 +1,1 @@
+"""The `engine` command line for operators (talks to the database and the broker directly)."""

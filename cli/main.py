@@ -1,0 +1,193 @@
+"""`engine` — token, runs, workflows and db commands."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from cli.context import emit, operator, session, settings
+from engine import auth, migrations, runs, workflows
+from engine.errors import EngineError
+
+
+@click.group()
+def main() -> None:
+    """Operate the AI Business Engine (reads DATABASE_URL, REDIS_URL, JWT_SECRET)."""
+
+
+@main.group()
+def token() -> None:
+    """Access tokens."""
+
+
+@token.command("mint")
+@click.argument("sub")
+@click.option(
+    "--scopes",
+    default="runs.read,runs.write,workflows.read",
+    help="Comma-separated scopes, e.g. 'admin.*,runs.write'.",
+)
+@click.option("--ttl", default="1h", help="Lifetime: 900, 15m, 1h, 7d.")
+def token_mint(sub: str, scopes: str, ttl: str) -> None:
+    """Print a signed token for SUB."""
+    try:
+        minted = auth.mint_token(settings(), sub, auth.parse_scopes(scopes), auth.parse_ttl(ttl))
+    except EngineError as exc:
+        raise click.ClickException(f"{exc.detail}: {exc.errors}") from exc
+    click.echo(minted.token)
+
+
+def _send(work: object) -> None:
+    from workers.dispatch import send
+    from workers.factory import make_celery
+
+    send(work, make_celery(settings()))  # type: ignore[arg-type]
+
+
+@main.group("runs")
+def runs_group() -> None:
+    """Runs."""
+
+
+@runs_group.command("submit")
+@click.argument("workflow")
+@click.option("--params", default="{}", help="JSON object of run params.")
+@click.option("--version", type=int, default=None)
+@click.option("--priority", type=click.IntRange(0, 9), default=0)
+def runs_submit(workflow: str, params: str, version: int | None, priority: int) -> None:
+    """Submit a run of WORKFLOW."""
+    import json
+
+    try:
+        parsed = json.loads(params)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--params") from exc
+    with session() as current:
+        run, work, _ = runs.submit(
+            current, settings(), runs.SubmitRun(workflow, parsed, version, priority), operator()
+        )
+        run_id = run.id
+    _send(work)
+    click.echo(run_id)
+
+
+@runs_group.command("ls")
+@click.option("--status", default=None)
+@click.option("--workflow", default=None)
+@click.option("--limit", type=click.IntRange(1, 1000), default=20)
+def runs_ls(status: str | None, workflow: str | None, limit: int) -> None:
+    """List runs, newest first."""
+    with session() as current:
+        items, _ = runs.list_runs(
+            current, operator(), limit=limit, status=status, workflow=workflow
+        )
+        for run in items:
+            click.echo(
+                f"{run.id}  {run.status:<10} {run.workflow}@{run.version}  "
+                f"{run.created_at:%Y-%m-%d %H:%M:%S}  {run.created_by}"
+            )
+
+
+@runs_group.command("show")
+@click.argument("run_id")
+def runs_show(run_id: str) -> None:
+    """Show a run and its steps as JSON."""
+    from web import serialize
+
+    with session() as current:
+        run = runs.get_run(current, run_id, operator())
+        emit(serialize.run(run, runs.run_steps(current, run_id)))
+
+
+@runs_group.command("cancel")
+@click.argument("run_id")
+def runs_cancel(run_id: str) -> None:
+    """Cancel a live run."""
+    with session() as current:
+        _, work = runs.cancel(current, run_id, operator())
+    _send(work)
+    click.echo(f"cancelled {run_id}")
+
+
+@runs_group.command("retry")
+@click.argument("run_id")
+def runs_retry(run_id: str) -> None:
+    """Resume a failed run from its failed steps."""
+    with session() as current:
+        _, work = runs.retry_run(current, settings(), run_id, operator())
+    _send(work)
+    click.echo(f"retrying {run_id}")
+
+
+@main.group("workflows")
+def workflows_group() -> None:
+    """Workflow specs."""
+
+
+def _read_spec(path: str) -> object:
+    return workflows.parse_text(Path(path).read_text() if path != "-" else sys.stdin.read())
+
+
+@workflows_group.command("validate")
+@click.argument("path")
+def workflows_validate(path: str) -> None:
+    """Check a spec file (YAML or JSON) and print its stages."""
+    try:
+        compiled = workflows.compile_spec(_read_spec(path), settings())
+    except EngineError as exc:
+        for error in exc.errors or [{"field": "spec", "message": exc.detail}]:
+            click.echo(f"{error['field']}: {error['message']}", err=True)
+        raise SystemExit(1) from exc
+    click.echo(f"{compiled.name}@{compiled.version} is valid; stages: {compiled.stages()}")
+
+
+@workflows_group.command("register")
+@click.argument("path")
+def workflows_register(path: str) -> None:
+    """Register a spec file as a new workflow version."""
+    with session() as current:
+        workflow, created = workflows.register(current, _read_spec(path), settings())
+        label = f"{workflow.name}@{workflow.version}"
+    click.echo(("registered " if created else "already registered ") + label)
+
+
+@workflows_group.command("ls")
+def workflows_ls() -> None:
+    """List the latest version of each workflow."""
+    with session() as current:
+        for workflow in workflows.list_latest(current):
+            click.echo(f"{workflow.name}@{workflow.version}  {len(workflow.spec['steps'])} steps")
+
+
+@main.group()
+def db() -> None:
+    """Database schema and maintenance."""
+
+
+@db.command("upgrade")
+@click.argument("revision", default="head")
+def db_upgrade(revision: str) -> None:
+    """Apply migrations (to head by default)."""
+    migrations.upgrade(settings().database_url, revision)
+    click.echo(f"database at {migrations.current(settings().database_url)}")
+
+
+@db.command("downgrade")
+@click.argument("revision")
+def db_downgrade(revision: str) -> None:
+    """Revert migrations to REVISION (e.g. -1 or base)."""
+    migrations.downgrade(settings().database_url, revision)
+    click.echo(f"database at {migrations.current(settings().database_url)}")
+
+
+@db.command("current")
+def db_current() -> None:
+    """Print the database's migration revision and the code's head."""
+    click.echo(f"current: {migrations.current(settings().database_url)}")
+    click.echo(f"head:    {migrations.head()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""The actions registry: callables registered by name, built-ins plus plugins.
+
+An action is `fn(inputs, context) -> JSON-serialisable output`. Plugins register through
+the `engine.actions` entry-point group or a module named in ENGINE_ACTION_MODULES.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from engine.errors import InvalidInput
+
+
+@dataclass(frozen=True)
+class ActionContext:
+    run_id: str
+    step_id: str
+    attempt: int
+    params: dict[str, Any]
+    steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+ActionFunction = Callable[[Any, ActionContext], Any]
+
+
+@dataclass(frozen=True)
+class Action:
+    name: str
+    function: ActionFunction
+    schema: dict[str, Any] | None = None
+
+    def check_inputs(self, inputs: Any, field_prefix: str = "inputs") -> None:
+        """Validate rendered inputs against the action's schema; 422 names the field."""
+        if self.schema is None:
+            return
+        errors = [
+            {
+                "field": ".".join([field_prefix, *map(str, error.absolute_path)]),
+                "message": error.message,
+            }
+            for error in Draft202012Validator(self.schema).iter_errors(inputs)
+        ]
+        if errors:
+            raise InvalidInput(f"inputs of action {self.name!r} are invalid", errors=errors)
+
+
+_REGISTRY: dict[str, Action] = {}
+_loaded = False
+
+
+def register(
+    name: str, schema: dict[str, Any] | None = None
+) -> Callable[[ActionFunction], ActionFunction]:
+    """Decorator: register `fn` as the action `name`."""
+
+    def decorate(function: ActionFunction) -> ActionFunction:
+        _REGISTRY[name] = Action(name, function, schema)
+        return function
+
+    return decorate
+
+
+def load_plugins(modules: Iterable[str] = ()) -> None:
+    """Import the built-ins, entry-point plugins and the named modules (once each)."""
+    global _loaded
+    if not _loaded:
+        importlib.import_module("engine.actions.builtin")
+        for entry in entry_points(group="engine.actions"):
+            entry.load()
+        _loaded = True
+    for module in modules:
+        importlib.import_module(module)
+
+
+def get(name: str) -> Action | None:
+    load_plugins()
+    return _REGISTRY.get(name)
+
+
+def names() -> list[str]:
+    load_plugins()
+    return sorted(_REGISTRY)

@@ -1,0 +1,112 @@
+"""Callers, dotted scopes and signing keys. Token checks on requests live in web/auth.py."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import jwt
+
+from engine.config import Settings
+from engine.errors import InvalidInput
+
+ALGORITHM = "HS256"
+ADMIN_RUNS_SCOPE = "admin.runs"
+_SCOPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*(\.\*)?$")
+_TTL = re.compile(r"^(?P<amount>\d+)(?P<unit>[smhd]?)$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def has_scope(granted: Iterable[str], required: str) -> bool:
+    """True when `required` is granted exactly or by a wildcard: `x.*` covers `x.<anything>`."""
+    for scope in granted:
+        if scope == required:
+            return True
+        if scope.endswith(".*") and required.startswith(scope[:-1]):
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class Caller:
+    sub: str
+    scopes: tuple[str, ...]
+
+    def can(self, scope: str) -> bool:
+        return has_scope(self.scopes, scope)
+
+    @property
+    def sees_all_runs(self) -> bool:
+        return self.can(ADMIN_RUNS_SCOPE)
+
+
+def key_id(secret: str) -> str:
+    """A short public name for a signing key: tokens say which key signed them."""
+    return hashlib.sha256(secret.encode()).hexdigest()[:12]
+
+
+def verification_keys(settings: Settings) -> dict[str, str]:
+    """kid -> secret for the current key and the previous ones still in their grace period."""
+    keys = {key_id(secret): secret for secret in settings.jwt_previous_secrets}
+    keys[key_id(settings.jwt_secret)] = settings.jwt_secret
+    return keys
+
+
+def parse_scopes(scopes: str | Iterable[str]) -> tuple[str, ...]:
+    items = [s.strip() for s in (scopes.split(",") if isinstance(scopes, str) else scopes)]
+    items = [s for s in items if s]
+    bad = [s for s in items if not _SCOPE.match(s)]
+    if bad:
+        raise InvalidInput(
+            "invalid scope",
+            errors=[{"field": "scopes", "message": f"not a scope: {s!r}"} for s in bad],
+        )
+    return tuple(items)
+
+
+def parse_ttl(ttl: str | int) -> timedelta:
+    """'90', '90s', '15m', '1h', '7d' -> a timedelta."""
+    match = _TTL.match(str(ttl).strip())
+    if not match or int(match["amount"]) <= 0:
+        raise InvalidInput(
+            "invalid ttl", errors=[{"field": "ttl", "message": "use e.g. 900, 15m, 1h or 7d"}]
+        )
+    return timedelta(seconds=int(match["amount"]) * _UNITS[match["unit"]])
+
+
+@dataclass(frozen=True)
+class MintedToken:
+    token: str
+    jti: str
+    expires_at: datetime
+
+
+def mint_token(settings: Settings, sub: str, scopes: Iterable[str], ttl: timedelta) -> MintedToken:
+    """Sign an access token with the current key (kid header names it)."""
+    if not sub:
+        raise InvalidInput("sub is required", errors=[{"field": "sub", "message": "required"}])
+    now = datetime.now(UTC)
+    jti = uuid.uuid4().hex
+    expires = now + ttl
+    claims = {
+        "sub": sub,
+        "scopes": list(parse_scopes(list(scopes))),
+        "jti": jti,
+        "iss": settings.jwt_issuer,
+        "iat": int(now.timestamp()),
+        "nbf": int(now.timestamp()),
+        "exp": int(expires.timestamp()),
+        "type": "access",
+        "fresh": False,
+    }
+    token = jwt.encode(
+        claims,
+        settings.jwt_secret,
+        algorithm=ALGORITHM,
+        headers={"kid": key_id(settings.jwt_secret)},
+    )
+    return MintedToken(token, jti, expires.replace(microsecond=0))

@@ -1,0 +1,155 @@
+"""The one settings object. Nothing else in the project reads os.environ."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from engine.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+MIN_SECRET_LENGTH = 32
+
+
+def _csv(value: str | None) -> tuple[str, ...]:
+    return tuple(part.strip() for part in (value or "").split(",") if part.strip())
+
+
+def _load_or_create_secret(path: Path) -> str:
+    """Read a generated secret, creating it (mode 0600) on first use; safe under races."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_hex(32))
+    return path.read_text().strip()
+
+
+@dataclass(frozen=True)
+class Settings:
+    env: str = "development"
+    database_url: str = ""
+    redis_url: str = "redis://localhost:6379/0"
+    redis_key_prefix: str = ""
+    jwt_secret: str = field(default="", repr=False)
+    jwt_previous_secrets: tuple[str, ...] = field(default=(), repr=False)
+    jwt_issuer: str = "ai-business-engine"
+    allowed_origins: tuple[str, ...] = ()
+    var_dir: Path = PROJECT_ROOT / "var"
+    log_dir: Path | None = None
+    workflows_dir: Path = PROJECT_ROOT / "workflows"
+    # Extra modules that register actions (besides the `engine.actions` entry points).
+    action_modules: tuple[str, ...] = ()
+    worker_health_port: int = 8080
+    flower_url: str = "http://localhost:5555"
+    max_body_bytes: int = 1_048_576
+    page_limit_default: int = 50
+    page_limit_max: int = 200
+    # Steps: time limits and retries (a workflow or step may set its own).
+    step_timeout_s: float = 300.0
+    step_timeout_max_s: float = 3600.0
+    retry_max_attempts: int = 3
+    retry_backoff_s: float = 1.0
+    retry_max_backoff_s: float = 300.0
+    # A message whose worker died this many times goes to the dead-letter queue.
+    max_deliveries: int = 3
+    # Recovery: the broker must not redeliver a message while a worker still runs it.
+    broker_visibility_timeout_s: float = 7200.0
+    reconcile_interval_s: float = 15.0
+    dispatch_grace_s: float = 30.0
+    lease_grace_s: float = 30.0
+    bulk_replay_rate: float = 100.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from the environment (or a given mapping) and check them."""
+        env = os.environ if environ is None else environ
+        var_dir = Path(env.get("ENGINE_VAR_DIR", str(PROJECT_ROOT / "var"))).resolve()
+        mode = env.get("ENGINE_ENV", "development")
+        secret = env.get("JWT_SECRET", "")
+        if not secret:
+            if mode == "production":
+                raise ConfigError("JWT_SECRET must be set when ENGINE_ENV=production")
+            secret = _load_or_create_secret(var_dir / "jwt_secret")
+
+        def number(name: str, default: float) -> float:
+            raw = env.get(name)
+            if raw is None or raw == "":
+                return default
+            try:
+                return float(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+
+        settings = cls(
+            env=mode,
+            database_url=env.get("DATABASE_URL", f"sqlite:///{var_dir / 'engine.db'}"),
+            redis_url=env.get("REDIS_URL", cls.redis_url),
+            redis_key_prefix=env.get("REDIS_KEY_PREFIX", ""),
+            jwt_secret=secret,
+            jwt_previous_secrets=_csv(env.get("JWT_PREVIOUS_SECRETS")),
+            jwt_issuer=env.get("JWT_ISSUER", cls.jwt_issuer),
+            allowed_origins=_csv(env.get("ALLOWED_ORIGINS")),
+            var_dir=var_dir,
+            log_dir=Path(env["LOG_DIR"]).resolve() if env.get("LOG_DIR") else None,
+            workflows_dir=Path(env.get("WORKFLOWS_DIR", str(PROJECT_ROOT / "workflows"))),
+            action_modules=_csv(env.get("ENGINE_ACTION_MODULES")),
+            worker_health_port=int(number("WORKER_HEALTH_PORT", 8080)),
+            flower_url=env.get("FLOWER_URL", cls.flower_url).rstrip("/"),
+            max_body_bytes=int(number("MAX_BODY_BYTES", cls.max_body_bytes)),
+            step_timeout_s=number("STEP_TIMEOUT_S", cls.step_timeout_s),
+            step_timeout_max_s=number("STEP_TIMEOUT_MAX_S", cls.step_timeout_max_s),
+            retry_max_attempts=int(number("RETRY_MAX_ATTEMPTS", cls.retry_max_attempts)),
+            retry_backoff_s=number("RETRY_BACKOFF_S", cls.retry_backoff_s),
+            retry_max_backoff_s=number("RETRY_MAX_BACKOFF_S", cls.retry_max_backoff_s),
+            max_deliveries=int(number("MAX_DELIVERIES", cls.max_deliveries)),
+            broker_visibility_timeout_s=number(
+                "BROKER_VISIBILITY_TIMEOUT_S", cls.broker_visibility_timeout_s
+            ),
+            reconcile_interval_s=number("RECONCILE_INTERVAL_S", cls.reconcile_interval_s),
+            dispatch_grace_s=number("DISPATCH_GRACE_S", cls.dispatch_grace_s),
+            lease_grace_s=number("LEASE_GRACE_S", cls.lease_grace_s),
+            bulk_replay_rate=number("BULK_REPLAY_RATE", cls.bulk_replay_rate),
+        )
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Refuse a configuration that cannot work, naming the settings involved."""
+        if self.env == "production" and len(self.jwt_secret) < MIN_SECRET_LENGTH:
+            raise ConfigError(
+                f"JWT_SECRET is too weak: use at least {MIN_SECRET_LENGTH} characters "
+                "(openssl rand -hex 32)"
+            )
+        if self.step_timeout_s > self.step_timeout_max_s:
+            raise ConfigError("STEP_TIMEOUT_S must not exceed STEP_TIMEOUT_MAX_S")
+        longest = self.step_hard_limit(self.step_timeout_max_s) + self.lease_grace_s
+        if self.broker_visibility_timeout_s <= longest:
+            raise ConfigError(
+                f"BROKER_VISIBILITY_TIMEOUT_S ({self.broker_visibility_timeout_s:g}) must exceed "
+                f"the longest step time, STEP_TIMEOUT_MAX_S ({self.step_timeout_max_s:g}) plus "
+                f"its hard-limit margin and LEASE_GRACE_S ({longest:g} s in all): otherwise "
+                "Redis redelivers steps that are still running"
+            )
+        if self.max_deliveries < 1 or self.retry_max_attempts < 1:
+            raise ConfigError("MAX_DELIVERIES and RETRY_MAX_ATTEMPTS must be at least 1")
+
+    @staticmethod
+    def step_hard_limit(soft_limit_s: float) -> float:
+        """The hard limit that kills a worker child: the soft limit plus a margin to clean up."""
+        return soft_limit_s + max(1.0, min(30.0, soft_limit_s * 0.1))
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def with_changes(self, **changes: object) -> Settings:
+        """A copy with some fields replaced (tests and the CLI use it)."""
+        updated = replace(self, **changes)  # type: ignore[arg-type]
+        updated.check()
+        return updated

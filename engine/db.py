@@ -1,0 +1,74 @@
+"""Database engines and sessions: SQLite tuned for concurrent writers, PostgreSQL as is."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from engine.config import Settings
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+READ_ONLY = {"engine_read_only": True}
+
+
+def normalise_url(url: str) -> str:
+    """Use the psycopg 3 driver for every PostgreSQL URL."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def make_engine(settings_or_url: Settings | str, **options: Any) -> Engine:
+    """Create an Engine; SQLite gets WAL, synchronous=NORMAL and BEGIN IMMEDIATE writes."""
+    url = settings_or_url if isinstance(settings_or_url, str) else settings_or_url.database_url
+    url = normalise_url(url)
+    if url.startswith("sqlite"):
+        db_engine = create_engine(
+            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **options
+        )
+        _tune_sqlite(db_engine)
+        return db_engine
+    options.setdefault("pool_pre_ping", True)
+    options.setdefault("pool_size", 5)
+    options.setdefault("max_overflow", 10)
+    return create_engine(url, **options)
+
+
+def _tune_sqlite(db_engine: Engine) -> None:
+    @event.listens_for(db_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event below decide how a transaction starts.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    @event.listens_for(db_engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        # Writers take the write lock up front, so two writers never deadlock on the
+        # upgrade from a read lock; read-only sessions keep the cheap deferred begin.
+        if connection.get_execution_options().get("engine_read_only"):
+            connection.exec_driver_sql("BEGIN")
+        else:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_session_factory(db_engine: Engine, *, read_only: bool = False) -> sessionmaker[Session]:
+    """A session factory; read-only sessions avoid SQLite's write lock."""
+    bind = db_engine.execution_options(**READ_ONLY) if read_only else db_engine
+    return sessionmaker(bind=bind, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """One short transaction: commit on success, roll back on error."""
+    with factory.begin() as session:
+        yield session

@@ -1,0 +1,79 @@
+"""Dead letters: recording work that failed for good, fingerprinting it, listing it."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import traceback as traceback_module
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert
+from sqlalchemy.orm import Session
+
+from engine import metrics
+from engine.models import DeadLetter, new_id, utcnow
+
+_NUMBERS = re.compile(r"\d+")
+_FRAME = re.compile(r'File "(?P<file>[^"]+)", line \d+, in (?P<function>\S+)')
+TOP_FRAMES = 3
+
+
+def fingerprint(exception_type: str, trace: str, message: str = "") -> str:
+    """Exception type plus the innermost frames without line numbers: stable across
+    deployments that only shift lines, distinct for failures in different places."""
+    frames = [f"{m['file'].rsplit('/', 1)[-1]}:{m['function']}" for m in _FRAME.finditer(trace)]
+    basis = (
+        [exception_type, *frames[-TOP_FRAMES:]]
+        if frames
+        else [exception_type, _NUMBERS.sub("N", message)[:200]]
+    )
+    return hashlib.sha256("|".join(basis).encode()).hexdigest()[:16]
+
+
+def describe(error: BaseException) -> tuple[str, str, str]:
+    """(type name, message, formatted traceback) of an exception."""
+    trace = "".join(traceback_module.format_exception(type(error), error, error.__traceback__))
+    return type(error).__name__, str(error), trace
+
+
+def record(
+    session: Session,
+    *,
+    task_name: str,
+    task_id: str | None,
+    queue: str,
+    args: list[Any],
+    run_id: str | None,
+    step_id: str | None,
+    workflow: str | None,
+    exception_type: str,
+    message: str,
+    trace: str,
+    attempts: int,
+    failed_at: datetime | None = None,
+) -> str:
+    """Insert an open dead letter in the caller's transaction; returns its id."""
+    letter_id = new_id()
+    session.execute(
+        insert(DeadLetter.__table__).values(
+            id=letter_id,
+            task_name=task_name,
+            task_id=task_id,
+            queue=queue,
+            args=args,
+            kwargs={},
+            run_id=run_id,
+            step_id=step_id,
+            workflow=workflow,
+            exception_type=exception_type,
+            message=message[:10_000],
+            traceback=trace[-50_000:],
+            fingerprint=fingerprint(exception_type, trace, message),
+            attempts=attempts,
+            failed_at=failed_at or utcnow(),
+            status="open",
+        )
+    )
+    metrics.dlq_events_total.labels(event="added").inc()
+    return letter_id

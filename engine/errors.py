@@ -1,0 +1,74 @@
+"""One error hierarchy for the domain; web/errors.py maps it to problem+json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class EngineError(Exception):
+    """Base of every domain error; `code` is stable and shown to API clients."""
+
+    code = "engine_error"
+    status = 400
+    title = "Request failed"
+
+    def __init__(self, detail: str, *, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors or []
+
+
+class NotFound(EngineError):
+    code, status, title = "not_found", 404, "Not found"
+
+
+class InvalidInput(EngineError):
+    """Input that parses but does not validate: names the field in `errors`."""
+
+    code, status, title = "invalid_input", 422, "Invalid input"
+
+
+class InvalidSpec(InvalidInput):
+    code, title = "invalid_spec", "Invalid workflow spec"
+
+
+class InvalidParams(InvalidInput):
+    code, title = "invalid_params", "Invalid run params"
+
+
+class InvalidTransition(EngineError):
+    code, status, title = "invalid_transition", 409, "Invalid state transition"
+
+
+class Conflict(EngineError):
+    code, status, title = "conflict", 409, "Conflict"
+
+
+class PermissionDenied(EngineError):
+    code, status, title = "permission_denied", 403, "Forbidden"
+
+
+class ConfigError(EngineError):
+    """The configuration cannot work; raised at start-up, naming the settings."""
+
+    code, status, title = "config_error", 500, "Configuration error"
+
+
+class TransientError(EngineError):
+    """A failure worth retrying (database or broker briefly away)."""
+
+    code, status, title = "transient", 503, "Service unavailable"
+
+
+class ActionError(Exception):
+    """Raised by an action; `retryable=False` skips the remaining attempts."""
+
+    retryable = True
+
+
+class NonRetryableError(ActionError):
+    retryable = False
+
+
+class StepTimeout(ActionError):
+    """The attempt ran past its time limit."""

@@ -1,0 +1,457 @@
+"""Step attempts: claim by compare-and-set, run the action, record the outcome, advance the run.
+
+Each phase is one short transaction of Core statements whose WHERE clause states what the
+writer expects; the row count says whether it won. The action runs between transactions.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import and_, bindparam, case, or_, select, update
+from sqlalchemy.orm import Session
+
+from engine import actions, dlq, metrics, templating
+from engine.actions import ActionContext
+from engine.config import Settings
+from engine.errors import EngineError, InvalidInput, StepTimeout
+from engine.models import Run, Step, utcnow
+from engine.planner import descendants
+from engine.state import RunStatus, StepStatus
+from engine.work import STEP_TASK, Work, step_dispatch
+from engine.workflows import CompiledWorkflow, StepSpec, compiled
+
+log = logging.getLogger(__name__)
+steps = Step.__table__
+runs = Run.__table__
+
+
+@dataclass
+class Claim:
+    """An attempt this caller owns until it records the outcome or its lease runs out."""
+
+    run_id: str
+    step_id: str
+    task_id: str
+    attempt: int
+    workflow: CompiledWorkflow
+    spec: StepSpec
+    priority: int
+    params: dict[str, Any]
+    upstream: dict[str, dict[str, Any]]
+    inputs_override: Any
+
+
+@dataclass
+class Result:
+    output: Any = None
+    inputs: Any = None
+    error: BaseException | None = None
+    duration_s: float = 0.0
+
+
+@dataclass
+class Outcome:
+    """What recording an attempt decided; the caller commits, then sends `work`."""
+
+    status: str
+    work: Work = field(default_factory=Work)
+    retry_in_s: float | None = None
+    dead_letter_id: str | None = None
+    error: str | None = None
+
+
+def _step_key(run_id: str, step_id: str) -> Any:
+    return and_(steps.c.run_id == run_id, steps.c.step_id == step_id)
+
+
+def lease_for(settings: Settings, timeout_s: float) -> timedelta:
+    return timedelta(seconds=settings.step_hard_limit(timeout_s) + settings.lease_grace_s)
+
+
+def claim_step(
+    session: Session,
+    settings: Settings,
+    run_id: str,
+    step_id: str,
+    *,
+    task_id: str,
+    worker: str,
+    redelivered: bool = False,
+) -> Claim | Outcome | None:
+    """Own the next attempt of a step, or None when it is not ours to run (ack and stop).
+
+    A redelivered message whose step is still `running` under this very task id means the
+    worker that held it died: that attempt is lost, and past the delivery cap the step goes
+    to the dead-letter queue instead of killing another worker.
+    """
+    run = session.execute(
+        select(
+            runs.c.workflow, runs.c.version, runs.c.params, runs.c.status, runs.c.priority
+        ).where(runs.c.id == run_id)
+    ).first()
+    if run is None or run.status != RunStatus.RUNNING:
+        return None
+    workflow = compiled(session, settings, run.workflow, run.version)
+    spec = workflow.steps.get(step_id)
+    if spec is None:
+        return None
+    now = utcnow()
+    takeover = steps.c.lease_expires_at < now
+    if redelivered:
+        current = session.execute(
+            select(steps.c.status, steps.c.attempts, steps.c.task_id).where(
+                _step_key(run_id, step_id)
+            )
+        ).first()
+        if (
+            current is not None
+            and current.status == StepStatus.RUNNING
+            and current.task_id == task_id
+        ):
+            if current.attempts >= min(spec.retry.max_attempts, settings.max_deliveries):
+                return fail_attempt(
+                    session,
+                    settings,
+                    run_id,
+                    step_id,
+                    task_id=task_id,
+                    attempt=current.attempts,
+                    error_type="WorkerLostError",
+                    message=f"the worker died while running this step "
+                    f"{current.attempts} time(s); the delivery cap is "
+                    f"{settings.max_deliveries}",
+                    retryable=False,
+                )
+            takeover = or_(takeover, steps.c.task_id == task_id)
+    claimed = session.execute(
+        update(steps)
+        .where(
+            _step_key(run_id, step_id),
+            or_(
+                steps.c.status.in_((StepStatus.QUEUED, StepStatus.RETRYING)),
+                and_(steps.c.status == StepStatus.RUNNING, takeover),
+            ),
+        )
+        .values(
+            status=StepStatus.RUNNING,
+            attempts=steps.c.attempts + 1,
+            task_id=task_id,
+            worker=worker,
+            lease_expires_at=now + lease_for(settings, spec.timeout_s),
+            started_at=now,
+            next_attempt_at=None,
+        )
+        .returning(steps.c.attempts, steps.c.inputs_override)
+    ).first()
+    if claimed is None:
+        return None
+    upstream: dict[str, dict[str, Any]] = {}
+    if spec.needs:
+        for need_id, output in session.execute(
+            select(steps.c.step_id, steps.c.output).where(
+                steps.c.run_id == run_id, steps.c.step_id.in_(spec.needs)
+            )
+        ):
+            upstream[need_id] = {"output": output}
+    return Claim(
+        run_id,
+        step_id,
+        task_id,
+        claimed.attempts,
+        workflow,
+        spec,
+        run.priority,
+        run.params,
+        upstream,
+        claimed.inputs_override,
+    )
+
+
+def attempt(claim: Claim, timeout_errors: tuple[type[BaseException], ...] = ()) -> Result:
+    """Render the inputs and run the action. Never raises: the result carries the error."""
+    started = time.perf_counter()
+    result = Result()
+    try:
+        context = {"params": claim.params, "steps": claim.upstream}
+        result.inputs = (
+            claim.inputs_override
+            if claim.inputs_override is not None
+            else templating.render(claim.spec.template, context)
+        )
+        action = actions.get(claim.spec.action)
+        if action is None:
+            raise InvalidInput(f"unknown action {claim.spec.action!r}")
+        action.check_inputs(result.inputs)
+        result.output = action.function(
+            result.inputs,
+            ActionContext(claim.run_id, claim.step_id, claim.attempt, claim.params, claim.upstream),
+        )
+    except timeout_errors as exc:
+        result.error = StepTimeout(
+            f"step {claim.step_id!r} ran past its time limit of {claim.spec.timeout_s:g} s"
+        )
+        result.error.__cause__ = exc
+    except Exception as exc:  # the action's failure is data: it is recorded, not lost
+        result.error = exc
+    result.duration_s = time.perf_counter() - started
+    metrics.step_duration_seconds.labels(action=claim.spec.action).observe(result.duration_s)
+    return result
+
+
+def finish_attempt(session: Session, settings: Settings, claim: Claim, result: Result) -> Outcome:
+    """Record the attempt's outcome and release the steps it unblocked."""
+    if result.error is not None:
+        error_type, message, trace = dlq.describe(result.error)
+        retryable = getattr(result.error, "retryable", True) and not isinstance(
+            result.error, EngineError
+        )
+        return fail_attempt(
+            session,
+            settings,
+            claim.run_id,
+            claim.step_id,
+            task_id=claim.task_id,
+            attempt=claim.attempt,
+            error_type=error_type,
+            message=message,
+            trace=trace,
+            retryable=retryable,
+            inputs=result.inputs,
+        )
+    now = utcnow()
+    won = session.execute(
+        update(steps)
+        .where(
+            _step_key(claim.run_id, claim.step_id),
+            steps.c.status == StepStatus.RUNNING,
+            steps.c.task_id == claim.task_id,
+            steps.c.attempts == claim.attempt,
+        )
+        .values(
+            status=StepStatus.SUCCEEDED,
+            output=result.output,
+            inputs=result.inputs,
+            error=None,
+            error_type=None,
+            finished_at=now,
+            lease_expires_at=None,
+        )
+    ).rowcount
+    if not won:
+        log.warning(
+            "run %s step %s: attempt %s lost its lease; outcome dropped",
+            claim.run_id,
+            claim.step_id,
+            claim.attempt,
+        )
+        return Outcome("lost")
+    metrics.steps_total.labels(action=claim.spec.action, status="succeeded").inc()
+    run = session.execute(
+        update(runs)
+        .where(runs.c.id == claim.run_id)
+        .values(
+            steps_left=runs.c.steps_left - 1,
+            status=case(
+                (
+                    and_(runs.c.steps_left == 1, runs.c.status == RunStatus.RUNNING),
+                    RunStatus.SUCCEEDED,
+                ),
+                else_=runs.c.status,
+            ),
+            finished_at=case(
+                (and_(runs.c.steps_left == 1, runs.c.status == RunStatus.RUNNING), now),
+                else_=runs.c.finished_at,
+            ),
+        )
+        .returning(runs.c.status, runs.c.steps_left)
+    ).first()
+    outcome = Outcome("succeeded")
+    if run is not None and run.status == RunStatus.SUCCEEDED and run.steps_left == 0:
+        metrics.runs_total.labels(workflow=claim.workflow.name, status="succeeded").inc()
+    children = claim.workflow.children.get(claim.step_id, ())
+    if children:
+        release = and_(
+            steps.c.pending_deps == 1,
+            bindparam("run_live", run is not None and run.status == RunStatus.RUNNING),
+        )
+        released = session.execute(
+            update(steps)
+            .where(
+                steps.c.run_id == claim.run_id,
+                steps.c.step_id.in_(children),
+                steps.c.status == StepStatus.PENDING,
+            )
+            .values(
+                pending_deps=steps.c.pending_deps - 1,
+                status=case((release, StepStatus.QUEUED), else_=steps.c.status),
+                dispatched_at=case((release, now), else_=steps.c.dispatched_at),
+            )
+            .returning(steps.c.step_id, steps.c.status, steps.c.attempts)
+        ).all()
+        for row in released:
+            if row.status == StepStatus.QUEUED:
+                spec = claim.workflow.steps[row.step_id]
+                outcome.work.dispatches.append(
+                    step_dispatch(
+                        claim.run_id,
+                        row.step_id,
+                        row.attempts + 1,
+                        spec.queue,
+                        spec.timeout_s,
+                        settings,
+                        priority=claim.priority,
+                    )
+                )
+    return outcome
+
+
+def fail_attempt(
+    session: Session,
+    settings: Settings,
+    run_id: str,
+    step_id: str,
+    *,
+    task_id: str,
+    attempt: int,
+    error_type: str,
+    message: str,
+    trace: str = "",
+    retryable: bool = True,
+    inputs: Any = None,
+) -> Outcome:
+    """Record a failed attempt: schedule the next one, or bury the step in the DLQ."""
+    run = session.execute(
+        select(runs.c.workflow, runs.c.version, runs.c.priority).where(runs.c.id == run_id)
+    ).first()
+    if run is None:
+        return Outcome("lost")
+    workflow = compiled(session, settings, run.workflow, run.version)
+    spec = workflow.steps[step_id]
+    now = utcnow()
+    mine = and_(
+        _step_key(run_id, step_id),
+        steps.c.status == StepStatus.RUNNING,
+        steps.c.task_id == task_id,
+        steps.c.attempts == attempt,
+    )
+    recorded = {"error": message[:10_000], "error_type": error_type, "lease_expires_at": None}
+    if inputs is not None:
+        recorded["inputs"] = inputs
+    if retryable and attempt < spec.retry.max_attempts:
+        delay = spec.retry.delay(attempt)
+        if not session.execute(
+            update(steps)
+            .where(mine)
+            .values(
+                status=StepStatus.RETRYING,
+                next_attempt_at=now + timedelta(seconds=delay),
+                dispatched_at=now,
+                **recorded,
+            )
+        ).rowcount:
+            return Outcome("lost")
+        metrics.steps_total.labels(action=spec.action, status="retrying").inc()
+        metrics.task_retries_total.inc()
+        log.info(
+            "run %s step %s: attempt %s/%s failed (%s), retry in %.2f s",
+            run_id,
+            step_id,
+            attempt,
+            spec.retry.max_attempts,
+            error_type,
+            delay,
+        )
+        return Outcome(
+            "retrying",
+            Work(
+                [
+                    step_dispatch(
+                        run_id,
+                        step_id,
+                        attempt + 1,
+                        spec.queue,
+                        spec.timeout_s,
+                        settings,
+                        countdown=delay,
+                        priority=run.priority,
+                    )
+                ]
+            ),
+            retry_in_s=delay,
+            error=message,
+        )
+    if not session.execute(
+        update(steps).where(mine).values(status=StepStatus.DEAD, finished_at=now, **recorded)
+    ).rowcount:
+        return Outcome("lost")
+    letter_id = dlq.record(
+        session,
+        task_name=STEP_TASK,
+        task_id=task_id,
+        queue=spec.queue,
+        args=[run_id, step_id],
+        run_id=run_id,
+        step_id=step_id,
+        workflow=workflow.name,
+        exception_type=error_type,
+        message=message,
+        trace=trace,
+        attempts=attempt,
+        failed_at=now,
+    )
+    metrics.steps_total.labels(action=spec.action, status="dead").inc()
+    work = fail_run(
+        session,
+        workflow,
+        run_id,
+        step_id,
+        f"step {step_id!r} failed after {attempt} attempt(s): {error_type}: {message}"[:2000],
+    )
+    log.error(
+        "run %s step %s: dead after %s attempt(s): %s: %s (dead letter %s)",
+        run_id,
+        step_id,
+        attempt,
+        error_type,
+        message,
+        letter_id,
+    )
+    return Outcome("dead", work, dead_letter_id=letter_id, error=message)
+
+
+def fail_run(
+    session: Session, workflow: CompiledWorkflow, run_id: str, step_id: str, error: str
+) -> Work:
+    """Skip what depends on a dead step and fail the run, in the caller's transaction."""
+    downstream = descendants(workflow.children, step_id)
+    if downstream:
+        session.execute(
+            update(steps)
+            .where(
+                steps.c.run_id == run_id,
+                steps.c.step_id.in_(downstream),
+                steps.c.status == StepStatus.PENDING,
+            )
+            .values(status=StepStatus.SKIPPED)
+        )
+    failed = session.execute(
+        update(runs)
+        .where(runs.c.id == run_id, runs.c.status == RunStatus.RUNNING)
+        .values(status=RunStatus.FAILED, error=error, finished_at=utcnow())
+    ).rowcount
+    if failed:
+        metrics.runs_total.labels(workflow=workflow.name, status="failed").inc()
+    return Work()
+
+
+def parse_task_id(task_id: str) -> tuple[str, str, int] | None:
+    """(run_id, step_id, attempt) of a step task id, None for any other task id."""
+    parts = task_id.rsplit(":", 2)
+    if len(parts) != 3 or not parts[2].isdigit():
+        return None
+    return parts[0], parts[1], int(parts[2])

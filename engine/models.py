@@ -1,0 +1,185 @@
+"""Tables. Typed SQLAlchemy 2.x models; no behaviour lives here."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timestamps stored in UTC and always read back timezone-aware."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        value = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON, Any: JSON}
+
+
+class Workflow(Base):
+    __tablename__ = "workflows"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    spec: Mapped[dict[str, Any]]
+    spec_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    __table_args__ = (
+        UniqueConstraint("created_by", "idempotency_key", name="uq_runs_idempotency"),
+        Index("ix_runs_created_by_created_at", "created_by", "created_at"),
+        Index("ix_runs_status_dispatched_at", "status", "dispatched_at"),
+        Index("ix_runs_created_at", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    workflow: Mapped[str] = mapped_column(String(100))
+    version: Mapped[int]
+    params: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    priority: Mapped[int] = mapped_column(default=0)
+    created_by: Mapped[str] = mapped_column(String(200))
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    # Steps not yet succeeded: the run succeeds when this reaches zero.
+    steps_left: Mapped[int] = mapped_column(default=0)
+    # Deliveries of plan_run whose worker never finished them (the delivery cap).
+    plan_deliveries: Mapped[int] = mapped_column(default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    dispatched_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class Step(Base):
+    __tablename__ = "steps"
+    __table_args__ = (
+        Index("ix_steps_status_lease_expires_at", "status", "lease_expires_at"),
+        Index("ix_steps_status_dispatched_at", "status", "dispatched_at"),
+    )
+
+    run_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    step_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    position: Mapped[int]
+    action: Mapped[str] = mapped_column(String(100))
+    queue: Mapped[str] = mapped_column(String(100), default="steps")
+    depends_on: Mapped[list[str]] = mapped_column(JSON, default=list)
+    pending_deps: Mapped[int] = mapped_column(default=0)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(default=0)
+    max_attempts: Mapped[int] = mapped_column(default=1)
+    timeout_s: Mapped[float] = mapped_column(Float)
+    inputs: Mapped[Any | None] = mapped_column(JSON)
+    # Inputs given by an operator on replay; they replace the spec's templates.
+    inputs_override: Mapped[Any | None] = mapped_column(JSON)
+    output: Mapped[Any | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    error_type: Mapped[str | None] = mapped_column(String(200))
+    task_id: Mapped[str | None] = mapped_column(String(200))
+    worker: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None]
+    next_attempt_at: Mapped[datetime | None]
+    dispatched_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class DeadLetter(Base):
+    __tablename__ = "dead_letters"
+    __table_args__ = (
+        Index("ix_dead_letters_status_failed_at", "status", "failed_at"),
+        Index("ix_dead_letters_fingerprint", "fingerprint"),
+        Index("ix_dead_letters_run_id_step_id", "run_id", "step_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    task_name: Mapped[str] = mapped_column(String(100))
+    task_id: Mapped[str | None] = mapped_column(String(200))
+    queue: Mapped[str] = mapped_column(String(100))
+    args: Mapped[Any] = mapped_column(JSON, default=list)
+    kwargs: Mapped[Any] = mapped_column(JSON, default=dict)
+    run_id: Mapped[str | None] = mapped_column(String(36))
+    step_id: Mapped[str | None] = mapped_column(String(100))
+    workflow: Mapped[str | None] = mapped_column(String(100))
+    exception_type: Mapped[str] = mapped_column(String(200))
+    message: Mapped[str] = mapped_column(Text, default="")
+    traceback: Mapped[str] = mapped_column(Text, default="")
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(default=0)
+    failed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    resolved_by: Mapped[str | None] = mapped_column(String(200))
+    resolved_at: Mapped[datetime | None]
+    resolution: Mapped[Any | None] = mapped_column(JSON)
+
+
+class AuditEvent(Base):
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(100))
+    target: Mapped[str] = mapped_column(String(300))
+    reason: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[Any | None] = mapped_column(JSON)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class RevokedToken(Base):
+    __tablename__ = "revoked_tokens"
+
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    revoked_by: Mapped[str] = mapped_column(String(200))
+    revoked_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None]

@@ -1,0 +1,364 @@
+"""Run use cases: submit, read, list, plan, cancel, retry. Callers commit, then dispatch."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from engine import dlq, metrics, workflows
+from engine.auth import Caller
+from engine.config import Settings
+from engine.errors import Conflict, InvalidInput, InvalidTransition, NotFound
+from engine.models import DeadLetter, Run, Step, utcnow
+from engine.state import RUN_LIVE, STEP_LIVE, RunStatus, StepStatus
+from engine.work import MANAGER_QUEUE, PLAN_TASK, Work, plan_dispatch, plan_task_id, step_dispatch
+from engine.workflows import CompiledWorkflow
+
+steps = Step.__table__
+runs = Run.__table__
+# plan_run executes the first ready step on this queue itself instead of sending it.
+INLINE_QUEUE = "steps"
+
+
+@dataclass(frozen=True)
+class SubmitRun:
+    workflow: str
+    params: dict[str, Any]
+    version: int | None = None
+    priority: int = 0
+    idempotency_key: str | None = None
+
+    def digest(self) -> str:
+        body = [self.workflow, self.version, self.params, self.priority]
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _first_step_timeout(workflow: CompiledWorkflow) -> float:
+    return max((s.timeout_s for s in workflow.steps.values() if not s.needs), default=0.0)
+
+
+def submit(
+    session: Session, settings: Settings, request: SubmitRun, caller: Caller
+) -> tuple[Run, Work, bool]:
+    """Insert a queued run. With an idempotency key, a repeat returns the first run
+    (created=False); the same key with another body is a Conflict."""
+    if request.idempotency_key:
+        existing = session.scalars(
+            select(Run).where(
+                Run.created_by == caller.sub, Run.idempotency_key == request.idempotency_key
+            )
+        ).first()
+        if existing is not None:
+            if existing.request_hash != request.digest():
+                raise Conflict("this Idempotency-Key was used with another request body")
+            return existing, Work(), False
+    workflow_row = workflows.get(session, request.workflow, request.version)
+    workflow = workflows.compiled(session, settings, workflow_row.name, workflow_row.version)
+    workflow.check_params(request.params)
+    now = utcnow()
+    run = Run(
+        workflow=workflow.name,
+        version=workflow.version,
+        params=request.params,
+        status=RunStatus.QUEUED,
+        priority=request.priority,
+        created_by=caller.sub,
+        idempotency_key=request.idempotency_key,
+        request_hash=request.digest(),
+        created_at=now,
+        dispatched_at=now,
+    )
+    try:
+        with session.begin_nested():
+            session.add(run)
+    except IntegrityError:
+        # Another request with the same key won the race; answer as a repeat would.
+        return submit(session, settings, request, caller)
+    work = Work([plan_dispatch(run.id, _first_step_timeout(workflow), settings, run.priority)])
+    return run, work, True
+
+
+def get_run(session: Session, run_id: str, caller: Caller) -> Run:
+    """A run the caller may see; another caller's run is NotFound, like a missing one."""
+    run = session.get(Run, run_id)
+    if run is None or (run.created_by != caller.sub and not caller.sees_all_runs):
+        raise NotFound(f"run {run_id} does not exist")
+    return run
+
+
+def run_steps(session: Session, run_id: str) -> list[Step]:
+    return list(session.scalars(select(Step).where(Step.run_id == run_id).order_by(Step.position)))
+
+
+def encode_cursor(created_at: datetime, row_id: str) -> str:
+    raw = json.dumps([created_at.isoformat(), row_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        stamp, row_id = json.loads(base64.urlsafe_b64decode(padded))
+        return datetime.fromisoformat(stamp), str(row_id)
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise InvalidInput(
+            "invalid cursor", errors=[{"field": "cursor", "message": "not a cursor we issued"}]
+        ) from exc
+
+
+def list_runs(
+    session: Session,
+    caller: Caller,
+    *,
+    limit: int,
+    cursor: str | None = None,
+    status: str | None = None,
+    workflow: str | None = None,
+) -> tuple[list[Run], str | None]:
+    """The caller's runs (all runs for an admin), newest first, one page at a time."""
+    query = select(Run)
+    if not caller.sees_all_runs:
+        query = query.where(Run.created_by == caller.sub)
+    if status:
+        if status not in RunStatus.__members__.values():
+            raise InvalidInput(
+                "unknown status",
+                errors=[{"field": "status", "message": f"one of {', '.join(RunStatus)}"}],
+            )
+        query = query.where(Run.status == status)
+    if workflow:
+        query = query.where(Run.workflow == workflow)
+    if cursor:
+        at, row_id = decode_cursor(cursor)
+        query = query.where(or_(Run.created_at < at, and_(Run.created_at == at, Run.id < row_id)))
+    rows = list(
+        session.scalars(query.order_by(Run.created_at.desc(), Run.id.desc()).limit(limit + 1))
+    )
+    following = (
+        encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
+    )
+    return rows[:limit], following
+
+
+def plan_run(session: Session, settings: Settings, run_id: str) -> Work:
+    """Expand a queued run into its steps and release the roots. A second delivery finds the
+    run no longer queued and creates nothing."""
+    started = time.perf_counter()
+    run = session.execute(
+        select(
+            runs.c.workflow, runs.c.version, runs.c.params, runs.c.status, runs.c.priority
+        ).where(runs.c.id == run_id)
+    ).first()
+    if run is None or run.status != RunStatus.QUEUED:
+        return Work()
+    workflow = workflows.compiled(session, settings, run.workflow, run.version)
+    workflow.check_params(run.params)
+    now = utcnow()
+    if not session.execute(
+        update(runs)
+        .where(runs.c.id == run_id, runs.c.status == RunStatus.QUEUED)
+        .values(status=RunStatus.RUNNING, started_at=now, steps_left=len(workflow.steps))
+    ).rowcount:
+        return Work()
+    rows = []
+    work = Work()
+    for position, spec in enumerate(workflow.steps.values()):
+        ready = not spec.needs
+        rows.append(
+            {
+                "run_id": run_id,
+                "step_id": spec.id,
+                "position": position,
+                "action": spec.action,
+                "queue": spec.queue,
+                "depends_on": list(spec.needs),
+                "pending_deps": len(spec.needs),
+                "status": StepStatus.QUEUED if ready else StepStatus.PENDING,
+                "attempts": 0,
+                "max_attempts": spec.retry.max_attempts,
+                "timeout_s": spec.timeout_s,
+                "dispatched_at": now if ready else None,
+            }
+        )
+        if ready:
+            work.dispatches.append(
+                step_dispatch(
+                    run_id, spec.id, 1, spec.queue, spec.timeout_s, settings, priority=run.priority
+                )
+            )
+    session.execute(insert(steps), rows)
+    metrics.manager_planning_duration_seconds.observe(time.perf_counter() - started)
+    return work
+
+
+def count_plan_redelivery(session: Session, settings: Settings, run_id: str) -> bool:
+    """Count a redelivered plan_run; True when it is past the delivery cap (then buried)."""
+    row = session.execute(
+        update(runs)
+        .where(runs.c.id == run_id, runs.c.status == RunStatus.QUEUED)
+        .values(plan_deliveries=runs.c.plan_deliveries + 1)
+        .returning(runs.c.plan_deliveries)
+    ).first()
+    if row is None or row.plan_deliveries < settings.max_deliveries:
+        return False
+    bury_plan(
+        session,
+        run_id,
+        "WorkerLostError",
+        f"the worker died while planning this run {row.plan_deliveries} time(s); "
+        f"the delivery cap is {settings.max_deliveries}",
+        "",
+        row.plan_deliveries,
+    )
+    return True
+
+
+def bury_plan(
+    session: Session, run_id: str, error_type: str, message: str, trace: str, attempts: int = 1
+) -> str | None:
+    """A run that cannot be planned: dead letter plus failed run, in one transaction."""
+    run = session.get(Run, run_id)
+    if run is None or run.status not in (RunStatus.QUEUED, RunStatus.PLANNING):
+        return None
+    letter_id = dlq.record(
+        session,
+        task_name=PLAN_TASK,
+        task_id=plan_task_id(run_id),
+        queue=MANAGER_QUEUE,
+        args=[run_id],
+        run_id=run_id,
+        step_id=None,
+        workflow=run.workflow,
+        exception_type=error_type,
+        message=message,
+        trace=trace,
+        attempts=attempts,
+    )
+    run.status, run.error, run.finished_at = RunStatus.FAILED, f"{error_type}: {message}", utcnow()
+    metrics.runs_total.labels(workflow=run.workflow, status="failed").inc()
+    return letter_id
+
+
+def cancel(session: Session, run_id: str, caller: Caller) -> tuple[Run, Work]:
+    """Cancel a live run: its queued and running steps are revoked (running ones terminated)
+    and every step not yet finished is cancelled, in one transaction."""
+    run = get_run(session, run_id, caller)
+    if run.status not in RUN_LIVE:
+        raise InvalidTransition(f"run {run_id} is {run.status} and cannot be cancelled")
+    now = utcnow()
+    if not session.execute(
+        update(runs)
+        .where(runs.c.id == run_id, runs.c.status.in_(RUN_LIVE))
+        .values(status=RunStatus.CANCELLED, finished_at=now, error="cancelled by " + caller.sub)
+    ).rowcount:
+        raise Conflict(f"run {run_id} changed while it was being cancelled; try again")
+    stopped = session.execute(
+        update(steps)
+        .where(steps.c.run_id == run_id, steps.c.status.in_(STEP_LIVE))
+        .values(status=StepStatus.CANCELLED, finished_at=now, lease_expires_at=None)
+        .returning(steps.c.task_id)
+    ).all()
+    metrics.runs_total.labels(workflow=run.workflow, status="cancelled").inc()
+    session.refresh(run)
+    return run, Work(
+        revoke=[row.task_id for row in stopped if row.task_id] + [plan_task_id(run_id)]
+    )
+
+
+def resume(
+    session: Session,
+    settings: Settings,
+    run: Run,
+    step_ids: list[str],
+    inputs_override: dict[str, Any] | None = None,
+) -> Work:
+    """Re-enter a failed run at the given steps (their next attempt): succeeded steps stay
+    done, steps that were skipped wait for their parents again, the run is running again."""
+    if run.status not in (RunStatus.FAILED, RunStatus.RUNNING):
+        raise InvalidTransition(f"run {run.id} is {run.status}; only a failed run resumes")
+    workflow = workflows.compiled(session, settings, run.workflow, run.version)
+    rows = {step.step_id: step for step in run_steps(session, run.id)}
+    now = utcnow()
+    work = Work()
+    for step_id in step_ids:
+        step = rows[step_id]
+        if step.status not in (StepStatus.DEAD, StepStatus.FAILED):
+            raise InvalidTransition(f"step {step_id!r} is {step.status}, not dead")
+        step.status, step.dispatched_at, step.finished_at = StepStatus.QUEUED, now, None
+        step.error = step.error_type = None
+        if inputs_override is not None:
+            step.inputs_override = inputs_override.get(step_id, step.inputs_override)
+        spec = workflow.steps[step_id]
+        work.dispatches.append(
+            step_dispatch(
+                run.id,
+                step_id,
+                step.attempts + 1,
+                spec.queue,
+                spec.timeout_s,
+                settings,
+                priority=run.priority,
+            )
+        )
+    succeeded = {sid for sid, step in rows.items() if step.status == StepStatus.SUCCEEDED}
+    for step in rows.values():
+        if step.status == StepStatus.SKIPPED:
+            step.status = StepStatus.PENDING
+            step.pending_deps = sum(1 for need in step.depends_on if need not in succeeded)
+    run.status, run.error, run.finished_at = RunStatus.RUNNING, None, None
+    session.flush()
+    return work
+
+
+def retry_run(
+    session: Session, settings: Settings, run_id: str, caller: Caller
+) -> tuple[Run, Work]:
+    """Resume a failed run from its failed steps (or re-plan it if planning failed)."""
+    run = get_run(session, run_id, caller)
+    if run.status != RunStatus.FAILED:
+        raise InvalidTransition(f"run {run_id} is {run.status}; only a failed run is retried")
+    failed = [
+        step.step_id
+        for step in run_steps(session, run_id)
+        if step.status in (StepStatus.DEAD, StepStatus.FAILED)
+    ]
+    resolved = {
+        "status": "replayed",
+        "resolved_by": caller.sub,
+        "resolved_at": utcnow(),
+        "resolution": {"via": "run retry"},
+    }
+    session.execute(
+        update(DeadLetter.__table__)
+        .where(DeadLetter.run_id == run_id, DeadLetter.status == "open")
+        .values(**resolved)
+    )
+    if not failed and run.started_at is None:
+        workflow = workflows.compiled(session, settings, run.workflow, run.version)
+        run.status, run.error, run.finished_at = RunStatus.QUEUED, None, None
+        run.plan_deliveries, run.dispatched_at = 0, utcnow()
+        return run, Work(
+            [plan_dispatch(run.id, _first_step_timeout(workflow), settings, run.priority)]
+        )
+    return run, resume(session, settings, run, failed)
+
+
+def first_inline_step(session: Session, settings: Settings, run_id: str) -> str | None:
+    """The step plan_run executes itself: the first root step on the inline queue."""
+    run = session.get(Run, run_id)
+    if run is None or run.status != RunStatus.RUNNING:
+        return None
+    workflow = workflows.compiled(session, settings, run.workflow, run.version)
+    return next(
+        (s.id for s in workflow.steps.values() if not s.needs and s.queue == INLINE_QUEUE), None
+    )

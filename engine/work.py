@@ -1,0 +1,94 @@
+"""What a use case asks its caller to send after the commit: messages and revocations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine.config import Settings
+
+PLAN_TASK = "manager.plan_run"
+STEP_TASK = "steps.execute"
+RECONCILE_TASK = "manager.reconcile"
+MANAGER_QUEUE = "manager"
+PLAN_BUDGET_S = 60.0
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """One Celery message to send, by task name (so the web never imports the tasks)."""
+
+    task: str
+    args: tuple[str, ...]
+    queue: str
+    task_id: str
+    countdown: float | None = None
+    soft_time_limit: float | None = None
+    time_limit: float | None = None
+    priority: int | None = None
+
+
+@dataclass
+class Work:
+    """The messages to send and the task ids to revoke once the transaction committed."""
+
+    dispatches: list[Dispatch] = field(default_factory=list)
+    revoke: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.dispatches or self.revoke)
+
+    def extend(self, other: Work) -> None:
+        self.dispatches.extend(other.dispatches)
+        self.revoke.extend(other.revoke)
+
+
+def step_task_id(run_id: str, step_id: str, attempt: int) -> str:
+    """Deterministic per attempt, so Flower, logs, steps and dead letters point at each other."""
+    return f"{run_id}:{step_id}:{attempt}"
+
+
+def plan_task_id(run_id: str) -> str:
+    return f"{run_id}:plan"
+
+
+def message_priority(run_priority: int) -> int:
+    # Runs say 9 is most urgent; the Redis transport serves 0 first.
+    return max(0, min(9, 9 - run_priority))
+
+
+def plan_dispatch(
+    run_id: str, first_step_timeout_s: float, settings: Settings, priority: int = 0
+) -> Dispatch:
+    """plan_run may execute a first step itself, so its limits leave room for that step."""
+    soft = PLAN_BUDGET_S + first_step_timeout_s
+    return Dispatch(
+        PLAN_TASK,
+        (run_id,),
+        MANAGER_QUEUE,
+        plan_task_id(run_id),
+        soft_time_limit=soft,
+        time_limit=settings.step_hard_limit(soft),
+        priority=message_priority(priority),
+    )
+
+
+def step_dispatch(
+    run_id: str,
+    step_id: str,
+    attempt: int,
+    queue: str,
+    timeout_s: float,
+    settings: Settings,
+    countdown: float | None = None,
+    priority: int = 0,
+) -> Dispatch:
+    return Dispatch(
+        STEP_TASK,
+        (run_id, step_id),
+        queue,
+        step_task_id(run_id, step_id, attempt),
+        countdown=countdown,
+        soft_time_limit=timeout_s,
+        time_limit=settings.step_hard_limit(timeout_s),
+        priority=message_priority(priority),
+    )

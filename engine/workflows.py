@@ -1,0 +1,310 @@
+"""Workflow specs: parsing, validation, registration and the compiled form runs use."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from engine import actions, planner, templating
+from engine.config import Settings
+from engine.errors import Conflict, InvalidInput, InvalidParams, InvalidSpec, NotFound
+from engine.models import Workflow
+from engine.retry import RetryPolicy
+
+log = logging.getLogger(__name__)
+
+_NAME = r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$"
+_RETRY = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "max_attempts": {"type": "integer", "minimum": 1, "maximum": 100},
+        "backoff_s": {"type": "number", "minimum": 0},
+        "max_backoff_s": {"type": "number", "minimum": 0},
+    },
+}
+_TIMEOUT = {"type": "number", "exclusiveMinimum": 0}
+_QUEUE = {"type": "string", "pattern": r"^[A-Za-z0-9_.-]{1,100}$"}
+SPEC_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["name", "version", "steps"],
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string", "pattern": _NAME},
+        "version": {"type": "integer", "minimum": 1},
+        "description": {"type": "string"},
+        "params": {"type": "object"},
+        "defaults": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"retry": _RETRY, "timeout_s": _TIMEOUT, "queue": _QUEUE},
+        },
+        "steps": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["id", "action"],
+                "additionalProperties": False,
+                "properties": {
+                    "id": {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_-]{0,99}$"},
+                    "action": {"type": "string", "minLength": 1},
+                    "needs": {"type": "array", "items": {"type": "string"}},
+                    "with": {},
+                    "retry": _RETRY,
+                    "timeout_s": _TIMEOUT,
+                    "queue": _QUEUE,
+                    "description": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+_SPEC_VALIDATOR = Draft202012Validator(SPEC_SCHEMA)
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    id: str
+    action: str
+    needs: tuple[str, ...]
+    template: Any
+    retry: RetryPolicy
+    timeout_s: float
+    queue: str
+
+
+@dataclass(frozen=True)
+class CompiledWorkflow:
+    name: str
+    version: int
+    params_schema: dict[str, Any]
+    steps: dict[str, StepSpec]
+    children: dict[str, list[str]]
+
+    def check_params(self, params: Any) -> None:
+        """Validate run params against the workflow's JSON Schema; 422 names the field."""
+        errors = [
+            {
+                "field": ".".join(["params", *map(str, error.absolute_path)]),
+                "message": error.message,
+            }
+            for error in Draft202012Validator(self.params_schema).iter_errors(params)
+        ]
+        if errors:
+            raise InvalidParams(f"params do not match workflow {self.name!r}", errors=errors)
+
+    def stages(self) -> list[list[str]]:
+        return planner.stages({step.id: step.needs for step in self.steps.values()})
+
+
+def parse_text(text: str | bytes) -> Any:
+    """Parse a spec written as YAML or JSON (JSON is YAML)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"the spec is not valid YAML or JSON: {exc}") from exc
+
+
+def spec_hash(spec: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def _error(field: str, message: str) -> dict[str, str]:
+    return {"field": field, "message": message}
+
+
+def compile_spec(spec: Any, settings: Settings) -> CompiledWorkflow:
+    """Check a spec completely and return its compiled form; InvalidSpec lists every problem."""
+    errors = [
+        _error(
+            "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e.absolute_path).lstrip(
+                "."
+            )
+            or "spec",
+            e.message,
+        )
+        for e in _SPEC_VALIDATOR.iter_errors(spec)
+    ]
+    if errors:
+        raise InvalidSpec("the workflow spec is invalid", errors=errors)
+    defaults = spec.get("defaults", {})
+    default_retry = RetryPolicy.from_spec(
+        defaults.get("retry"),
+        RetryPolicy(
+            settings.retry_max_attempts, settings.retry_backoff_s, settings.retry_max_backoff_s
+        ),
+        "defaults.retry",
+    )
+    default_timeout = defaults.get("timeout_s", settings.step_timeout_s)
+    params_schema = spec.get("params") or {"type": "object"}
+    try:
+        Draft202012Validator.check_schema(params_schema)
+    except SchemaError as exc:
+        errors.append(_error("params", f"not a valid JSON Schema: {exc.message}"))
+
+    steps: dict[str, StepSpec] = {}
+    for index, raw in enumerate(spec["steps"]):
+        where = f"steps[{index}]"
+        step_id = raw["id"]
+        if step_id in steps:
+            errors.append(_error(f"{where}.id", f"duplicate step id {step_id!r}"))
+            continue
+        needs = tuple(raw.get("needs", ()))
+        if step_id in needs:
+            errors.append(_error(f"{where}.needs", f"step {step_id!r} needs itself"))
+        if len(set(needs)) != len(needs):
+            errors.append(_error(f"{where}.needs", f"step {step_id!r} lists a need twice"))
+        if actions.get(raw["action"]) is None:
+            errors.append(
+                _error(f"{where}.action", f"step {step_id!r} uses unknown action {raw['action']!r}")
+            )
+        timeout = raw.get("timeout_s", default_timeout)
+        if timeout > settings.step_timeout_max_s:
+            errors.append(
+                _error(
+                    f"{where}.timeout_s",
+                    f"step {step_id!r}: timeout_s exceeds STEP_TIMEOUT_MAX_S "
+                    f"({settings.step_timeout_max_s:g})",
+                )
+            )
+        for problem in templating.check_syntax(raw.get("with")):
+            errors.append(_error(f"{where}.with", f"step {step_id!r}: template {problem}"))
+        try:
+            retry = RetryPolicy.from_spec(raw.get("retry"), default_retry, f"{where}.retry")
+        except InvalidSpec as exc:
+            errors.extend(exc.errors)
+            continue
+        steps[step_id] = StepSpec(
+            step_id,
+            raw["action"],
+            needs,
+            raw.get("with"),
+            retry,
+            float(timeout),
+            raw.get("queue", defaults.get("queue", "steps")),
+        )
+
+    for index, step in enumerate(steps.values()):
+        for need in step.needs:
+            if need not in steps and need != step.id:
+                errors.append(
+                    _error(f"steps[{index}].needs", f"step {step.id!r} needs unknown step {need!r}")
+                )
+    if not errors:
+        needs = {step.id: step.needs for step in steps.values()}
+        cycle = planner.find_cycle(needs)
+        if cycle:
+            errors.append(_error("steps", "the steps form a cycle: " + " -> ".join(cycle)))
+    if errors:
+        raise InvalidSpec("the workflow spec is invalid", errors=errors)
+    return CompiledWorkflow(
+        spec["name"],
+        spec["version"],
+        params_schema,
+        steps,
+        planner.dependents({step.id: step.needs for step in steps.values()}),
+    )
+
+
+def register(session: Session, spec: Any, settings: Settings) -> tuple[Workflow, bool]:
+    """Register a workflow version; the same spec again is a no-op, another spec a 409."""
+    compile_spec(spec, settings)
+    digest = spec_hash(spec)
+    existing = session.get(Workflow, (spec["name"], spec["version"]))
+    if existing is not None:
+        if existing.spec_hash == digest:
+            return existing, False
+        raise Conflict(
+            f"workflow {spec['name']!r} version {spec['version']} is already registered with "
+            "another spec; versions are immutable, register a new version"
+        )
+    workflow = Workflow(name=spec["name"], version=spec["version"], spec=spec, spec_hash=digest)
+    session.add(workflow)
+    session.flush()
+    return workflow, True
+
+
+def get(session: Session, name: str, version: int | None = None) -> Workflow:
+    """A workflow version, or the latest one when `version` is None."""
+    query = select(Workflow).where(Workflow.name == name)
+    if version is not None:
+        query = query.where(Workflow.version == version)
+    workflow = session.scalars(query.order_by(Workflow.version.desc()).limit(1)).first()
+    if workflow is None:
+        suffix = f" version {version}" if version is not None else ""
+        raise NotFound(f"workflow {name!r}{suffix} does not exist")
+    return workflow
+
+
+def list_latest(session: Session) -> list[Workflow]:
+    """The latest version of every workflow, by name."""
+    latest = (
+        select(Workflow.name, func.max(Workflow.version).label("version"))
+        .group_by(Workflow.name)
+        .subquery()
+    )
+    query = (
+        select(Workflow)
+        .join(latest, (Workflow.name == latest.c.name) & (Workflow.version == latest.c.version))
+        .order_by(Workflow.name)
+    )
+    return list(session.scalars(query))
+
+
+def list_versions(session: Session, name: str) -> list[Workflow]:
+    rows = list(
+        session.scalars(select(Workflow).where(Workflow.name == name).order_by(Workflow.version))
+    )
+    if not rows:
+        raise NotFound(f"workflow {name!r} does not exist")
+    return rows
+
+
+_COMPILED: dict[tuple[str, str, int], CompiledWorkflow] = {}
+
+
+def compiled(session: Session, settings: Settings, name: str, version: int) -> CompiledWorkflow:
+    """The compiled workflow, cached per database: registered versions never change."""
+    key = (str(session.get_bind().url), name, version)
+    found = _COMPILED.get(key)
+    if found is None:
+        found = _COMPILED[key] = compile_spec(get(session, name, version).spec, settings)
+    return found
+
+
+def plan_stages(
+    session: Session, settings: Settings, name: str, params: Any, version: int | None = None
+) -> list[list[str]]:
+    """The dry-run plan: stages of steps that can run in parallel. Writes nothing."""
+    workflow = get(session, name, version)
+    compiled_workflow = compiled(session, settings, workflow.name, workflow.version)
+    compiled_workflow.check_params(params)
+    return compiled_workflow.stages()
+
+
+def register_directory(session: Session, settings: Settings) -> list[str]:
+    """Register the built-in specs under settings.workflows_dir; returns what was added."""
+    added: list[str] = []
+    directory = Path(settings.workflows_dir)
+    if not directory.is_dir():
+        return added
+    for path in sorted(directory.glob("*.y*ml")) + sorted(directory.glob("*.json")):
+        try:
+            workflow, created = register(session, parse_text(path.read_text()), settings)
+        except (InvalidInput, Conflict) as exc:
+            log.error("workflow file %s not registered: %s %s", path, exc.detail, exc.errors)
+            continue
+        if created:
+            added.append(f"{workflow.name}@{workflow.version}")
+    return added

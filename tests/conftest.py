@@ -1,0 +1,45 @@
+"""Fixtures: a platform per database backend (SQLite and PostgreSQL), with a real worker."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.support.stack import Stack
+
+BACKENDS = ["sqlite", "postgres"]
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def stack(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The shared platform of a backend: database, API and one prefork worker (-c 2)."""
+    platform = Stack(backend, tmp_path_factory.mktemp(f"stack-{backend}"))
+    platform.start_worker(concurrency=2)
+    yield platform
+    platform.close()
+
+
+@pytest.fixture(scope="session")
+def database(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A migrated database and API without a worker (for tests that need none)."""
+    platform = Stack(backend, tmp_path_factory.mktemp(f"db-{backend}"))
+    yield platform
+    platform.close()
+
+
+@pytest.fixture
+def unique() -> str:
+    """A name no other test uses (tests share a database per backend)."""
+    return f"wf_{uuid.uuid4().hex[:10]}"
+
+
+def spec(name: str, steps: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    return {"name": name, "version": 1, "steps": steps, **extra}

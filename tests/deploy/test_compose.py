@@ -1,0 +1,304 @@
+"""docker-compose.yml, the Dockerfile and .dockerignore describe the deployment DESIGN.md
+promises: every service present, started in a safe order, health-checked, and pointing at
+files and modules that exist in this repository."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+APP_SERVICES = {"migrate", "api", "worker", "beat", "flower"}
+INFRA_SERVICES = {"redis", "postgres", "prometheus", "grafana"}
+ONE_SHOT_SERVICES = {"migrate"}
+LONG_RUNNING_SERVICES = (APP_SERVICES | INFRA_SERVICES) - ONE_SHOT_SERVICES
+# Services that read the database and so must wait for the schema.
+MIGRATED_SERVICES = {"api", "worker", "beat"}
+
+PRODUCTION_ENVIRONMENT = {
+    "DATABASE_URL": "postgresql+psycopg://engine:engine@postgres:5432/engine",
+    "REDIS_URL": "redis://redis:6379/0",
+    "ENGINE_ENV": "production",
+    "LOG_DIR": "/var/log/engine",
+}
+
+
+# --- helpers ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]
+
+
+def command_words(service: dict[str, Any]) -> list[str]:
+    command = service.get("command", [])
+    return shlex.split(command) if isinstance(command, str) else [str(w) for w in command]
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    """The service's environment as a mapping, whichever of the two compose forms it uses."""
+    env = service.get("environment", {})
+    if isinstance(env, list):
+        return dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {key: "" if value is None else str(value) for key, value in env.items()}
+
+
+def mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Container path -> source (a named volume or a host path), short syntax or long."""
+    found = {}
+    for volume in service.get("volumes", []):
+        if isinstance(volume, str):
+            source, target = volume.split(":")[:2]
+        else:
+            source, target = volume.get("source", ""), volume["target"]
+        found[target] = source
+    return found
+
+
+def is_host_path(source: str) -> bool:
+    return source.startswith((".", "/", "~"))
+
+
+def option_value(words: list[str], *names: str) -> str | None:
+    """The value of `-x value`, `--long value` or `--long=value` in a command line."""
+    for index, word in enumerate(words):
+        for name in names:
+            if word == name and index + 1 < len(words):
+                return words[index + 1]
+            if word.startswith(name + "="):
+                return word.split("=", 1)[1]
+    return None
+
+
+def module_exists(dotted: str) -> bool:
+    path = ROOT.joinpath(*dotted.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+# --- services and their order -------------------------------------------------------
+
+
+def test_every_service_of_the_deployment_is_defined(services):
+    assert APP_SERVICES | INFRA_SERVICES <= set(services)
+
+
+def test_every_dependency_waits_on_a_stated_condition(services):
+    allowed = {"service_started", "service_healthy", "service_completed_successfully"}
+    for name, service in services.items():
+        depends_on = service.get("depends_on", {})
+        assert isinstance(depends_on, dict), f"{name}: depends_on must use conditions"
+        for dependency, spec in depends_on.items():
+            assert dependency in services, f"{name} depends on unknown {dependency}"
+            condition = (spec or {}).get("condition")
+            assert condition in allowed, f"{name} -> {dependency}: no condition"
+            # Waiting for "started" on a service that can say it is healthy is a race.
+            if "healthcheck" in services[dependency]:
+                assert condition != "service_started", (
+                    f"{name} -> {dependency}: wait for service_healthy"
+                )
+
+
+def test_migrate_runs_once_before_the_services_that_use_the_database(services):
+    migrate = services["migrate"]
+    assert command_words(migrate) == ["engine", "db", "upgrade"]
+    assert str(migrate.get("restart", "no")) == "no"
+    assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
+    for name in MIGRATED_SERVICES:
+        condition = services[name]["depends_on"]["migrate"]["condition"]
+        assert condition == "service_completed_successfully", name
+
+
+def test_every_long_running_service_has_a_healthcheck(services):
+    for name in LONG_RUNNING_SERVICES:
+        healthcheck = services[name].get("healthcheck")
+        assert healthcheck, f"{name} has no healthcheck"
+        assert not healthcheck.get("disable"), name
+        test = healthcheck.get("test")
+        assert test and test != ["NONE"], f"{name}: empty healthcheck"
+
+
+def test_app_services_wait_for_a_healthy_broker(services):
+    for name in APP_SERVICES - ONE_SHOT_SERVICES:
+        assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy", name
+
+
+# --- infrastructure -----------------------------------------------------------------
+
+
+def test_redis_keeps_an_append_only_file_on_a_volume(compose, services):
+    redis = services["redis"]
+    assert redis["image"] == "redis:7"
+    assert option_value(command_words(redis), "--appendonly") == "yes"
+    assert mounts(redis)["/data"] in compose["volumes"]
+
+
+def test_postgres_holds_the_engine_database_on_a_volume(compose, services):
+    postgres = services["postgres"]
+    assert postgres["image"] == "postgres:15"
+    assert environment(postgres)["POSTGRES_DB"] == "engine"
+    assert mounts(postgres)["/var/lib/postgresql/data"] in compose["volumes"]
+    assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
+
+
+def test_every_named_volume_is_declared(compose, services):
+    for name, service in services.items():
+        for target, source in mounts(service).items():
+            if source and not is_host_path(source):
+                assert source in compose.get("volumes", {}), f"{name}:{target} uses {source}"
+
+
+def test_prometheus_and_grafana_mount_folders_that_exist_in_the_repository(services):
+    expected = {
+        "prometheus": {"/etc/prometheus": "deploy/prometheus"},
+        "grafana": {
+            "/etc/grafana/provisioning": "deploy/grafana/provisioning",
+            "/var/lib/grafana/dashboards": "deploy/grafana/dashboards",
+        },
+    }
+    for name, wanted in expected.items():
+        found = mounts(services[name])
+        for target, folder in wanted.items():
+            assert Path(found[target]) == Path(folder), f"{name}:{target}"
+        for target, source in found.items():
+            if is_host_path(source):
+                assert (ROOT / source).exists(), f"{name}:{target} mounts missing {source}"
+
+
+def test_monitoring_is_published_on_the_ports_operators_know(services):
+    assert "9090:9090" in services["prometheus"]["ports"]
+    assert "3001:3000" in services["grafana"]["ports"]
+    # The admin password can be overridden, with a default for a first login.
+    password = environment(services["grafana"])["GF_SECURITY_ADMIN_PASSWORD"]
+    assert re.fullmatch(r"\$\{GRAFANA_ADMIN_PASSWORD:-[^}]+\}", password)
+
+
+# --- app services -------------------------------------------------------------------
+
+
+def test_app_services_share_the_production_environment(services):
+    for name in APP_SERVICES:
+        env = environment(services[name])
+        for key, value in PRODUCTION_ENVIRONMENT.items():
+            assert env.get(key) == value, f"{name}: {key}"
+
+
+def test_secrets_must_be_given_and_have_no_default(services):
+    for name in APP_SERVICES:
+        assert re.fullmatch(r"\$\{JWT_SECRET:\?[^}]+\}", environment(services[name])["JWT_SECRET"])
+    auth = environment(services["flower"])["FLOWER_BASIC_AUTH"]
+    assert re.fullmatch(r"\$\{FLOWER_BASIC_AUTH:\?[^}]+\}", auth)
+
+
+def test_api_runs_gunicorn_on_8000(services):
+    api = services["api"]
+    words = command_words(api)
+    assert words[0] == "gunicorn"
+    assert option_value(words, "-c", "--config") == "web/gunicorn_conf.py"
+    assert words[-1] == "web:create_app()"
+    assert "8000:8000" in api["ports"]
+    assert "localhost:8000/health" in " ".join(api["healthcheck"]["test"])
+
+
+def test_worker_consumes_every_queue_and_serves_health_on_8080(services):
+    worker = services["worker"]
+    words = command_words(worker)
+    assert words[:4] == ["celery", "-A", "workers.celery_app", "worker"]
+    assert set(option_value(words, "-Q", "--queues").split(",")) == {
+        "manager",
+        "steps",
+        "default",
+    }
+    assert environment(worker)["WORKER_HEALTH_PORT"] == "8080"
+    assert "localhost:8080/health" in " ".join(worker["healthcheck"]["test"])
+    # Workers scale out: a published host port would collide between replicas.
+    assert "ports" not in worker
+
+
+def test_beat_keeps_its_schedule_on_a_volume(compose, services):
+    beat = services["beat"]
+    words = command_words(beat)
+    assert words[:4] == ["celery", "-A", "workers.celery_app", "beat"]
+    schedule = option_value(words, "-s", "--schedule")
+    assert schedule == "/var/lib/engine/celerybeat-schedule"
+    assert mounts(beat)[str(Path(schedule).parent)] in compose["volumes"]
+
+
+def test_flower_requires_basic_auth_and_keeps_its_history(compose, services):
+    flower = services["flower"]
+    words = command_words(flower)
+    assert words[:4] == ["celery", "-A", "workers.celery_app", "flower"]
+    assert option_value(words, "--port") == "5555"
+    assert option_value(words, "--persistent") == "True"
+    database = option_value(words, "--db")
+    assert mounts(flower)[str(Path(database).parent)] in compose["volumes"]
+    assert "FLOWER_BASIC_AUTH" in environment(flower)
+    assert "5555:5555" in flower["ports"]
+
+
+def test_built_services_run_modules_and_files_that_exist(services):
+    """Fails until web/, workers/celery_app.py and the `engine` script exist: expected."""
+    missing = []
+    for name, service in services.items():
+        if "build" not in service:
+            continue
+        words = command_words(service)
+        app = option_value(words, "-A", "--app")
+        if app and not module_exists(app.split(":")[0]):
+            missing.append(f"{name}: module {app}")
+        if words[0] == "gunicorn":
+            config = option_value(words, "-c", "--config")
+            if not (ROOT / config).is_file():
+                missing.append(f"{name}: file {config}")
+            if not module_exists(words[-1].split(":")[0]):
+                missing.append(f"{name}: module {words[-1]}")
+        if words[0] == "engine":
+            script = _project_scripts().get("engine")
+            if script is None:
+                missing.append(f"{name}: pyproject.toml declares no `engine` script")
+            elif not module_exists(script.split(":")[0]):
+                missing.append(f"{name}: module {script}")
+    assert not missing, "commands name what the repository lacks: " + "; ".join(missing)
+
+
+def _project_scripts() -> dict[str, str]:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return project.get("scripts", {})
+
+
+# --- the image ----------------------------------------------------------------------
+
+
+def test_the_image_installs_the_pinned_requirements_and_runs_as_a_non_root_user():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    instructions = [
+        line.strip() for line in dockerfile.splitlines() if line.strip() and line[0] != "#"
+    ]
+    assert instructions[0] == "FROM python:3.11-slim"
+    assert any(re.search(r"pip install .*-r requirements\.txt", line) for line in instructions)
+    assert any(re.search(r"pip install .*(-e )?\.$", line) for line in instructions)
+    assert (ROOT / "requirements.txt").is_file()
+    users = [line.split()[1] for line in instructions if line.startswith("USER ")]
+    assert users and users[-1] not in {"root", "0"}
+
+
+def test_the_build_context_leaves_out_secrets_and_local_state():
+    ignored = {
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert {".git", ".venv", ".env", "var"} <= ignored

@@ -1,0 +1,1 @@
+"""Test helpers: services, stacks of real processes, polling with a deadline."""

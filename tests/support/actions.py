@@ -1,0 +1,45 @@
+"""Actions for tests, loaded by workers through ENGINE_ACTION_MODULES.
+
+`record` appends one line per execution to <ENGINE_VAR_DIR>/executions.log (O_APPEND writes
+of one short line are atomic across processes), so tests count real executions.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from engine.actions import ActionContext, register
+from engine.config import Settings
+from engine.errors import ActionError
+
+
+@lru_cache(maxsize=1)
+def _var_dir() -> Path:
+    return Settings.from_env().var_dir
+
+
+def executions_log(var_dir: Path) -> Path:
+    return var_dir / "executions.log"
+
+
+@register("record")
+def record(inputs: Any, context: ActionContext) -> dict[str, Any]:
+    """Record the execution; `sleep` first (writing the pid), `fail: true` to raise."""
+    inputs = inputs if isinstance(inputs, dict) else {}
+    line = f"{context.run_id} {context.step_id} {context.attempt} {os.getpid()}\n"
+    with open(executions_log(_var_dir()), "a") as handle:
+        handle.write(line)
+    if inputs.get("sleep"):
+        pid_dir = _var_dir() / "pids"
+        pid_dir.mkdir(exist_ok=True)
+        (pid_dir / f"{context.run_id}.{context.step_id}.{context.attempt}").write_text(
+            str(os.getpid())
+        )
+        time.sleep(float(inputs["sleep"]))
+    if inputs.get("fail"):
+        raise ActionError(inputs.get("message", "recorded failure"))
+    return {"step": context.step_id, "inputs": inputs, "upstream": sorted(context.steps)}

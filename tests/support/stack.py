@@ -1,0 +1,143 @@
+"""A whole platform for tests: a migrated database, the API (Flask test client) and a real
+prefork worker, all sharing one settings object and a private Redis key prefix."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from engine import migrations
+from engine.auth import mint_token, parse_ttl
+from engine.config import Settings
+from engine.db import make_engine, make_session_factory
+from tests.support import services
+from tests.support.actions import executions_log
+
+JWT_SECRET = "test-secret-" + "x" * 40
+
+
+class Stack:
+    def __init__(
+        self,
+        backend: str,
+        directory: Path,
+        *,
+        redis_url: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.redis_url = redis_url or services.REDIS_URL
+        if not services.redis_alive(self.redis_url):
+            services.unavailable(f"Redis at {self.redis_url}")
+        if backend == "postgres":
+            self.database_url = services.create_postgres_database()
+        else:
+            self.database_url = f"sqlite:///{directory / 'engine.db'}"
+        migrations.upgrade(self.database_url)
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": self.database_url,
+            "REDIS_URL": self.redis_url,
+            "REDIS_KEY_PREFIX": f"enginetest-{uuid.uuid4().hex[:8]}:",
+            "JWT_SECRET": JWT_SECRET,
+            "ENGINE_VAR_DIR": str(directory),
+            "ENGINE_ACTION_MODULES": "tests.support.actions",
+            "WORKFLOWS_DIR": str(directory / "no-builtin-workflows"),
+            "WORKER_HEALTH_PORT": str(services.free_port()),
+            "PYTHONPATH": str(services.ROOT),
+            **(env or {}),
+        }
+        self.settings = Settings.from_env(self.env)
+        self.db_engine = make_engine(self.settings)
+        self.sessions = make_session_factory(self.db_engine)
+        self.workers: list[services.Worker] = []
+        self._app: Any = None
+
+    @property
+    def app(self) -> Any:
+        if self._app is None:
+            from web import create_app
+
+            self._app = create_app(self.settings)
+        return self._app
+
+    def client(self) -> Any:
+        return self.app.test_client()
+
+    def start_worker(self, **options: Any) -> services.Worker:
+        index = len(self.workers)
+        env = {**self.env, **options.pop("env", {})}
+        worker = services.Worker(env, self.directory / f"worker-{index}.log", **options)
+        self.workers.append(worker.start())
+        return worker
+
+    def token(
+        self,
+        sub: str = "alice@example.com",
+        scopes: str = "runs.read,runs.write,workflows.read,workflows.write",
+    ) -> str:
+        return mint_token(self.settings, sub, scopes.split(","), parse_ttl("1h")).token
+
+    def headers(self, sub: str = "alice@example.com", scopes: str | None = None) -> dict[str, str]:
+        token = self.token(sub, scopes) if scopes else self.token(sub)
+        return {"Authorization": f"Bearer {token}"}
+
+    def executions(self, run_id: str | None = None) -> list[tuple[str, str, int]]:
+        """(run_id, step_id, attempt) of every recorded execution."""
+        path = executions_log(self.directory)
+        if not path.exists():
+            return []
+        rows = []
+        for line in path.read_text().splitlines():
+            run, step, attempt, _pid = line.split()
+            if run_id is None or run == run_id:
+                rows.append((run, step, int(attempt)))
+        return rows
+
+    def register(self, spec: dict[str, Any]) -> dict[str, Any]:
+        response = self.client().post(
+            "/workflows", json=spec, headers=self.headers(scopes="workflows.write")
+        )
+        assert response.status_code in (200, 201), response.get_json()
+        return response.get_json()
+
+    def submit(
+        self,
+        workflow: str,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> str:
+        response = self.client().post(
+            "/runs",
+            json={"workflow": workflow, "params": params or {}},
+            headers=headers or self.headers(),
+        )
+        assert response.status_code == 202, response.get_json()
+        return response.get_json()["id"]
+
+    def run(self, run_id: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
+        response = self.client().get(
+            f"/runs/{run_id}", headers=headers or self.headers(scopes="admin.*,runs.read")
+        )
+        assert response.status_code == 200, response.get_json()
+        return response.get_json()
+
+    def wait_finished(self, run_id: str, timeout: float = 60) -> dict[str, Any]:
+        def finished() -> dict[str, Any] | None:
+            run = self.run(run_id)
+            return run if run["status"] in ("succeeded", "failed", "cancelled") else None
+
+        return services.wait_for(finished, timeout, 0.1, f"run {run_id} to finish")
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.db_engine.dispose()
+        if self._app is not None:
+            self._app.extensions["engine.db"].dispose()
+        if self.backend == "postgres":
+            services.drop_postgres_database(self.database_url)

@@ -1,0 +1,108 @@
+"""Runs through HTTP against a real prefork worker, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from tests.conftest import spec
+from tests.support.stack import Stack
+
+
+def test_a_three_step_dag_with_a_fan_in_passes_outputs_along(stack: Stack, unique: str) -> None:
+    stack.register(
+        spec(
+            unique,
+            [
+                {
+                    "id": "fetch",
+                    "action": "echo",
+                    "with": {"company": "{{ params.company }}", "n": 60},
+                },
+                {
+                    "id": "left",
+                    "action": "transform",
+                    "needs": ["fetch"],
+                    "with": {"expression": "steps.fetch.output.n * 2"},
+                },
+                {
+                    "id": "right",
+                    "action": "echo",
+                    "needs": ["fetch"],
+                    "with": {"name": "{{ steps.fetch.output.company | upper }}"},
+                },
+                {
+                    "id": "join",
+                    "action": "echo",
+                    "needs": ["left", "right"],
+                    "with": {
+                        "total": "{{ steps.left.output + 1 }}",
+                        "label": "{{ steps.right.output.name }}-{{ steps.left.output }}",
+                    },
+                },
+            ],
+            params={
+                "type": "object",
+                "required": ["company"],
+                "properties": {"company": {"type": "string"}},
+            },
+        )
+    )
+    run_id = stack.submit(unique, {"company": "acme"})
+    run = stack.wait_finished(run_id)
+    assert run["status"] == "succeeded", run
+    outputs = {step["step_id"]: step["output"] for step in run["steps"]}
+    assert outputs["fetch"] == {"company": "acme", "n": 60}
+    assert outputs["left"] == 120
+    assert outputs["join"] == {"total": 121, "label": "ACME-120"}
+    assert all(step["task_id"] == f"{run_id}:{step['step_id']}:1" for step in run["steps"])
+
+
+def test_a_fan_out_of_fifty_with_a_join_runs_every_step_exactly_once(
+    stack: Stack, unique: str
+) -> None:
+    width = 50
+    stack.register(
+        spec(
+            unique,
+            [
+                {"id": "start", "action": "record"},
+                *(
+                    {"id": f"branch_{i}", "action": "record", "needs": ["start"]}
+                    for i in range(width)
+                ),
+                {"id": "join", "action": "record", "needs": [f"branch_{i}" for i in range(width)]},
+            ],
+        )
+    )
+    run_id = stack.submit(unique)
+    run = stack.wait_finished(run_id, timeout=120)
+    assert run["status"] == "succeeded"
+    executed = Counter(step for _, step, _ in stack.executions(run_id))
+    assert len(executed) == width + 2
+    assert set(executed.values()) == {1}, executed
+    join = next(step for step in run["steps"] if step["step_id"] == "join")
+    assert join["output"]["upstream"] == sorted(f"branch_{i}" for i in range(width))
+
+
+def test_a_failing_step_fails_the_run_and_skips_what_follows(stack: Stack, unique: str) -> None:
+    stack.register(
+        spec(
+            unique,
+            [
+                {
+                    "id": "boom",
+                    "action": "fail",
+                    "with": {"message": "no such company"},
+                    "retry": {"max_attempts": 1},
+                },
+                {"id": "after", "action": "record", "needs": ["boom"]},
+            ],
+        )
+    )
+    run_id = stack.submit(unique)
+    run = stack.wait_finished(run_id)
+    assert run["status"] == "failed"
+    assert "no such company" in run["error"]
+    statuses = {step["step_id"]: step["status"] for step in run["steps"]}
+    assert statuses == {"boom": "dead", "after": "skipped"}
+    assert stack.executions(run_id) == []

@@ -1,0 +1,53 @@
+"""The Flask app factory: `gunicorn 'web:create_app()'`."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+from prometheus_flask_exporter import PrometheusMetrics
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+from engine import actions
+from engine import workflows as workflow_specs
+from engine.config import Settings
+from web import auth, db, errors, health, openapi, runs, telemetry
+from web import workflows as workflow_views
+from workers.factory import make_celery
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    app.config["SETTINGS"] = settings
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    actions.load_plugins(settings.action_modules)
+    errors.register(app)
+    app.extensions["engine.celery"] = make_celery(settings)
+    db.init_app(app)
+    auth.init_app(app)
+    for blueprint in (health.bp, runs.bp, workflow_views.bp, openapi.bp):
+        app.register_blueprint(blueprint)
+    telemetry.init_app(app, PrometheusMetrics)
+    _register_builtin_workflows(app, settings)
+    return app
+
+
+def _register_builtin_workflows(app: Flask, settings: Settings) -> None:
+    """Specs under workflows/ are registered at start; a second process racing is fine."""
+    try:
+        with app.extensions["engine.sessions"].begin() as session:
+            added = workflow_specs.register_directory(session, settings)
+        if added:
+            log.info("registered built-in workflows: %s", ", ".join(added))
+    except IntegrityError:
+        log.info("built-in workflows registered by another process")
+    except (OperationalError, ProgrammingError) as exc:
+        log.error(
+            "built-in workflows not registered (is the database migrated? "
+            "run `engine db upgrade`): %s",
+            exc.orig,
+        )

@@ -1,0 +1,89 @@
+"""Bearer tokens (flask-jwt-extended, HS256 pinned, key picked by `kid`) and scopes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+from flask import Flask, Response, current_app, g
+from flask_jwt_extended import JWTManager, get_jwt, verify_jwt_in_request
+from jwt import InvalidTokenError
+
+from engine.auth import ALGORITHM, Caller, verification_keys
+from engine.config import Settings
+from engine.errors import PermissionDenied
+from web.errors import problem
+
+F = TypeVar("F", bound=Callable[..., Any])
+BEARER = {"WWW-Authenticate": 'Bearer realm="engine"'}
+
+
+def init_app(app: Flask) -> None:
+    settings: Settings = app.config["SETTINGS"]
+    app.config.update(
+        JWT_SECRET_KEY=settings.jwt_secret,
+        JWT_ALGORITHM=ALGORITHM,
+        JWT_DECODE_ALGORITHMS=[ALGORITHM],
+        JWT_TOKEN_LOCATION=["headers"],
+        JWT_DECODE_ISSUER=settings.jwt_issuer,
+        JWT_ENCODE_ISSUER=settings.jwt_issuer,
+        JWT_IDENTITY_CLAIM="sub",
+        JWT_ERROR_MESSAGE_KEY="detail",
+    )
+    manager = JWTManager(app)
+    keys = verification_keys(settings)
+
+    @manager.decode_key_loader
+    def _key_for(header: dict[str, Any], _payload: dict[str, Any]) -> str:
+        key = keys.get(header.get("kid", ""))
+        if key is None:
+            raise InvalidTokenError("the token was signed with an unknown key")
+        return key
+
+    def unauthorized(detail: str) -> Response:
+        return problem(401, "Unauthorized", detail, code="unauthorized", headers=BEARER)
+
+    manager.unauthorized_loader(lambda reason: unauthorized(reason))
+    manager.invalid_token_loader(lambda reason: unauthorized(f"invalid token: {reason}"))
+    manager.expired_token_loader(lambda _h, _p: unauthorized("the token has expired"))
+    manager.revoked_token_loader(lambda _h, _p: unauthorized("the token has been revoked"))
+    manager.needs_fresh_token_loader(lambda _h, _p: unauthorized("a fresh token is required"))
+    manager.user_lookup_error_loader(lambda _h, _p: unauthorized("unknown subject"))
+    manager.token_verification_failed_loader(
+        lambda _h, _p: unauthorized("the token failed verification")
+    )
+    app.extensions["engine.jwt"] = manager
+
+
+def current_caller() -> Caller:
+    return g.caller
+
+
+def require_scopes(*required: str) -> Callable[[F], F]:
+    """Reject a request without a valid token (401) or without every scope named (403)."""
+
+    def decorate(view: F) -> F:
+        @wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            verify_jwt_in_request()
+            claims = get_jwt()
+            scopes = claims.get("scopes") or []
+            if not isinstance(scopes, list):
+                scopes = []
+            caller = Caller(str(claims["sub"]), tuple(str(s) for s in scopes))
+            missing = [scope for scope in required if not caller.can(scope)]
+            if missing:
+                raise PermissionDenied(
+                    f"this needs the scope {', '.join(missing)}",
+                    errors=[
+                        {"field": "scopes", "message": f"missing {scope}"} for scope in missing
+                    ],
+                )
+            g.caller = caller
+            current_app.logger.debug("caller %s", caller.sub)
+            return view(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

@@ -1,0 +1,32 @@
+"""One database session per request, created lazily and closed on teardown."""
+
+from __future__ import annotations
+
+from flask import Flask, current_app, g, request
+from sqlalchemy.orm import Session
+
+from engine.db import make_engine, make_session_factory
+
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def init_app(app: Flask) -> None:
+    db_engine = make_engine(app.config["SETTINGS"])
+    app.extensions["engine.db"] = db_engine
+    app.extensions["engine.sessions"] = make_session_factory(db_engine)
+    app.extensions["engine.read_sessions"] = make_session_factory(db_engine, read_only=True)
+    app.teardown_appcontext(_close)
+
+
+def get_session() -> Session:
+    """The request's session; reads take no write lock on SQLite."""
+    if "db_session" not in g:
+        kind = "engine.read_sessions" if request.method in READ_METHODS else "engine.sessions"
+        g.db_session = current_app.extensions[kind]()
+    return g.db_session
+
+
+def _close(_error: BaseException | None) -> None:
+    session = g.pop("db_session", None)
+    if session is not None:
+        session.close()

@@ -1,0 +1,52 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, current_app
+from sqlalchemy import text
+
+import engine
+from web.errors import problem
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/health")
+def health() -> dict[str, Any]:
+    return {"status": "ok", "version": engine.__version__}
+
+
+def check_database() -> str | None:
+    try:
+        with current_app.extensions["engine.db"].connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as exc:  # any failure makes the check fail; it is reported, not raised
+        return f"{type(exc).__name__}: {exc}"[:300]
+    return None
+
+
+def check_broker() -> str | None:
+    try:
+        with current_app.extensions["engine.celery"].connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=2)
+            connection.default_channel.client.ping()
+    except Exception as exc:  # any failure makes the check fail; it is reported, not raised
+        return f"{type(exc).__name__}: {exc}"[:300]
+    return None
+
+
+@bp.get("/readyz")
+def readyz() -> Any:
+    checks = {"database": check_database(), "broker": check_broker()}
+    failing = {name: error for name, error in checks.items() if error}
+    if failing:
+        return problem(
+            503,
+            "Not ready",
+            "failing: " + ", ".join(sorted(failing)),
+            code="not_ready",
+            errors=[{"field": name, "message": error} for name, error in failing.items()],
+        )
+    return {"status": "ready", "checks": {name: "ok" for name in checks}}

@@ -1,0 +1,92 @@
+"""Runs: submit, list, read, cancel, retry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, current_app, request, url_for
+
+from engine import runs
+from engine.errors import InvalidInput
+from web import schemas, serialize
+from web.auth import current_caller, require_scopes
+from web.db import get_session
+from web.dispatch import send
+
+bp = Blueprint("runs", __name__, url_prefix="/runs")
+MAX_IDEMPOTENCY_KEY = 200
+
+
+@bp.post("")
+@require_scopes("runs.write")
+def submit_run() -> Any:
+    body = schemas.json_body(schemas.SUBMIT_RUN)
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
+        raise InvalidInput(
+            "Idempotency-Key must be 1 to 200 characters",
+            errors=[{"field": "Idempotency-Key", "message": "bad length"}],
+        )
+    session = get_session()
+    run, work, created = runs.submit(
+        session,
+        current_app.config["SETTINGS"],
+        runs.SubmitRun(
+            body["workflow"],
+            body.get("params", {}),
+            body.get("version"),
+            body.get("priority", 0),
+            key,
+        ),
+        current_caller(),
+    )
+    session.commit()
+    send(work)
+    headers = {"Location": url_for("runs.get_run", run_id=run.id)}
+    return serialize.run(run), 202 if created else 200, headers
+
+
+@bp.get("")
+@require_scopes("runs.read")
+def list_runs() -> Any:
+    settings = current_app.config["SETTINGS"]
+    limit = schemas.query_int(
+        "limit", settings.page_limit_default, minimum=1, maximum=settings.page_limit_max
+    )
+    items, following = runs.list_runs(
+        get_session(),
+        current_caller(),
+        limit=limit,
+        cursor=request.args.get("cursor"),
+        status=request.args.get("status"),
+        workflow=request.args.get("workflow"),
+    )
+    return serialize.page([serialize.run(item) for item in items], following)
+
+
+@bp.get("/<run_id>")
+@require_scopes("runs.read")
+def get_run(run_id: str) -> Any:
+    session = get_session()
+    run = runs.get_run(session, run_id, current_caller())
+    return serialize.run(run, runs.run_steps(session, run_id))
+
+
+@bp.post("/<run_id>/cancel")
+@require_scopes("runs.write")
+def cancel_run(run_id: str) -> Any:
+    session = get_session()
+    run, work = runs.cancel(session, run_id, current_caller())
+    session.commit()
+    send(work)
+    return serialize.run(run, runs.run_steps(session, run_id))
+
+
+@bp.post("/<run_id>/retry")
+@require_scopes("runs.write")
+def retry_run(run_id: str) -> Any:
+    session = get_session()
+    run, work = runs.retry_run(session, current_app.config["SETTINGS"], run_id, current_caller())
+    session.commit()
+    send(work)
+    return serialize.run(run), 202

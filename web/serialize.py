@@ -1,0 +1,91 @@
+"""JSON shapes of the API (models have no to_dict; this is where shapes live)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from engine.models import DeadLetter, Run, Step, Workflow
+
+
+def timestamp(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def run(row: Run, steps: list[Step] | None = None) -> dict[str, Any]:
+    body = {
+        "id": row.id,
+        "workflow": row.workflow,
+        "version": row.version,
+        "params": row.params,
+        "status": row.status,
+        "priority": row.priority,
+        "created_by": row.created_by,
+        "created_at": timestamp(row.created_at),
+        "started_at": timestamp(row.started_at),
+        "finished_at": timestamp(row.finished_at),
+        "error": row.error,
+    }
+    if steps is not None:
+        body["steps"] = [step(item) for item in steps]
+    return body
+
+
+def step(row: Step) -> dict[str, Any]:
+    return {
+        "step_id": row.step_id,
+        "action": row.action,
+        "status": row.status,
+        "attempts": row.attempts,
+        "max_attempts": row.max_attempts,
+        "depends_on": row.depends_on,
+        "inputs": row.inputs,
+        "output": row.output,
+        "error": row.error,
+        "error_type": row.error_type,
+        "task_id": row.task_id,
+        "worker": row.worker,
+        "queue": row.queue,
+        "started_at": timestamp(row.started_at),
+        "finished_at": timestamp(row.finished_at),
+        "next_attempt_at": timestamp(row.next_attempt_at),
+    }
+
+
+def workflow(row: Workflow) -> dict[str, Any]:
+    return {
+        "name": row.name,
+        "version": row.version,
+        "spec": row.spec,
+        "created_at": timestamp(row.created_at),
+    }
+
+
+def dead_letter(row: DeadLetter, flower_url: str) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "task_name": row.task_name,
+        "task_id": row.task_id,
+        "queue": row.queue,
+        "args": row.args,
+        "run_id": row.run_id,
+        "step_id": row.step_id,
+        "workflow": row.workflow,
+        "exception_type": row.exception_type,
+        "message": row.message,
+        "traceback": row.traceback,
+        "fingerprint": row.fingerprint,
+        "attempts": row.attempts,
+        "failed_at": timestamp(row.failed_at),
+        "status": row.status,
+        "resolved_by": row.resolved_by,
+        "resolved_at": timestamp(row.resolved_at),
+        "resolution": row.resolution,
+        "flower_url": f"{flower_url}/task/{row.task_id}" if row.task_id else None,
+    }
+
+
+def page(items: list[dict[str, Any]], next_cursor: str | None) -> dict[str, Any]:
+    return {"items": items, "next_cursor": next_cursor}

@@ -1,0 +1,72 @@
+"""Workflows: register versions (JSON or YAML), read them, dry-run plans."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, current_app, request, url_for
+
+from engine import workflows
+from engine.errors import InvalidInput
+from web import schemas, serialize
+from web.auth import require_scopes
+from web.db import get_session
+
+bp = Blueprint("workflows", __name__, url_prefix="/workflows")
+YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
+
+
+@bp.get("")
+@require_scopes("workflows.read")
+def list_workflows() -> Any:
+    rows = workflows.list_latest(get_session())
+    return serialize.page([serialize.workflow(row) for row in rows], None)
+
+
+@bp.post("")
+@require_scopes("workflows.write")
+def register_workflow() -> Any:
+    if request.mimetype in YAML_TYPES:
+        spec = workflows.parse_text(request.get_data())
+    else:
+        spec = request.get_json(force=True) if request.get_data() else None
+    if not isinstance(spec, dict):
+        raise InvalidInput(
+            "the body must be a workflow spec object (JSON or YAML)",
+            errors=[{"field": "body", "message": "expected an object"}],
+        )
+    session = get_session()
+    workflow, created = workflows.register(session, spec, current_app.config["SETTINGS"])
+    session.commit()
+    location = url_for("workflows.get_workflow", name=workflow.name, version=workflow.version)
+    return serialize.workflow(workflow), 201 if created else 200, {"Location": location}
+
+
+@bp.get("/<name>")
+@require_scopes("workflows.read")
+def get_workflow(name: str) -> Any:
+    version = request.args.get("version")
+    if version is not None and not version.isdigit():
+        raise InvalidInput(
+            "version must be a positive integer",
+            errors=[{"field": "version", "message": "not an integer"}],
+        )
+    session = get_session()
+    row = workflows.get(session, name, int(version) if version else None)
+    body = serialize.workflow(row)
+    body["versions"] = [item.version for item in workflows.list_versions(session, name)]
+    return body
+
+
+@bp.post("/<name>/plan")
+@require_scopes("workflows.read")
+def plan_workflow(name: str) -> Any:
+    body = schemas.json_body(schemas.PLAN, default={})
+    stages = workflows.plan_stages(
+        get_session(),
+        current_app.config["SETTINGS"],
+        name,
+        body.get("params", {}),
+        body.get("version"),
+    )
+    return {"workflow": name, "stages": stages}

@@ -1,0 +1,12 @@
+"""The worker's Celery app: `celery -A workers.celery_app worker|beat|flower`."""
+
+from __future__ import annotations
+
+from workers.factory import make_celery
+from workers.runtime import settings
+
+app = make_celery(settings())
+app.set_current()
+
+import workers.signals  # noqa: E402,F401  (connects handlers)
+import workers.tasks  # noqa: E402,F401  (registers tasks)

@@ -1,0 +1,42 @@
+"""Send what a use case asked for, after its transaction committed."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+
+from engine.work import Work
+
+log = logging.getLogger(__name__)
+
+
+def send(work: Work, app: Celery | None = None) -> None:
+    """Send messages and revocations. A failed send is logged, not raised: the rows are
+    committed, and the reconciler sends their work again after its grace period."""
+    if not work:
+        return
+    if app is None:
+        from workers.celery_app import app
+
+    for dispatch in work.dispatches:
+        try:
+            app.send_task(
+                dispatch.task,
+                args=dispatch.args,
+                queue=dispatch.queue,
+                task_id=dispatch.task_id,
+                countdown=dispatch.countdown,
+                soft_time_limit=dispatch.soft_time_limit,
+                time_limit=dispatch.time_limit,
+                priority=dispatch.priority,
+            )
+        except Exception:
+            log.exception(
+                "task %s: send failed; the reconciler will send it again", dispatch.task_id
+            )
+    if work.revoke:
+        try:
+            app.control.revoke(work.revoke, terminate=True, signal="SIGTERM")
+        except Exception:
+            log.exception("revoking %d task(s) failed", len(work.revoke))

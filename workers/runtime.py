@@ -1,0 +1,35 @@
+"""Per-process resources of a worker: settings, database sessions (rebuilt after fork)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from engine import actions
+from engine.config import Settings
+from engine.db import make_engine, make_session_factory
+
+
+@lru_cache(maxsize=1)
+def settings() -> Settings:
+    configured = Settings.from_env()
+    actions.load_plugins(configured.action_modules)
+    return configured
+
+
+@lru_cache(maxsize=1)
+def db_engine() -> Engine:
+    return make_engine(settings())
+
+
+@lru_cache(maxsize=1)
+def sessions() -> sessionmaker[Session]:
+    return make_session_factory(db_engine())
+
+
+def after_fork() -> None:
+    """A forked child must not share its parent's database connections."""
+    if db_engine.cache_info().currsize:
+        db_engine().dispose(close=False)
