@@ -8,9 +8,9 @@
 #   DATABASE_URL    default sqlite:///<ENGINE_VAR_DIR>/engine.db
 #   REDIS_URL       default redis://localhost:6379/0
 #   LOG_DIR         default <ENGINE_VAR_DIR>/log
-#   API_HOST, API_PORT           gunicorn bind (default 127.0.0.1, 8000)
+#   API_BIND, API_PORT           gunicorn bind (default 127.0.0.1, 8000)
 #   FLOWER_ADDRESS, FLOWER_PORT  Flower bind (default 127.0.0.1, 5555)
-#   WORKER_HEALTH_PORT           worker /health and /metrics (default 8080)
+#   WORKER_HEALTH_HOST, WORKER_HEALTH_PORT  worker /health and /metrics (127.0.0.1, 8080)
 #   FLOWER_BASIC_AUTH            user:password; generated once into <ENGINE_VAR_DIR>/flower_auth
 set -euo pipefail
 
@@ -36,14 +36,18 @@ export ENGINE_VAR_DIR=$var_dir
 export DATABASE_URL=${DATABASE_URL:-sqlite:///$var_dir/engine.db}
 export REDIS_URL=${REDIS_URL:-redis://localhost:6379/0}
 export LOG_DIR=${LOG_DIR:-$var_dir/log}
-export API_HOST=${API_HOST:-127.0.0.1}
+export API_BIND=${API_BIND:-127.0.0.1}
 export API_PORT=${API_PORT:-8000}
 export FLOWER_ADDRESS=${FLOWER_ADDRESS:-127.0.0.1}
 export FLOWER_PORT=${FLOWER_PORT:-5555}
+export WORKER_HEALTH_HOST=${WORKER_HEALTH_HOST:-127.0.0.1}
 export WORKER_HEALTH_PORT=${WORKER_HEALTH_PORT:-8080}
 # Dead letters link to their task in this Flower.
 export FLOWER_URL=${FLOWER_URL:-http://localhost:$FLOWER_PORT}
 mkdir -p "$LOG_DIR"
+# The Procfile gives the API and the worker each a prometheus_client multiprocess directory
+# here, so /metrics sums all their forked processes.
+mkdir -p "$var_dir/metrics/api" "$var_dir/metrics/worker"
 
 # redis_probe WAIT_SECONDS [PID]: 0 when Redis answers PING within the wait, 1 when nothing
 # answers (or PID died first), 2 when something answered with an error (printed).
