@@ -35,6 +35,12 @@ def build(settings: Settings) -> dict[str, Any]:
         "result_backend": None,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
+        # A step killed at its hard limit is recorded and retried by the engine
+        # (workers.tasks.StepRequest); its message is acknowledged, not requeued.
+        "task_acks_on_failure_or_timeout": True,
+        # On a lost broker connection running steps finish and record their outcome in the
+        # database; the reconciler re-sends whatever the broker lost meanwhile.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_prefetch_multiplier": 1,
         "task_default_queue": "default",
         "task_queues": [Queue(name) for name in QUEUES],

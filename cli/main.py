@@ -8,7 +8,11 @@ from pathlib import Path
 import click
 
 from cli.context import emit, operator, session, settings
-from engine import auth, migrations, runs, workflows
+from cli.db_ops import COMMANDS as DB_COMMANDS
+from cli.dlq import dlq
+from cli.token_ops import COMMANDS as TOKEN_COMMANDS
+from engine import actions, auth, migrations, runs, workflows
+from engine.config import Settings
 from engine.errors import EngineError
 
 
@@ -35,8 +39,17 @@ def token_mint(sub: str, scopes: str, ttl: str) -> None:
     try:
         minted = auth.mint_token(settings(), sub, auth.parse_scopes(scopes), auth.parse_ttl(ttl))
     except EngineError as exc:
-        raise click.ClickException(f"{exc.detail}: {exc.errors}") from exc
+        details = "; ".join(f"{e['field']}: {e['message']}" for e in exc.errors)
+        raise click.ClickException(f"{exc.detail} ({details})") from exc
     click.echo(minted.token)
+
+
+def _with_actions() -> Settings:
+    """Settings, with the action modules they name imported: specs are checked against
+    the registered actions, as the API and the workers check them."""
+    current = settings()
+    actions.load_plugins(current.action_modules)
+    return current
 
 
 def _send(work: object) -> None:
@@ -66,7 +79,10 @@ def runs_submit(workflow: str, params: str, version: int | None, priority: int) 
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--params") from exc
     with session() as current:
         run, work, _ = runs.submit(
-            current, settings(), runs.SubmitRun(workflow, parsed, version, priority), operator()
+            current,
+            _with_actions(),
+            runs.SubmitRun(workflow, parsed, version, priority),
+            operator(),
         )
         run_id = run.id
     _send(work)
@@ -116,7 +132,7 @@ def runs_cancel(run_id: str) -> None:
 def runs_retry(run_id: str) -> None:
     """Resume a failed run from its failed steps."""
     with session() as current:
-        _, work = runs.retry_run(current, settings(), run_id, operator())
+        _, work = runs.retry_run(current, _with_actions(), run_id, operator())
     _send(work)
     click.echo(f"retrying {run_id}")
 
@@ -135,7 +151,7 @@ def _read_spec(path: str) -> object:
 def workflows_validate(path: str) -> None:
     """Check a spec file (YAML or JSON) and print its stages."""
     try:
-        compiled = workflows.compile_spec(_read_spec(path), settings())
+        compiled = workflows.compile_spec(_read_spec(path), _with_actions())
     except EngineError as exc:
         for error in exc.errors or [{"field": "spec", "message": exc.detail}]:
             click.echo(f"{error['field']}: {error['message']}", err=True)
@@ -148,7 +164,7 @@ def workflows_validate(path: str) -> None:
 def workflows_register(path: str) -> None:
     """Register a spec file as a new workflow version."""
     with session() as current:
-        workflow, created = workflows.register(current, _read_spec(path), settings())
+        workflow, created = workflows.register(current, _read_spec(path), _with_actions())
         label = f"{workflow.name}@{workflow.version}"
     click.echo(("registered " if created else "already registered ") + label)
 
@@ -188,6 +204,12 @@ def db_current() -> None:
     click.echo(f"current: {migrations.current(settings().database_url)}")
     click.echo(f"head:    {migrations.head()}")
 
+
+main.add_command(dlq)
+for _command in TOKEN_COMMANDS:
+    token.add_command(_command)
+for _command in DB_COMMANDS:
+    db.add_command(_command)
 
 if __name__ == "__main__":
     main()

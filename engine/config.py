@@ -39,13 +39,20 @@ class Settings:
     jwt_secret: str = field(default="", repr=False)
     jwt_previous_secrets: tuple[str, ...] = field(default=(), repr=False)
     jwt_issuer: str = "ai-business-engine"
+    # The longest lifetime POST /admin/tokens grants.
+    token_max_ttl_s: float = 30 * 86400.0
     allowed_origins: tuple[str, ...] = ()
     var_dir: Path = PROJECT_ROOT / "var"
     log_dir: Path | None = None
+    log_level: str = "INFO"
+    # prometheus_client's multiprocess directory (PROMETHEUS_MULTIPROC_DIR): forked
+    # processes (gunicorn workers, Celery prefork children) count into files there.
+    metrics_dir: Path | None = None
     workflows_dir: Path = PROJECT_ROOT / "workflows"
     # Extra modules that register actions (besides the `engine.actions` entry points).
     action_modules: tuple[str, ...] = ()
     worker_health_port: int = 8080
+    worker_health_host: str = "0.0.0.0"
     flower_url: str = "http://localhost:5555"
     max_body_bytes: int = 1_048_576
     page_limit_default: int = 50
@@ -64,6 +71,8 @@ class Settings:
     dispatch_grace_s: float = 30.0
     lease_grace_s: float = 30.0
     bulk_replay_rate: float = 100.0
+    # One bulk replay call acts on at most this many dead letters.
+    bulk_replay_max: int = 10_000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -94,12 +103,20 @@ class Settings:
             jwt_secret=secret,
             jwt_previous_secrets=_csv(env.get("JWT_PREVIOUS_SECRETS")),
             jwt_issuer=env.get("JWT_ISSUER", cls.jwt_issuer),
+            token_max_ttl_s=number("TOKEN_MAX_TTL_S", cls.token_max_ttl_s),
             allowed_origins=_csv(env.get("ALLOWED_ORIGINS")),
             var_dir=var_dir,
             log_dir=Path(env["LOG_DIR"]).resolve() if env.get("LOG_DIR") else None,
+            log_level=env.get("LOG_LEVEL", cls.log_level).upper(),
+            metrics_dir=(
+                Path(env["PROMETHEUS_MULTIPROC_DIR"]).resolve()
+                if env.get("PROMETHEUS_MULTIPROC_DIR")
+                else None
+            ),
             workflows_dir=Path(env.get("WORKFLOWS_DIR", str(PROJECT_ROOT / "workflows"))),
             action_modules=_csv(env.get("ENGINE_ACTION_MODULES")),
             worker_health_port=int(number("WORKER_HEALTH_PORT", 8080)),
+            worker_health_host=env.get("WORKER_HEALTH_HOST", cls.worker_health_host),
             flower_url=env.get("FLOWER_URL", cls.flower_url).rstrip("/"),
             max_body_bytes=int(number("MAX_BODY_BYTES", cls.max_body_bytes)),
             step_timeout_s=number("STEP_TIMEOUT_S", cls.step_timeout_s),
@@ -115,29 +132,49 @@ class Settings:
             dispatch_grace_s=number("DISPATCH_GRACE_S", cls.dispatch_grace_s),
             lease_grace_s=number("LEASE_GRACE_S", cls.lease_grace_s),
             bulk_replay_rate=number("BULK_REPLAY_RATE", cls.bulk_replay_rate),
+            bulk_replay_max=int(number("BULK_REPLAY_MAX", cls.bulk_replay_max)),
         )
         settings.check()
         return settings
 
     def check(self) -> None:
-        """Refuse a configuration that cannot work, naming the settings involved."""
+        """Refuse a configuration that cannot work, naming every setting involved."""
+        problems = []
         if self.env == "production" and len(self.jwt_secret) < MIN_SECRET_LENGTH:
-            raise ConfigError(
+            problems.append(
                 f"JWT_SECRET is too weak: use at least {MIN_SECRET_LENGTH} characters "
                 "(openssl rand -hex 32)"
             )
         if self.step_timeout_s > self.step_timeout_max_s:
-            raise ConfigError("STEP_TIMEOUT_S must not exceed STEP_TIMEOUT_MAX_S")
-        longest = self.step_hard_limit(self.step_timeout_max_s) + self.lease_grace_s
-        if self.broker_visibility_timeout_s <= longest:
-            raise ConfigError(
+            problems.append(
+                f"STEP_TIMEOUT_S ({self.step_timeout_s:g}) must not exceed "
+                f"STEP_TIMEOUT_MAX_S ({self.step_timeout_max_s:g})"
+            )
+        if self.broker_visibility_timeout_s <= self.longest_message_hold_s():
+            problems.append(
                 f"BROKER_VISIBILITY_TIMEOUT_S ({self.broker_visibility_timeout_s:g}) must exceed "
-                f"the longest step time, STEP_TIMEOUT_MAX_S ({self.step_timeout_max_s:g}) plus "
-                f"its hard-limit margin and LEASE_GRACE_S ({longest:g} s in all): otherwise "
-                "Redis redelivers steps that are still running"
+                f"the longest time a worker holds a message: the hard limit of the longest "
+                f"step, STEP_TIMEOUT_MAX_S ({self.step_timeout_max_s:g}) plus its margin, plus "
+                f"LEASE_GRACE_S ({self.lease_grace_s:g}) and RETRY_MAX_BACKOFF_S "
+                f"({self.retry_max_backoff_s:g}) for a retry waiting in a worker "
+                f"({self.longest_message_hold_s():g} s in all); otherwise Redis hands a message "
+                "still held by a live worker to a second one"
             )
         if self.max_deliveries < 1 or self.retry_max_attempts < 1:
-            raise ConfigError("MAX_DELIVERIES and RETRY_MAX_ATTEMPTS must be at least 1")
+            problems.append("MAX_DELIVERIES and RETRY_MAX_ATTEMPTS must be at least 1")
+        if min(self.reconcile_interval_s, self.dispatch_grace_s, self.lease_grace_s) <= 0:
+            problems.append("RECONCILE_INTERVAL_S, DISPATCH_GRACE_S and LEASE_GRACE_S must be > 0")
+        if problems:
+            raise ConfigError("invalid configuration: " + "; ".join(problems))
+
+    def longest_message_hold_s(self) -> float:
+        """How long a worker may hold one message unacknowledged: a retry's countdown, then
+        the longest step up to its hard limit, and the lease grace on top."""
+        return (
+            self.retry_max_backoff_s
+            + self.step_hard_limit(self.step_timeout_max_s)
+            + self.lease_grace_s
+        )
 
     @staticmethod
     def step_hard_limit(soft_limit_s: float) -> float:

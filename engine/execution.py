@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, or_, select, update
+from sqlalchemy import and_, bindparam, case, select, update
 from sqlalchemy.orm import Session
 
 from engine import actions, dlq, metrics, templating
@@ -73,6 +73,14 @@ def lease_for(settings: Settings, timeout_s: float) -> timedelta:
     return timedelta(seconds=settings.step_hard_limit(timeout_s) + settings.lease_grace_s)
 
 
+def attempt_number(task_id: str, run_id: str, step_id: str) -> int | None:
+    """The attempt a step message carries in its task id, None for a task id of another form."""
+    key = parse_task_id(task_id)
+    if key is None or key[0] != run_id or key[1] != step_id:
+        return None
+    return key[2]
+
+
 def claim_step(
     session: Session,
     settings: Settings,
@@ -83,11 +91,14 @@ def claim_step(
     worker: str,
     redelivered: bool = False,
 ) -> Claim | Outcome | None:
-    """Own the next attempt of a step, or None when it is not ours to run (ack and stop).
+    """Own the attempt a message carries, or None when it is not ours to run (ack and stop).
 
-    A redelivered message whose step is still `running` under this very task id means the
-    worker that held it died: that attempt is lost, and past the delivery cap the step goes
-    to the dead-letter queue instead of killing another worker.
+    A message claims a step that waits for its next attempt (queued or retrying), and only
+    the message of that attempt: a stale or duplicate message finds the attempt count moved
+    on. A step found `running` under an attempt whose worker is gone (the broker redelivered
+    this very message, so its worker died; or the attempt's lease ran out) has lost that
+    attempt: it is recorded as WorkerLostError and retried as the step's policy says, or
+    dead-lettered at the delivery cap; the returned Outcome says which.
     """
     run = session.execute(
         select(
@@ -101,42 +112,13 @@ def claim_step(
     if spec is None:
         return None
     now = utcnow()
-    takeover = steps.c.lease_expires_at < now
-    if redelivered:
-        current = session.execute(
-            select(steps.c.status, steps.c.attempts, steps.c.task_id).where(
-                _step_key(run_id, step_id)
-            )
-        ).first()
-        if (
-            current is not None
-            and current.status == StepStatus.RUNNING
-            and current.task_id == task_id
-        ):
-            if current.attempts >= min(spec.retry.max_attempts, settings.max_deliveries):
-                return fail_attempt(
-                    session,
-                    settings,
-                    run_id,
-                    step_id,
-                    task_id=task_id,
-                    attempt=current.attempts,
-                    error_type="WorkerLostError",
-                    message=f"the worker died while running this step "
-                    f"{current.attempts} time(s); the delivery cap is "
-                    f"{settings.max_deliveries}",
-                    retryable=False,
-                )
-            takeover = or_(takeover, steps.c.task_id == task_id)
+    waiting = steps.c.status.in_((StepStatus.QUEUED, StepStatus.RETRYING))
+    number = attempt_number(task_id, run_id, step_id)
+    if number is not None:
+        waiting = and_(waiting, steps.c.attempts == number - 1)
     claimed = session.execute(
         update(steps)
-        .where(
-            _step_key(run_id, step_id),
-            or_(
-                steps.c.status.in_((StepStatus.QUEUED, StepStatus.RETRYING)),
-                and_(steps.c.status == StepStatus.RUNNING, takeover),
-            ),
-        )
+        .where(_step_key(run_id, step_id), waiting)
         .values(
             status=StepStatus.RUNNING,
             attempts=steps.c.attempts + 1,
@@ -149,6 +131,27 @@ def claim_step(
         .returning(steps.c.attempts, steps.c.inputs_override)
     ).first()
     if claimed is None:
+        current = session.execute(
+            select(
+                steps.c.status, steps.c.attempts, steps.c.task_id, steps.c.lease_expires_at
+            ).where(_step_key(run_id, step_id))
+        ).first()
+        if (
+            current is not None
+            and current.status == StepStatus.RUNNING
+            and (
+                (redelivered and current.task_id == task_id)
+                or (current.lease_expires_at is not None and current.lease_expires_at < now)
+            )
+        ):
+            return record_lost_attempt(
+                session,
+                settings,
+                run_id,
+                step_id,
+                task_id=current.task_id,
+                attempt=current.attempts,
+            )
         return None
     upstream: dict[str, dict[str, Any]] = {}
     if spec.needs:
@@ -422,6 +425,37 @@ def fail_attempt(
         letter_id,
     )
     return Outcome("dead", work, dead_letter_id=letter_id, error=message)
+
+
+def record_lost_attempt(
+    session: Session,
+    settings: Settings,
+    run_id: str,
+    step_id: str,
+    *,
+    task_id: str,
+    attempt: int,
+) -> Outcome:
+    """Record an attempt whose worker died before it recorded an outcome (killed, out of
+    memory, host gone) as a WorkerLostError failure: retried like any failure until
+    MAX_DELIVERIES attempts, then dead-lettered, so a step that kills its worker every time
+    cannot kill workers forever. A compare-and-set on the attempt: recorded once."""
+    capped = attempt >= settings.max_deliveries
+    message = f"the worker running attempt {attempt} died before recording an outcome"
+    if capped:
+        message += f"; the delivery cap MAX_DELIVERIES={settings.max_deliveries} is reached"
+    log.warning("run %s step %s: %s", run_id, step_id, message)
+    return fail_attempt(
+        session,
+        settings,
+        run_id,
+        step_id,
+        task_id=task_id,
+        attempt=attempt,
+        error_type="WorkerLostError",
+        message=message,
+        retryable=not capped,
+    )
 
 
 def fail_run(

@@ -1,12 +1,38 @@
 """Metric objects, shared by the API and the workers so both count under the same names.
 
 Processes that fork (gunicorn workers, Celery prefork children) aggregate through
-prometheus_client's multiprocess mode when PROMETHEUS_MULTIPROC_DIR is set.
+prometheus_client's multiprocess mode: with PROMETHEUS_MULTIPROC_DIR set (Settings.metrics_dir)
+every process counts into its own files there, and whoever serves /metrics sums them.
+
+Gauges that describe the platform rather than one process (queue depth and lag, open dead
+letters, workers online) are not stored at all: `LiveGauges` reads them when /metrics is
+scraped, so a gauge from a process that has since died never lingers in the files.
 """
 
 from __future__ import annotations
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    values,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
+# `*_created` series double what is exposed for nothing our dashboards read (and the
+# multiprocess mode never has them): one shape in both modes.
+disable_created_metrics()
 
 DURATION_BUCKETS = (
     0.001,
@@ -37,14 +63,115 @@ step_duration_seconds = Histogram(
 )
 task_retries_total = Counter("task_retries_total", "Step attempts scheduled for a retry")
 dlq_events_total = Counter("dlq_events_total", "Dead-letter events", ["event"])
-# Gauges read from the database or the broker at scrape time (see engine/observe.py).
-queue_depth = Gauge(
-    "queue_depth", "Messages waiting in a queue", ["queue"], multiprocess_mode="max"
-)
-queue_lag_seconds = Gauge(
-    "queue_lag_seconds", "Age of the oldest waiting message", ["queue"], multiprocess_mode="max"
-)
-dlq_open = Gauge("dlq_open", "Dead letters still open", multiprocess_mode="max")
-workers_online = Gauge("workers_online", "Celery workers answering", multiprocess_mode="max")
 
-__all__ = ["REGISTRY"]
+# Alerts compute increase() over these; a series born at its first event hides that event.
+DLQ_EVENTS = ("added", "replayed", "discarded")
+for _event in DLQ_EVENTS:
+    dlq_events_total.labels(event=_event)
+
+
+@dataclass
+class Readings:
+    """The platform gauges at one moment; None (or a missing queue) when it could not be read."""
+
+    queue_depth: dict[str, int] = field(default_factory=dict)
+    queue_lag_seconds: dict[str, float] = field(default_factory=dict)
+    dlq_open: int | None = None
+    workers_online: int | None = None
+
+
+class LiveGauges(Collector):
+    """queue_depth, queue_lag_seconds, dlq_open and workers_online, read at scrape time."""
+
+    def __init__(self, read: Callable[[], Readings]) -> None:
+        self._read = read
+
+    def describe(self) -> list[Metric]:
+        # Registering must not probe Redis or the database.
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        readings = self._read()
+        depth = GaugeMetricFamily("queue_depth", "Messages waiting in a queue", labels=["queue"])
+        for queue, value in sorted(readings.queue_depth.items()):
+            depth.add_metric([queue], value)
+        lag = GaugeMetricFamily(
+            "queue_lag_seconds", "Age of the oldest waiting message", labels=["queue"]
+        )
+        for queue, value in sorted(readings.queue_lag_seconds.items()):
+            lag.add_metric([queue], value)
+        dlq = GaugeMetricFamily("dlq_open", "Dead letters still open")
+        if readings.dlq_open is not None:
+            dlq.add_metric([], readings.dlq_open)
+        online = GaugeMetricFamily("workers_online", "Celery workers answering a ping")
+        if readings.workers_online is not None:
+            online.add_metric([], readings.workers_online)
+        yield from (depth, lag, dlq, online)
+
+
+class _ProcessRegistry(Collector):
+    """This process's own metrics (single-process mode), inside another registry."""
+
+    def collect(self) -> Iterator[Metric]:
+        return REGISTRY.collect()
+
+
+def multiprocess_active() -> bool:
+    """Whether this process counts into PROMETHEUS_MULTIPROC_DIR files (fixed at import)."""
+    return bool(getattr(values.ValueClass, "_multiprocess", False))
+
+
+def exposition_registry(
+    metrics_dir: Path | None, read: Callable[[], Readings] | None = None
+) -> CollectorRegistry:
+    """What /metrics serves: every process's counts (from the multiprocess directory when
+    set, else this process's) plus the live gauges."""
+    registry = CollectorRegistry(auto_describe=False)
+    if metrics_dir is not None:
+        if not multiprocess_active():
+            log.warning(
+                "metrics directory %s is configured, but this process was started without "
+                "PROMETHEUS_MULTIPROC_DIR in its environment: its own counts are not shared",
+                metrics_dir,
+            )
+        MultiProcessCollector(registry, path=str(metrics_dir))
+    else:
+        registry.register(_ProcessRegistry())
+    if read is not None:
+        registry.register(LiveGauges(read))
+    return registry
+
+
+def prepare_directory(metrics_dir: Path, keep_pid: int | None = None) -> int:
+    """Create the multiprocess directory and remove the files of earlier processes (a new
+    process with a reused pid would otherwise continue their counts); returns how many.
+    `keep_pid`: the caller's own files, already open, stay."""
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    removed = 0
+    for path in metrics_dir.glob("*.db"):
+        pid = path.stem.rsplit("_", 1)[-1]
+        if keep_pid is not None and pid == str(keep_pid):
+            continue
+        try:
+            path.unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def process_exited(metrics_dir: Path | None, pid: int | None = None) -> None:
+    """Bookkeeping for a process that ended: its live gauges stop counting; its counters and
+    histograms stay, so totals never go down."""
+    if metrics_dir is not None:
+        mark_process_dead(pid if pid is not None else os.getpid(), str(metrics_dir))
+
+
+__all__ = [
+    "REGISTRY",
+    "Readings",
+    "LiveGauges",
+    "exposition_registry",
+    "prepare_directory",
+    "process_exited",
+]

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from engine import workflows
 from engine.config import Settings
-from engine.execution import Outcome, fail_attempt, parse_task_id
+from engine.execution import Outcome, fail_attempt, parse_task_id, record_lost_attempt
 from engine.models import Run, Step, utcnow
 from engine.state import RunStatus, StepStatus
 from engine.work import Work, plan_dispatch, step_dispatch
@@ -27,30 +27,27 @@ SWEEP_LIMIT = 1000
 
 
 def reconcile(session: Session, settings: Settings) -> Work:
-    """Re-dispatch runs left queued and steps left queued, retrying or running past their
-    lease. Each row is stamped when sent, so two sweeps at once send it once."""
+    """Send again the work the database says is waiting but no message carries: runs left
+    queued, steps left queued or retrying past DISPATCH_GRACE_S, and record the attempts of
+    steps left running past their lease as lost (their retry is sent, or they are buried).
+
+    Each row is stamped, or its attempt recorded, by a conditional UPDATE, and the sweep
+    skips rows another sweep holds, so two sweeps at once send each message once."""
     now = utcnow()
     stale = now - timedelta(seconds=settings.dispatch_grace_s)
     work = Work()
-    run_ids = [
-        row.id
-        for row in session.execute(
-            select(runs.c.id)
-            .where(
-                runs.c.status == RunStatus.QUEUED,
-                or_(runs.c.dispatched_at.is_(None), runs.c.dispatched_at < stale),
-            )
-            .limit(SWEEP_LIMIT)
-        )
-    ]
+    unsent = or_(runs.c.dispatched_at.is_(None), runs.c.dispatched_at < stale)
+    run_ids = session.scalars(
+        select(runs.c.id)
+        .where(runs.c.status == RunStatus.QUEUED, unsent)
+        .order_by(runs.c.id)
+        .limit(SWEEP_LIMIT)
+        .with_for_update(skip_locked=True)
+    ).all()
     for run_id in run_ids:
         run = session.execute(
             update(runs)
-            .where(
-                runs.c.id == run_id,
-                runs.c.status == RunStatus.QUEUED,
-                or_(runs.c.dispatched_at.is_(None), runs.c.dispatched_at < stale),
-            )
+            .where(runs.c.id == run_id, runs.c.status == RunStatus.QUEUED, unsent)
             .values(dispatched_at=now)
             .returning(runs.c.workflow, runs.c.version, runs.c.priority)
         ).first()
@@ -59,43 +56,75 @@ def reconcile(session: Session, settings: Settings) -> Work:
             first = max((s.timeout_s for s in workflow.steps.values() if not s.needs), default=0)
             work.dispatches.append(plan_dispatch(run_id, first, settings, run.priority))
 
+    # A step's message carries its next attempt; only steps of running runs are claimable.
     waiting = or_(
-        and_(steps.c.status == StepStatus.QUEUED, steps.c.dispatched_at < stale),
+        and_(
+            steps.c.status == StepStatus.QUEUED,
+            or_(steps.c.dispatched_at.is_(None), steps.c.dispatched_at < stale),
+        ),
         and_(
             steps.c.status == StepStatus.RETRYING,
             steps.c.next_attempt_at < stale,
-            steps.c.dispatched_at < stale,
-        ),
-        and_(
-            steps.c.status == StepStatus.RUNNING,
-            steps.c.lease_expires_at < now,
             or_(steps.c.dispatched_at.is_(None), steps.c.dispatched_at < stale),
         ),
     )
+    live = and_(runs.c.id == steps.c.run_id, runs.c.status == RunStatus.RUNNING)
     keys = session.execute(
-        select(steps.c.run_id, steps.c.step_id).where(waiting).limit(SWEEP_LIMIT)
+        select(steps.c.run_id, steps.c.step_id, runs.c.priority)
+        .where(live, waiting)
+        .order_by(steps.c.run_id, steps.c.step_id)
+        .limit(SWEEP_LIMIT)
+        .with_for_update(of=steps, skip_locked=True)
     ).all()
     for key in keys:
         row = session.execute(
             update(steps)
             .where(steps.c.run_id == key.run_id, steps.c.step_id == key.step_id, waiting)
             .values(dispatched_at=now)
-            .returning(steps.c.status, steps.c.attempts, steps.c.queue, steps.c.timeout_s)
+            .returning(steps.c.attempts, steps.c.queue, steps.c.timeout_s)
         ).first()
-        if row is None:
-            continue
-        # A queued step's message carries its next attempt; a running one lost its worker,
-        # and the message for the attempt it held is the one to send again.
-        attempt = row.attempts if row.status == StepStatus.RUNNING else row.attempts + 1
-        work.dispatches.append(
-            step_dispatch(
-                key.run_id, key.step_id, max(1, attempt), row.queue, row.timeout_s, settings
+        if row is not None:
+            work.dispatches.append(
+                step_dispatch(
+                    key.run_id,
+                    key.step_id,
+                    row.attempts + 1,
+                    row.queue,
+                    row.timeout_s,
+                    settings,
+                    priority=key.priority,
+                )
             )
+
+    # Past its lease (the hard time limit plus LEASE_GRACE_S) an attempt's worker is gone:
+    # killed with its whole host, or its message is held by a dead worker until the broker's
+    # visibility timeout. Record the attempt as lost; its retry goes out with the work.
+    lost = session.execute(
+        select(steps.c.run_id, steps.c.step_id, steps.c.task_id, steps.c.attempts)
+        .where(live, steps.c.status == StepStatus.RUNNING, steps.c.lease_expires_at < now)
+        .order_by(steps.c.run_id, steps.c.step_id)
+        .limit(SWEEP_LIMIT)
+        .with_for_update(of=steps, skip_locked=True)
+    ).all()
+    recorded = 0
+    for row in lost:
+        outcome = record_lost_attempt(
+            session,
+            settings,
+            row.run_id,
+            row.step_id,
+            task_id=row.task_id,
+            attempt=row.attempts,
         )
-    if work.dispatches:
+        if outcome.status != "lost":
+            recorded += 1
+            work.extend(outcome.work)
+    if work.dispatches or recorded:
         log.warning(
-            "reconciler: re-dispatching %d message(s) the broker no longer carries",
+            "reconciler: %d message(s) the broker no longer carries sent again, "
+            "%d attempt(s) past their lease recorded as lost",
             len(work.dispatches),
+            recorded,
         )
     return work
 

@@ -15,7 +15,7 @@ from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from engine import dlq, metrics, workflows
+from engine import audit, dlq, metrics, workflows
 from engine.auth import Caller
 from engine.config import Settings
 from engine.errors import Conflict, InvalidInput, InvalidTransition, NotFound
@@ -268,6 +268,14 @@ def cancel(session: Session, run_id: str, caller: Caller) -> tuple[Run, Work]:
         .values(status=StepStatus.CANCELLED, finished_at=now, lease_expires_at=None)
         .returning(steps.c.task_id)
     ).all()
+    if caller.sub != run.created_by:
+        audit.record(
+            session,
+            actor=caller.sub,
+            action="run.cancel",
+            target=f"run:{run_id}",
+            detail={"owner": run.created_by, "steps_cancelled": len(stopped)},
+        )
     metrics.runs_total.labels(workflow=run.workflow, status="cancelled").inc()
     session.refresh(run)
     return run, Work(
@@ -282,48 +290,137 @@ def resume(
     step_ids: list[str],
     inputs_override: dict[str, Any] | None = None,
 ) -> Work:
-    """Re-enter a failed run at the given steps (their next attempt): succeeded steps stay
-    done, steps that were skipped wait for their parents again, the run is running again."""
+    """Re-enter a failed run at the given dead steps (their next attempt): succeeded steps
+    stay done, skipped steps wait for their parents again, the run is running again.
+
+    Every move is a conditional UPDATE, so two callers resuming one step cannot both win:
+    the loser gets InvalidTransition and its transaction must be rolled back."""
     if run.status not in (RunStatus.FAILED, RunStatus.RUNNING):
         raise InvalidTransition(f"run {run.id} is {run.status}; only a failed run resumes")
     workflow = workflows.compiled(session, settings, run.workflow, run.version)
-    rows = {step.step_id: step for step in run_steps(session, run.id)}
     now = utcnow()
+    # The run row first: a step finishing concurrently updates it too, so that step either
+    # committed before this statement (and is seen as succeeded below) or waits for us.
+    if not session.execute(
+        update(runs)
+        .where(runs.c.id == run.id, runs.c.status.in_((RunStatus.FAILED, RunStatus.RUNNING)))
+        .values(status=RunStatus.RUNNING, error=None, finished_at=None)
+    ).rowcount:
+        raise InvalidTransition(f"run {run.id} changed while it was being resumed; try again")
     work = Work()
     for step_id in step_ids:
-        step = rows[step_id]
-        if step.status not in (StepStatus.DEAD, StepStatus.FAILED):
-            raise InvalidTransition(f"step {step_id!r} is {step.status}, not dead")
-        step.status, step.dispatched_at, step.finished_at = StepStatus.QUEUED, now, None
-        step.error = step.error_type = None
-        if inputs_override is not None:
-            step.inputs_override = inputs_override.get(step_id, step.inputs_override)
-        spec = workflow.steps[step_id]
+        values: dict[str, Any] = {
+            "status": StepStatus.QUEUED,
+            "dispatched_at": now,
+            "finished_at": None,
+            "error": None,
+            "error_type": None,
+            "lease_expires_at": None,
+            "next_attempt_at": None,
+        }
+        if inputs_override is not None and step_id in inputs_override:
+            values["inputs_override"] = inputs_override[step_id]
+        row = session.execute(
+            update(steps)
+            .where(
+                steps.c.run_id == run.id,
+                steps.c.step_id == step_id,
+                steps.c.status.in_((StepStatus.DEAD, StepStatus.FAILED)),
+            )
+            .values(**values)
+            .returning(steps.c.attempts)
+        ).first()
+        spec = workflow.steps.get(step_id)
+        if row is None or spec is None:
+            raise InvalidTransition(f"step {step_id!r} of run {run.id} is not dead")
         work.dispatches.append(
             step_dispatch(
                 run.id,
                 step_id,
-                step.attempts + 1,
+                row.attempts + 1,
                 spec.queue,
                 spec.timeout_s,
                 settings,
                 priority=run.priority,
             )
         )
-    succeeded = {sid for sid, step in rows.items() if step.status == StepStatus.SUCCEEDED}
-    for step in rows.values():
-        if step.status == StepStatus.SKIPPED:
-            step.status = StepStatus.PENDING
-            step.pending_deps = sum(1 for need in step.depends_on if need not in succeeded)
-    run.status, run.error, run.finished_at = RunStatus.RUNNING, None, None
-    session.flush()
+    current = session.execute(
+        select(steps.c.step_id, steps.c.status, steps.c.depends_on).where(steps.c.run_id == run.id)
+    ).all()
+    succeeded = {row.step_id for row in current if row.status == StepStatus.SUCCEEDED}
+    waiting: dict[int, list[str]] = {}
+    for row in current:
+        if row.status == StepStatus.SKIPPED:
+            unmet = sum(1 for need in row.depends_on if need not in succeeded)
+            waiting.setdefault(unmet, []).append(row.step_id)
+    for unmet, skipped in waiting.items():
+        session.execute(
+            update(steps)
+            .where(
+                steps.c.run_id == run.id,
+                steps.c.step_id.in_(skipped),
+                steps.c.status == StepStatus.SKIPPED,
+            )
+            .values(status=StepStatus.PENDING, pending_deps=unmet)
+        )
+    # Children whose parents all succeeded while the run was failed were never released.
+    released = session.execute(
+        update(steps)
+        .where(
+            steps.c.run_id == run.id,
+            steps.c.status == StepStatus.PENDING,
+            steps.c.pending_deps == 0,
+        )
+        .values(status=StepStatus.QUEUED, dispatched_at=now)
+        .returning(steps.c.step_id, steps.c.attempts)
+    ).all()
+    for row in released:
+        spec = workflow.steps[row.step_id]
+        work.dispatches.append(
+            step_dispatch(
+                run.id,
+                row.step_id,
+                row.attempts + 1,
+                spec.queue,
+                spec.timeout_s,
+                settings,
+                priority=run.priority,
+            )
+        )
+    session.refresh(run)
     return work
+
+
+def requeue_plan(session: Session, settings: Settings, run: Run) -> Work:
+    """Send a run whose planning failed back to the manager: queued again, with its count
+    of lost plan deliveries reset."""
+    if not session.execute(
+        update(runs)
+        .where(
+            runs.c.id == run.id,
+            runs.c.status == RunStatus.FAILED,
+            runs.c.started_at.is_(None),
+        )
+        .values(
+            status=RunStatus.QUEUED,
+            error=None,
+            finished_at=None,
+            plan_deliveries=0,
+            dispatched_at=utcnow(),
+        )
+    ).rowcount:
+        raise InvalidTransition(f"run {run.id} is not a failed run waiting to be planned")
+    session.refresh(run)
+    workflow = workflows.compiled(session, settings, run.workflow, run.version)
+    return Work([plan_dispatch(run.id, _first_step_timeout(workflow), settings, run.priority)])
 
 
 def retry_run(
     session: Session, settings: Settings, run_id: str, caller: Caller
 ) -> tuple[Run, Work]:
-    """Resume a failed run from its failed steps (or re-plan it if planning failed)."""
+    """Resume a failed run from its failed steps (or re-plan it if planning failed); its
+    open dead letters are resolved as replayed. Audited when the caller is not the owner
+    or dead letters were resolved."""
     run = get_run(session, run_id, caller)
     if run.status != RunStatus.FAILED:
         raise InvalidTransition(f"run {run_id} is {run.status}; only a failed run is retried")
@@ -338,19 +435,29 @@ def retry_run(
         "resolved_at": utcnow(),
         "resolution": {"via": "run retry"},
     }
-    session.execute(
-        update(DeadLetter.__table__)
-        .where(DeadLetter.run_id == run_id, DeadLetter.status == "open")
-        .values(**resolved)
-    )
-    if not failed and run.started_at is None:
-        workflow = workflows.compiled(session, settings, run.workflow, run.version)
-        run.status, run.error, run.finished_at = RunStatus.QUEUED, None, None
-        run.plan_deliveries, run.dispatched_at = 0, utcnow()
-        return run, Work(
-            [plan_dispatch(run.id, _first_step_timeout(workflow), settings, run.priority)]
+    letters = list(
+        session.scalars(
+            update(DeadLetter.__table__)
+            .where(DeadLetter.run_id == run_id, DeadLetter.status == "open")
+            .values(**resolved)
+            .returning(DeadLetter.id)
         )
-    return run, resume(session, settings, run, failed)
+    )
+    if caller.sub != run.created_by or letters:
+        audit.record(
+            session,
+            actor=caller.sub,
+            action="run.retry",
+            target=f"run:{run_id}",
+            detail={"owner": run.created_by, "steps": failed, "dead_letters": letters},
+        )
+    if not failed and run.started_at is None:
+        work = requeue_plan(session, settings, run)
+    else:
+        work = resume(session, settings, run, failed)
+    if letters:
+        metrics.dlq_events_total.labels(event="replayed").inc(len(letters))
+    return run, work
 
 
 def first_inline_step(session: Session, settings: Settings, run_id: str) -> str | None:

@@ -6,7 +6,7 @@ import re
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import StrictUndefined, TemplateError, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from engine.errors import InvalidInput
@@ -32,9 +32,12 @@ def is_template(value: str) -> bool:
 def evaluate(expression: str, context: dict[str, Any]) -> Any:
     """Evaluate one sandboxed expression to a native value."""
     try:
-        return _compile_expression(expression)(**context)
+        value = _compile_expression(expression)(**context)
+        if isinstance(value, Undefined):
+            str(value)  # a lone missing or unsafe name raises only when used: use it here
     except TemplateError as exc:
         raise InvalidInput(f"expression {expression!r}: {exc}") from exc
+    return value
 
 
 def render(value: Any, context: dict[str, Any]) -> Any:

@@ -11,8 +11,9 @@ from typing import Any
 
 import yaml
 from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
+from jsonschema.exceptions import SchemaError, ValidationError
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from engine import actions, planner, templating
@@ -96,7 +97,7 @@ class CompiledWorkflow:
         """Validate run params against the workflow's JSON Schema; 422 names the field."""
         errors = [
             {
-                "field": ".".join(["params", *map(str, error.absolute_path)]),
+                "field": ".".join(["params", *map(str, error_path(error))]),
                 "message": error.message,
             }
             for error in Draft202012Validator(self.params_schema).iter_errors(params)
@@ -124,18 +125,26 @@ def _error(field: str, message: str) -> dict[str, str]:
     return {"field": field, "message": message}
 
 
+def error_path(error: ValidationError) -> list[str | int]:
+    """The path of a JSON Schema error; a missing or unexpected key is named at its end."""
+    path: list[str | int] = list(error.absolute_path)
+    if error.validator == "required":
+        path += [k for k in error.validator_value if f"{k!r} is a required" in error.message][:1]
+    elif error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        known = error.schema.get("properties", {})
+        path += sorted(k for k in error.instance if k not in known)[:1]
+    return path
+
+
+def _field(error: ValidationError) -> str:
+    """Where a spec error is, as `steps[0].action`."""
+    text = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error_path(error))
+    return text.lstrip(".") or "spec"
+
+
 def compile_spec(spec: Any, settings: Settings) -> CompiledWorkflow:
     """Check a spec completely and return its compiled form; InvalidSpec lists every problem."""
-    errors = [
-        _error(
-            "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e.absolute_path).lstrip(
-                "."
-            )
-            or "spec",
-            e.message,
-        )
-        for e in _SPEC_VALIDATOR.iter_errors(spec)
-    ]
+    errors = [_error(_field(e), e.message) for e in _SPEC_VALIDATOR.iter_errors(spec)]
     if errors:
         raise InvalidSpec("the workflow spec is invalid", errors=errors)
     defaults = spec.get("defaults", {})
@@ -221,18 +230,25 @@ def register(session: Session, spec: Any, settings: Settings) -> tuple[Workflow,
     """Register a workflow version; the same spec again is a no-op, another spec a 409."""
     compile_spec(spec, settings)
     digest = spec_hash(spec)
-    existing = session.get(Workflow, (spec["name"], spec["version"]))
-    if existing is not None:
-        if existing.spec_hash == digest:
-            return existing, False
-        raise Conflict(
-            f"workflow {spec['name']!r} version {spec['version']} is already registered with "
-            "another spec; versions are immutable, register a new version"
-        )
-    workflow = Workflow(name=spec["name"], version=spec["version"], spec=spec, spec_hash=digest)
-    session.add(workflow)
-    session.flush()
-    return workflow, True
+    key = (spec["name"], spec["version"])
+    existing = session.get(Workflow, key)
+    if existing is None:
+        workflow = Workflow(name=key[0], version=key[1], spec=spec, spec_hash=digest)
+        try:
+            with session.begin_nested():
+                session.add(workflow)
+            return workflow, True
+        except IntegrityError:
+            # A concurrent request registered this version first: answer as a repeat would.
+            existing = session.get(Workflow, key)
+            if existing is None:
+                raise
+    if existing.spec_hash == digest:
+        return existing, False
+    raise Conflict(
+        f"workflow {key[0]!r} version {key[1]} is already registered with "
+        "another spec; versions are immutable, register a new version"
+    )
 
 
 def get(session: Session, name: str, version: int | None = None) -> Workflow:

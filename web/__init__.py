@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 
 from flask import Flask
-from prometheus_flask_exporter import PrometheusMetrics
+from flask_cors import CORS
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
-from engine import actions
+from engine import actions, logs
 from engine import workflows as workflow_specs
 from engine.config import Settings
-from web import auth, db, errors, health, openapi, runs, telemetry
+from web import admin, auth, db, errors, health, openapi, runs, status, telemetry
+from web import tokens as token_views
 from web import workflows as workflow_views
 from workers.factory import make_celery
 
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
+    logs.configure(settings, "api")
     app = Flask(__name__)
     app.config["SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -29,11 +31,30 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["engine.celery"] = make_celery(settings)
     db.init_app(app)
     auth.init_app(app)
-    for blueprint in (health.bp, runs.bp, workflow_views.bp, openapi.bp):
+    for blueprint in (health.bp, runs.bp, workflow_views.bp, openapi.bp, admin.bp):
         app.register_blueprint(blueprint)
-    telemetry.init_app(app, PrometheusMetrics)
+    app.register_blueprint(token_views.bp)
+    app.register_blueprint(status.bp)
+    telemetry.init_app(app)
+    _allow_origins(app, settings)
     _register_builtin_workflows(app, settings)
     return app
+
+
+def _allow_origins(app: Flask, settings: Settings) -> None:
+    """CORS for the origins in ALLOWED_ORIGINS only. Credentials are allowed for listed
+    origins; a `*` in the list allows every origin, and then never credentials."""
+    if not settings.allowed_origins:
+        return
+    wildcard = "*" in settings.allowed_origins
+    CORS(
+        app,
+        origins="*" if wildcard else list(settings.allowed_origins),
+        send_wildcard=wildcard,
+        supports_credentials=not wildcard,
+        expose_headers=["Location", "Retry-After", "X-Request-ID"],
+        max_age=600,
+    )
 
 
 def _register_builtin_workflows(app: Flask, settings: Settings) -> None:

@@ -13,10 +13,12 @@ from jwt import InvalidTokenError
 from engine.auth import ALGORITHM, Caller, verification_keys
 from engine.config import Settings
 from engine.errors import PermissionDenied
+from engine.tokens import RevocationList
 from web.errors import problem
 
 F = TypeVar("F", bound=Callable[..., Any])
 BEARER = {"WWW-Authenticate": 'Bearer realm="engine"'}
+REQUIRED_CLAIMS = ("sub", "jti", "exp")
 
 
 def init_app(app: Flask) -> None:
@@ -50,10 +52,25 @@ def init_app(app: Flask) -> None:
     manager.revoked_token_loader(lambda _h, _p: unauthorized("the token has been revoked"))
     manager.needs_fresh_token_loader(lambda _h, _p: unauthorized("a fresh token is required"))
     manager.user_lookup_error_loader(lambda _h, _p: unauthorized("unknown subject"))
+    # Tokens we mint always carry these; one without them never expires or cannot be revoked.
+    manager.token_verification_loader(lambda _h, payload: not missing_claims(payload))
     manager.token_verification_failed_loader(
-        lambda _h, _p: unauthorized("the token failed verification")
+        lambda _h, payload: unauthorized(
+            "invalid token: missing claim " + ", ".join(missing_claims(payload))
+        )
     )
+    # Revoked jtis: Redis first, the database when Redis lacks its copy or is down.
+    revocations = RevocationList.for_settings(settings, app.extensions["engine.read_sessions"])
+    manager.token_in_blocklist_loader(
+        lambda _h, payload: revocations.is_revoked(payload.get("jti"), payload.get("exp"))
+    )
+    app.extensions["engine.revocations"] = revocations
     app.extensions["engine.jwt"] = manager
+
+
+def missing_claims(payload: dict[str, Any]) -> list[str]:
+    """The required claims a decoded token lacks (flask-jwt-extended fills jti with None)."""
+    return [claim for claim in REQUIRED_CLAIMS if payload.get(claim) in (None, "")]
 
 
 def current_caller() -> Caller:

@@ -36,6 +36,57 @@ OPERATIONS: list[tuple[str, str, str | None, str, int]] = [
     ("post", "/workflows", "workflows.write", "Register a workflow version (JSON or YAML)", 201),
     ("get", "/workflows/{name}", "workflows.read", "A workflow (latest or ?version=)", 200),
     ("post", "/workflows/{name}/plan", "workflows.read", "Dry-run plan: parallel stages", 200),
+    (
+        "get",
+        "/admin/dlq",
+        "admin.dlq.read",
+        "Dead letters, newest first (every status unless ?status=open|replayed|discarded): "
+        "workflow, step, exception_type, fingerprint, run_id, since, until, limit, cursor; "
+        "with counts grouped by fingerprint",
+        200,
+    ),
+    ("get", "/admin/dlq/{letter_id}", "admin.dlq.read", "A dead letter, with its Flower link", 200),
+    (
+        "post",
+        "/admin/dlq/{letter_id}/replay",
+        "admin.dlq.replay",
+        "Replay an open dead letter into its run at its step: {reason, inputs?}",
+        202,
+    ),
+    (
+        "post",
+        "/admin/dlq/replay",
+        "admin.dlq.replay",
+        "Bulk replay by filter: {filter, dry_run: true} -> {count, ids}; "
+        "then {filter, confirm_count, reason} -> per-item results",
+        202,
+    ),
+    (
+        "post",
+        "/admin/dlq/{letter_id}/discard",
+        "admin.dlq.discard",
+        "Discard an open dead letter (kept for audit): {reason}",
+        200,
+    ),
+    (
+        "get",
+        "/admin/audit",
+        "admin.audit",
+        "Audit events, newest first: actor, action, target, since, until, limit, cursor",
+        200,
+    ),
+    ("get", "/openapi.json", None, "This description of the API (OpenAPI 3.1)", 200),
+    ("get", "/docs", None, "A browsable page of the API", 200),
+    ("post", "/admin/tokens", "admin.tokens", "Mint a token: {sub, scopes, ttl}", 201),
+    ("post", "/admin/tokens/revoke", "admin.tokens", "Revoke a token by jti", 204),
+    (
+        "get",
+        "/admin/status",
+        "admin.status",
+        "Version, uptime, database and broker checks, queue depth and lag, online workers, "
+        "runs by status, open dead letters",
+        200,
+    ),
 ]
 
 _DOCS_PAGE = """<!doctype html>

@@ -6,8 +6,10 @@ from typing import Any
 
 from flask import request
 from jsonschema import Draft202012Validator
+from werkzeug.exceptions import BadRequest
 
 from engine.errors import InvalidInput
+from engine.workflows import error_path
 
 SUBMIT_RUN = {
     "type": "object",
@@ -31,9 +33,7 @@ def check(schema: dict[str, Any], body: Any, what: str = "body") -> dict[str, An
     """Validate `body` against `schema`; every problem is listed with its field."""
     errors = [
         {
-            "field": ".".join(map(str, error.absolute_path))
-            or (error.path and str(error.path[-1]))
-            or what,
+            "field": ".".join(map(str, error_path(error))) or what,
             "message": error.message,
         }
         for error in Draft202012Validator(schema).iter_errors(body)
@@ -43,9 +43,19 @@ def check(schema: dict[str, Any], body: Any, what: str = "body") -> dict[str, An
     return body
 
 
+def parse_json(default: Any = None) -> Any:
+    """The request body as JSON, whatever its content type; malformed JSON is a 400."""
+    if not request.get_data():
+        return default
+    try:
+        return request.get_json(force=True)
+    except BadRequest as exc:
+        raise BadRequest("the request body is not valid JSON") from exc
+
+
 def json_body(schema: dict[str, Any], *, default: Any = None) -> dict[str, Any]:
     """The request's JSON body, validated; malformed JSON is a 400 (BadRequest)."""
-    body = request.get_json(force=True) if request.get_data() else default
+    body = parse_json(default)
     if body is None:
         raise InvalidInput(
             "a JSON object body is required",

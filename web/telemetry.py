@@ -1,14 +1,28 @@
-"""API request metrics under the names operators chart, exported at /metrics."""
+"""What the API tells operators: request metrics and /metrics (multiprocess-aware), request
+ids, and one access-log line per request."""
 
 from __future__ import annotations
 
+import logging
+import re
 import time
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask, Response, g, request
+from flask_jwt_extended import get_jwt
 from prometheus_client import Counter, Histogram
+from prometheus_client.exposition import choose_encoder
+from prometheus_flask_exporter import PrometheusMetrics
 
-from engine.metrics import DURATION_BUCKETS
+import celeryconfig
+from engine import logs
+from engine.config import Settings
+from engine.metrics import DURATION_BUCKETS, exposition_registry
+from workers.health import make_observer
+
+access_log = logging.getLogger(logs.ACCESS_LOGGER)
 
 LABELS = ["method", "endpoint", "status"]
 api_requests_total = Counter("api_requests_total", "API requests", LABELS)
@@ -17,30 +31,95 @@ api_request_latency_seconds = Histogram(
     "api_request_latency_seconds", "API latency", LABELS, buckets=DURATION_BUCKETS
 )
 
+REQUEST_ID_HEADER = "X-Request-ID"
+# A caller's id is kept when it is plain enough to log and echo back; else we make one.
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+UNTRACKED_PATHS = frozenset({"/metrics"})
 
-def init_app(app: Flask, exporter: Any) -> None:
-    # The exporter serves /metrics (multiprocess-aware); the counting is ours, so that
-    # every response counts, including 404s and auth failures, under stable names.
-    exporter(app, export_defaults=False)
 
-    @app.before_request
-    def _start_timer() -> None:
-        g.request_started = time.perf_counter()
+class EngineMetrics(PrometheusMetrics):
+    """The exporter's /metrics, serving our registry in both modes (the exporter alone
+    would build its own multiprocess registry and leave the live gauges out)."""
 
-    @app.after_request
-    def _count(response: Response) -> Response:
-        if request.path == "/metrics":
-            return response
-        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
-        labels = {
-            "method": request.method,
-            "endpoint": endpoint,
-            "status": str(response.status_code),
-        }
-        api_requests_total.labels(**labels).inc()
-        if response.status_code >= 500:
-            api_errors_total.labels(**labels).inc()
-        started = g.get("request_started")
-        if started is not None:
-            api_request_latency_seconds.labels(**labels).observe(time.perf_counter() - started)
+    def generate_metrics(
+        self, accept_header: str | None = None, names: list[str] | None = None
+    ) -> tuple[str, str]:
+        registry = self.registry.restricted_registry(names) if names else self.registry
+        encoder, content_type = choose_encoder(accept_header)
+        return encoder(registry).decode("utf-8"), content_type
+
+
+def init_app(app: Flask) -> None:
+    settings: Settings = app.config["SETTINGS"]
+    app.extensions["engine.started"] = (datetime.now(UTC), time.monotonic())
+    observer = make_observer(
+        settings,
+        app.extensions["engine.celery"],
+        app.extensions["engine.read_sessions"],
+        celeryconfig.QUEUES,
+    )
+    app.extensions["engine.observer"] = observer
+    registry = exposition_registry(settings.metrics_dir, observer.readings)
+    # The counting is ours (below), so every response counts, 404s and auth failures too.
+    EngineMetrics(app, registry=registry, export_defaults=False)
+    app.before_request(_start)
+    app.after_request(_finish)
+    app.teardown_request(_unbind)
+
+
+def _start() -> None:
+    g.request_started = time.perf_counter()
+    incoming = request.headers.get(REQUEST_ID_HEADER, "")
+    g.request_id = incoming if _VALID_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+    g.log_token = logs.bind(request_id=g.request_id)
+
+
+def _caller_sub() -> str | None:
+    caller = g.get("caller")
+    if caller is not None:
+        return str(caller.sub)
+    try:
+        return str(get_jwt().get("sub") or "") or None
+    except RuntimeError:  # no verified token in this request
+        return None
+
+
+def _finish(response: Response) -> Response:
+    request_id = g.get("request_id")
+    if request_id:
+        response.headers[REQUEST_ID_HEADER] = request_id
+    if request.path in UNTRACKED_PATHS:
         return response
+    started = g.get("request_started")
+    elapsed = time.perf_counter() - started if started is not None else 0.0
+    endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+    labels = {"method": request.method, "endpoint": endpoint, "status": str(response.status_code)}
+    api_requests_total.labels(**labels).inc()
+    if response.status_code >= 500:
+        api_errors_total.labels(**labels).inc()
+    api_request_latency_seconds.labels(**labels).observe(elapsed)
+    fields: dict[str, Any] = {
+        "method": request.method,
+        "path": request.path,
+        "status": response.status_code,
+        "duration_ms": round(elapsed * 1000, 2),
+        "remote_addr": request.remote_addr,
+    }
+    caller = _caller_sub()
+    if caller:
+        fields["caller"] = caller
+    access_log.info(
+        "%s %s %s %.1fms",
+        request.method,
+        request.path,
+        response.status_code,
+        elapsed * 1000,
+        extra={"fields": fields},
+    )
+    return response
+
+
+def _unbind(_error: BaseException | None) -> None:
+    token = g.pop("log_token", None)
+    if token is not None:
+        logs.reset(token)

@@ -29,7 +29,7 @@ def register_workflow() -> Any:
     if request.mimetype in YAML_TYPES:
         spec = workflows.parse_text(request.get_data())
     else:
-        spec = request.get_json(force=True) if request.get_data() else None
+        spec = schemas.parse_json()
     if not isinstance(spec, dict):
         raise InvalidInput(
             "the body must be a workflow spec object (JSON or YAML)",

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from celery import Celery
 
+from engine.observe import SENT_AT_HEADER
 from engine.work import Work
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,8 @@ def send(work: Work, app: Celery | None = None) -> None:
                 soft_time_limit=dispatch.soft_time_limit,
                 time_limit=dispatch.time_limit,
                 priority=dispatch.priority,
+                # queue_lag_seconds reads how long a message has waited from this.
+                headers={SENT_AT_HEADER: time.time()},
             )
         except Exception:
             log.exception(

@@ -1,12 +1,132 @@
-"""Worker signal handlers: process set-up only, never run state."""
+"""Worker signal handlers: process set-up only (logging, metrics files, the health server,
+log context), never run state."""
 
 from __future__ import annotations
 
-from celery.signals import worker_process_init
+import logging
+import os
+from collections.abc import Mapping
+from contextvars import Token
+from typing import Any
 
-from workers.runtime import after_fork
+from celery.signals import (
+    setup_logging,
+    task_postrun,
+    task_prerun,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
+
+from engine import logs
+from engine.work import PLAN_TASK, STEP_TASK
+from workers.runtime import after_fork, settings
+
+# prometheus_client opens its files when the first metric is created: the directory must
+# exist before engine.metrics is imported (here, and by the tasks after this module).
+_metrics_dir = settings().metrics_dir
+if _metrics_dir is not None:
+    _metrics_dir.mkdir(parents=True, exist_ok=True)
+
+from engine import metrics  # noqa: E402
+from workers import health  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+class TaskIds(logging.Filter):
+    """Celery logs a task's id in its record arguments (`Task x[id] received`); our ids are
+    `run:step:attempt` and `run:plan`, so such a line can name its run and step."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, dict) and isinstance(args.get("id"), str):
+            parts = args["id"].split(":")
+            if len(parts) >= 2 and not getattr(record, "run_id", None):
+                record.run_id = parts[0]
+                record.task_id = args["id"]
+                if len(parts) == 3 and parts[1] != "plan":
+                    record.step_id = parts[1]
+        return True
+
+
+def _configure_logging(level: int | str | None) -> None:
+    logs.configure(settings(), "worker", level or None, filters=[TaskIds()])
+
+
+@setup_logging.connect
+def _setup_logging(loglevel: int | str | None = None, **_: Any) -> None:
+    # Connected, so Celery leaves logging to us (worker, beat and their children).
+    _configure_logging(loglevel)
+
+
+@worker_init.connect
+def _worker_starting(sender: Any, **_: Any) -> None:
+    _configure_logging(getattr(sender, "loglevel", None))
+    configured = settings()
+    if configured.metrics_dir is not None:
+        # This process's own files are open already; those of earlier runs go.
+        removed = metrics.prepare_directory(configured.metrics_dir, keep_pid=os.getpid())
+        log.info(
+            "metrics directory %s ready (%d stale file(s) removed)",
+            configured.metrics_dir,
+            removed,
+        )
+    else:
+        pool = getattr(sender, "pool_cls", None)
+        if "prefork" in str(pool).lower():
+            log.warning(
+                "PROMETHEUS_MULTIPROC_DIR is not set: the prefork children's counts will "
+                "not reach this worker's /metrics"
+            )
+    health.start(configured, sender)
+
+
+@worker_ready.connect
+def _worker_ready(**_: Any) -> None:
+    server = health.current()
+    if server is not None:
+        server.mark_ready()
+
+
+@worker_shutdown.connect
+def _worker_stopping(**_: Any) -> None:
+    health.stop()
 
 
 @worker_process_init.connect
-def _after_fork(**_: object) -> None:
+def _after_fork(**_: Any) -> None:
     after_fork()
+    health.after_fork()
+
+
+@worker_process_shutdown.connect
+def _child_exiting(pid: int | None = None, **_: Any) -> None:
+    metrics.process_exited(settings().metrics_dir, pid)
+
+
+# Task id -> the log context bound for it (a task runs in one process, start to end).
+_bound: dict[str, Token[Mapping[str, str]]] = {}
+
+
+@task_prerun.connect
+def _bind_task(task_id: str | None = None, task: Any = None, args: Any = None, **_: Any) -> None:
+    if task_id is None:
+        return
+    name = getattr(task, "name", "")
+    args = list(args or [])
+    fields: dict[str, str | None] = {"task_id": task_id}
+    if name in (STEP_TASK, PLAN_TASK) and args:
+        fields["run_id"] = str(args[0])
+        if name == STEP_TASK and len(args) > 1:
+            fields["step_id"] = str(args[1])
+    _bound[task_id] = logs.bind(**fields)
+
+
+@task_postrun.connect
+def _unbind_task(task_id: str | None = None, **_: Any) -> None:
+    token = _bound.pop(task_id, None) if task_id is not None else None
+    if token is not None:
+        logs.reset(token)

@@ -302,26 +302,41 @@ def test_metric_names_are_read_from_promql_without_functions_labels_or_keywords(
     assert names_in_promql(expr) == {"x_seconds_bucket", "y_total", "z"}
 
 
-# ---- TODO(lead): point this at the real /metrics ------------------------------------
-# The names exposed are read from the engine's shared registry, plus the API's own
-# request metrics. Once a fixture serves the exposition text of the API's and a worker's
-# /metrics, return `exposition_names(api_text) | exposition_names(worker_text)` instead.
-API_METRIC_NAMES = {
-    "api_requests_total",
-    "api_errors_total",
-    "api_request_latency_seconds_bucket",
-    "api_request_latency_seconds_sum",
-    "api_request_latency_seconds_count",
-}
+# ---- what the processes really serve ------------------------------------------------
+# The API's /metrics (Flask test client) and a worker health server's /metrics (the same
+# server a worker starts, here in this process on a free port), on a fresh SQLite stack.
 
 
-def exposed_metric_names() -> set[str]:
-    from prometheus_client import generate_latest
+@pytest.fixture(scope="module")
+def served_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """(API exposition text, worker health server exposition text)."""
+    import urllib.request
 
-    import engine.metrics
+    from tests.support.stack import Stack
+    from workers.health import HealthServer
 
-    text = generate_latest(engine.metrics.REGISTRY).decode()
-    return exposition_names(text) | API_METRIC_NAMES
+    stack = Stack("sqlite", tmp_path_factory.mktemp("monitoring"))
+    server = HealthServer(stack.settings)
+    try:
+        client = stack.client()
+        # One request first, so the request metrics have samples too.
+        assert client.get("/health").status_code == 200
+        response = client.get("/metrics")
+        assert response.status_code == 200
+        api_text = response.get_data(as_text=True)
+        port = server.start()
+        assert port is not None
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+            worker_text = answer.read().decode()
+        yield api_text, worker_text
+    finally:
+        server.stop()
+        stack.close()
+
+
+def exposed_metric_names(served_metrics: tuple[str, str]) -> set[str]:
+    api_text, worker_text = served_metrics
+    return exposition_names(api_text) | exposition_names(worker_text)
 
 
 # -------------------------------------------------------------------------------------
@@ -348,6 +363,6 @@ def exposition_names(text: str) -> set[str]:
     return names
 
 
-def test_every_metric_used_in_dashboards_and_rules_is_exposed():
-    missing = metric_names_used() - exposed_metric_names()
+def test_every_metric_used_in_dashboards_and_rules_is_exposed(served_metrics):
+    missing = metric_names_used() - exposed_metric_names(served_metrics)
     assert not missing, f"charted or alerted on, but never exposed: {sorted(missing)}"

@@ -43,3 +43,27 @@ def record(inputs: Any, context: ActionContext) -> dict[str, Any]:
     if inputs.get("fail"):
         raise ActionError(inputs.get("message", "recorded failure"))
     return {"step": context.step_id, "inputs": inputs, "upstream": sorted(context.steps)}
+
+
+@register("stubborn")
+def stubborn(inputs: Any, context: ActionContext) -> dict[str, Any]:
+    """Record the execution and its pid, then sleep `seconds` (default 30). It swallows what
+    the soft time limit raises and sleeps on, so only the hard limit stops it, unless
+    `obey_soft_limit: true`; from attempt `until_attempt` on it returns at once."""
+    inputs = inputs if isinstance(inputs, dict) else {}
+    with open(executions_log(_var_dir()), "a") as handle:
+        handle.write(f"{context.run_id} {context.step_id} {context.attempt} {os.getpid()}\n")
+    pid_dir = _var_dir() / "pids"
+    pid_dir.mkdir(exist_ok=True)
+    (pid_dir / f"{context.run_id}.{context.step_id}.{context.attempt}").write_text(str(os.getpid()))
+    until = inputs.get("until_attempt")
+    if until is not None and context.attempt >= until:
+        return {"attempt": context.attempt}
+    deadline = time.monotonic() + float(inputs.get("seconds", 30))
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(max(0.0, deadline - time.monotonic()))
+        except BaseException:
+            if inputs.get("obey_soft_limit"):
+                raise
+    return {"attempt": context.attempt, "slept": True}

@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy import select
 
 from engine import migrations
 from engine.auth import mint_token, parse_ttl
 from engine.config import Settings
 from engine.db import make_engine, make_session_factory
+from engine.models import DeadLetter
 from tests.support import services
 from tests.support.actions import executions_log
 
@@ -133,6 +138,28 @@ class Stack:
 
         return services.wait_for(finished, timeout, 0.1, f"run {run_id} to finish")
 
+    def step(self, run_id: str, step_id: str) -> dict[str, Any]:
+        """One step of a run, as GET /runs/{id} shows it."""
+        return next(step for step in self.run(run_id)["steps"] if step["step_id"] == step_id)
+
+    def pid(self, run_id: str, step_id: str, attempt: int = 1, timeout: float = 30) -> int:
+        """The pid of the process running an attempt of a `record` (with `sleep`) or
+        `stubborn` step, once it has started."""
+        path = self.directory / "pids" / f"{run_id}.{step_id}.{attempt}"
+        services.wait_for(path.exists, timeout, message=f"{path.name} to start")
+        return int(services.wait_for(lambda: path.read_text().strip(), 5, message=path.name))
+
+    def dead_letters(self, run_id: str) -> list[DeadLetter]:
+        """The dead letters of a run, oldest first (read from the database)."""
+        with self.sessions() as session:
+            return list(
+                session.scalars(
+                    select(DeadLetter)
+                    .where(DeadLetter.run_id == run_id)
+                    .order_by(DeadLetter.failed_at)
+                )
+            )
+
     def close(self) -> None:
         for worker in self.workers:
             worker.stop()
@@ -141,3 +168,20 @@ class Stack:
             self._app.extensions["engine.db"].dispose()
         if self.backend == "postgres":
             services.drop_postgres_database(self.database_url)
+
+
+@contextmanager
+def private_stack(
+    backend: str, directory: Path, env: dict[str, str] | None = None
+) -> Iterator[tuple[Stack, services.RedisServer]]:
+    """A Stack on a private redis-server of its own, for drills that kill, flush or restart
+    things; the caller starts the workers it needs. Everything stops on the way out."""
+    server = services.RedisServer(directory / "redis").start()
+    try:
+        platform = Stack(backend, directory, redis_url=server.url, env=env)
+        try:
+            yield platform, server
+        finally:
+            platform.close()
+    finally:
+        server.stop()

@@ -1,0 +1,187 @@
+"""`python -m bench [--smoke | --full] [--backends sqlite,postgres] [--output FILE]`
+
+Starts its own workers and API against the local Redis (under a private key prefix, deleted
+at the end) on a fresh SQLite file and a fresh PostgreSQL database (created, then dropped),
+prints a table and writes every figure with the machine's description to bench/results.json.
+`--profile` samples the worker's hot path with py-spy instead (see bench/profile.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform as host
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import redis
+from sqlalchemy import create_engine, text
+
+from bench import report
+from bench.harness import SIZES, WORKER_LOGLEVEL
+from bench.load import Load, ensure_wrk
+from bench.runner import run_backend
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--smoke", action="store_true", help="tiny sizes: checks the harness")
+    mode.add_argument("--full", action="store_true", help="bigger sizes (tens of minutes)")
+    parser.add_argument("--backends", default="sqlite,postgres", help="comma-separated")
+    parser.add_argument("--output", type=Path, default=HERE / "results.json")
+    parser.add_argument("--redis-url", default=DEFAULT_REDIS)
+    parser.add_argument(
+        "--postgres-url", default=DEFAULT_POSTGRES, help="a server login allowed to create DBs"
+    )
+    parser.add_argument("--concurrency", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--no-install", action="store_true", help="never apt-get install wrk when missing"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument(
+        "--profile", action="store_true", help="profile the worker's hot path with py-spy"
+    )
+    parser.add_argument("--profile-seconds", type=float, default=20.0)
+    return parser.parse_args(argv)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return host.processor() or "unknown"
+
+
+def _postgres_version(url: str) -> str | None:
+    try:
+        db_engine = create_engine(url)
+        with db_engine.connect() as connection:
+            found = connection.execute(text("SHOW server_version")).scalar()
+        db_engine.dispose()
+        return str(found)
+    except Exception:  # no server: the backend is reported as unavailable instead
+        return None
+
+
+def _wrk_version(wrk: str | None) -> str | None:
+    if not wrk:
+        return None
+    done = subprocess.run([wrk, "-v"], capture_output=True, text=True)
+    return (done.stdout or done.stderr).split("\n", 1)[0].strip() or None
+
+
+def machine(args: argparse.Namespace, wrk: str | None) -> dict[str, Any]:
+    client = redis.Redis.from_url(args.redis_url)
+    try:
+        redis_version = client.info("server").get("redis_version")
+    finally:
+        client.close()
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "os": host.platform(),
+        "python": host.python_version(),
+        "celery": version("celery"),
+        "kombu": version("kombu"),
+        "sqlalchemy": version("SQLAlchemy"),
+        "flask": version("Flask"),
+        "gunicorn": version("gunicorn"),
+        "psycopg": version("psycopg"),
+        "redis_server": redis_version,
+        "postgres_server": _postgres_version(args.postgres_url),
+        "sqlite": sqlite3.sqlite_version,
+        "wrk": _wrk_version(wrk),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _arguments(argv)
+    mode = "smoke" if args.smoke else "full" if args.full else "quick"
+    sizes = SIZES[mode]
+    if args.profile:
+        from bench.profile import profile
+
+        return profile(args.redis_url, args.concurrency, args.profile_seconds)
+    wrk = ensure_wrk(install=not args.no_install and mode != "smoke")
+    load = Load(wrk)
+    run_id = uuid.uuid4().hex[:10]
+    workdir = Path(tempfile.mkdtemp(prefix=f"engine-bench-{run_id}-"))
+    started = time.time()
+    results: dict[str, Any] = {
+        "mode": mode,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "machine": machine(args, wrk),
+        "settings": {
+            "concurrency": args.concurrency,
+            "pool": "prefork",
+            "worker_loglevel": WORKER_LOGLEVEL,
+            "load_generator": load.name,
+            "gunicorn": "web/gunicorn_conf.py (WEB_CONCURRENCY, WEB_THREADS as set, else 2 x 4)",
+        },
+        "sizes": asdict(sizes),
+        "targets": report.TARGETS,
+        "backends": {},
+    }
+
+    def say(message: str) -> None:
+        print(f"bench [{time.time() - started:5.0f} s] {message}", flush=True)
+
+    try:
+        for backend in [name.strip() for name in args.backends.split(",") if name.strip()]:
+            if backend not in ("sqlite", "postgres"):
+                raise SystemExit(f"unknown backend {backend!r}: use sqlite and/or postgres")
+            if backend == "postgres" and results["machine"]["postgres_server"] is None:
+                results["backends"][backend] = {
+                    "error": f"PostgreSQL unavailable at {args.postgres_url}"
+                }
+                say(f"postgres: skipped, no server at {args.postgres_url}")
+                continue
+            results["backends"][backend] = run_backend(
+                backend,
+                workdir / backend,
+                sizes,
+                load,
+                redis_url=args.redis_url,
+                postgres_admin_url=args.postgres_url,
+                concurrency=args.concurrency,
+                prefix=f"bench-{run_id}-{backend}:",
+                say=say,
+            )
+    finally:
+        if args.keep:
+            print(f"bench: work directory kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    results["duration_s"] = time.time() - started
+    results["verdicts"] = {
+        name: report.verdicts(figures) for name, figures in results["backends"].items()
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print()
+    print(report.table(results))
+    print(f"\nfigures in {args.output} ({results['duration_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

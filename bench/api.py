@@ -1,0 +1,51 @@
+"""API requests per second and latency at many connections (wrk), against a bare Flask app
+under the same gunicorn settings (web/gunicorn_conf.py). No worker runs meanwhile: submitted
+runs wait in the queue, so the figures are the API's alone."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from bench import specs
+from bench.harness import Platform, Sizes
+from bench.load import Load
+
+WARM_S = 1.0
+
+
+def measure(platform: Platform, sizes: Sizes, load: Load, name: str, run_id: str) -> dict[str, Any]:
+    platform.register(specs.one_step(name))
+    token = platform.token()
+    body = json.dumps({"workflow": name, "params": {}})
+    connections, duration = sizes.api_connections, sizes.api_duration_s
+    server, base = platform.start_gunicorn("web:create_app()", "/health")
+    try:
+        load.get(base + f"/runs/{run_id}", token, connections=connections, duration_s=WARM_S)
+        post = load.post(base + "/runs", body, token, connections=connections, duration_s=duration)
+        get = load.get(
+            base + f"/runs/{run_id}", token, connections=connections, duration_s=duration
+        )
+    finally:
+        platform.stop(server)
+    server, base = platform.start_gunicorn("bench.hello_app:app", "/")
+    try:
+        # The same body and Authorization header, which the bare app ignores.
+        load.get(base + "/", token, connections=connections, duration_s=WARM_S)
+        hello_post = load.post(
+            base + "/", body, token, connections=connections, duration_s=duration
+        )
+        hello_get = load.get(base + "/", token, connections=connections, duration_s=duration)
+    finally:
+        platform.stop(server)
+    return {
+        "connections": connections,
+        "duration_s": duration,
+        "load_generator": load.name,
+        "post_runs": post,
+        "get_run": get,
+        "hello_post": hello_post,
+        "hello_get": hello_get,
+        "post_ratio": post["requests_per_s"] / hello_post["requests_per_s"],
+        "get_ratio": get["requests_per_s"] / hello_get["requests_per_s"],
+    }

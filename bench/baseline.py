@@ -1,0 +1,98 @@
+"""The raw Celery side of each comparison, on the platform's broker and worker settings
+(bench/raw_app.py): no-op tasks end to end and drained from a full queue, a chain of no-ops,
+a chord of no-ops. Completion is seen through the tasks' Redis counter."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from celery import chain, chord
+
+from bench import raw_app
+from bench.harness import Platform, Process, pause, resume, wait_until
+
+POLL_S = 0.002
+
+
+class RawSide:
+    """A raw Celery worker and its sender, under the bench prefix plus `raw:`."""
+
+    def __init__(self, platform: Platform) -> None:
+        self.platform = platform
+        self.prefix = platform.prefix + "raw:"
+        self.settings = platform.settings.with_changes(redis_key_prefix=self.prefix)
+        self.app = raw_app.make_app(self.settings)
+        self.counter = raw_app.counter_key(self.settings)
+        self.joined = raw_app.joined_key(self.settings)
+        self.worker: Process | None = None
+
+    def start(self, warm: int = 50) -> None:
+        self.worker = self.platform.start_worker("bench.raw_app", prefix=self.prefix)
+        self._reset()
+        self._send(warm)
+        self._wait_count(warm, "raw warm-up tasks")
+
+    def stop(self) -> None:
+        if self.worker is not None:
+            self.platform.stop(self.worker)
+            self.worker = None
+        self.app.close()
+
+    def _count(self, key: str) -> int:
+        return int(self.platform.redis.get(key) or 0)
+
+    def _reset(self) -> None:
+        self.platform.redis.delete(self.counter, self.joined)
+
+    def _send(self, tasks: int) -> None:
+        for _ in range(tasks):
+            self.app.send_task(raw_app.NOOP)
+
+    def _wait_count(self, tasks: int, what: str, key: str | None = None) -> None:
+        wait_until(
+            lambda: self._count(key or self.counter) >= tasks, max(60, tasks / 20), what, POLL_S
+        )
+
+    def end_to_end(self, tasks: int) -> dict[str, Any]:
+        """Send `tasks` no-ops in a loop; time from the first send to the last completion."""
+        self._reset()
+        started = time.perf_counter()
+        self._send(tasks)
+        sent = time.perf_counter() - started
+        self._wait_count(tasks, f"{tasks} raw tasks")
+        elapsed = time.perf_counter() - started
+        return {"tasks": tasks, "elapsed_s": elapsed, "submit_s": sent, "per_s": tasks / elapsed}
+
+    def drain(self, tasks: int) -> dict[str, Any]:
+        """Queue `tasks` no-ops while the worker does not consume, then time the drain from
+        the first completion to the last (resuming a consumer waits out a broker poll)."""
+        assert self.worker is not None
+        self._reset()
+        pause(self.app, self.worker)
+        self._send(tasks)
+        resume(self.app, self.worker)
+        self._wait_count(1, "the first queued raw task")
+        started = time.perf_counter()
+        self._wait_count(tasks, f"{tasks} queued raw tasks")
+        elapsed = time.perf_counter() - started
+        return {"tasks": tasks, "elapsed_s": elapsed, "per_s": (tasks - 1) / elapsed}
+
+    def chain(self, length: int) -> float:
+        """A chain of immutable no-op signatures (each task sends the next; no backend)."""
+        self._reset()
+        links = chain(*(self.app.signature(raw_app.NOOP, immutable=True) for _ in range(length)))
+        started = time.perf_counter()
+        links.apply_async()
+        self._wait_count(length, f"a raw chain of {length}")
+        return time.perf_counter() - started
+
+    def chord(self, width: int) -> float:
+        """A chord of `width` no-ops and a join; the Redis result backend counts members."""
+        self._reset()
+        header = [self.app.signature(raw_app.NOOP_KEPT, immutable=True) for _ in range(width)]
+        body = self.app.signature(raw_app.JOIN, immutable=True)
+        started = time.perf_counter()
+        chord(header, body, app=self.app).apply_async()
+        self._wait_count(1, f"a raw chord of {width}", self.joined)
+        return time.perf_counter() - started

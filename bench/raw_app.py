@@ -1,0 +1,74 @@
+"""The raw Celery baseline: the platform worker's own settings (celeryconfig.build), no
+database, no engine. `celery -A bench.raw_app worker` runs it.
+
+Every task does the same trivial work, one Redis INCR under the bench's private key prefix:
+that counter is how the bench sees raw tasks complete (platform runs are counted from the
+database instead, where the platform records them anyway). Chords need a result backend,
+so this app has one, a Redis backend under the same prefix; the plain no-op tasks keep
+`task_ignore_result` as the platform sets it and store nothing there.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import redis
+from celery import Celery
+
+import celeryconfig
+from engine.config import Settings
+
+NOOP = "bench.noop"
+NOOP_KEPT = "bench.noop_kept"
+JOIN = "bench.join"
+
+
+def counter_key(settings: Settings) -> str:
+    return f"{settings.redis_key_prefix}raw-counter"
+
+
+def joined_key(settings: Settings) -> str:
+    return f"{settings.redis_key_prefix}raw-joined"
+
+
+def make_app(settings: Settings) -> Celery:
+    """A Celery app configured exactly like the platform's, plus a prefixed result backend."""
+    raw = Celery("bench_raw", set_as_current=False)
+    config = celeryconfig.build(settings)
+    config.update(
+        result_backend=settings.redis_url,
+        result_backend_transport_options={"global_keyprefix": settings.redis_key_prefix},
+        result_expires=600,
+        beat_schedule={},
+    )
+    raw.config_from_object(config)
+
+    @lru_cache(maxsize=1)
+    def client() -> redis.Redis:
+        # Created on first use, so each prefork child opens its own connection.
+        return redis.Redis.from_url(settings.redis_url)
+
+    @raw.task(name=NOOP, shared=False)
+    def noop() -> None:
+        client().incr(counter_key(settings))
+
+    @raw.task(name=NOOP_KEPT, ignore_result=False, shared=False)
+    def noop_kept() -> None:
+        """A chord member: its result is stored, which the chord's counting needs."""
+        client().incr(counter_key(settings))
+
+    @raw.task(name=JOIN, shared=False)
+    def join() -> None:
+        client().incr(joined_key(settings))
+
+    return raw
+
+
+def __getattr__(name: str) -> Any:
+    # The worker's app is built on first access, so the bench process can import make_app
+    # without reading the environment of a worker.
+    if name in ("app", "celery"):
+        built = globals()["app"] = make_app(Settings.from_env())
+        return built
+    raise AttributeError(name)

@@ -1,0 +1,231 @@
+"""Targets, verdicts and the printed table. Every figure comes from the results dict, which is
+also what bench/results.json holds."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+TARGETS = {
+    "throughput": "runs/s ≥ 0.5 × raw tasks/s",
+    "latency": "p50 ≤ 5 ms and p99 ≤ 10 ms",
+    "chain": "ratio ≤ 1.3",
+    "fanout": "ratio ≤ 1.3",
+    "planning": "10k steps ≤ 0.5 s (growth ≈ ×10)",
+    "api_post": "≥ 0.5 × hello",
+    "api_get": "≥ 0.7 × hello",
+    "memory": "growth ≤ 10 %",
+    "replay": "≥ 500 items/s",
+}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _verdict(ok: bool | None) -> str:
+    if ok is None:
+        return ""
+    return "PASS" if ok else "MISS"
+
+
+def verdicts(backend: dict[str, Any]) -> dict[str, bool | None]:
+    """PASS (True) / MISS (False) / not measured (None) per target."""
+
+    def check(test: Callable[[], bool]) -> bool | None:
+        try:
+            return bool(test())
+        except (KeyError, TypeError, AttributeError):
+            return None
+
+    throughput, latency = backend.get("throughput", {}), backend.get("latency", {})
+    api, memory, replay = (
+        backend.get("api", {}),
+        backend.get("memory", {}),
+        backend.get("replay", {}),
+    )
+    return {
+        "throughput_engine": check(lambda: throughput["engine_ratio"] >= 0.5),
+        "throughput_http": check(lambda: throughput["http_ratio"] >= 0.5),
+        "latency": check(lambda: latency["p50_ms"] <= 5 and latency["p99_ms"] <= 10),
+        "chain": check(lambda: backend["chain"]["ratio"] <= 1.3),
+        "fanout": check(lambda: backend["fanout"]["ratio"] <= 1.3),
+        "planning": check(lambda: backend["planning"]["large_plan_s"] <= 0.5),
+        "api_post": check(lambda: api["post_ratio"] >= 0.5),
+        "api_get": check(lambda: api["get_ratio"] >= 0.7),
+        "memory": check(lambda: memory["growth_pct"] <= 10),
+        "replay": check(lambda: replay["items_per_s"] >= 500),
+    }
+
+
+def _fmt(value: Any, digits: int = 0) -> str:
+    """Integers with thousands separators; floats with `digits` decimals (0: whole above 100)."""
+    if not _number(value):
+        return "–"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if digits == 0:
+        return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.1f}"
+    return f"{value:.{digits}f}"
+
+
+def _error(section: Any) -> str | None:
+    if isinstance(section, dict) and "error" in section:
+        return "error: " + str(section["error"])[:60]
+    return None
+
+
+def _rows(backend: dict[str, Any], sizes: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(label, figure, verdict key, target) rows for one backend."""
+    marks = verdicts(backend)
+    rows: list[tuple[str, str, str, str]] = []
+
+    def add(label: str, figure: str, key: str = "", target: str = "") -> None:
+        rows.append((label, figure, _verdict(marks.get(key)) if key else "", target))
+
+    throughput = backend.get("throughput", {})
+    raw = throughput.get("raw", {})
+    add(
+        "1 raw Celery no-op tasks/s (from a full queue)",
+        _error(throughput)
+        or _error(raw)
+        or f"{_fmt(raw.get('tasks_per_s'))} ({_fmt(raw.get('drain_per_s'))})",
+    )
+    for path, label in (("engine", "engine submit"), ("http", "HTTP via gunicorn")):
+        part = throughput.get(path, {})
+        figure = (
+            _error(throughput)
+            or _error(part)
+            or f"{_fmt(part.get('runs_per_s'))} runs/s "
+            f"= ×{_fmt(throughput.get(path + '_ratio'), 2)}"
+        )
+        add(f"  1-step runs/s, {label}", figure, f"throughput_{path}", TARGETS["throughput"])
+    drain = throughput.get("drain", {})
+    add(
+        "  1-step runs/s from a full queue (worker only)",
+        _error(throughput)
+        or _error(drain)
+        or f"{_fmt(drain.get('runs_per_s'))} runs/s = ×{_fmt(throughput.get('drain_ratio'), 2)}",
+        "",
+        "(no target)",
+    )
+    latency = backend.get("latency", {})
+    add(
+        f"2 submit→first step ms @{_fmt(latency.get('rate_per_s'))}/s p50/p95/p99",
+        _error(latency)
+        or "/".join(_fmt(latency.get(k), 1) for k in ("p50_ms", "p95_ms", "p99_ms")),
+        "latency",
+        TARGETS["latency"],
+    )
+    chain = backend.get("chain", {})
+    platform_chain, raw_chain = chain.get("platform", {}), chain.get("raw", {})
+    add(
+        f"3 {sizes['chain_length']}-step chain ms/step platform/raw",
+        _error(chain)
+        or _error(platform_chain)
+        or _error(raw_chain)
+        or f"{_fmt(platform_chain.get('ms_per_step'), 2)} / {_fmt(raw_chain.get('ms_per_task'), 2)}"
+        f" = ×{_fmt(chain.get('ratio'), 2)}",
+        "chain",
+        TARGETS["chain"],
+    )
+    fanout = backend.get("fanout", {})
+    platform_fan, raw_fan = fanout.get("platform", {}), fanout.get("raw", {})
+    add(
+        f"4 {sizes['fanout_width']}-wide fan-out + join s platform/raw",
+        _error(fanout)
+        or _error(platform_fan)
+        or _error(raw_fan)
+        or f"{_fmt(platform_fan.get('total_s'), 2)} / {_fmt(raw_fan.get('total_s'), 2)}"
+        f" = ×{_fmt(fanout.get('ratio'), 2)}",
+        "fanout",
+        TARGETS["fanout"],
+    )
+    plan = backend.get("planning", {})
+    small, large = (str(size) for size in sizes["plan_sizes"])
+    plan_sizes = plan.get("sizes", {})
+    add(
+        f"5 plan {small} / {large} steps s (growth)",
+        _error(plan)
+        or f"{_fmt(plan_sizes.get(small, {}).get('plan_s'), 3)} / "
+        f"{_fmt(plan_sizes.get(large, {}).get('plan_s'), 3)} (×{_fmt(plan.get('growth'), 1)})",
+        "planning",
+        TARGETS["planning"],
+    )
+    api = backend.get("api", {})
+    for key, label, hello, ratio in (
+        ("post_runs", "POST /runs", "hello_post", "post_ratio"),
+        ("get_run", "GET /runs/{id}", "hello_get", "get_ratio"),
+    ):
+        mine, bare = api.get(key, {}), api.get(hello, {})
+        figure = _error(api) or (
+            f"{_fmt(mine.get('requests_per_s'))} req/s "
+            f"(p50 {_fmt(mine.get('p50_ms'), 1)}, p99 {_fmt(mine.get('p99_ms'), 1)} ms) "
+            f"vs {_fmt(bare.get('requests_per_s'))} = ×{_fmt(api.get(ratio), 2)}"
+        )
+        target_key = "api_post" if key == "post_runs" else "api_get"
+        add(
+            f"6 {label} @{api.get('connections', '?')} conn",
+            figure,
+            target_key,
+            TARGETS[target_key],
+        )
+    memory = backend.get("memory", {})
+    add(
+        f"7 worker RSS MB after {_fmt(memory.get('steps'))} steps",
+        _error(memory)
+        or f"{_fmt(memory.get('rss_before_mb'), 1)} → {_fmt(memory.get('rss_after_mb'), 1)} "
+        f"({memory.get('growth_pct', 0):+.1f} %)",
+        "memory",
+        TARGETS["memory"],
+    )
+    replay = backend.get("replay", {})
+    add(
+        f"8 bulk replay of {_fmt(sizes['dead_letters'])} dead letters items/s",
+        _error(replay) or replay.get("note") or _fmt(replay.get("items_per_s")),
+        "replay",
+        TARGETS["replay"],
+    )
+    return rows
+
+
+def table(results: dict[str, Any]) -> str:
+    backends = list(results["backends"])
+    per_backend = {
+        name: _rows(results["backends"][name], results["sizes"])
+        for name in backends
+        if "error" not in results["backends"][name]
+    }
+    machine = results["machine"]
+    lines = [
+        f"bench ({results['mode']}): {machine['nproc']} cores, {machine['cpu_model']}, "
+        f"Python {machine['python']}, Celery {machine['celery']}, "
+        f"worker -c {results['settings']['concurrency']}",
+    ]
+    if not per_backend:
+        for name in backends:
+            lines.append(f"{name}: {results['backends'][name].get('error')}")
+        return "\n".join(lines)
+    labels = [row[0] for row in next(iter(per_backend.values()))]
+    columns = {
+        name: [f"{figure} {verdict}".rstrip() for _, figure, verdict, _ in rows]
+        for name, rows in per_backend.items()
+    }
+    targets = [row[3] for row in next(iter(per_backend.values()))]
+    label_width = max(len(label) for label in labels)
+    widths = {
+        name: max(len(name), *(len(cell) for cell in cells)) for name, cells in columns.items()
+    }
+    header = "  ".join(
+        ["scenario".ljust(label_width)]
+        + [name.ljust(widths[name]) for name in columns]
+        + ["target"]
+    )
+    lines += [header, "-" * len(header)]
+    for index, label in enumerate(labels):
+        cells = [columns[name][index].ljust(widths[name]) for name in columns]
+        lines.append("  ".join([label.ljust(label_width), *cells, targets[index]]).rstrip())
+    for name in backends:
+        if name not in per_backend:
+            lines.append(f"{name}: {results['backends'][name].get('error')}")
+    return "\n".join(lines)

@@ -1,0 +1,118 @@
+"""The platform side of the one-step comparison: runs submitted through the engine in a loop,
+through HTTP against gunicorn, and drained from a full queue; plus the submit -> first step
+latency at a steady rate. Completion comes from the database (the runs' finished_at), so
+polling adds nothing to the figures."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from bench import specs
+from bench.harness import Platform, Process, Sizes, pause, percentile, resume
+from bench.load import run_python
+
+WARM_RUNS = 20
+
+
+def _timeout(runs: int) -> float:
+    return max(60.0, runs / 5)
+
+
+def warm_up(platform: Platform, name: str) -> None:
+    """A few runs first, so caches, connections and forked children are in place."""
+    platform.register(specs.one_step(name))
+    for _ in range(WARM_RUNS):
+        platform.submit(name)
+    platform.wait_runs(name, WARM_RUNS, _timeout(WARM_RUNS))
+
+
+def end_to_end(platform: Platform, runs: int, name: str) -> dict[str, Any]:
+    """engine.runs.submit + workers.dispatch.send in a loop, as fast as they go."""
+    platform.register(specs.one_step(name))
+    started = time.time()
+    for _ in range(runs):
+        platform.submit(name)
+    submitted = time.time() - started
+    platform.wait_runs(name, runs, _timeout(runs))
+    elapsed = platform.last_finished(name).timestamp() - started
+    return {"runs": runs, "elapsed_s": elapsed, "submit_s": submitted, "per_s": runs / elapsed}
+
+
+def drain(platform: Platform, worker: Process, runs: int, name: str) -> dict[str, Any]:
+    """Submit `runs` while the worker does not consume, then time the worker alone: from
+    the first run finished to the last (resuming a consumer waits out a broker poll)."""
+    platform.register(specs.one_step(name))
+    pause(platform.sender, worker)
+    for _ in range(runs):
+        platform.submit(name)
+    resume(platform.sender, worker)
+    platform.wait_runs(name, runs, _timeout(runs))
+    first, last = platform.finished_span(name)
+    elapsed = (last - first).total_seconds()
+    return {"runs": runs, "elapsed_s": elapsed, "per_s": (runs - 1) / elapsed}
+
+
+def http(
+    platform: Platform, runs: int, connections: int, name: str, base_url: str
+) -> dict[str, Any]:
+    """POST /runs through gunicorn from keep-alive connections until `runs` were sent."""
+    platform.register(specs.one_step(name))
+    started = time.time()
+    load = run_python(
+        base_url + "/runs",
+        method="POST",
+        connections=connections,
+        duration_s=_timeout(runs),
+        headers={
+            "Content-Type": "application/json",
+            "Authorization": f"Bearer {platform.token()}",
+        },
+        body=json.dumps({"workflow": name, "params": {}}).encode(),
+        limit=runs,
+    )
+    submitted = time.time() - started
+    created = sum(platform.run_counts(name).values())
+    platform.wait_runs(name, created, _timeout(created))
+    elapsed = platform.last_finished(name).timestamp() - started
+    return {
+        "runs": created,
+        "failed_requests": load["non_2xx"],
+        "connections": connections,
+        "elapsed_s": elapsed,
+        "submit_s": submitted,
+        "per_s": created / elapsed,
+        "submit_p50_ms": load["p50_ms"],
+        "submit_p99_ms": load["p99_ms"],
+    }
+
+
+def latency(platform: Platform, sizes: Sizes, name: str) -> dict[str, Any]:
+    """Runs submitted at a steady rate; per run, first step started_at minus created_at."""
+    platform.register(specs.one_step(name))
+    count = max(1, round(sizes.latency_rate * sizes.latency_s))
+    interval = 1 / sizes.latency_rate
+    started = time.perf_counter()
+    late = 0
+    for index in range(count):
+        due = started + index * interval
+        pause_s = due - time.perf_counter()
+        if pause_s > 0:
+            time.sleep(pause_s)
+        elif pause_s < -interval:
+            late += 1
+        platform.submit(name)
+    achieved = count / (time.perf_counter() - started)
+    platform.wait_runs(name, count, _timeout(count))
+    delays = platform.first_step_delays_ms(name)
+    return {
+        "rate_per_s": sizes.latency_rate,
+        "achieved_rate_per_s": achieved,
+        "late_submissions": late,
+        "runs": count,
+        "p50_ms": percentile(delays, 0.50),
+        "p95_ms": percentile(delays, 0.95),
+        "p99_ms": percentile(delays, 0.99),
+        "max_ms": max(delays) if delays else None,
+    }

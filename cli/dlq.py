@@ -1,0 +1,188 @@
+"""`engine dlq` — list, show, replay (one or by filter) and discard dead letters.
+
+The CLI acts as `cli:<user>` (cli.context.operator()); every change is audited under it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from cli.context import emit, operator, session, settings
+from engine import replay
+from engine.db import make_engine, make_session_factory
+from engine.work import Work
+
+FILTER_OPTIONS = (
+    ("--workflow", "--filter-workflow", "workflow"),
+    ("--step", "--filter-step", "step"),
+    ("--exception-type", "--filter-exception-type", "exception_type"),
+    ("--fingerprint", "--filter-fingerprint", "fingerprint"),
+    ("--run", "--filter-run", "run_id"),
+    ("--since", "--filter-since", "since"),
+    ("--until", "--filter-until", "until"),
+)
+
+
+def filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The filter of GET /admin/dlq as options (times in ISO 8601)."""
+    for *names, dest in reversed(FILTER_OPTIONS):
+        command = click.option(*names, dest, default=None)(command)
+    return command
+
+
+def _filter(options: dict[str, Any]) -> replay.LetterFilter:
+    return replay.LetterFilter.parse(
+        {name: options.get(name) for name in replay.FILTER_FIELDS}, prefix="--"
+    )
+
+
+@contextmanager
+def _sender() -> Iterator[Callable[[Work], None]]:
+    """Send work to the broker named by the settings (REDIS_URL, REDIS_KEY_PREFIX)."""
+    from workers.dispatch import send
+    from workers.factory import make_celery
+
+    app = make_celery(settings())
+    try:
+        yield lambda work: send(work, app)
+    finally:
+        app.close()
+
+
+@click.group("dlq")
+def dlq() -> None:
+    """The dead-letter queue: inspect, replay, discard."""
+
+
+@dlq.command("ls")
+@click.option("--status", type=click.Choice(replay.STATUSES), default=None, help="All if unset.")
+@filter_options
+@click.option("--limit", type=click.IntRange(1, 1000), default=50)
+def dlq_ls(limit: int, **options: Any) -> None:
+    """List dead letters, newest first, then their counts by fingerprint."""
+    with session() as current:
+        where = _filter(options)
+        items, following = replay.list_letters(current, where, limit=limit)
+        groups = replay.group_letters(current, where)
+        for letter in items:
+            click.echo(
+                f"{letter.id}  {letter.status:<9} {letter.failed_at:%Y-%m-%d %H:%M:%S}  "
+                f"{letter.workflow}/{letter.step_id or '(planning)'}  x{letter.attempts}  "
+                f"{letter.exception_type}  {letter.fingerprint}  run {letter.run_id}"
+            )
+        if following:
+            click.echo(f"... more; narrow the filter or raise --limit (now {limit})")
+        click.echo(f"groups by fingerprint ({len(groups)}):")
+        for group in groups:
+            click.echo(
+                f"  {group.fingerprint}  {group.count:>6}  {group.exception_type}  "
+                f"last {group.last_failed_at:%Y-%m-%d %H:%M:%S}"
+            )
+
+
+@dlq.command("show")
+@click.argument("letter_id")
+def dlq_show(letter_id: str) -> None:
+    """Show a dead letter as JSON (with its traceback and Flower link)."""
+    from web import serialize
+
+    with session() as current:
+        emit(serialize.dead_letter(replay.get_letter(current, letter_id), settings().flower_url))
+
+
+@dlq.command("replay")
+@click.argument("letter_id", required=False)
+@click.option("--reason", default=None, help="Why (recorded in the audit trail).")
+@click.option("--inputs", default=None, help="JSON object replacing the step's inputs.")
+@click.option("--all", "bulk", is_flag=True, help="Every open letter matching the filter.")
+@filter_options
+@click.option("--dry-run", is_flag=True, help="With --all: only count and list the ids.")
+@click.option("--confirm-count", type=int, default=None, help="With --all: the dry run's count.")
+def dlq_replay(
+    letter_id: str | None,
+    reason: str | None,
+    inputs: str | None,
+    bulk: bool,
+    dry_run: bool,
+    confirm_count: int | None,
+    **options: Any,
+) -> None:
+    """Replay LETTER_ID into its run, or with --all every open letter matching a filter
+    (first --dry-run, then --confirm-count N --reason R)."""
+    if bool(letter_id) == bulk:
+        raise click.UsageError("give a LETTER_ID or --all, not both")
+    if bulk:
+        if inputs is not None:
+            raise click.UsageError("--inputs replaces one letter's inputs; it cannot go with --all")
+        _replay_all(options, reason, dry_run, confirm_count)
+        return
+    replacement = None
+    if inputs is not None:
+        try:
+            replacement = json.loads(inputs)
+        except ValueError as exc:
+            raise click.BadParameter(f"not JSON: {exc}", param_hint="--inputs") from exc
+        if not isinstance(replacement, dict):
+            raise click.BadParameter("must be a JSON object", param_hint="--inputs")
+    with session() as current:
+        replayed = replay.replay(
+            current, settings(), letter_id or "", operator(), reason, replacement
+        )
+    with _sender() as send:
+        send(replayed.work)
+    click.echo(f"replayed {letter_id} into run {replayed.run_id}")
+
+
+def _replay_all(
+    options: dict[str, Any], reason: str | None, dry_run: bool, confirm_count: int | None
+) -> None:
+    if not dry_run and confirm_count is None:
+        raise click.UsageError("--all needs --dry-run first, then --confirm-count N --reason R")
+    with session() as current:
+        where = _filter(options)
+        plan = replay.plan_bulk(
+            current,
+            settings(),
+            where,
+            operator(),
+            confirm_count=None if dry_run else confirm_count,
+            reason=reason,
+        )
+    if dry_run:
+        for letter_id in plan.ids:
+            click.echo(letter_id)
+        click.echo(f"{len(plan.ids)} open dead letter(s) match; confirm with --confirm-count")
+        return
+    db_engine = make_engine(settings())
+    pacer = replay.Pacer(settings().bulk_replay_rate)
+    outcomes: dict[str, int] = {}
+    try:
+        with _sender() as send:
+            for item in replay.replay_each(
+                make_session_factory(db_engine), settings(), plan, operator(), reason or ""
+            ):
+                if item.work:
+                    time.sleep(pacer.delay())
+                    send(item.work)
+                outcomes[item.outcome] = outcomes.get(item.outcome, 0) + 1
+                click.echo(f"{item.id}  {item.outcome}  {item.detail or item.run_id or ''}")
+    finally:
+        db_engine.dispose()
+    summary = ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items()))
+    click.echo(f"{len(plan.ids)} dead letter(s): {summary or 'none'}")
+
+
+@dlq.command("discard")
+@click.argument("letter_id")
+@click.option("--reason", required=True, help="Why (recorded in the audit trail).")
+def dlq_discard(letter_id: str, reason: str) -> None:
+    """Discard an open dead letter: kept for audit, no longer open."""
+    with session() as current:
+        replay.discard(current, letter_id, operator(), reason)
+    click.echo(f"discarded {letter_id}")

@@ -1,0 +1,107 @@
+"""The audit trail: who did what to which run or dead letter, and why.
+
+Events are written in the caller's transaction, so an audit line exists exactly when the
+change it describes was committed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from engine.errors import InvalidInput
+from engine.models import AuditEvent, utcnow
+
+events = AuditEvent.__table__
+# A "+" left unescaped in a query string arrives as a space: "...T12:00:00 00:00".
+_OFFSET_AS_SPACE = re.compile(r"(T[\d:.]+) (\d{2}:?\d{2})$")
+
+
+def parse_time(value: str | None, field: str) -> datetime | None:
+    """An ISO 8601 time (a missing offset means UTC); InvalidInput names `field`."""
+    if value is None or value == "":
+        return None
+    try:
+        parsed = datetime.fromisoformat(_OFFSET_AS_SPACE.sub(r"\1+\2", value.strip()))
+    except ValueError as exc:
+        raise InvalidInput(
+            f"{field} is not an ISO 8601 time",
+            errors=[{"field": field, "message": "expected ISO 8601, e.g. 2024-05-01T12:00:00Z"}],
+        ) from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def record(
+    session: Session,
+    *,
+    actor: str,
+    action: str,
+    target: str,
+    reason: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Add one event to the caller's transaction."""
+    session.execute(
+        insert(events).values(
+            actor=actor,
+            action=action,
+            target=target,
+            reason=reason,
+            detail=detail,
+            at=utcnow(),
+        )
+    )
+
+
+def list_events(
+    session: Session,
+    *,
+    limit: int,
+    cursor: str | None = None,
+    actor: str | None = None,
+    action: str | None = None,
+    target: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> tuple[list[AuditEvent], str | None]:
+    """Events newest first (by id), filtered by exact actor, action and target."""
+    query = select(AuditEvent)
+    if actor:
+        query = query.where(AuditEvent.actor == actor)
+    if action:
+        query = query.where(AuditEvent.action == action)
+    if target:
+        query = query.where(AuditEvent.target == target)
+    if since is not None:
+        query = query.where(AuditEvent.at >= since)
+    if until is not None:
+        query = query.where(AuditEvent.at < until)
+    if cursor:
+        query = query.where(AuditEvent.id < _decode_cursor(cursor))
+    rows = list(session.scalars(query.order_by(AuditEvent.id.desc()).limit(limit + 1)))
+    following = _encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
+    return rows[:limit], following
+
+
+# Events are ordered by their id alone, so the cursor is the last id seen, made opaque.
+def _encode_cursor(event_id: int) -> str:
+    return base64.urlsafe_b64encode(f"audit:{event_id}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        kind, _, event_id = raw.partition(":")
+        if kind != "audit":
+            raise ValueError(raw)
+        return int(event_id)
+    except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
+        raise InvalidInput(
+            "invalid cursor", errors=[{"field": "cursor", "message": "not a cursor we issued"}]
+        ) from exc

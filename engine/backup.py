@@ -1,0 +1,286 @@
+"""Database maintenance: backup, restore, check and analyze, on SQLite and PostgreSQL.
+
+SQLite uses its online backup API both ways, so a backup is consistent while the platform
+writes, and a restore replaces the live file under SQLite's own locks. PostgreSQL uses
+pg_dump's custom format and pg_restore, with the client binaries that match the server's
+major version when the machine has several.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from engine import migrations
+from engine.config import Settings
+from engine.db import make_engine, normalise_url
+from engine.errors import EngineError
+from engine.models import Base
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+SQLITE_TIMEOUT_S = 30.0
+# pg_restore gives up instead of waiting forever behind a session that holds a lock.
+PG_LOCK_TIMEOUT = "-c lock_timeout=30000"
+
+
+class DatabaseOperationError(EngineError):
+    code, status, title = "database_operation_failed", 500, "Database operation failed"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str
+
+
+def default_backup_path(settings: Settings, label: str = "engine") -> Path:
+    """var/backups/<label>-<UTC time>.db|.dump, numbered when that second is taken."""
+    suffix = "db" if settings.is_sqlite else "dump"
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    directory = settings.var_dir / "backups"
+    path = directory / f"{label}-{stamp}.{suffix}"
+    number = 1
+    while path.exists():
+        path = directory / f"{label}-{stamp}-{number}.{suffix}"
+        number += 1
+    return path
+
+
+def backup(settings: Settings, path: Path | None = None) -> Path:
+    """Write a consistent copy of the database to `path` (default under var/backups)."""
+    target = Path(path) if path else default_backup_path(settings)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    partial.unlink(missing_ok=True)
+    try:
+        if settings.is_sqlite:
+            _sqlite_backup(sqlite_path(settings), partial)
+        else:
+            _pg_run(settings, "pg_dump", ["--format=custom", "--file", str(partial)])
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
+
+
+def restore(settings: Settings, path: Path) -> None:
+    """Replace the database's contents with the backup at `path`."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatabaseOperationError(f"no backup file at {path}")
+    if settings.is_sqlite:
+        _sqlite_restore(path, sqlite_path(settings, must_exist=False))
+    else:
+        # --list reads the archive's table of contents: a wrong file fails here, untouched.
+        _pg_run(settings, "pg_restore", ["--list", str(path)], connect=False)
+        _pg_run(
+            settings,
+            "pg_restore",
+            ["--clean", "--if-exists", "--no-owner", "--single-transaction", str(path)],
+        )
+
+
+def check(settings: Settings) -> list[CheckResult]:
+    """Integrity (SQLite), connectivity, tables and migration revision; every check runs."""
+    results: list[CheckResult] = []
+    if settings.is_sqlite:
+        path = sqlite_path(settings, must_exist=False)
+        if not path.is_file():
+            return [CheckResult("database", False, f"no database file at {path}")]
+        results += _sqlite_checks(path)
+    db_engine = make_engine(settings)
+    try:
+        with db_engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+            tables = set(inspect(connection).get_table_names())
+    except SQLAlchemyError as exc:
+        return [*results, CheckResult("connection", False, _first_line(exc))]
+    finally:
+        db_engine.dispose()
+    results.append(CheckResult("connection", True, "SELECT 1 answered"))
+    missing = sorted(set(Base.metadata.tables) - tables)
+    results.append(
+        CheckResult(
+            "tables",
+            not missing,
+            f"missing: {', '.join(missing)}" if missing else f"all {len(Base.metadata.tables)}",
+        )
+    )
+    current, head = migrations.current(settings.database_url), migrations.head()
+    results.append(
+        CheckResult(
+            "revision",
+            current == head,
+            f"at {current}"
+            if current == head
+            else f"at {current}, code expects {head}: run `engine db upgrade`",
+        )
+    )
+    return results
+
+
+def analyze(settings: Settings) -> None:
+    """Refresh the query planner's statistics."""
+    if settings.is_sqlite:
+        connection = _sqlite_connect(sqlite_path(settings))
+        try:
+            connection.execute("ANALYZE")
+            connection.execute("PRAGMA optimize")
+        finally:
+            connection.close()
+        return
+    db_engine = make_engine(settings, isolation_level="AUTOCOMMIT")
+    try:
+        with db_engine.connect() as connection:
+            connection.execute(text("ANALYZE"))
+    finally:
+        db_engine.dispose()
+
+
+def describe(settings: Settings) -> str:
+    """The database's URL without its password, for messages."""
+    return make_url(normalise_url(settings.database_url)).render_as_string(hide_password=True)
+
+
+# SQLite -----------------------------------------------------------------------------------
+
+
+def sqlite_path(settings: Settings, *, must_exist: bool = True) -> Path:
+    database = make_url(settings.database_url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        raise DatabaseOperationError(f"not a SQLite file: {settings.database_url}")
+    path = Path(database)
+    if must_exist and not path.is_file():
+        raise DatabaseOperationError(f"no database file at {path}")
+    return path
+
+
+def _sqlite_connect(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(str(path), timeout=SQLITE_TIMEOUT_S, isolation_level=None)
+
+
+def _sqlite_backup(source_path: Path, target: Path) -> None:
+    source, copy = _sqlite_connect(source_path), _sqlite_connect(target)
+    try:
+        source.backup(copy)
+        # One self-contained file: no -wal beside it to forget when copying it elsewhere.
+        copy.execute("PRAGMA journal_mode=DELETE")
+    except sqlite3.Error as exc:
+        raise DatabaseOperationError(f"SQLite backup failed: {exc}") from exc
+    finally:
+        copy.close()
+        source.close()
+
+
+def _sqlite_restore(backup_path: Path, live: Path) -> None:
+    with open(backup_path, "rb") as handle:
+        if handle.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+            raise DatabaseOperationError(f"{backup_path} is not a SQLite database")
+    source = _sqlite_connect(backup_path)
+    try:
+        verdict = [row[0] for row in source.execute("PRAGMA quick_check")]
+        if verdict != ["ok"]:
+            raise DatabaseOperationError(
+                f"{backup_path} is damaged ({'; '.join(verdict[:3])}); nothing was restored"
+            )
+        live.parent.mkdir(parents=True, exist_ok=True)
+        target = _sqlite_connect(live)
+        try:
+            source.backup(target)
+        finally:
+            target.close()
+    except sqlite3.Error as exc:
+        raise DatabaseOperationError(f"SQLite restore failed: {exc}") from exc
+    finally:
+        source.close()
+
+
+def _sqlite_checks(path: Path) -> list[CheckResult]:
+    connection = _sqlite_connect(path)
+    try:
+        verdict = [row[0] for row in connection.execute("PRAGMA integrity_check")]
+        broken = connection.execute("PRAGMA foreign_key_check").fetchall()
+    except sqlite3.Error as exc:
+        return [CheckResult("integrity", False, f"{path}: {exc}")]
+    finally:
+        connection.close()
+    integrity = CheckResult(
+        "integrity", verdict == ["ok"], "ok" if verdict == ["ok"] else "; ".join(verdict[:5])
+    )
+    if broken:
+        examples = ", ".join(
+            f"{table} row {rowid} -> {parent}" for table, rowid, parent, _ in broken
+        )
+        keys = CheckResult("foreign_keys", False, f"{len(broken)} broken: {examples[:300]}")
+    else:
+        keys = CheckResult("foreign_keys", True, "ok")
+    return [integrity, keys]
+
+
+# PostgreSQL -------------------------------------------------------------------------------
+
+
+def _pg_run(settings: Settings, tool: str, args: list[str], *, connect: bool = True) -> None:
+    url = make_url(normalise_url(settings.database_url))
+    command = [pg_tool(settings, tool), *args]
+    # The tools inherit this process's environment; only the password and the lock
+    # timeout are added, so the password stays out of `ps`.
+    env = dict(os.environ)
+    if connect:
+        command += ["--dbname", libpq_uri(url)]
+        if url.password is not None:
+            env["PGPASSWORD"] = str(url.password)
+        env["PGOPTIONS"] = f"{env.get('PGOPTIONS', '')} {PG_LOCK_TIMEOUT}".strip()
+    try:
+        result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    except OSError as exc:
+        raise DatabaseOperationError(f"{tool} could not run: {exc}") from exc
+    if result.returncode != 0:
+        raise DatabaseOperationError(f"{tool} failed: {result.stderr.strip()[-2000:]}")
+
+
+def libpq_uri(url: URL) -> str:
+    """The URL as libpq reads it, without the driver name and the password."""
+    return url.set(drivername="postgresql", password=None).render_as_string(hide_password=False)
+
+
+def server_major_version(settings: Settings) -> int:
+    db_engine = make_engine(settings)
+    try:
+        with db_engine.connect() as connection:
+            return int(connection.execute(text("SHOW server_version_num")).scalar_one()) // 10000
+    except SQLAlchemyError as exc:
+        raise DatabaseOperationError(f"cannot reach the database: {_first_line(exc)}") from exc
+    finally:
+        db_engine.dispose()
+
+
+def pg_tool(settings: Settings, name: str) -> str:
+    """`name` (pg_dump, pg_restore) built for the server's major version when installed
+    (Debian keeps each version under /usr/lib/postgresql/<major>/bin), else from PATH."""
+    major = server_major_version(settings)
+    versioned = Path(f"/usr/lib/postgresql/{major}/bin/{name}")
+    if versioned.is_file():
+        return str(versioned)
+    found = shutil.which(name)
+    if found is None:
+        raise DatabaseOperationError(
+            f"{name} not found: install the PostgreSQL {major} client "
+            f"(apt-get install postgresql-client-{major})"
+        )
+    return found
+
+
+def _first_line(error: Exception) -> str:
+    orig = getattr(error, "orig", None) or error
+    return (str(orig).strip().splitlines() or [type(orig).__name__])[0][:300]

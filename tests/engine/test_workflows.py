@@ -1,0 +1,147 @@
+"""Workflow specs compiled and checked without a database: defaults, errors, params."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from engine.config import Settings
+from engine.errors import InvalidInput, InvalidParams, InvalidSpec
+from engine.retry import RetryPolicy
+from engine.workflows import compile_spec, parse_text, spec_hash
+
+SETTINGS = Settings(jwt_secret="unit-test-secret-" + "z" * 32)
+
+
+def spec(steps: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    return {"name": "unit", "version": 1, "steps": steps, **extra}
+
+
+def errors_of(body: dict[str, Any]) -> dict[str, str]:
+    with pytest.raises(InvalidSpec) as raised:
+        compile_spec(body, SETTINGS)
+    return {error["field"]: error["message"] for error in raised.value.errors}
+
+
+def test_steps_get_the_settings_defaults_unless_the_spec_says_otherwise() -> None:
+    compiled = compile_spec(
+        spec(
+            [
+                {"id": "plain", "action": "noop"},
+                {
+                    "id": "tuned",
+                    "action": "noop",
+                    "needs": ["plain"],
+                    "retry": {"max_attempts": 7},
+                    "timeout_s": 5,
+                    "queue": "slow",
+                },
+            ],
+            defaults={"retry": {"backoff_s": 0.05, "max_backoff_s": 0.1}, "queue": "fast"},
+        ),
+        SETTINGS,
+    )
+    plain, tuned = compiled.steps["plain"], compiled.steps["tuned"]
+    assert plain.retry == RetryPolicy(SETTINGS.retry_max_attempts, 0.05, 0.1)
+    assert (plain.timeout_s, plain.queue, plain.needs) == (SETTINGS.step_timeout_s, "fast", ())
+    assert tuned.retry == RetryPolicy(7, 0.05, 0.1)
+    assert (tuned.timeout_s, tuned.queue, tuned.needs) == (5.0, "slow", ("plain",))
+    assert compiled.children == {"plain": ["tuned"], "tuned": []}
+    assert compiled.stages() == [["plain"], ["tuned"]]
+    assert compiled.params_schema == {"type": "object"}
+
+
+def test_every_problem_of_a_spec_is_reported_at_once() -> None:
+    errors = errors_of(
+        spec(
+            [
+                {"id": "a", "action": "no_such_action"},
+                {"id": "b", "action": "noop", "needs": ["a", "a"]},
+                {"id": "c", "action": "noop", "needs": ["ghost"], "timeout_s": 99_999},
+            ]
+        )
+    )
+    assert set(errors) == {
+        "steps[0].action",
+        "steps[1].needs",
+        "steps[2].needs",
+        "steps[2].timeout_s",
+    }
+    assert "twice" in errors["steps[1].needs"]
+    assert "STEP_TIMEOUT_MAX_S" in errors["steps[2].timeout_s"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"version": 1, "steps": [{"id": "a", "action": "noop"}]}, "name"),
+        (spec([{"id": "a", "action": "noop"}], version="1"), "version"),
+        (spec([{"id": "has space", "action": "noop"}]), "steps[0].id"),
+        (spec([{"id": "a", "action": "noop", "colour": 1}]), "steps[0].colour"),
+        (
+            spec([{"id": "a", "action": "noop", "retry": {"max_attempts": 0}}]),
+            "steps[0].retry.max_attempts",
+        ),
+        (spec([{"id": "a", "action": "noop", "timeout_s": 0}]), "steps[0].timeout_s"),
+        (spec([{"id": "a", "action": "noop"}], name="9lives"), "name"),
+        ("not a mapping", "spec"),
+    ],
+)
+def test_a_malformed_spec_names_the_field(body: Any, field: str) -> None:
+    assert field in errors_of(body)
+
+
+def test_a_cycle_is_reported_with_its_path() -> None:
+    errors = errors_of(
+        spec(
+            [
+                {"id": "a", "action": "noop", "needs": ["c"]},
+                {"id": "b", "action": "noop", "needs": ["a"]},
+                {"id": "c", "action": "noop", "needs": ["b"]},
+            ]
+        )
+    )
+    assert errors == {"steps": "the steps form a cycle: a -> c -> b -> a"}
+
+
+def test_params_are_checked_against_the_schema_naming_the_nested_field() -> None:
+    compiled = compile_spec(
+        spec(
+            [{"id": "a", "action": "noop"}],
+            params={
+                "type": "object",
+                "required": ["address"],
+                "properties": {
+                    "address": {
+                        "type": "object",
+                        "required": ["zip"],
+                        "properties": {"zip": {"type": "string", "pattern": "^[0-9]{5}$"}},
+                    }
+                },
+            },
+        ),
+        SETTINGS,
+    )
+    compiled.check_params({"address": {"zip": "75001"}})
+    for params, field in [
+        ({}, "params.address"),
+        ({"address": {}}, "params.address.zip"),
+        ({"address": {"zip": "abc"}}, "params.address.zip"),
+        ([], "params"),
+    ]:
+        with pytest.raises(InvalidParams) as raised:
+            compiled.check_params(params)
+        assert [error["field"] for error in raised.value.errors] == [field]
+
+
+def test_specs_parse_from_yaml_or_json_and_hash_the_same_whatever_the_key_order() -> None:
+    from_yaml = parse_text("name: unit\nversion: 1\nsteps:\n  - {id: a, action: noop}\n")
+    from_json = parse_text(
+        '{"steps": [{"action": "noop", "id": "a"}], "version": 1, "name": "unit"}'
+    )
+    assert from_yaml == from_json
+    assert spec_hash(from_yaml) == spec_hash(from_json)
+    assert spec_hash(from_yaml) != spec_hash({**from_yaml, "version": 2})
+    with pytest.raises(InvalidInput):
+        parse_text("steps: [")

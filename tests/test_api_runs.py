@@ -1,0 +1,462 @@
+"""Runs over HTTP (submit, idempotency, list, read, cancel) and the API's HTTP contract:
+problem+json errors, OpenAPI, health and readiness — on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, insert, select
+
+from engine.models import Run, utcnow
+from tests.conftest import spec
+from tests.support import services
+from tests.support.stack import Stack
+
+PARAMS = {
+    "type": "object",
+    "required": ["count"],
+    "properties": {"count": {"type": "integer", "minimum": 1}},
+}
+ADMIN = "admin.*,runs.read"
+
+
+def problem(response: Any, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/problem+json"
+    body = response.get_json(force=True)
+    assert body["status"] == status and body["type"] and body["title"]
+    return body
+
+
+def fields(body: dict[str, Any]) -> list[str]:
+    return [error["field"] for error in body.get("errors", [])]
+
+
+def run_count(stack: Stack, **where: Any) -> int:
+    query = select(func.count()).select_from(Run)
+    for column, value in where.items():
+        query = query.where(getattr(Run, column) == value)
+    with stack.sessions() as session:
+        return session.scalar(query) or 0
+
+
+def caller(unique: str, name: str = "alice") -> str:
+    return f"{name}.{unique}@example.com"
+
+
+def insert_runs(stack: Stack, workflow: str, sub: str, count: int, **values: Any) -> None:
+    """Rows written directly, for listing tests that need many runs or equal timestamps."""
+    now = utcnow()
+    rows = [
+        {
+            "id": str(uuid.uuid4()),
+            "workflow": workflow,
+            "version": 1,
+            "params": {},
+            "status": "succeeded",
+            "priority": 0,
+            "created_by": sub,
+            "created_at": now - timedelta(seconds=index),
+            **values,
+        }
+        for index in range(count)
+    ]
+    with stack.sessions.begin() as session:
+        session.execute(insert(Run), rows)
+
+
+def walk(stack: Stack, headers: dict[str, str], query: str) -> list[list[str]]:
+    """Every page of GET /runs?<query>, following next_cursor."""
+    pages: list[list[str]] = []
+    cursor = None
+    while True:
+        url = f"/runs?{query}" + (f"&cursor={cursor}" if cursor else "")
+        response = stack.client().get(url, headers=headers)
+        assert response.status_code == 200, response.get_json()
+        body = response.get_json()
+        pages.append([item["id"] for item in body["items"]])
+        cursor = body["next_cursor"]
+        if cursor is None:
+            return pages
+        assert len(pages) < 50, "pagination does not end"
+
+
+# --- submit ---------------------------------------------------------------------------
+
+
+def test_a_submitted_run_is_accepted_with_its_location_and_runs(stack: Stack, unique: str) -> None:
+    stack.register(spec(unique, [{"id": "only", "action": "echo", "with": {"n": 1}}]))
+    headers = stack.headers(caller(unique))
+    response = stack.client().post(
+        "/runs", json={"workflow": unique, "params": {}, "priority": 3}, headers=headers
+    )
+    assert response.status_code == 202, response.get_json()
+    run = response.get_json()
+    assert run["status"] == "queued" and run["priority"] == 3 and "steps" not in run
+    assert run["created_by"] == caller(unique) and run["created_at"].endswith("Z")
+    assert response.headers["Location"] == f"/runs/{run['id']}"
+
+    finished = stack.wait_finished(run["id"])
+    assert finished["status"] == "succeeded"
+    read = stack.client().get(response.headers["Location"], headers=headers).get_json()
+    assert [(s["step_id"], s["status"], s["output"]) for s in read["steps"]] == [
+        ("only", "succeeded", {"n": 1})
+    ]
+    step = read["steps"][0]
+    assert {"attempts", "max_attempts", "depends_on", "inputs", "task_id", "worker"} <= set(step)
+
+
+def test_params_that_break_the_workflow_schema_are_rejected_and_no_run_is_written(
+    stack: Stack, unique: str
+) -> None:
+    stack.register(spec(unique, [{"id": "only", "action": "noop"}], params=PARAMS))
+    client, headers = stack.client(), stack.headers(caller(unique))
+    wrong_type = client.post(
+        "/runs", json={"workflow": unique, "params": {"count": "many"}}, headers=headers
+    )
+    assert fields(problem(wrong_type, 422)) == ["params.count"]
+    missing = client.post("/runs", json={"workflow": unique, "params": {}}, headers=headers)
+    assert fields(problem(missing, 422)) == ["params.count"]
+    too_small = client.post(
+        "/runs", json={"workflow": unique, "params": {"count": 0}}, headers=headers
+    )
+    assert problem(too_small, 422)["code"] == "invalid_params"
+    assert run_count(stack, workflow=unique) == 0
+
+
+def test_a_malformed_submission_names_the_field(stack: Stack, unique: str) -> None:
+    client, headers = stack.client(), stack.headers(caller(unique))
+    no_workflow = client.post("/runs", json={"params": {}}, headers=headers)
+    assert fields(problem(no_workflow, 422)) == ["workflow"]
+    bad_priority = client.post("/runs", json={"workflow": unique, "priority": 12}, headers=headers)
+    assert fields(problem(bad_priority, 422)) == ["priority"]
+    unknown = client.post("/runs", json={"workflow": unique, "colour": "red"}, headers=headers)
+    assert fields(problem(unknown, 422)) == ["colour"]
+
+
+def test_a_run_of_an_unknown_workflow_or_version_is_not_found(stack: Stack, unique: str) -> None:
+    client, headers = stack.client(), stack.headers(caller(unique))
+    problem(client.post("/runs", json={"workflow": unique}, headers=headers), 404)
+    stack.register(spec(unique, [{"id": "only", "action": "noop"}]))
+    missing_version = client.post("/runs", json={"workflow": unique, "version": 7}, headers=headers)
+    assert "version 7" in problem(missing_version, 404)["detail"]
+    assert run_count(stack, workflow=unique) == 0
+
+
+def test_an_idempotency_key_returns_the_first_run_and_refuses_another_body(
+    stack: Stack, unique: str
+) -> None:
+    stack.register(spec(unique, [{"id": "only", "action": "noop"}], params=PARAMS))
+    client = stack.client()
+    headers = {**stack.headers(caller(unique)), "Idempotency-Key": f"order-{unique}"}
+    body = {"workflow": unique, "params": {"count": 2}}
+
+    first = client.post("/runs", json=body, headers=headers)
+    assert first.status_code == 202
+    again = client.post("/runs", json=body, headers=headers)
+    assert again.status_code == 200
+    assert again.get_json()["id"] == first.get_json()["id"]
+    assert again.headers["Location"] == first.headers["Location"]
+    assert run_count(stack, workflow=unique) == 1
+
+    other = client.post("/runs", json={**body, "params": {"count": 3}}, headers=headers)
+    assert "Idempotency-Key" in problem(other, 409)["detail"]
+    assert run_count(stack, workflow=unique) == 1
+
+    # The key belongs to its caller: someone else using it submits their own run.
+    bob = {**stack.headers(caller(unique, "bob")), "Idempotency-Key": f"order-{unique}"}
+    theirs = client.post("/runs", json=body, headers=bob)
+    assert theirs.status_code == 202 and theirs.get_json()["id"] != first.get_json()["id"]
+    blank = client.post("/runs", json=body, headers={**headers, "Idempotency-Key": ""})
+    assert fields(problem(blank, 422)) == ["Idempotency-Key"]
+    stack.wait_finished(first.get_json()["id"])
+    stack.wait_finished(theirs.get_json()["id"])
+
+
+def test_concurrent_submissions_with_one_idempotency_key_create_one_run(
+    stack: Stack, unique: str
+) -> None:
+    stack.register(spec(unique, [{"id": "only", "action": "noop"}]))
+    headers = {**stack.headers(caller(unique)), "Idempotency-Key": f"burst-{unique}"}
+    app = stack.app
+
+    def submit(_: int) -> tuple[int, str]:
+        response = app.test_client().post("/runs", json={"workflow": unique}, headers=headers)
+        return response.status_code, response.get_json().get("id", "")
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(submit, range(6)))
+    assert sorted(status for status, _ in answers) == [200] * 5 + [202], answers
+    assert len({run_id for _, run_id in answers}) == 1
+    assert run_count(stack, workflow=unique) == 1
+    stack.wait_finished(answers[0][1])
+
+
+# --- list and read ---------------------------------------------------------------------
+
+
+def test_a_caller_lists_only_their_own_runs_and_an_admin_lists_all(
+    stack: Stack, unique: str
+) -> None:
+    good, bad = unique, f"{unique}_bad"
+    stack.register(spec(good, [{"id": "only", "action": "noop"}]))
+    stack.register(spec(bad, [{"id": "boom", "action": "fail", "retry": {"max_attempts": 1}}]))
+    alice, bob = stack.headers(caller(unique)), stack.headers(caller(unique, "bob"))
+    alice_runs = [stack.submit(good, headers=alice) for _ in range(2)]
+    failed = stack.submit(bad, headers=alice)
+    bob_run = stack.submit(good, headers=bob)
+    for run_id in [*alice_runs, failed, bob_run]:
+        stack.wait_finished(run_id)
+
+    def ids(headers: dict[str, str], query: str = "") -> set[str]:
+        response = stack.client().get(f"/runs?{query}", headers=headers)
+        assert response.status_code == 200, response.get_json()
+        return {item["id"] for item in response.get_json()["items"]}
+
+    assert ids(alice) == {*alice_runs, failed}
+    assert ids(bob) == {bob_run}
+    admin = stack.headers("root@example.com", ADMIN)
+    assert ids(admin, f"workflow={good}") == {*alice_runs, bob_run}
+    assert ids(alice, "status=failed") == {failed}
+    assert ids(alice, f"status=succeeded&workflow={good}") == set(alice_runs)
+    assert ids(alice, f"status=failed&workflow={good}") == set()
+    assert fields(problem(stack.client().get("/runs?status=lost", headers=alice), 422)) == [
+        "status"
+    ]
+
+
+def test_cursor_pagination_walks_every_run_once_even_with_equal_timestamps(
+    database: Stack, unique: str
+) -> None:
+    sub = caller(unique)
+    insert_runs(database, unique, sub, 4)
+    insert_runs(database, unique, sub, 5, created_at=utcnow() - timedelta(minutes=5))
+    headers = database.headers(sub)
+    pages = walk(database, headers, "limit=2")
+    assert [len(page) for page in pages] == [2, 2, 2, 2, 1]
+    seen = [run_id for page in pages for run_id in page]
+    assert len(seen) == len(set(seen)) == 9
+    everything = database.client().get("/runs?limit=50", headers=headers).get_json()
+    assert [item["id"] for item in everything["items"]] == seen
+    stamps = [item["created_at"] for item in everything["items"]]
+    assert stamps == sorted(stamps, reverse=True)
+
+
+def test_a_limit_above_the_cap_is_capped(database: Stack, unique: str) -> None:
+    cap = database.settings.page_limit_max
+    sub = caller(unique)
+    insert_runs(database, unique, sub, cap + 3)
+    body = database.client().get("/runs?limit=100000", headers=database.headers(sub)).get_json()
+    assert len(body["items"]) == cap
+    assert body["next_cursor"] is not None
+    default = database.client().get("/runs", headers=database.headers(sub)).get_json()
+    assert len(default["items"]) == database.settings.page_limit_default
+
+
+def test_a_bad_limit_or_cursor_is_a_problem_naming_it(database: Stack) -> None:
+    client, headers = database.client(), database.headers()
+    for query, field in [
+        ("limit=0", "limit"),
+        ("limit=-3", "limit"),
+        ("limit=ten", "limit"),
+        ("cursor=not-a-cursor", "cursor"),
+        ("cursor=WzEsMl0", "cursor"),  # base64 of [1,2]: decodes, but is not ours
+    ]:
+        body = problem(client.get(f"/runs?{query}", headers=headers), 422)
+        assert fields(body) == [field], query
+
+
+def test_another_callers_run_is_not_found_exactly_like_a_missing_one(
+    stack: Stack, unique: str
+) -> None:
+    stack.register(spec(unique, [{"id": "only", "action": "noop"}]))
+    run_id = stack.submit(unique, headers=stack.headers(caller(unique)))
+    stack.wait_finished(run_id)
+    client, bob = stack.client(), stack.headers(caller(unique, "bob"))
+    missing_id = str(uuid.uuid4())
+
+    hidden = problem(client.get(f"/runs/{run_id}", headers=bob), 404)
+    missing = problem(client.get(f"/runs/{missing_id}", headers=bob), 404)
+    assert hidden == {**missing, "detail": missing["detail"].replace(missing_id, run_id)}
+    hidden_cancel = problem(
+        client.post(
+            f"/runs/{run_id}/cancel", headers=stack.headers(caller(unique, "bob"), "runs.write")
+        ),
+        404,
+    )
+    assert hidden_cancel["code"] == missing["code"]
+    assert stack.run(run_id)["status"] == "succeeded"  # an admin still sees it
+
+
+# --- cancel ----------------------------------------------------------------------------
+
+
+def test_cancelling_a_running_run_stops_it_and_cancels_its_steps(stack: Stack, unique: str) -> None:
+    stack.register(
+        spec(
+            unique,
+            [
+                {"id": "nap", "action": "record", "with": {"sleep": 60}},
+                {"id": "after", "action": "record", "needs": ["nap"]},
+            ],
+        )
+    )
+    headers = stack.headers(caller(unique))
+    run_id = stack.submit(unique, headers=headers)
+    pid_file = Path(stack.settings.var_dir) / "pids" / f"{run_id}.nap.1"
+    services.wait_for(pid_file.exists, 30, message="the sleeping step to start")
+    assert stack.run(run_id)["status"] == "running"
+
+    response = stack.client().post(f"/runs/{run_id}/cancel", headers=headers)
+    assert response.status_code == 200, response.get_json()
+    run = response.get_json()
+    assert run["status"] == "cancelled" and run["finished_at"]
+    assert {s["step_id"]: s["status"] for s in run["steps"]} == {
+        "nap": "cancelled",
+        "after": "cancelled",
+    }
+
+    pid = int(pid_file.read_text())
+    services.wait_for(lambda: not running(pid), 20, message="the sleeping attempt to be stopped")
+    after = stack.run(run_id)
+    assert after["status"] == "cancelled"
+    assert {s["status"] for s in after["steps"]} == {"cancelled"}
+    assert [step for _, step, _ in stack.executions(run_id)] == ["nap"]
+
+
+def running(pid: int) -> bool:
+    """True while the process exists and is not a zombie waiting for its pool to reap it."""
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return "zombie" not in status.read_text()
+    except FileNotFoundError:
+        return False
+
+
+def test_cancelling_a_finished_run_is_a_conflict(stack: Stack, unique: str) -> None:
+    stack.register(spec(unique, [{"id": "only", "action": "noop"}]))
+    headers = stack.headers(caller(unique))
+    run_id = stack.submit(unique, headers=headers)
+    assert stack.wait_finished(run_id)["status"] == "succeeded"
+    body = problem(stack.client().post(f"/runs/{run_id}/cancel", headers=headers), 409)
+    assert body["code"] == "invalid_transition"
+    assert stack.run(run_id)["status"] == "succeeded"
+
+
+# --- the HTTP contract -----------------------------------------------------------------
+
+
+def test_every_kind_of_error_is_a_problem_document(stack: Stack, unique: str) -> None:
+    stack.register(spec(unique, [{"id": "only", "action": "noop"}], params=PARAMS))
+    client, headers = stack.client(), stack.headers(caller(unique))
+    json_type = {**headers, "Content-Type": "application/json"}
+    assert (
+        "not valid JSON"
+        in problem(client.post("/runs", data="{", headers=json_type), 400)["detail"]
+    )
+    problem(client.get("/runs"), 401)
+    reader = stack.headers(caller(unique), "runs.read")
+    assert "runs.write" in problem(client.post("/runs", json={}, headers=reader), 403)["detail"]
+    problem(client.get("/no/such/route", headers=headers), 404)
+    problem(client.get(f"/runs/{uuid.uuid4()}", headers=headers), 404)
+    not_allowed = problem(client.delete("/runs", headers=headers), 405)
+    assert not_allowed["code"] == "method_not_allowed"
+    assert set(client.delete("/runs").headers["Allow"].split(", ")) >= {"GET", "POST"}
+    keyed = {**headers, "Idempotency-Key": unique}
+    first = client.post("/runs", json={"workflow": unique, "params": {"count": 1}}, headers=keyed)
+    assert first.status_code == 202
+    problem(
+        client.post("/runs", json={"workflow": unique, "params": {"count": 2}}, headers=keyed), 409
+    )
+    problem(client.post("/runs", json={"workflow": unique, "params": {}}, headers=headers), 422)
+    stack.wait_finished(first.get_json()["id"])
+
+
+def test_a_body_over_the_size_limit_is_refused_with_413(database: Stack, unique: str) -> None:
+    from web import create_app
+
+    app = create_app(database.settings.with_changes(max_body_bytes=256))
+    try:
+        client = app.test_client()
+        big = {"workflow": unique, "params": {"blob": "x" * 400}}
+        body = problem(client.post("/runs", json=big, headers=database.headers()), 413)
+        assert body["code"] == "request_entity_too_large"
+        big_spec = spec(unique, [{"id": "only", "action": "noop", "description": "x" * 400}])
+        problem(client.post("/workflows", json=big_spec, headers=database.headers()), 413)
+        assert run_count(database, workflow=unique) == 0
+    finally:
+        app.extensions["engine.db"].dispose()
+
+
+def openapi_path(rule: str) -> str:
+    return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule)
+
+
+def test_the_openapi_document_describes_every_route_of_the_app(database: Stack) -> None:
+    response = database.client().get("/openapi.json")
+    assert response.status_code == 200
+    document = response.get_json()
+    assert document["openapi"].startswith("3.1")
+    assert document["info"]["title"] and document["info"]["version"]
+    assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+
+    routes = {
+        (method.lower(), openapi_path(rule.rule))
+        for rule in database.app.url_map.iter_rules()
+        if rule.endpoint != "static"
+        for method in rule.methods or ()
+        if method not in ("HEAD", "OPTIONS")
+    }
+    described = {(method, path) for path, item in document["paths"].items() for method in item}
+    assert routes - described == set(), "routes missing from /openapi.json"
+    assert described - routes == set(), "/openapi.json describes routes the app lacks"
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            assert operation["summary"] and operation["responses"], (method, path)
+            names = re.findall(r"{([^}]+)}", path)
+            assert [p["name"] for p in operation.get("parameters", [])] == names
+
+
+def test_the_docs_page_health_and_readiness_answer(database: Stack) -> None:
+    client = database.client()
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and docs.mimetype == "text/html"
+    assert "/openapi.json" in docs.get_data(as_text=True)
+    health = client.get("/health")
+    assert health.status_code == 200 and health.get_json()["status"] == "ok"
+    ready = client.get("/readyz")
+    assert ready.status_code == 200, ready.get_json()
+    assert ready.get_json()["checks"] == {"database": "ok", "broker": "ok"}
+
+
+def readiness_with(database: Stack, **changes: Any) -> dict[str, Any]:
+    from web import create_app
+
+    app = create_app(database.settings.with_changes(**changes))
+    try:
+        return problem(app.test_client().get("/readyz"), 503)
+    finally:
+        app.extensions["engine.db"].dispose()
+
+
+def test_readiness_is_503_naming_the_broker_when_redis_is_unreachable(database: Stack) -> None:
+    body = readiness_with(database, redis_url=f"redis://127.0.0.1:{services.free_port()}/0")
+    assert "broker" in body["detail"]
+    assert fields(body) == ["broker"]
+
+
+def test_readiness_is_503_naming_the_database_when_it_is_unreachable(
+    database: Stack, backend: str, tmp_path: Path
+) -> None:
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'missing-directory' / 'engine.db'}"
+    else:
+        url = f"postgresql+psycopg://postgres@127.0.0.1:{services.free_port()}/engine"
+    body = readiness_with(database, database_url=url)
+    assert "database" in body["detail"]
+    assert fields(body) == ["database"]

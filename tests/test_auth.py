@@ -1,0 +1,235 @@
+"""Bearer tokens and dotted scopes: what is refused (401, 403, never 500) and what is not."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from datetime import timedelta
+from typing import Any
+
+import jwt
+import pytest
+
+from engine.auth import (
+    ALGORITHM,
+    Caller,
+    has_scope,
+    key_id,
+    mint_token,
+    parse_scopes,
+    parse_ttl,
+)
+from engine.errors import InvalidInput
+from tests.support.stack import JWT_SECRET, Stack
+
+OTHER_SECRET = "another-secret-" + "y" * 40
+
+
+def claims(**changes: Any) -> dict[str, Any]:
+    now = int(time.time())
+    body = {
+        "sub": "mallory@example.com",
+        "scopes": ["runs.read"],
+        "jti": "a" * 32,
+        "iat": now,
+        "exp": now + 600,
+        "iss": "ai-business-engine",
+    }
+    body.update(changes)
+    return {name: value for name, value in body.items() if value is not None}
+
+
+def craft(
+    body: dict[str, Any],
+    secret: str | None = JWT_SECRET,
+    algorithm: str = ALGORITHM,
+    kid: str | None = key_id(JWT_SECRET),
+) -> str:
+    headers = {"kid": kid} if kid is not None else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PyJWT warns about short keys for HS512
+        return jwt.encode(body, secret, algorithm=algorithm, headers=headers)
+
+
+def get_runs(database: Stack, authorization: str | None) -> Any:
+    headers = {"Authorization": authorization} if authorization is not None else {}
+    return database.client().get("/runs", headers=headers)
+
+
+def unauthorized(response: Any) -> str:
+    assert response.status_code == 401, response.get_data(as_text=True)
+    assert response.mimetype == "application/problem+json"
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    body = response.get_json(force=True)
+    assert (body["status"], body["title"], body["code"]) == (401, "Unauthorized", "unauthorized")
+    return body["detail"]
+
+
+def test_a_well_formed_token_is_accepted(database: Stack) -> None:
+    response = get_runs(database, "Bearer " + craft(claims()))
+    assert response.status_code == 200, response.get_json()
+
+
+REFUSED = {
+    "no header": (None, "Missing Authorization"),
+    "another scheme": ("Basic YWxpY2U6c2VjcmV0", "Bearer"),
+    "an empty bearer": ("Bearer ", ""),
+    "not a jwt": ("Bearer not-a-token", "invalid token"),
+    "garbage segments": ("Bearer a.b.c", "invalid token"),
+    "an expired token": ("Bearer " + craft(claims(exp=int(time.time()) - 5)), "expired"),
+    "a wrong signature": ("Bearer " + craft(claims(), secret=OTHER_SECRET), "invalid token"),
+    "an unknown kid": ("Bearer " + craft(claims(), kid="0123456789ab"), "unknown key"),
+    "no kid": ("Bearer " + craft(claims(), kid=None), "unknown key"),
+    "alg none": ("Bearer " + craft(claims(), secret=None, algorithm="none"), "alg"),
+    "HS512": ("Bearer " + craft(claims(), algorithm="HS512"), "alg"),
+    "another issuer": ("Bearer " + craft(claims(iss="someone-else")), "issuer"),
+    "no jti": ("Bearer " + craft(claims(jti=None)), "jti"),
+    "no exp": ("Bearer " + craft(claims(exp=None)), "exp"),
+    "no sub": ("Bearer " + craft(claims(sub=None)), "sub"),
+    "not yet valid": ("Bearer " + craft(claims(nbf=int(time.time()) + 600)), "invalid token"),
+    "a refresh token": ("Bearer " + craft(claims(type="refresh")), "invalid token"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_a_bad_or_missing_token_is_refused_with_401(database: Stack, case: str) -> None:
+    authorization, words = REFUSED[case]
+    assert words in unauthorized(get_runs(database, authorization))
+
+
+def test_a_token_minted_with_no_time_left_is_expired(database: Stack) -> None:
+    minted = mint_token(database.settings, "alice@example.com", ["runs.read"], timedelta(0))
+    assert "expired" in unauthorized(get_runs(database, "Bearer " + minted.token))
+
+
+def test_a_token_lacking_a_scope_is_forbidden_naming_the_scope(database: Stack) -> None:
+    response = database.client().post(
+        "/workflows", json={}, headers=database.headers(scopes="workflows.read,runs.*")
+    )
+    assert response.status_code == 403
+    assert response.mimetype == "application/problem+json"
+    body = response.get_json(force=True)
+    assert body["code"] == "permission_denied"
+    assert "workflows.write" in body["detail"]
+    assert body["errors"] == [{"field": "scopes", "message": "missing workflows.write"}]
+    # Scopes that are not a list grant nothing (rather than failing).
+    odd = get_runs(database, "Bearer " + craft(claims(scopes="runs.read")))
+    assert odd.status_code == 403
+
+
+def test_a_wildcard_scope_covers_its_family_over_http(database: Stack) -> None:
+    client = database.client()
+    assert client.get("/runs", headers=database.headers(scopes="runs.*")).status_code == 200
+    family = database.headers(scopes="workflows.*")
+    assert client.get("/workflows", headers=family).status_code == 200
+    assert client.get("/runs", headers=family).status_code == 403
+    lookalike = "Bearer " + craft(claims(scopes=["runsx.*", "runs", "runs.read.*"]))
+    assert get_runs(database, lookalike).status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("granted", "required", "covered"),
+    [
+        ("runs.write", "runs.write", True),
+        ("runs.*", "runs.write", True),
+        ("runs.*", "runs.read", True),
+        ("admin.*", "admin.dlq.read", True),
+        ("admin.*", "admin.dlq.replay", True),
+        ("admin.dlq.*", "admin.dlq.discard", True),
+        ("runs.*", "runsx.read", False),
+        ("runs.*", "runs", False),
+        ("admin.dlq.read", "admin.dlq.replay", False),
+        ("admin.dlq.*", "admin.audit", False),
+        ("runs.read", "runs.write", False),
+        ("runs.read.*", "runs.read", False),
+        ("*", "runs.read", False),
+    ],
+)
+def test_dotted_scopes_cover_exactly_their_family(
+    granted: str, required: str, covered: bool
+) -> None:
+    assert has_scope([granted], required) is covered
+    assert Caller("someone", (granted,)).can(required) is covered
+
+
+def test_only_an_admin_sees_every_run() -> None:
+    assert Caller("root", ("admin.*",)).sees_all_runs
+    assert not Caller("alice", ("runs.*", "workflows.*", "admin.dlq.read")).sees_all_runs
+
+
+def test_a_minted_token_carries_every_claim_and_names_its_key(database: Stack) -> None:
+    minted = mint_token(
+        database.settings, "alice@example.com", ["runs.read", "admin.*"], parse_ttl("15m")
+    )
+    header = jwt.get_unverified_header(minted.token)
+    assert header["alg"] == "HS256"
+    assert header["kid"] == key_id(JWT_SECRET) != JWT_SECRET
+    body = jwt.decode(
+        minted.token, JWT_SECRET, algorithms=["HS256"], issuer=database.settings.jwt_issuer
+    )
+    assert {"sub", "scopes", "jti", "iat", "exp", "iss"} <= set(body)
+    assert (body["sub"], body["scopes"], body["jti"]) == (
+        "alice@example.com",
+        ["runs.read", "admin.*"],
+        minted.jti,
+    )
+    assert body["exp"] - body["iat"] == 900
+    assert body["exp"] == int(minted.expires_at.timestamp())
+    other = mint_token(database.settings, "alice@example.com", ["runs.read"], parse_ttl("1h"))
+    assert other.jti != minted.jti
+
+
+def test_a_previous_secret_still_verifies_until_it_is_dropped(database: Stack) -> None:
+    from web import create_app
+
+    old_token = database.token("alice@example.com", "runs.read")
+    rotated = database.settings.with_changes(
+        jwt_secret=OTHER_SECRET, jwt_previous_secrets=(JWT_SECRET,)
+    )
+    emergency = database.settings.with_changes(jwt_secret=OTHER_SECRET, jwt_previous_secrets=())
+    for settings, accepted in [(rotated, True), (emergency, False)]:
+        app = create_app(settings)
+        try:
+            client = app.test_client()
+            response = client.get("/runs", headers={"Authorization": f"Bearer {old_token}"})
+            assert (response.status_code == 200) is accepted, response.get_json()
+            fresh = mint_token(settings, "alice@example.com", ["runs.read"], parse_ttl("1h"))
+            response = client.get("/runs", headers={"Authorization": f"Bearer {fresh.token}"})
+            assert response.status_code == 200
+        finally:
+            app.extensions["engine.db"].dispose()
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90", 90), ("90s", 90), ("15m", 900), ("1h", 3600), ("7d", 604800)]
+)
+def test_a_ttl_is_read_in_seconds_minutes_hours_or_days(text: str, seconds: int) -> None:
+    assert parse_ttl(text) == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("text", ["", "0", "-5", "1w", "h", "1.5h", "soon"])
+def test_a_bad_ttl_is_refused_naming_the_field(text: str) -> None:
+    with pytest.raises(InvalidInput) as raised:
+        parse_ttl(text)
+    assert raised.value.errors[0]["field"] == "ttl"
+
+
+def test_scopes_are_parsed_from_a_list_or_commas_and_checked() -> None:
+    assert parse_scopes(" admin.*, life.read ,runs.write,") == (
+        "admin.*",
+        "life.read",
+        "runs.write",
+    )
+    assert parse_scopes(["admin.dlq.read"]) == ("admin.dlq.read",)
+    for bad in ["*", "runs.", "Runs.read", "runs.*.read", "runs read"]:
+        with pytest.raises(InvalidInput) as raised:
+            parse_scopes(bad)
+        assert raised.value.errors[0]["field"] == "scopes", bad
+    with pytest.raises(InvalidInput):
+        mint_token_without_sub()
+
+
+def mint_token_without_sub() -> None:
+    from engine.config import Settings
+
+    mint_token(Settings(jwt_secret=JWT_SECRET), "", ["runs.read"], parse_ttl("1h"))

@@ -1,0 +1,166 @@
+"""`engine db backup|restore|check|analyze` on SQLite and PostgreSQL: a backup brings the
+data back, a restore waits for the workers to stop (or --force), a check tells a good
+database from an un-migrated or broken one."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from sqlalchemy import select, text
+
+from cli import context
+from cli.main import main
+from engine.models import Workflow
+from tests.conftest import spec
+from tests.support import services
+from tests.support.stack import Stack
+
+
+@pytest.fixture(scope="module")
+def platform(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A database of its own (tests here restore over it), workers started on demand."""
+    if backend == "postgres" and shutil.which("pg_dump") is None:
+        services.unavailable("pg_dump (apt-get install postgresql-client)")
+    stack = Stack(backend, tmp_path_factory.mktemp(f"backup-{backend}"))
+    yield stack
+    stack.close()
+
+
+def engine_cli(stack: Stack, *args: str, **env: str) -> Result:
+    context.settings.cache_clear()  # settings are read once per process
+    try:
+        return CliRunner().invoke(main, list(args), env={**stack.env, **env})
+    finally:
+        context.settings.cache_clear()
+
+
+def ok(result: Result) -> str:
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result.stdout
+
+
+def failed(result: Result) -> str:
+    assert result.exit_code == 1, (result.output, result.exception)
+    return result.output
+
+
+def workflow_names(stack: Stack) -> set[str]:
+    with stack.sessions() as session:
+        return set(session.scalars(select(Workflow.name)))
+
+
+def test_a_restored_backup_brings_back_the_data_it_was_taken_with(
+    platform: Stack, unique: str, tmp_path: Path
+) -> None:
+    platform.register(spec(f"{unique}_kept", [{"id": "a", "action": "noop"}]))
+    default = Path(ok(engine_cli(platform, "db", "backup")).strip())
+    assert default.parent == platform.settings.var_dir / "backups" and default.is_file()
+    assert default.suffix == (".db" if platform.backend == "sqlite" else ".dump")
+    chosen = tmp_path / "chosen" / "copy.bak"
+    assert ok(engine_cli(platform, "db", "backup", str(chosen))).strip() == str(chosen)
+
+    platform.register(spec(f"{unique}_later", [{"id": "a", "action": "noop"}]))
+    with platform.sessions.begin() as session:
+        session.execute(text("DELETE FROM workflows WHERE name = :n"), {"n": f"{unique}_kept"})
+    assert f"{unique}_kept" not in workflow_names(platform)
+
+    out = ok(engine_cli(platform, "db", "restore", str(chosen)))
+    assert "restored" in out and "current database saved to" in out
+    names = workflow_names(platform)
+    assert f"{unique}_kept" in names and f"{unique}_later" not in names
+    # The API's open connections keep working on the restored database.
+    response = platform.client().get(
+        f"/workflows/{unique}_kept", headers=platform.headers(scopes="workflows.read")
+    )
+    assert response.status_code == 200, response.get_json()
+    ok(engine_cli(platform, "db", "check"))
+
+
+def test_a_restore_is_refused_while_a_worker_answers_and_goes_ahead_with_force(
+    platform: Stack, unique: str, tmp_path: Path
+) -> None:
+    backup = tmp_path / "before.bak"
+    ok(engine_cli(platform, "db", "backup", str(backup)))
+    platform.register(spec(f"{unique}_after", [{"id": "a", "action": "noop"}]))
+    worker = platform.start_worker(concurrency=1)
+    try:
+        out = failed(engine_cli(platform, "db", "restore", str(backup)))
+        assert "workers are online" in out and worker.name.split("@")[0] in out
+        assert f"{unique}_after" in workflow_names(platform)
+
+        ok(engine_cli(platform, "db", "restore", "--force", "--no-safety-copy", str(backup)))
+        assert f"{unique}_after" not in workflow_names(platform)
+    finally:
+        worker.stop()
+
+
+def test_a_file_that_is_not_a_backup_is_refused_and_nothing_changes(
+    platform: Stack, unique: str, tmp_path: Path
+) -> None:
+    platform.register(spec(unique, [{"id": "a", "action": "noop"}]))
+    bogus = tmp_path / "bogus.bak"
+    bogus.write_text("not a backup\n")
+    failed(engine_cli(platform, "db", "restore", "--force", str(bogus)))
+    failed(engine_cli(platform, "db", "restore", "--force", str(tmp_path / "missing.bak")))
+    assert unique in workflow_names(platform)
+
+
+def test_check_passes_on_a_migrated_database_and_fails_on_an_unmigrated_one(
+    platform: Stack, tmp_path: Path
+) -> None:
+    out = ok(engine_cli(platform, "db", "check"))
+    assert "FAIL" not in out and "revision" in out and "tables" in out
+    if platform.backend == "sqlite":
+        assert "integrity" in out and "foreign_keys" in out
+        empty = tmp_path / "empty.db"
+        sqlite3.connect(empty).close()
+        url = f"sqlite:///{empty}"
+    else:
+        url = services.create_postgres_database()
+    try:
+        out = failed(engine_cli(platform, "db", "check", DATABASE_URL=url))
+        assert "FAIL  revision" in out and "engine db upgrade" in out
+        assert "FAIL  tables" in out and "database check failed" in out
+    finally:
+        if platform.backend == "postgres":
+            services.drop_postgres_database(url)
+    missing = f"sqlite:///{tmp_path / 'nowhere.db'}"
+    assert "no database file" in failed(engine_cli(platform, "db", "check", DATABASE_URL=missing))
+    assert not (tmp_path / "nowhere.db").exists()
+
+
+def test_check_reports_rows_that_break_a_foreign_key_in_a_sqlite_backup(
+    platform: Stack, tmp_path: Path
+) -> None:
+    if platform.backend != "sqlite":
+        pytest.skip("PRAGMA foreign_key_check is SQLite's")
+    copy = tmp_path / "copy.db"
+    ok(engine_cli(platform, "db", "backup", str(copy)))
+    ok(engine_cli(platform, "db", "check", DATABASE_URL=f"sqlite:///{copy}"))
+    connection = sqlite3.connect(copy)
+    connection.execute(
+        "INSERT INTO steps (run_id, step_id, position, action, queue, depends_on, pending_deps,"
+        " status, attempts, max_attempts, timeout_s) VALUES"
+        " ('no-such-run', 's', 0, 'noop', 'steps', '[]', 0, 'pending', 0, 1, 1.0)"
+    )
+    connection.commit()
+    connection.close()
+    out = failed(engine_cli(platform, "db", "check", DATABASE_URL=f"sqlite:///{copy}"))
+    assert "FAIL  foreign_keys" in out and "steps row" in out
+
+
+def test_analyze_refreshes_the_planner_statistics(platform: Stack) -> None:
+    assert "analyzed" in ok(engine_cli(platform, "db", "analyze"))
+    with platform.db_engine.connect() as connection:
+        if platform.backend == "sqlite":
+            assert connection.execute(text("SELECT count(*) FROM sqlite_stat1")).scalar()
+        else:
+            analyzed = connection.execute(
+                text("SELECT last_analyze FROM pg_stat_user_tables WHERE relname = 'workflows'")
+            ).scalar()
+            assert analyzed is not None

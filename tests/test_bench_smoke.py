@@ -1,0 +1,60 @@
+"""The bench harness (`make bench`) at tiny sizes, so it cannot rot unnoticed. Nothing here
+looks at a timing: only that every scenario ran and left its figures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.runner import SCENARIOS
+from tests.support import services
+
+
+def test_the_bench_harness_runs_every_scenario_at_tiny_sizes_and_records_each_one(
+    tmp_path: Path,
+) -> None:
+    if not services.redis_alive(services.REDIS_URL):
+        services.unavailable(f"Redis at {services.REDIS_URL}")
+    output = tmp_path / "results.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--smoke",
+            "--backends",
+            "sqlite",
+            "--no-install",
+            "--redis-url",
+            services.REDIS_URL,
+            "--output",
+            str(output),
+        ],
+        cwd=services.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads(output.read_text())
+    assert {"nproc", "cpu_model", "python", "celery"} <= set(results["machine"])
+    figures = results["backends"]["sqlite"]
+    assert set(SCENARIOS) <= set(figures)
+    broken = {name: figures[name] for name in SCENARIOS if _errors(figures[name])}
+    assert not broken, broken
+    assert "scenario" in done.stdout and "sqlite" in done.stdout
+
+
+def _errors(section: Any) -> list[str]:
+    """Every `error` recorded anywhere in a scenario's figures."""
+    if isinstance(section, dict):
+        found = [str(section["error"])] if "error" in section else []
+        for value in section.values():
+            found += _errors(value)
+        return found
+    if isinstance(section, list):
+        return [error for item in section for error in _errors(item)]
+    return []

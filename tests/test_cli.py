@@ -1,0 +1,212 @@
+"""The `engine` CLI against the real database and broker: tokens, workflows, runs, db."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner, Result
+
+from cli import context
+from cli.main import main
+from engine import migrations
+from tests.conftest import spec
+from tests.support import services
+from tests.support.stack import Stack
+
+DIAMOND = [
+    {"id": "a", "action": "noop"},
+    {"id": "b", "action": "noop", "needs": ["a"]},
+    {"id": "c", "action": "noop", "needs": ["a"]},
+    {"id": "d", "action": "echo", "needs": ["b", "c"], "with": {"n": "{{ params.n }}"}},
+]
+PARAMS = {"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}}
+
+
+def engine_cli(stack: Stack, *args: str, **env: str) -> Result:
+    """Run `engine ARGS` with the stack's environment (its database, Redis prefix, secret)."""
+    context.settings.cache_clear()  # settings are read once per process
+    try:
+        return CliRunner().invoke(main, list(args), env={**stack.env, **env})
+    finally:
+        context.settings.cache_clear()
+
+
+def ok(result: Result) -> str:
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result.stdout
+
+
+def failed(result: Result) -> str:
+    assert result.exit_code == 1, (result.output, result.exception)
+    return result.output
+
+
+def write_spec(directory: Path, body: dict[str, Any]) -> Path:
+    path = directory / f"{body['name']}-{body['version']}.yaml"
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+def test_a_minted_token_is_accepted_by_the_api(stack: Stack, unique: str) -> None:
+    stack.register(spec(unique, [{"id": "only", "action": "noop"}]))
+    out = ok(
+        engine_cli(
+            stack,
+            "token",
+            "mint",
+            "admin@example.com",
+            "--scopes",
+            "admin.*,life.read,runs.write",
+            "--ttl",
+            "1h",
+        )
+    )
+    token = out.strip()
+    assert token.count(".") == 2 and "\n" not in token
+    response = stack.client().post(
+        "/runs", json={"workflow": unique}, headers={"Authorization": f"Bearer {token}"}
+    )
+    assert response.status_code == 202, response.get_json()
+    assert response.get_json()["created_by"] == "admin@example.com"
+    assert stack.wait_finished(response.get_json()["id"])["status"] == "succeeded"
+
+    assert "scopes" in failed(engine_cli(stack, "token", "mint", "x", "--scopes", "Runs!"))
+    assert "ttl" in failed(engine_cli(stack, "token", "mint", "x", "--ttl", "forever"))
+
+
+def test_workflows_are_validated_registered_and_listed(
+    database: Stack, unique: str, tmp_path: Path
+) -> None:
+    good = write_spec(tmp_path, spec(unique, DIAMOND, params=PARAMS))
+    out = ok(engine_cli(database, "workflows", "validate", str(good)))
+    assert f"{unique}@1 is valid" in out and "[['a'], ['b', 'c'], ['d']]" in out
+
+    broken_steps = [{"id": "a", "action": "noop"}, {"id": "b", "action": "noop", "needs": ["z"]}]
+    broken = write_spec(tmp_path, spec(f"{unique}_broken", broken_steps))
+    result = engine_cli(database, "workflows", "validate", str(broken))
+    assert "steps[1].needs" in failed(result) and "'z'" in result.stderr
+    not_yaml = tmp_path / "not.yaml"
+    not_yaml.write_text("steps: [")
+    failed(engine_cli(database, "workflows", "validate", str(not_yaml)))
+
+    assert f"registered {unique}@1" in ok(engine_cli(database, "workflows", "register", str(good)))
+    assert f"already registered {unique}@1" in ok(
+        engine_cli(database, "workflows", "register", str(good))
+    )
+    (tmp_path / "other").mkdir()
+    conflicting = write_spec(tmp_path / "other", spec(unique, DIAMOND[:1]))
+    assert "immutable" in failed(engine_cli(database, "workflows", "register", str(conflicting)))
+    failed(engine_cli(database, "workflows", "register", str(broken)))
+
+    listed = ok(engine_cli(database, "workflows", "ls"))
+    assert f"{unique}@1  4 steps" in listed
+    assert f"{unique}_broken" not in listed
+    response = database.client().get(
+        f"/workflows/{unique}", headers=database.headers(scopes="workflows.read")
+    )
+    assert response.status_code == 200 and response.get_json()["spec"]["steps"] == DIAMOND
+
+
+def test_a_run_submitted_from_the_cli_is_executed_and_can_be_listed_and_shown(
+    stack: Stack, unique: str
+) -> None:
+    stack.register(spec(unique, DIAMOND, params=PARAMS))
+    run_id = ok(engine_cli(stack, "runs", "submit", unique, "--params", '{"n": 5}')).strip()
+    run = stack.wait_finished(run_id)
+    assert run["status"] == "succeeded", run
+    assert run["created_by"].startswith("cli:")
+    assert {s["step_id"]: s["output"] for s in run["steps"]}["d"] == {"n": 5}
+
+    listed = ok(engine_cli(stack, "runs", "ls", "--workflow", unique))
+    assert run_id in listed and "succeeded" in listed
+    assert run_id not in ok(
+        engine_cli(stack, "runs", "ls", "--workflow", unique, "--status", "failed")
+    )
+    shown = json.loads(ok(engine_cli(stack, "runs", "show", run_id)))
+    assert shown["id"] == run_id and [s["step_id"] for s in shown["steps"]] == list("abcd")
+
+    assert "params.n" in failed(engine_cli(stack, "runs", "submit", unique, "--params", "{}"))
+    bad_json = engine_cli(stack, "runs", "submit", unique, "--params", "{n")
+    assert bad_json.exit_code == 2 and "--params" in bad_json.output
+    assert "does not exist" in failed(engine_cli(stack, "runs", "show", "no-such-run"))
+
+
+def test_the_installed_command_loads_plugin_actions_and_its_run_executes(
+    stack: Stack, unique: str, tmp_path: Path
+) -> None:
+    """In a fresh process only ENGINE_ACTION_MODULES registers `record`: the CLI must load it."""
+    path = write_spec(tmp_path, spec(unique, [{"id": "mark", "action": "record"}]))
+
+    def engine(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "cli.main", *args],
+            cwd=services.ROOT,
+            env=stack.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert f"registered {unique}@1" in engine("workflows", "register", str(path))
+    run_id = engine("runs", "submit", unique).strip()
+    assert stack.wait_finished(run_id)["status"] == "succeeded"
+    assert stack.executions(run_id) == [(run_id, "mark", 1)]
+
+
+def test_a_running_run_is_cancelled_from_the_cli(stack: Stack, unique: str) -> None:
+    stack.register(spec(unique, [{"id": "nap", "action": "record", "with": {"sleep": 60}}]))
+    run_id = stack.submit(unique)
+    pid_file = Path(stack.settings.var_dir) / "pids" / f"{run_id}.nap.1"
+    services.wait_for(pid_file.exists, 30, message="the sleeping step to start")
+
+    assert f"cancelled {run_id}" in ok(engine_cli(stack, "runs", "cancel", run_id))
+    run = stack.run(run_id)
+    assert run["status"] == "cancelled"
+    assert [s["status"] for s in run["steps"]] == ["cancelled"]
+    # The revocation reached the stack's worker, which stopped the sleeping attempt.
+    pid = int(pid_file.read_text())
+    services.wait_for(lambda: not running(pid), 20, message="the sleeping attempt to stop")
+    assert "cannot be cancelled" in failed(engine_cli(stack, "runs", "cancel", run_id))
+
+
+def running(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return "zombie" not in status.read_text()
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture
+def empty_database(backend: str, tmp_path: Path) -> Iterator[str]:
+    if backend == "postgres":
+        url = services.create_postgres_database()
+        yield url
+        services.drop_postgres_database(url)
+    else:
+        yield f"sqlite:///{tmp_path / 'fresh.db'}"
+
+
+def test_the_database_is_upgraded_and_its_revision_shown(
+    database: Stack, empty_database: str
+) -> None:
+    head = migrations.head()
+    before = ok(engine_cli(database, "db", "current", DATABASE_URL=empty_database))
+    assert "current: None" in before and f"head:    {head}" in before
+    assert f"database at {head}" in ok(
+        engine_cli(database, "db", "upgrade", DATABASE_URL=empty_database)
+    )
+    after = ok(engine_cli(database, "db", "current", DATABASE_URL=empty_database))
+    assert f"current: {head}" in after
+    # Upgrading an up-to-date database is a no-op.
+    ok(engine_cli(database, "db", "upgrade", DATABASE_URL=empty_database))
+    assert migrations.current(empty_database) == head

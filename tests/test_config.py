@@ -1,0 +1,136 @@
+"""Recovery settings: read from the environment, checked at start-up, handed to Celery."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import celeryconfig
+from engine.config import Settings
+from engine.errors import ConfigError
+from tests.support.services import Worker
+
+
+def environment(tmp_path: Path, **values: str) -> dict[str, str]:
+    return {"JWT_SECRET": "s" * 40, "ENGINE_VAR_DIR": str(tmp_path), **values}
+
+
+def test_recovery_settings_are_read_from_the_environment(tmp_path: Path) -> None:
+    settings = Settings.from_env(
+        environment(
+            tmp_path,
+            MAX_DELIVERIES="2",
+            RECONCILE_INTERVAL_S="1",
+            DISPATCH_GRACE_S="2.5",
+            LEASE_GRACE_S="4",
+            BROKER_VISIBILITY_TIMEOUT_S="9000",
+        )
+    )
+    assert settings.max_deliveries == 2
+    assert settings.reconcile_interval_s == 1
+    assert settings.dispatch_grace_s == 2.5
+    assert settings.lease_grace_s == 4
+    assert settings.broker_visibility_timeout_s == 9000
+
+
+def test_a_visibility_timeout_not_above_the_longest_step_is_refused_naming_both_settings(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env(
+            environment(
+                tmp_path,
+                BROKER_VISIBILITY_TIMEOUT_S="10",
+                STEP_TIMEOUT_MAX_S="60",
+                STEP_TIMEOUT_S="30",
+            )
+        )
+    message = str(refused.value)
+    assert "BROKER_VISIBILITY_TIMEOUT_S (10)" in message
+    assert "STEP_TIMEOUT_MAX_S (60)" in message
+
+
+def test_the_visibility_timeout_must_cover_a_retry_countdown_and_the_longest_step(
+    tmp_path: Path,
+) -> None:
+    base = environment(
+        tmp_path,
+        STEP_TIMEOUT_S="30",
+        STEP_TIMEOUT_MAX_S="60",
+        RETRY_MAX_BACKOFF_S="100",
+        LEASE_GRACE_S="10",
+    )
+    # A worker may hold a retry for 100 s, then run it up to its hard limit (66 s), + 10.
+    longest = 100 + 66 + 10
+    assert Settings.from_env(base).with_changes(broker_visibility_timeout_s=longest + 1)
+    with pytest.raises(ConfigError, match="RETRY_MAX_BACKOFF_S"):
+        Settings.from_env({**base, "BROKER_VISIBILITY_TIMEOUT_S": str(longest)})
+
+
+def test_every_problem_of_a_configuration_is_named_at_once(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env(
+            environment(
+                tmp_path,
+                STEP_TIMEOUT_S="120",
+                STEP_TIMEOUT_MAX_S="60",
+                BROKER_VISIBILITY_TIMEOUT_S="10",
+                MAX_DELIVERIES="0",
+                DISPATCH_GRACE_S="0",
+            )
+        )
+    message = str(refused.value)
+    for name in (
+        "STEP_TIMEOUT_S (120)",
+        "BROKER_VISIBILITY_TIMEOUT_S",
+        "MAX_DELIVERIES",
+        "DISPATCH_GRACE_S",
+    ):
+        assert name in message
+
+
+def test_the_worker_refuses_to_start_with_a_visibility_timeout_below_the_longest_step(
+    tmp_path: Path,
+) -> None:
+    env = {
+        **os.environ,
+        **environment(
+            tmp_path,
+            BROKER_VISIBILITY_TIMEOUT_S="10",
+            STEP_TIMEOUT_MAX_S="60",
+            STEP_TIMEOUT_S="30",
+            DATABASE_URL=f"sqlite:///{tmp_path / 'engine.db'}",
+            # Nothing listens here: the worker must stop before it tries the broker.
+            REDIS_URL="redis://127.0.0.1:1/0",
+        ),
+    }
+    worker = Worker(env, tmp_path / "worker.log")
+    try:
+        with pytest.raises(AssertionError, match="worker exited"):
+            worker.start()
+        assert worker.process is not None and worker.process.returncode != 0
+        output = (tmp_path / "worker.log").read_text()
+        assert "ConfigError" in output
+        assert "BROKER_VISIBILITY_TIMEOUT_S (10)" in output
+        assert "STEP_TIMEOUT_MAX_S (60)" in output
+    finally:
+        worker.stop()
+
+
+def test_celery_gets_the_visibility_timeout_late_acks_and_the_reconciler_schedule(
+    tmp_path: Path,
+) -> None:
+    settings = Settings.from_env(
+        environment(tmp_path, BROKER_VISIBILITY_TIMEOUT_S="9000", RECONCILE_INTERVAL_S="7")
+    )
+    config = celeryconfig.build(settings)
+    assert config["broker_transport_options"]["visibility_timeout"] == 9000
+    assert config["task_acks_late"] and config["task_reject_on_worker_lost"]
+    # A hard time limit is recorded and retried by the engine: its message is acknowledged.
+    assert config["task_acks_on_failure_or_timeout"]
+    assert config["worker_cancel_long_running_tasks_on_connection_loss"] is False
+    assert config["worker_prefetch_multiplier"] == 1
+    reconcile = config["beat_schedule"]["reconcile"]
+    assert (reconcile["task"], reconcile["schedule"]) == ("manager.reconcile", 7)

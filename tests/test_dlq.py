@@ -1,0 +1,473 @@
+"""The dead-letter queue through HTTP and the CLI, against a real worker, on both backends."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from typing import Any
+
+from click.testing import CliRunner
+
+from cli import context as cli_context
+from cli.main import main as cli
+from engine import replay
+from engine import runs as run_cases
+from engine.models import Run
+from tests.conftest import spec
+from tests.support.stack import Stack
+
+OPS = "ops@example.com"
+QUICK_RETRY = {"max_attempts": 3, "backoff_s": 0.05, "max_backoff_s": 0.1}
+ONCE = {"max_attempts": 1}
+
+
+def admin(stack: Stack, scopes: str = "admin.*") -> dict[str, str]:
+    return stack.headers(OPS, scopes)
+
+
+def failed_run(stack: Stack, workflow: str) -> dict[str, Any]:
+    run = stack.wait_finished(stack.submit(workflow))
+    assert run["status"] == "failed", run
+    return run
+
+
+def letters_of(stack: Stack, run_id: str, status: str = "") -> list[dict[str, Any]]:
+    response = stack.client().get(
+        "/admin/dlq", query_string={"run_id": run_id, "status": status}, headers=admin(stack)
+    )
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()["items"]
+
+
+def the_letter(stack: Stack, run_id: str) -> dict[str, Any]:
+    letters = letters_of(stack, run_id)
+    assert len(letters) == 1, letters
+    return letters[0]
+
+
+def register_flaky(stack: Stack, name: str) -> None:
+    """One step that fails its first attempt (no retries) and succeeds on any later one."""
+    stack.register(
+        spec(name, [{"id": "work", "action": "fail", "with": {"until_attempt": 2}, "retry": ONCE}])
+    )
+
+
+def test_a_step_out_of_attempts_becomes_one_dead_letter_and_fails_its_run(
+    stack: Stack, unique: str
+) -> None:
+    stack.register(
+        spec(
+            unique,
+            [
+                {"id": "a", "action": "record"},
+                {
+                    "id": "b",
+                    "action": "record",
+                    "needs": ["a"],
+                    "with": {"fail": True, "message": "upstream said no"},
+                    "retry": QUICK_RETRY,
+                },
+                {"id": "c", "action": "record", "needs": ["b"]},
+            ],
+        )
+    )
+    run = failed_run(stack, unique)
+    statuses = {step["step_id"]: step["status"] for step in run["steps"]}
+    assert statuses == {"a": "succeeded", "b": "dead", "c": "skipped"}
+    assert Counter(step for _, step, _ in stack.executions(run["id"])) == {"a": 1, "b": 3}
+
+    letter = the_letter(stack, run["id"])
+    assert letter["attempts"] == 3
+    assert letter["status"] == "open"
+    assert (letter["step_id"], letter["workflow"]) == ("b", unique)
+    assert letter["exception_type"] == "ActionError"
+    assert letter["message"] == "upstream said no"
+    assert len(letter["fingerprint"]) == 16
+    task_id = f"{run['id']}:b:3"
+    assert letter["task_id"] == task_id
+    assert letter["flower_url"] == f"{stack.settings.flower_url}/task/{task_id}"
+
+    detail = stack.client().get(f"/admin/dlq/{letter['id']}", headers=admin(stack))
+    assert detail.status_code == 200
+    assert detail.get_json()["traceback"].startswith("Traceback")
+    listing = stack.client().get(
+        "/admin/dlq", query_string={"workflow": unique}, headers=admin(stack)
+    )
+    assert listing.get_json()["groups"] == [
+        {
+            "fingerprint": letter["fingerprint"],
+            "exception_type": "ActionError",
+            "count": 1,
+            "last_failed_at": letter["failed_at"],
+        }
+    ]
+
+
+def test_replaying_a_dead_letter_with_fixed_inputs_resumes_its_run_at_that_step(
+    stack: Stack, unique: str
+) -> None:
+    stack.register(
+        spec(
+            unique,
+            [
+                {"id": "a", "action": "record"},
+                {"id": "b", "action": "fail", "needs": ["a"], "with": {"fail": True}},
+                {"id": "c", "action": "record", "needs": ["b"]},
+            ],
+            defaults={"retry": ONCE},
+        )
+    )
+    run = failed_run(stack, unique)
+    letter = the_letter(stack, run["id"])
+    client = stack.client()
+
+    invalid = client.post(
+        f"/admin/dlq/{letter['id']}/replay",
+        json={"reason": "fixed", "inputs": {"fail": "no"}},
+        headers=admin(stack),
+    )
+    assert invalid.status_code == 422, invalid.get_json()
+    assert [error["field"] for error in invalid.get_json()["errors"]] == ["inputs.fail"]
+    no_reason = client.post(
+        f"/admin/dlq/{letter['id']}/replay", json={"reason": " "}, headers=admin(stack)
+    )
+    assert no_reason.status_code == 422
+    assert no_reason.get_json()["errors"][0]["field"] == "reason"
+    assert the_letter(stack, run["id"])["status"] == "open"
+
+    response = client.post(
+        f"/admin/dlq/{letter['id']}/replay",
+        json={"reason": "the upstream flag was wrong", "inputs": {"fail": False}},
+        headers=admin(stack),
+    )
+    assert response.status_code == 202, response.get_json()
+    body = response.get_json()
+    assert body["run_id"] == run["id"]
+    assert response.headers["Location"].endswith(f"/runs/{run['id']}")
+    assert body["dead_letter"]["status"] == "replayed"
+    assert body["dead_letter"]["resolved_by"] == OPS
+    assert body["dead_letter"]["resolution"] == {
+        "reason": "the upstream flag was wrong",
+        "inputs": {"fail": False},
+    }
+
+    finished = stack.wait_finished(run["id"])
+    assert finished["status"] == "succeeded", finished
+    assert finished["error"] is None
+    steps = {step["step_id"]: step for step in finished["steps"]}
+    assert steps["b"]["inputs"] == {"fail": False}
+    assert steps["b"]["attempts"] == 2
+    assert steps["b"]["task_id"] == f"{run['id']}:b:2"
+    assert Counter(step for _, step, _ in stack.executions(run["id"])) == {"a": 1, "c": 1}
+
+    events = client.get(
+        "/admin/audit", query_string={"target": f"dead_letter:{letter['id']}"}, headers=admin(stack)
+    ).get_json()["items"]
+    assert [(e["action"], e["actor"], e["reason"]) for e in events] == [
+        ("dlq.replay", OPS, "the upstream flag was wrong")
+    ]
+    assert events[0]["detail"]["inputs"] == {"fail": False}
+    again = client.post(
+        f"/admin/dlq/{letter['id']}/replay", json={"reason": "again"}, headers=admin(stack)
+    )
+    assert again.status_code == 409
+
+
+def test_two_concurrent_replays_of_one_dead_letter_run_the_step_once(
+    stack: Stack, unique: str
+) -> None:
+    stack.register(
+        spec(unique, [{"id": "a", "action": "record", "with": {"fail": True}, "retry": ONCE}])
+    )
+    run = failed_run(stack, unique)
+    letter = the_letter(stack, run["id"])
+    barrier = threading.Barrier(2)
+    statuses: list[int] = []
+
+    def replay() -> None:
+        client, headers = stack.client(), admin(stack)
+        barrier.wait(10)
+        response = client.post(
+            f"/admin/dlq/{letter['id']}/replay",
+            json={"reason": "race", "inputs": {"fail": False}},
+            headers=headers,
+        )
+        statuses.append(response.status_code)
+
+    threads = [threading.Thread(target=replay) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(statuses) == [202, 409]
+    finished = stack.wait_finished(run["id"])
+    assert finished["status"] == "succeeded"
+    assert sorted(stack.executions(run["id"])) == [(run["id"], "a", 1), (run["id"], "a", 2)]
+    assert finished["steps"][0]["attempts"] == 2
+
+
+def test_bulk_replay_acts_only_on_the_confirmed_count_and_reports_each_letter(
+    stack: Stack, unique: str
+) -> None:
+    register_flaky(stack, unique)
+    run_ids = [stack.submit(unique) for _ in range(3)]
+    for run_id in run_ids:
+        assert stack.wait_finished(run_id)["status"] == "failed"
+    letter_ids = {the_letter(stack, run_id)["id"] for run_id in run_ids}
+    client = stack.client()
+    url, where = "/admin/dlq/replay", {"workflow": unique}
+
+    first_page = client.get(
+        "/admin/dlq", query_string={"workflow": unique, "limit": 2}, headers=admin(stack)
+    ).get_json()
+    second_page = client.get(
+        "/admin/dlq",
+        query_string={"workflow": unique, "limit": 2, "cursor": first_page["next_cursor"]},
+        headers=admin(stack),
+    ).get_json()
+    assert second_page["next_cursor"] is None
+    assert {item["id"] for item in first_page["items"] + second_page["items"]} == letter_ids
+    assert [group["count"] for group in first_page["groups"]] == [3]
+
+    dry = client.post(url, json={"filter": where, "dry_run": True}, headers=admin(stack))
+    assert dry.status_code == 200, dry.get_json()
+    assert dry.get_json()["count"] == 3
+    assert set(dry.get_json()["ids"]) == letter_ids
+
+    short = client.post(
+        url, json={"filter": where, "confirm_count": 2, "reason": "redrive"}, headers=admin(stack)
+    )
+    assert short.status_code == 409, short.get_json()
+    assert "2" in short.get_json()["detail"] and "3" in short.get_json()["detail"]
+    assert all(stack.run(run_id)["status"] == "failed" for run_id in run_ids)
+    assert (
+        len(
+            client.get(
+                "/admin/dlq",
+                query_string={"workflow": unique, "status": "open"},
+                headers=admin(stack),
+            ).get_json()["items"]
+        )
+        == 3
+    )
+
+    real = client.post(
+        url, json={"filter": where, "confirm_count": 3, "reason": "redrive"}, headers=admin(stack)
+    )
+    assert real.status_code == 202, real.get_json()
+    report = real.get_json()
+    assert report["count"] == 3
+    assert {item["id"] for item in report["results"]} == letter_ids
+    assert {item["outcome"] for item in report["results"]} == {"replayed"}
+    for run_id in run_ids:
+        assert stack.wait_finished(run_id)["status"] == "succeeded"
+    events = client.get(
+        "/admin/audit",
+        query_string={"action": "dlq.bulk_replay", "actor": OPS},
+        headers=admin(stack),
+    ).get_json()["items"]
+    assert any(e["detail"] == {"filter": where, "count": 3} for e in events)
+
+
+def test_a_read_only_operator_can_look_but_not_replay_or_discard(stack: Stack, unique: str) -> None:
+    register_flaky(stack, unique)
+    run = failed_run(stack, unique)
+    letter = the_letter(stack, run["id"])
+    reader, client = admin(stack, "admin.dlq.read"), stack.client()
+
+    assert client.get("/admin/dlq", headers=reader).status_code == 200
+    assert client.get(f"/admin/dlq/{letter['id']}", headers=reader).status_code == 200
+    for action, scope in (("replay", "admin.dlq.replay"), ("discard", "admin.dlq.discard")):
+        denied = client.post(
+            f"/admin/dlq/{letter['id']}/{action}", json={"reason": "try"}, headers=reader
+        )
+        assert denied.status_code == 403
+        assert denied.get_json()["errors"] == [{"field": "scopes", "message": f"missing {scope}"}]
+    bulk = client.post("/admin/dlq/replay", json={"dry_run": True}, headers=reader)
+    assert bulk.status_code == 403
+    assert client.get("/admin/audit", headers=reader).status_code == 403
+    assert client.get("/admin/dlq").status_code == 401
+    assert the_letter(stack, run["id"])["status"] == "open"
+
+    replayed = client.post(
+        f"/admin/dlq/{letter['id']}/replay", json={"reason": "ok"}, headers=admin(stack)
+    )
+    assert replayed.status_code == 202
+    assert stack.wait_finished(run["id"])["status"] == "succeeded"
+
+
+def test_discarding_keeps_the_letter_out_of_the_open_list_and_works_only_once(
+    stack: Stack, unique: str
+) -> None:
+    register_flaky(stack, unique)
+    run = failed_run(stack, unique)
+    letter = the_letter(stack, run["id"])
+    client = stack.client()
+
+    response = client.post(
+        f"/admin/dlq/{letter['id']}/discard", json={"reason": "obsolete"}, headers=admin(stack)
+    )
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["status"] == "discarded"
+    assert response.get_json()["resolved_by"] == OPS
+    assert letters_of(stack, run["id"], "open") == []
+    assert [item["id"] for item in letters_of(stack, run["id"], "discarded")] == [letter["id"]]
+    events = client.get(
+        "/admin/audit", query_string={"target": f"dead_letter:{letter['id']}"}, headers=admin(stack)
+    ).get_json()["items"]
+    assert [(e["action"], e["actor"], e["reason"]) for e in events] == [
+        ("dlq.discard", OPS, "obsolete")
+    ]
+
+    twice = client.post(
+        f"/admin/dlq/{letter['id']}/discard", json={"reason": "again"}, headers=admin(stack)
+    )
+    assert twice.status_code == 409
+    replay = client.post(
+        f"/admin/dlq/{letter['id']}/replay", json={"reason": "too late"}, headers=admin(stack)
+    )
+    assert replay.status_code == 409
+    assert stack.run(run["id"])["status"] == "failed"
+
+
+def test_the_cli_lists_shows_replays_and_discards_dead_letters(stack: Stack, unique: str) -> None:
+    stack.register(
+        spec(unique, [{"id": "a", "action": "record", "with": {"fail": True}, "retry": ONCE}])
+    )
+    kept, dropped = failed_run(stack, unique), failed_run(stack, unique)
+    kept_letter, dropped_letter = the_letter(stack, kept["id"]), the_letter(stack, dropped["id"])
+    runner = CliRunner()
+
+    def engine(*args: str) -> Any:
+        cli_context.settings.cache_clear()
+        try:
+            return runner.invoke(cli, ["dlq", *args], env=stack.env, catch_exceptions=False)
+        finally:
+            cli_context.settings.cache_clear()
+
+    listing = engine("ls", "--workflow", unique, "--status", "open")
+    assert listing.exit_code == 0, listing.output
+    assert kept_letter["id"] in listing.output and dropped_letter["id"] in listing.output
+    assert f"{kept_letter['fingerprint']}       2  ActionError" in listing.output
+
+    shown = engine("show", kept_letter["id"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output)["task_id"] == f"{kept['id']}:a:1"
+
+    bad = engine("replay", kept_letter["id"], "--reason", "x", "--inputs", "[1]")
+    assert bad.exit_code == 2 and "--inputs" in bad.output
+    replayed = engine(
+        "replay", kept_letter["id"], "--reason", "flag fixed", "--inputs", '{"fail": false}'
+    )
+    assert replayed.exit_code == 0, replayed.output
+    assert stack.wait_finished(kept["id"])["status"] == "succeeded"
+
+    discarded = engine("discard", dropped_letter["id"], "--reason", "customer left")
+    assert discarded.exit_code == 0, discarded.output
+    again = engine("discard", dropped_letter["id"], "--reason", "customer left")
+    assert again.exit_code == 1 and "only an open one" in again.output
+
+    dry = engine("replay", "--all", "--workflow", unique, "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert "0 open dead letter(s) match" in dry.output
+    actors = {
+        event["actor"]
+        for letter_id in (kept_letter["id"], dropped_letter["id"])
+        for event in stack.client()
+        .get(
+            "/admin/audit",
+            query_string={"target": f"dead_letter:{letter_id}"},
+            headers=admin(stack),
+        )
+        .get_json()["items"]
+    }
+    assert len(actors) == 1 and actors.pop().startswith("cli:")
+
+
+def test_replaying_a_planning_dead_letter_queues_its_run_again(
+    database: Stack, unique: str
+) -> None:
+    database.register(spec(unique, [{"id": "a", "action": "noop"}]))
+    run_id = database.submit(unique)  # no worker here: the run stays queued
+    with database.sessions.begin() as session:
+        letter_id = run_cases.bury_plan(session, run_id, "WorkerLostError", "planning died", "", 3)
+    assert database.run(run_id)["status"] == "failed"
+    client = database.client()
+
+    with_inputs = client.post(
+        f"/admin/dlq/{letter_id}/replay",
+        json={"reason": "worker fixed", "inputs": {"x": 1}},
+        headers=admin(database),
+    )
+    assert with_inputs.status_code == 422
+    assert with_inputs.get_json()["errors"][0]["field"] == "inputs"
+
+    response = client.post(
+        f"/admin/dlq/{letter_id}/replay", json={"reason": "worker fixed"}, headers=admin(database)
+    )
+    assert response.status_code == 202, response.get_json()
+    assert response.get_json()["dead_letter"]["step_id"] is None
+    run = database.run(run_id)
+    assert (run["status"], run["error"], run["steps"]) == ("queued", None, [])
+    with database.sessions.begin() as session:
+        assert session.get(Run, run_id).plan_deliveries == 0
+
+
+def test_malformed_filters_are_rejected_naming_the_field(database: Stack) -> None:
+    client = database.client()
+    for query, field in (
+        ({"since": "yesterday"}, "since"),
+        ({"until": "2024-13-01"}, "until"),
+        ({"status": "lost"}, "status"),
+        ({"cursor": "nonsense"}, "cursor"),
+    ):
+        response = client.get("/admin/dlq", query_string=query, headers=admin(database))
+        assert response.status_code == 422, (query, response.get_json())
+        assert response.get_json()["errors"][0]["field"] == field
+    bulk = client.post(
+        "/admin/dlq/replay",
+        json={"filter": {"since": "soon"}, "dry_run": True},
+        headers=admin(database),
+    )
+    assert bulk.status_code == 422
+    assert bulk.get_json()["errors"][0]["field"] == "filter.since"
+    unconfirmed = client.post("/admin/dlq/replay", json={"filter": {}}, headers=admin(database))
+    assert unconfirmed.status_code == 422
+    assert {e["field"] for e in unconfirmed.get_json()["errors"]} == {"confirm_count", "reason"}
+    window = client.get(
+        "/admin/dlq",
+        query_string={"since": "2024-05-01T00:00:00Z", "until": "2024-05-02T00:00:00+00:00"},
+        headers=admin(database),
+    )
+    assert window.status_code == 200
+    assert window.get_json() == {"items": [], "next_cursor": None, "groups": []}
+
+
+def test_a_bulk_replay_matching_more_than_the_cap_is_refused(database: Stack, unique: str) -> None:
+    from web import create_app
+
+    database.register(spec(unique, [{"id": "a", "action": "noop"}]))
+    with database.sessions.begin() as session:
+        for run_id in [database.submit(unique) for _ in range(2)]:
+            run_cases.bury_plan(session, run_id, "WorkerLostError", "planning died", "")
+    app = create_app(database.settings.with_changes(bulk_replay_max=1))
+    try:
+        response = app.test_client().post(
+            "/admin/dlq/replay",
+            json={"filter": {"workflow": unique}, "dry_run": True},
+            headers=admin(database),
+        )
+    finally:
+        app.extensions["engine.db"].dispose()
+    assert response.status_code == 422, response.get_json()
+    assert response.get_json()["detail"].startswith("2 dead letters match")
+    assert response.get_json()["errors"][0]["field"] == "filter"
+
+
+def test_the_pacer_spaces_sends_at_the_configured_rate() -> None:
+    now = [100.0]
+    pacer = replay.Pacer(4, clock=lambda: now[0])
+    assert [pacer.delay() for _ in range(3)] == [0.0, 0.25, 0.5]
+    now[0] = 200.0
+    assert pacer.delay() == 0.0

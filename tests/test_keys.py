@@ -1,0 +1,292 @@
+"""Signing keys and revocation as operators use them: `engine token rotate` followed step
+by step, kids that name no key, minting and revoking over /admin/tokens, and revocations
+that survive a Redis FLUSHALL and a Redis outage — on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from click.testing import CliRunner, Result
+from sqlalchemy import select
+
+from cli import context
+from cli.main import main
+from engine.auth import key_id, mint_token, parse_ttl
+from engine.config import Settings
+from engine.models import AuditEvent, RevokedToken
+from engine.tokens import RevocationList
+from tests.support import services
+from tests.support.stack import JWT_SECRET, Stack
+
+ADMIN = "admin.tokens,runs.read"
+
+
+def engine_cli(env: dict[str, str | None], *args: str) -> Result:
+    context.settings.cache_clear()  # settings are read once per process
+    try:
+        return CliRunner().invoke(main, list(args), env=env)
+    finally:
+        context.settings.cache_clear()
+
+
+def segment(part: dict[str, Any]) -> bytes:
+    return base64.urlsafe_b64encode(json.dumps(part).encode()).rstrip(b"=")
+
+
+def get_runs(app: Any, token: str) -> Any:
+    return app.test_client().get("/runs", headers={"Authorization": f"Bearer {token}"})
+
+
+def detail(response: Any, status: int) -> str:
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/problem+json"
+    return response.get_json(force=True)["detail"]
+
+
+@pytest.fixture
+def apps() -> Iterator[list[Any]]:
+    """Apps a test creates with settings of its own; their pools are closed afterwards."""
+    created: list[Any] = []
+    yield created
+    for app in created:
+        app.extensions["engine.db"].dispose()
+
+
+def new_app(apps: list[Any], settings: Settings) -> Any:
+    from web import create_app
+
+    app = create_app(settings)
+    apps.append(app)
+    return app
+
+
+def test_following_engine_token_rotate_for_make_run_keeps_old_tokens_only_for_the_grace_period(
+    database: Stack, tmp_path: Path, apps: list[Any]
+) -> None:
+    # `make run` leaves JWT_SECRET unset: the secret lives in <ENGINE_VAR_DIR>/jwt_secret.
+    local = {**database.env, "ENGINE_VAR_DIR": str(tmp_path), "JWT_SECRET": None}
+    before = Settings.from_env({k: v for k, v in local.items() if v is not None})
+    old_token = mint_token(before, "alice@example.com", ["runs.read"], parse_ttl("1h")).token
+
+    result = engine_cli(local, "token", "rotate")
+    assert result.exit_code == 0, result.output
+    out = result.output
+    new_secret = re.search(r"^\s+([0-9a-f]{64})$", out, re.MULTILINE)[1]  # type: ignore[index]
+    assert new_secret != before.jwt_secret and before.jwt_secret not in out
+    assert f"the secret in {tmp_path / 'jwt_secret'}" in out
+    # Step 2 as printed, run by a shell: keep the old secret as a previous one, write the new.
+    step = [line.strip() for line in out.splitlines() if 'JWT_PREVIOUS_SECRETS="$(cat' in line]
+    step += [line.strip() for line in out.splitlines() if line.strip().startswith("(umask 077")]
+    assert len(step) == 2, out
+    shell = subprocess.run(
+        ["bash", "-euc", "\n".join(step) + '\nprintf %s "$JWT_PREVIOUS_SECRETS"'],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    # Step 3: `make run` builds its settings from that environment and the file.
+    grace = Settings.from_env(
+        {k: v for k, v in local.items() if v is not None} | {"JWT_PREVIOUS_SECRETS": shell.stdout}
+    )
+    assert grace.jwt_secret == new_secret and grace.jwt_previous_secrets == (before.jwt_secret,)
+    app = new_app(apps, grace)
+    assert get_runs(app, old_token).status_code == 200
+    new_token = mint_token(grace, "alice@example.com", ["runs.read"], parse_ttl("1h")).token
+    assert jwt.get_unverified_header(new_token)["kid"] == key_id(new_secret)
+    assert get_runs(app, new_token).status_code == 200
+
+    # Step 4 (and the emergency path): without the previous secret, old tokens are 401.
+    after = Settings.from_env({k: v for k, v in local.items() if v is not None})
+    app = new_app(apps, after)
+    assert "unknown key" in detail(get_runs(app, old_token), 401)
+    assert get_runs(app, new_token).status_code == 200
+
+
+def test_engine_token_rotate_for_an_environment_secret_names_the_variables(
+    database: Stack,
+) -> None:
+    result = engine_cli(database.env, "token", "rotate")
+    assert result.exit_code == 0, result.output
+    assert "signs with the secret in JWT_SECRET" in result.output
+    assert 'export JWT_PREVIOUS_SECRETS="$JWT_SECRET"' in result.output
+    assert "docker compose up -d api worker beat flower" in result.output
+    assert JWT_SECRET not in result.output
+
+
+@pytest.mark.parametrize(
+    "kid", [["a", "list"], {"a": "dict"}, 12345, "", key_id("a-secret-dropped-long-ago" * 2)]
+)
+def test_a_kid_that_names_no_key_is_401_never_500(database: Stack, kid: Any) -> None:
+    # Built by hand: PyJWT will not encode a kid that is not a string.
+    now = int(time.time())
+    header = {"alg": "HS256", "typ": "JWT", "kid": kid}
+    body = {"sub": "eve", "scopes": ["runs.read"], "jti": "e" * 32, "iat": now, "exp": now + 60}
+    signing_input = b".".join(segment(part) for part in (header, body))
+    signature = hmac.new(JWT_SECRET.encode(), signing_input, hashlib.sha256).digest()
+    token = (signing_input + b"." + base64.urlsafe_b64encode(signature).rstrip(b"=")).decode()
+    assert detail(get_runs(database.app, token), 401).startswith("invalid token")
+
+
+def test_an_admin_mints_a_token_with_scopes_it_holds_and_the_mint_is_audited(
+    database: Stack, unique: str
+) -> None:
+    admin = database.headers(f"admin.{unique}", ADMIN)
+    response = database.client().post(
+        "/admin/tokens",
+        json={"sub": f"svc.{unique}", "scopes": ["runs.read"], "ttl": "15m"},
+        headers=admin,
+    )
+    assert response.status_code == 201, response.get_json()
+    body = response.get_json()
+    assert set(body) == {"token", "jti", "expires_at"} and body["expires_at"].endswith("Z")
+    claims = jwt.decode(
+        body["token"], JWT_SECRET, algorithms=["HS256"], issuer="ai-business-engine"
+    )
+    assert (claims["sub"], claims["scopes"], claims["jti"]) == (
+        f"svc.{unique}",
+        ["runs.read"],
+        body["jti"],
+    )
+    assert claims["exp"] - claims["iat"] == 900
+    assert get_runs(database.app, body["token"]).status_code == 200
+    with database.sessions() as session:
+        event = session.scalars(
+            select(AuditEvent).where(AuditEvent.target == f"token:{body['jti']}")
+        ).one()
+    assert (event.actor, event.action) == (f"admin.{unique}", "token.mint")
+    assert event.detail["scopes"] == ["runs.read"] and "token" not in event.detail
+
+
+def test_an_admin_cannot_mint_a_scope_it_does_not_hold(database: Stack, unique: str) -> None:
+    client = database.client()
+    admin = database.headers(f"admin.{unique}", "admin.tokens,runs.*")
+    for scopes, refused in [
+        (["runs.read", "admin.dlq.replay"], "admin.dlq.replay"),
+        (["admin.*"], "admin.*"),
+    ]:
+        response = client.post(
+            "/admin/tokens", json={"sub": "x", "scopes": scopes, "ttl": 60}, headers=admin
+        )
+        assert refused in detail(response, 403)
+    response = client.post(
+        "/admin/tokens",
+        json={"sub": "x", "scopes": ["runs.read"]},
+        headers=database.headers(f"plain.{unique}", "runs.*"),
+    )
+    assert "admin.tokens" in detail(response, 403)
+    response = client.post(
+        "/admin/tokens", json={"sub": "x", "scopes": ["runs.read"], "ttl": "90d"}, headers=admin
+    )
+    assert response.status_code == 422
+    assert [error["field"] for error in response.get_json()["errors"]] == ["ttl"]
+
+
+def test_a_revoked_token_is_refused_as_revoked_and_others_still_work(
+    database: Stack, unique: str
+) -> None:
+    client = database.client()
+    admin = database.headers(f"admin.{unique}", ADMIN)
+    minted = client.post(
+        "/admin/tokens", json={"sub": "svc", "scopes": ["runs.read"], "ttl": "1h"}, headers=admin
+    ).get_json()
+    bystander = database.token(f"bystander.{unique}", "runs.read")
+    assert get_runs(database.app, minted["token"]).status_code == 200
+
+    response = client.post("/admin/tokens/revoke", json={"jti": minted["jti"]}, headers=admin)
+    assert response.status_code == 204, response.get_data(as_text=True)
+    assert "revoked" in detail(get_runs(database.app, minted["token"]), 401)
+    assert get_runs(database.app, bystander).status_code == 200
+    # Revoking again is fine, and so is revoking a jti this API never minted (CLI tokens).
+    assert (
+        client.post("/admin/tokens/revoke", json={"jti": minted["jti"]}, headers=admin).status_code
+        == 204
+    )
+    cli_token = database.token(f"cli.{unique}", "runs.read")
+    cli_jti = jwt.decode(cli_token, options={"verify_signature": False})["jti"]
+    assert (
+        client.post("/admin/tokens/revoke", json={"jti": cli_jti}, headers=admin).status_code == 204
+    )
+    assert "revoked" in detail(get_runs(database.app, cli_token), 401)
+
+    with database.sessions() as session:
+        row = session.get(RevokedToken, minted["jti"])
+        assert row is not None and row.revoked_by == f"admin.{unique}"
+        assert row.expires_at is not None  # minted here: kept only until the token expires
+        assert session.get(RevokedToken, cli_jti).expires_at is None  # type: ignore[union-attr]
+        actions = session.scalars(
+            select(AuditEvent.action).where(AuditEvent.actor == f"admin.{unique}")
+        ).all()
+    assert actions.count("token.revoke") == 3 and actions.count("token.mint") == 1
+    response = client.post("/admin/tokens/revoke", json={"jti": ""}, headers=admin)
+    assert response.status_code == 422
+
+
+def test_a_revocation_survives_a_redis_flushall_and_a_redis_outage(
+    backend: str, tmp_path: Path, apps: list[Any]
+) -> None:
+    server = services.RedisServer(tmp_path / "redis").start()
+    stack = Stack(backend, tmp_path / "stack", redis_url=server.url)
+    try:
+        admin = stack.headers("admin@example.com", ADMIN)
+        revoked, kept = (
+            stack.token("gone@example.com", "runs.read"),
+            stack.token("kept", "runs.read"),
+        )
+        jti = jwt.decode(revoked, options={"verify_signature": False})["jti"]
+        response = stack.client().post("/admin/tokens/revoke", json={"jti": jti}, headers=admin)
+        assert response.status_code == 204
+        revocations: RevocationList = stack.app.extensions["engine.revocations"]
+        assert server.client().exists(revocations.key(jti))
+        # Another process learns it from Redis.
+        assert "revoked" in detail(get_runs(new_app(apps, stack.settings), revoked), 401)
+
+        server.client().flushall()
+        # A fresh process (nothing remembered in memory) reads the database again.
+        app = new_app(apps, stack.settings)
+        assert "revoked" in detail(get_runs(app, revoked), 401)
+        assert get_runs(app, kept).status_code == 200
+        assert server.client().exists(revocations.key(jti)), "Redis's copy was not rebuilt"
+
+        server.stop()
+        app = new_app(apps, stack.settings)
+        assert "revoked" in detail(get_runs(app, revoked), 401)
+        assert get_runs(app, kept).status_code == 200
+    finally:
+        server.stop()
+        stack.close()
+
+
+def test_the_cli_revokes_by_jti_and_inspect_shows_the_jti_and_the_verdict(
+    database: Stack, unique: str
+) -> None:
+    token = database.token(f"leaked.{unique}", "runs.read")
+    result = engine_cli(database.env, "token", "inspect", token)
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.output)
+    assert shown["verdict"] == "accepted (unless revoked)"
+    assert shown["claims"]["sub"] == f"leaked.{unique}"
+
+    result = engine_cli(database.env, "token", "revoke", shown["claims"]["jti"], "--reason", "leak")
+    assert result.exit_code == 0, result.output
+    assert "revoked" in detail(get_runs(database.app, token), 401)
+    with database.sessions() as session:
+        event = session.scalars(
+            select(AuditEvent).where(AuditEvent.target == f"token:{shown['claims']['jti']}")
+        ).one()
+    assert (event.action, event.reason) == ("token.revoke", "leak")
+    assert event.actor.startswith("cli:")
+
+    rotated = {**database.env, "JWT_SECRET": "a-brand-new-secret-" + "z" * 40}
+    shown = json.loads(engine_cli(rotated, "token", "inspect", token).output)
+    assert shown["verdict"].startswith("refused: signed with a key")

@@ -1,0 +1,138 @@
+"""Structured logs: one JSON object per line with the ids of the request, run and step it
+belongs to, an access line per request, and never a token or secret."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine import logs
+from tests.conftest import spec
+from tests.support import services
+from tests.support.stack import Stack
+from web import create_app
+
+
+def json_lines(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a log file (a worker's output also holds Celery's banner)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+
+
+@pytest.fixture
+def logged_app(database: Stack, tmp_path: Path) -> Iterator[tuple[Any, Path]]:
+    """The API logging to files under LOG_DIR; logging goes back to stderr afterwards."""
+    app = create_app(database.settings.with_changes(log_dir=tmp_path))
+    yield app, tmp_path
+    logs.configure(database.settings, "api")
+
+
+def test_a_request_with_a_token_is_logged_once_in_access_log_without_the_token(
+    database: Stack, logged_app: tuple[Any, Path]
+) -> None:
+    app, log_dir = logged_app
+    token = database.token("reader@example.com", "runs.read")
+    response = app.test_client().get(
+        "/runs?limit=5",
+        headers={"Authorization": f"Bearer {token}", "X-Request-ID": "req-42.abc"},
+    )
+    assert response.status_code == 200
+    assert response.headers["X-Request-ID"] == "req-42.abc"
+
+    access = [line for line in json_lines(log_dir / "access.log") if line["path"] == "/runs"]
+    assert len(access) == 1
+    line = access[0]
+    assert {"ts", "level", "logger", "message"} <= set(line)
+    assert line["ts"].endswith("Z")
+    assert line["logger"] == "engine.access"
+    assert line["method"] == "GET"
+    assert line["status"] == 200
+    assert line["request_id"] == "req-42.abc"
+    assert line["caller"] == "reader@example.com"
+    assert isinstance(line["duration_ms"], float | int)
+    for path in (log_dir / "access.log", log_dir / "app.log"):
+        text = path.read_text() if path.exists() else ""
+        assert token not in text
+        assert database.settings.jwt_secret not in text
+
+
+def test_secrets_in_application_log_lines_are_redacted(
+    database: Stack, logged_app: tuple[Any, Path]
+) -> None:
+    _app, log_dir = logged_app
+    token = database.token()
+    secret = database.settings.jwt_secret
+    log = logging.getLogger("web.views.example")
+    log.warning("called with Authorization: Bearer %s", token)
+    log.warning("headers {'authorization': '%s'} and key %s", token, secret)
+    log.warning("a bare token %s in a message", token)
+    try:
+        raise ValueError(f"bad token {token}")
+    except ValueError:
+        log.exception("while checking")
+
+    lines = [line for line in json_lines(log_dir / "app.log") if line["logger"] == log.name]
+    assert len(lines) == 4
+    text = (log_dir / "app.log").read_text()
+    assert token not in text
+    assert secret not in text
+    assert token.split(".")[1] not in text
+    assert "[REDACTED]" in lines[0]["message"]
+    assert "Traceback" in lines[3]["exc"]
+
+
+def test_a_request_id_is_made_when_none_or_an_unusable_one_is_given(database: Stack) -> None:
+    client = database.client()
+    made = client.get("/health").headers["X-Request-ID"]
+    assert len(made) == 32
+    other = client.get("/health").headers["X-Request-ID"]
+    assert other != made
+    replaced = client.get("/health", headers={"X-Request-ID": "x" * 200}).headers["X-Request-ID"]
+    assert replaced != "x" * 200 and len(replaced) == 32
+    odd = client.get("/health", headers={"X-Request-ID": 'a b"c'}).headers["X-Request-ID"]
+    assert odd != 'a b"c'
+
+
+def test_a_runs_worker_log_lines_carry_its_run_id_and_step_id(stack: Stack, unique: str) -> None:
+    stack.register(
+        spec(
+            unique,
+            [
+                {"id": "first", "action": "record"},
+                {"id": "second", "action": "record", "needs": ["first"]},
+            ],
+        )
+    )
+    run_id = stack.submit(unique)
+    assert stack.wait_finished(run_id)["status"] == "succeeded"
+    worker_log = stack.workers[0].log_path
+
+    def lines_of_the_run() -> list[dict[str, Any]] | None:
+        lines = [line for line in json_lines(worker_log) if run_id in line["message"]]
+        succeeded = [line for line in lines if "succeeded" in line["message"]]
+        # plan_run (with `first` inline) and steps.execute for `second`.
+        return lines if len(succeeded) >= 2 else None
+
+    lines = services.wait_for(lines_of_the_run, 20, 0.1, "the run's worker log lines")
+    assert all(line["run_id"] == run_id for line in lines), lines
+    assert all({"ts", "level", "logger", "message", "task_id"} <= set(line) for line in lines)
+    second = [line for line in lines if line["task_id"] == f"{run_id}:second:1"]
+    assert second and all(line["step_id"] == "second" for line in second), lines
+    assert {line["logger"] for line in second} >= {"celery.worker.strategy", "celery.app.trace"}
+
+
+def test_the_redactor_hides_credentials_and_leaves_the_rest() -> None:
+    redactor = logs.Redactor(["my-very-secret-key-123"])
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJl"
+    assert redactor.redact(f"token {jwt} used") == "token [REDACTED] used"
+    assert redactor.redact("Authorization: Basic dXNlcjpwYXNz") == "Authorization: [REDACTED]"
+    assert redactor.redact("bearer abc.def-ghi") == "bearer [REDACTED]"
+    assert redactor.redact("key=my-very-secret-key-123;") == "key=[REDACTED];"
+    plain = "run 1b2c: step fetch -> succeeded in 0.2s"
+    assert redactor.redact(plain) == plain

@@ -1,0 +1,232 @@
+"""Metrics are counted exactly across processes: prefork children of a worker and gunicorn
+workers of the API (multiprocess mode), and the live gauges read what Redis really holds."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from engine import observe
+from engine.work import Dispatch, Work
+from tests.conftest import spec
+from tests.support import services
+from tests.support.stack import Stack
+from workers import dispatch
+from workers.factory import make_celery
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of an exposition text, by (name, labels)."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(text: str, name: str, **labels: str) -> float | None:
+    return samples(text).get((name, frozenset(labels.items())))
+
+
+def http_get(url: str, timeout: float = 10) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+@pytest.fixture(scope="module")
+def multiprocess_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """SQLite, and a prefork worker (-c 2) counting into a multiprocess directory."""
+    directory = tmp_path_factory.mktemp("metrics")
+    platform = Stack(
+        "sqlite",
+        directory,
+        env={"PROMETHEUS_MULTIPROC_DIR": str(directory / "worker-metrics")},
+    )
+    platform.start_worker(concurrency=2)
+    yield platform
+    platform.close()
+
+
+def test_a_prefork_worker_reports_every_step_its_children_ran_exactly_once(
+    multiprocess_stack: Stack, unique: str
+) -> None:
+    stack = multiprocess_stack
+    runs = 20
+    # A short sleep keeps one child busy while the next run arrives, so both children work.
+    stack.register(spec(unique, [{"id": "only", "action": "record", "with": {"sleep": 0.1}}]))
+    run_ids = [stack.submit(unique) for _ in range(runs)]
+    for run_id in run_ids:
+        assert stack.wait_finished(run_id)["status"] == "succeeded"
+
+    lines = (stack.directory / "executions.log").read_text().split()
+    pids = {int(pid) for pid in lines[3::4]}
+    worker = stack.workers[0]
+    assert pids <= set(worker.children()), "steps ran in the worker's prefork children"
+    assert len(pids) == 2, f"both children ran steps: {pids}"
+
+    port = stack.env["WORKER_HEALTH_PORT"]
+    status, text = http_get(f"http://127.0.0.1:{port}/metrics")
+    assert status == 200
+    assert value(text, "steps_total", action="record", status="succeeded") == runs
+    assert value(text, "runs_total", workflow=unique, status="succeeded") == runs
+    assert value(text, "step_duration_seconds_count", action="record") == runs
+    assert value(text, "manager_planning_duration_seconds_count") == runs
+    assert value(text, "dlq_events_total", event="added") == 0
+    assert value(text, "workers_online") == 1
+    assert value(text, "queue_depth", queue="steps") == 0
+
+
+def test_the_api_counts_every_request_across_gunicorn_workers_even_recycled_ones(
+    multiprocess_stack: Stack, tmp_path: Path
+) -> None:
+    metrics_dir = tmp_path / "api-metrics"
+    port = services.free_port()
+    log = open(tmp_path / "gunicorn.log", "ab")
+    # --max-requests recycles each worker after a few requests: the counts of workers that
+    # have exited must still be in the total.
+    process = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "gunicorn"),
+            "-c",
+            "web/gunicorn_conf.py",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "2",
+            "--threads",
+            "1",
+            "--max-requests",
+            "7",
+            "--control-socket",
+            str(tmp_path / "gunicorn.ctl"),
+            "web:create_app()",
+        ],
+        cwd=services.ROOT,
+        env={**multiprocess_stack.env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+
+        def answering() -> bool:
+            try:
+                return http_get(f"{base}/readyz", timeout=2)[0] == 200
+            except OSError:
+                return False
+
+        services.wait_for(answering, 60, 0.1, "gunicorn to answer")
+        requests = 30
+        for _ in range(requests):
+            assert http_get(f"{base}/health")[0] == 200
+
+        status, text = http_get(f"{base}/metrics")
+        assert status == 200
+        labels = {"method": "GET", "endpoint": "/health", "status": "200"}
+        assert value(text, "api_requests_total", **labels) == requests
+        assert value(text, "api_request_latency_seconds_count", **labels) == requests
+        assert value(text, "api_requests_total", method="GET", endpoint="/readyz", status="200")
+        # 31 requests with a cap of 7 per process: at least 5 processes served them.
+        counters = list(metrics_dir.glob("counter_*.db"))
+        assert len(counters) >= 5, counters
+    finally:
+        process.terminate()
+        process.wait(20)
+        log.close()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[tuple[observe.QueueLayout, redis.Redis, object]]:
+    """A sender under a key prefix of its own (no worker consumes it); keys removed after."""
+    if not services.redis_alive(services.REDIS_URL):
+        services.unavailable(f"Redis at {services.REDIS_URL}")
+    prefix = f"metricstest-{time.monotonic_ns()}:"
+    env = {
+        "REDIS_URL": services.REDIS_URL,
+        "REDIS_KEY_PREFIX": prefix,
+        "JWT_SECRET": "s" * 40,
+        "ENGINE_VAR_DIR": str(tmp_path),
+    }
+    from engine.config import Settings
+
+    sender = make_celery(Settings.from_env(env))
+    layout = observe.QueueLayout.from_transport_options(sender.conf.broker_transport_options)
+    client = redis.Redis.from_url(services.REDIS_URL)
+    yield layout, client, sender
+    keys = list(client.scan_iter(f"{prefix}*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def test_queue_depth_counts_every_priority_list_and_lag_is_the_oldest_messages_age(
+    broker: tuple[observe.QueueLayout, redis.Redis, object],
+) -> None:
+    layout, client, sender = broker
+    sent = time.time()
+    work = Work(
+        [
+            Dispatch("steps.execute", ("r1", "a"), "steps", "r1:a:1", priority=9),
+            Dispatch("steps.execute", ("r1", "b"), "steps", "r1:b:1", priority=0),
+            Dispatch("steps.execute", ("r2", "a"), "steps", "r2:a:1", priority=4),
+            # Not servable for five minutes: it has not been waiting yet.
+            Dispatch("steps.execute", ("r3", "a"), "default", "r3:a:1", countdown=300),
+        ]
+    )
+    dispatch.send(work, sender)  # type: ignore[arg-type]
+    # Three lists for one queue, each under the prefix.
+    assert {key.decode() for key in client.scan_iter(f"{layout.prefix}steps*")} == {
+        f"{layout.prefix}steps",
+        f"{layout.prefix}steps:4",
+        f"{layout.prefix}steps:9",
+    }
+
+    later = time.time() + 90
+    stats = {
+        stat.name: stat
+        for stat in observe.queue_stats(client, layout, ["steps", "default", "manager"], now=later)
+    }
+    assert stats["steps"].depth == 3
+    assert stats["steps"].lag_s is not None
+    assert later - time.time() <= stats["steps"].lag_s <= later - sent
+    assert stats["default"].depth == 1
+    assert stats["default"].lag_s == 0.0
+    assert stats["manager"].depth == 0
+    assert stats["manager"].lag_s == 0.0
+
+
+def test_the_api_metrics_expose_live_gauges_and_dead_letter_events_from_zero(
+    database: Stack,
+) -> None:
+    from sqlalchemy import func, select
+
+    from engine.models import DeadLetter
+    from web import create_app
+
+    with database.sessions() as session:
+        open_letters = session.scalar(
+            select(func.count()).select_from(DeadLetter).where(DeadLetter.status == "open")
+        )
+    response = create_app(database.settings).test_client().get("/metrics")
+    assert response.status_code == 200
+    text = response.get_data(as_text=True)
+    for event in ("added", "replayed", "discarded"):
+        assert value(text, "dlq_events_total", event=event) is not None, event
+    for queue in ("manager", "steps", "default"):
+        assert value(text, "queue_depth", queue=queue) is not None, queue
+        assert value(text, "queue_lag_seconds", queue=queue) is not None, queue
+    assert value(text, "dlq_open") == open_letters
+    # No worker consumes this stack's prefix.
+    assert value(text, "workers_online") == 0

@@ -1,0 +1,399 @@
+"""Recovery from lost work, drilled on real processes: kill -9 of a worker child and of a
+whole worker, a flushed broker, a step that kills its worker on every attempt, and two
+reconcilers sweeping at once. Each drill runs on a private redis-server of its own."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, update
+
+from engine import execution, recovery, runs
+from engine.auth import Caller
+from engine.models import Run, Step, utcnow
+from engine.work import Work
+from tests.conftest import spec
+from tests.support.services import wait_for
+from tests.support.stack import Stack, private_stack
+
+# Short recovery clocks, so a drill takes seconds.
+DRILL_ENV = {"RECONCILE_INTERVAL_S": "1", "DISPATCH_GRACE_S": "2", "LEASE_GRACE_S": "1"}
+FAST_RETRY = {"max_attempts": 3, "backoff_s": 0.05, "max_backoff_s": 0.1}
+
+
+@pytest.fixture
+def drill(backend: str, tmp_path: Path) -> Iterator[Callable[..., Stack]]:
+    """Make a private stack (own redis-server, own database) with the drill's settings."""
+    with ExitStack() as stacks:
+
+        def make(**env: str) -> Stack:
+            platform, _ = stacks.enter_context(
+                private_stack(backend, tmp_path / "stack", {**DRILL_ENV, **env})
+            )
+            return platform
+
+        yield make
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def statuses(stack: Stack, run_ids: list[str]) -> Counter[str]:
+    with stack.sessions() as session:
+        rows = session.execute(
+            select(Run.status, func.count()).where(Run.id.in_(run_ids)).group_by(Run.status)
+        )
+        return Counter({status: count for status, count in rows})
+
+
+@pytest.mark.parametrize("position", ["inline", "sent"])
+def test_a_worker_child_killed_mid_step_loses_nothing_and_the_step_runs_again(
+    drill: Callable[..., Stack], unique: str, position: str
+) -> None:
+    stack = drill()
+    worker = stack.start_worker(concurrency=2)
+    slow = {"id": "slow", "action": "record", "with": {"sleep": 3}, "retry": FAST_RETRY}
+    if position == "inline":  # the first root step runs inside plan_run
+        steps = [slow, {"id": "after", "action": "record", "needs": ["slow"]}]
+    else:  # the step is a message of its own
+        steps = [{"id": "first", "action": "record"}, {**slow, "needs": ["first"]}]
+    stack.register(spec(unique, steps))
+    run_id = stack.submit(unique)
+
+    victim = stack.pid(run_id, "slow")
+    assert victim in worker.children()
+    os.kill(victim, 9)
+
+    run = stack.wait_finished(run_id, timeout=30)
+    assert run["status"] == "succeeded", run
+    assert [e for e in stack.executions(run_id) if e[1] == "slow"] == [
+        (run_id, "slow", 1),
+        (run_id, "slow", 2),
+    ]
+    step = stack.step(run_id, "slow")
+    assert (step["attempts"], step["task_id"]) == (2, f"{run_id}:slow:2")
+    assert stack.dead_letters(run_id) == []
+    assert not alive(victim)
+    wait_for(lambda: len(worker.children()) == 2, 10, message="the pool to replace the child")
+
+
+def test_killing_a_whole_worker_loses_no_run_in_flight(
+    drill: Callable[..., Stack], unique: str
+) -> None:
+    # Redis gives a dead worker's unacknowledged messages back only after the visibility
+    # timeout (hours): the reconciler must find the work, so leases are short here.
+    stack = drill(STEP_TIMEOUT_S="5")
+    first = stack.start_worker(concurrency=2)
+    stack.register(
+        spec(
+            f"{unique}_retry",
+            [
+                {
+                    "id": "flaky",
+                    "action": "fail",
+                    "with": {"until_attempt": 2},
+                    "retry": {"max_attempts": 3, "backoff_s": 8, "max_backoff_s": 8},
+                }
+            ],
+        )
+    )
+    stack.register(
+        spec(
+            unique,
+            [
+                {"id": "slow", "action": "record", "with": {"sleep": 2}},
+                {"id": "after", "action": "record", "needs": ["slow"]},
+            ],
+        )
+    )
+    # A retry waiting out its countdown in the worker (an ETA message it holds) ...
+    waiting = stack.submit(f"{unique}_retry")
+    wait_for(lambda: [s["status"] for s in stack.run(waiting)["steps"]] == ["retrying"], 15)
+    # ... two steps running, and more runs queued behind them.
+    run_ids = [stack.submit(unique) for _ in range(4)]
+    pids = stack.directory / "pids"
+
+    def in_flight() -> list[str] | None:
+        started = [r for r in run_ids if (pids / f"{r}.slow.1").exists()]
+        return started if len(started) == 2 else None
+
+    running = wait_for(in_flight, 20, message="two steps in flight")
+    assert stack.step(waiting, "flaky")["status"] == "retrying"
+    first.kill()
+
+    stack.start_worker(concurrency=2, beat=True)
+    for run_id in [waiting, *run_ids]:
+        assert stack.wait_finished(run_id, timeout=60)["status"] == "succeeded", run_id
+    for run_id in running:
+        # The killed attempt was recorded as lost and the next one ran.
+        assert [e for e in stack.executions(run_id) if e[1] == "slow"] == [
+            (run_id, "slow", 1),
+            (run_id, "slow", 2),
+        ]
+    assert stack.step(waiting, "flaky")["attempts"] == 2
+    assert all(stack.dead_letters(run_id) == [] for run_id in [waiting, *run_ids])
+
+
+def test_every_queued_run_completes_after_the_broker_loses_all_its_messages(
+    backend: str, tmp_path: Path, unique: str
+) -> None:
+    with private_stack(backend, tmp_path / "stack", DRILL_ENV) as (stack, server):
+        stack.register(
+            spec(
+                unique,
+                [
+                    {"id": "a", "action": "record"},
+                    {"id": "b", "action": "record", "needs": ["a"]},
+                ],
+            )
+        )
+        run_ids = [stack.submit(unique) for _ in range(100)]
+        assert server.client().flushall()
+        stack.start_worker(concurrency=2, beat=True)
+
+        wait_for(
+            lambda: statuses(stack, run_ids) == Counter(succeeded=100),
+            60,
+            0.5,
+            message="all 100 runs to succeed",
+        )
+        executed = Counter((run, step) for run, step, _ in stack.executions())
+        assert len(executed) == 200
+        assert set(executed.values()) == {1}
+
+
+def test_a_broker_restarted_without_its_data_mid_flight_loses_no_run(
+    backend: str, tmp_path: Path, unique: str
+) -> None:
+    with private_stack(backend, tmp_path / "stack", DRILL_ENV) as (stack, server):
+        stack.register(
+            spec(
+                unique,
+                [
+                    {"id": "a", "action": "record", "with": {"sleep": 1}},
+                    {"id": "b", "action": "record", "needs": ["a"]},
+                ],
+            )
+        )
+        stack.start_worker(concurrency=2, beat=True)
+        run_ids = [stack.submit(unique) for _ in range(10)]
+        wait_for(
+            lambda: len(list((stack.directory / "pids").glob("*.a.1"))) >= 2,
+            20,
+            message="steps in flight",
+        )
+        server.stop()  # no persistence: every queued and unacknowledged message is gone
+        server.start()
+
+        for run_id in run_ids:
+            assert stack.wait_finished(run_id, timeout=60)["status"] == "succeeded"
+        executed = Counter((run, step) for run, step, _ in stack.executions())
+        assert len(executed) == 20
+        assert set(executed.values()) == {1}
+
+
+def test_a_step_that_kills_its_worker_every_time_is_dead_lettered_at_the_delivery_cap(
+    drill: Callable[..., Stack], unique: str
+) -> None:
+    stack = drill(MAX_DELIVERIES="2")
+    stack.start_worker(concurrency=2)
+    stack.register(
+        spec(
+            f"{unique}_crash",
+            [{"id": "crash", "action": "fail", "with": {"exit": True}, "retry": FAST_RETRY}],
+        )
+    )
+    stack.register(
+        spec(
+            unique,
+            [
+                {"id": "a", "action": "record"},
+                {"id": "b", "action": "record", "needs": ["a"]},
+            ],
+        )
+    )
+    crash = stack.submit(f"{unique}_crash")
+    others = [stack.submit(unique) for _ in range(4)]
+
+    run = stack.wait_finished(crash, timeout=60)
+    assert run["status"] == "failed"
+    step = stack.step(crash, "crash")
+    assert (step["status"], step["attempts"], step["error_type"]) == ("dead", 2, "WorkerLostError")
+    assert "MAX_DELIVERIES=2" in step["error"]
+    [letter] = stack.dead_letters(crash)
+    assert (letter.exception_type, letter.attempts, letter.task_id) == (
+        "WorkerLostError",
+        2,
+        f"{crash}:crash:2",
+    )
+    for run_id in others:
+        assert stack.wait_finished(run_id, timeout=30)["status"] == "succeeded"
+
+
+@pytest.fixture
+def offline(backend: str, tmp_path: Path) -> Iterator[Stack]:
+    """A database of its own and no worker: recovery use cases are called directly, and what
+    they would send is inspected instead of sent."""
+    platform = Stack(backend, tmp_path / "stack", env=DRILL_ENV)
+    yield platform
+    platform.close()
+
+
+def planned_runs(stack: Stack, workflow: str, count: int, plan: bool = True) -> list[str]:
+    """Runs submitted (and planned) in the database only: the broker never saw their work.
+    Everything they wait for looks long overdue."""
+    caller = Caller("alice@example.com", ("runs.write",))
+    long_ago = utcnow() - timedelta(minutes=5)
+    with stack.sessions.begin() as session:
+        run_ids = []
+        for _ in range(count):
+            run, _, _ = runs.submit(session, stack.settings, runs.SubmitRun(workflow, {}), caller)
+            session.flush()
+            run_ids.append(run.id)
+            if plan:
+                runs.plan_run(session, stack.settings, run.id)
+        session.execute(update(Run).where(Run.id.in_(run_ids)).values(dispatched_at=long_ago))
+        session.execute(update(Step).where(Step.run_id.in_(run_ids)).values(dispatched_at=long_ago))
+    return run_ids
+
+
+def hold(stack: Stack, run_ids: list[str], step_id: str, attempts: int, lease: timedelta) -> None:
+    """Make a step look claimed by attempt `attempts`, its lease ending after `lease`."""
+    with stack.sessions.begin() as session:
+        for run_id in run_ids:
+            session.execute(
+                update(Step)
+                .where(Step.run_id == run_id, Step.step_id == step_id)
+                .values(
+                    status="running",
+                    attempts=attempts,
+                    task_id=f"{run_id}:{step_id}:{attempts}",
+                    lease_expires_at=utcnow() + lease,
+                )
+            )
+
+
+def two_steps(stack: Stack, name: str) -> None:
+    stack.register(
+        spec(name, [{"id": "a", "action": "noop"}, {"id": "b", "action": "noop", "needs": ["a"]}])
+    )
+
+
+def step_row(stack: Stack, run_id: str, step_id: str) -> Step:
+    with stack.sessions() as session:
+        row = session.get(Step, (run_id, step_id))
+        assert row is not None
+        return row
+
+
+def test_two_reconcilers_at_once_send_each_lost_message_once(offline: Stack, unique: str) -> None:
+    two_steps(offline, unique)
+    queued = planned_runs(offline, unique, 10, plan=False)
+    planned = planned_runs(offline, unique, 10)
+    lost = planned_runs(offline, unique, 10)
+    hold(offline, lost, "a", 1, -timedelta(minutes=1))
+
+    start = threading.Barrier(2)
+    works: list[Work] = []
+
+    def sweep() -> None:
+        start.wait()
+        with offline.sessions.begin() as session:
+            works.append(recovery.reconcile(session, offline.settings))
+
+    sweepers = [threading.Thread(target=sweep) for _ in range(2)]
+    for thread in sweepers:
+        thread.start()
+    for thread in sweepers:
+        thread.join(30)
+    assert len(works) == 2
+
+    sent = Counter(d.task_id for work in works for d in work.dispatches)
+    # A queued run is planned again; a queued step gets the message of its first attempt;
+    # a step whose lease ran out has that attempt recorded as lost and its retry sent.
+    expected = {f"{r}:plan" for r in queued} | {f"{r}:a:1" for r in planned}
+    expected |= {f"{r}:a:2" for r in lost}
+    assert set(sent) == expected
+    assert set(sent.values()) == {1}
+    for run_id in lost:
+        row = step_row(offline, run_id, "a")
+        assert (row.status, row.error_type, row.attempts) == ("retrying", "WorkerLostError", 1)
+
+
+def test_a_step_whose_lease_ran_out_at_the_delivery_cap_is_dead_lettered(
+    offline: Stack, unique: str
+) -> None:
+    # A step that takes its whole worker down is never redelivered by Redis in time: the
+    # lease is what finds it, and the delivery cap ends the loop.
+    two_steps(offline, unique)
+    [run_id] = planned_runs(offline, unique, 1)
+    hold(offline, [run_id], "a", 2, -timedelta(seconds=1))
+    settings = offline.settings.with_changes(max_deliveries=2)
+    with offline.sessions.begin() as session:
+        work = recovery.reconcile(session, settings)
+    assert [d for d in work.dispatches if d.args[0] == run_id] == []
+    row = step_row(offline, run_id, "a")
+    assert (row.status, row.error_type, row.attempts) == ("dead", "WorkerLostError", 2)
+    assert step_row(offline, run_id, "b").status == "skipped"
+    [letter] = offline.dead_letters(run_id)
+    assert (letter.exception_type, letter.task_id) == ("WorkerLostError", f"{run_id}:a:2")
+    assert offline.run(run_id)["status"] == "failed"
+
+
+def test_a_message_only_takes_the_attempt_it_carries(offline: Stack, unique: str) -> None:
+    two_steps(offline, unique)
+    [run_id] = planned_runs(offline, unique, 1)
+    hold(offline, [run_id], "a", 1, timedelta(minutes=1))
+
+    def claim(attempt: int, redelivered: bool = False) -> object:
+        with offline.sessions.begin() as session:
+            return execution.claim_step(
+                session,
+                offline.settings,
+                run_id,
+                "a",
+                task_id=f"{run_id}:a:{attempt}",
+                worker="test",
+                redelivered=redelivered,
+            )
+
+    # A duplicate of the running attempt's message: its holder is alive (the lease runs).
+    assert claim(1) is None
+    assert claim(2) is None
+    assert step_row(offline, run_id, "a").status == "running"
+    # The broker redelivers that very message: its worker died, the attempt is lost.
+    lost = claim(1, redelivered=True)
+    assert isinstance(lost, execution.Outcome) and lost.status == "retrying"
+    assert [d.task_id for d in lost.work.dispatches] == [f"{run_id}:a:2"]
+    # A stale copy of attempt 1 cannot take the retry; the retry's own message does.
+    assert claim(1) is None and claim(1, redelivered=True) is None
+    taken = claim(2)
+    assert isinstance(taken, execution.Claim) and taken.attempt == 2
+    assert step_row(offline, run_id, "a").task_id == f"{run_id}:a:2"
+
+
+def test_the_reconciler_leaves_the_steps_of_a_finished_run_alone(
+    offline: Stack, unique: str
+) -> None:
+    two_steps(offline, unique)
+    waiting, holding = planned_runs(offline, unique, 2)
+    hold(offline, [holding], "a", 1, -timedelta(minutes=1))
+    with offline.sessions.begin() as session:
+        session.execute(update(Run).where(Run.id.in_([waiting, holding])).values(status="failed"))
+    with offline.sessions.begin() as session:
+        work = recovery.reconcile(session, offline.settings)
+    assert [d for d in work.dispatches if d.args[0] in (waiting, holding)] == []
+    assert step_row(offline, waiting, "a").status == "queued"
+    assert step_row(offline, holding, "a").status == "running"

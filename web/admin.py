@@ -1,0 +1,195 @@
+"""Operators: the dead-letter queue (list, show, replay, bulk replay, discard) and the audit
+trail. Scopes: admin.dlq.read, admin.dlq.replay, admin.dlq.discard, admin.audit."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flask import Blueprint, current_app, request, url_for
+
+from engine import audit, replay
+from engine.errors import InvalidInput
+from engine.models import AuditEvent
+from web import schemas, serialize
+from web.auth import current_caller, require_scopes
+from web.db import get_session
+from web.dispatch import send
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+REASON = {"type": "string", "minLength": 1, "maxLength": 2000}
+REPLAY = {
+    "type": "object",
+    "required": ["reason"],
+    "additionalProperties": False,
+    "properties": {"reason": REASON, "inputs": {"type": "object"}},
+}
+DISCARD = {
+    "type": "object",
+    "required": ["reason"],
+    "additionalProperties": False,
+    "properties": {"reason": REASON},
+}
+BULK_REPLAY = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "filter": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                name: {"type": "string", "maxLength": 200} for name in replay.FILTER_FIELDS
+            },
+        },
+        "dry_run": {"type": "boolean"},
+        "confirm_count": {"type": "integer", "minimum": 0},
+        "reason": REASON,
+    },
+}
+
+
+def _settings() -> Any:
+    return current_app.config["SETTINGS"]
+
+
+def _letter(row: Any) -> dict[str, Any]:
+    return serialize.dead_letter(row, _settings().flower_url)
+
+
+def _limit() -> int:
+    settings = _settings()
+    return schemas.query_int(
+        "limit", settings.page_limit_default, minimum=1, maximum=settings.page_limit_max
+    )
+
+
+@bp.get("/dlq")
+@require_scopes("admin.dlq.read")
+def list_dead_letters() -> Any:
+    """Every status unless ?status= is given; groups count the whole filter, not the page."""
+    where = replay.LetterFilter.parse(request.args)
+    session = get_session()
+    items, following = replay.list_letters(
+        session, where, limit=_limit(), cursor=request.args.get("cursor")
+    )
+    groups = replay.group_letters(session, where)
+    body = serialize.page([_letter(item) for item in items], following)
+    body["groups"] = [
+        {
+            "fingerprint": group.fingerprint,
+            "exception_type": group.exception_type,
+            "count": group.count,
+            "last_failed_at": serialize.timestamp(group.last_failed_at),
+        }
+        for group in groups
+    ]
+    return body
+
+
+@bp.get("/dlq/<letter_id>")
+@require_scopes("admin.dlq.read")
+def get_dead_letter(letter_id: str) -> Any:
+    return _letter(replay.get_letter(get_session(), letter_id))
+
+
+@bp.post("/dlq/<letter_id>/replay")
+@require_scopes("admin.dlq.replay")
+def replay_dead_letter(letter_id: str) -> Any:
+    body = schemas.json_body(REPLAY)
+    session = get_session()
+    replayed = replay.replay(
+        session, _settings(), letter_id, current_caller(), body["reason"], body.get("inputs")
+    )
+    session.commit()
+    send(replayed.work)
+    location = url_for("runs.get_run", run_id=replayed.run_id)
+    return (
+        {"dead_letter": _letter(replayed.letter), "run_id": replayed.run_id},
+        202,
+        {"Location": location},
+    )
+
+
+@bp.post("/dlq/replay")
+@require_scopes("admin.dlq.replay")
+def bulk_replay() -> Any:
+    """Dry run first (`dry_run: true` -> count and ids), then the real call confirms the
+    count; sends are paced at settings.bulk_replay_rate per second."""
+    body = schemas.json_body(BULK_REPLAY)
+    settings = _settings()
+    where = replay.LetterFilter.parse(body.get("filter") or {}, prefix="filter.")
+    session = get_session()
+    caller = current_caller()
+    if body.get("dry_run"):
+        plan = replay.plan_bulk(session, settings, where, caller)
+        return {"count": len(plan.ids), "ids": plan.ids}
+    missing = [name for name in ("confirm_count", "reason") if name not in body]
+    if missing:
+        raise InvalidInput(
+            "a bulk replay needs confirm_count and reason (or dry_run: true)",
+            errors=[{"field": name, "message": "required unless dry_run"} for name in missing],
+        )
+    plan = replay.plan_bulk(
+        session,
+        settings,
+        where,
+        caller,
+        confirm_count=body["confirm_count"],
+        reason=body["reason"],
+    )
+    session.commit()
+    pacer = replay.Pacer(settings.bulk_replay_rate)
+    results = []
+    for item in replay.replay_each(
+        current_app.extensions["engine.sessions"], settings, plan, caller, body["reason"]
+    ):
+        if item.work:
+            time.sleep(pacer.delay())
+            send(item.work)
+        result = {"id": item.id, "outcome": item.outcome}
+        if item.run_id:
+            result["run_id"] = item.run_id
+        if item.detail:
+            result["detail"] = item.detail
+        results.append(result)
+    return {"count": len(results), "results": results}, 202
+
+
+@bp.post("/dlq/<letter_id>/discard")
+@require_scopes("admin.dlq.discard")
+def discard_dead_letter(letter_id: str) -> Any:
+    body = schemas.json_body(DISCARD)
+    session = get_session()
+    letter = replay.discard(session, letter_id, current_caller(), body["reason"])
+    session.commit()
+    return _letter(letter)
+
+
+def _event(row: AuditEvent) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "at": serialize.timestamp(row.at),
+        "actor": row.actor,
+        "action": row.action,
+        "target": row.target,
+        "reason": row.reason,
+        "detail": row.detail,
+    }
+
+
+@bp.get("/audit")
+@require_scopes("admin.audit")
+def list_audit_events() -> Any:
+    """Newest first; actor, action and target match exactly; since/until bound `at`."""
+    items, following = audit.list_events(
+        get_session(),
+        limit=_limit(),
+        cursor=request.args.get("cursor"),
+        actor=request.args.get("actor"),
+        action=request.args.get("action"),
+        target=request.args.get("target"),
+        since=audit.parse_time(request.args.get("since"), "since"),
+        until=audit.parse_time(request.args.get("until"), "until"),
+    )
+    return serialize.page([_event(item) for item in items], following)

@@ -1,0 +1,72 @@
+"""GET /admin/status: the platform at a glance for an operator.
+
+Every part is read side by side under one deadline (engine/observe.py), so a database or
+broker that does not answer shows up as that part's error instead of hanging the request.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+
+from flask import Blueprint, current_app
+
+import engine
+from engine.observe import Observer, Reading
+from web.auth import require_scopes
+
+bp = Blueprint("status", __name__)
+
+
+def _part(reading: Reading | None, **values: Any) -> dict[str, Any]:
+    if reading is None:
+        return {"status": "unknown"}
+    if not reading.ok:
+        return {"status": "error", "error": reading.error}
+    return {"status": "ok", **values}
+
+
+def _workers(reading: Reading | None) -> dict[str, Any]:
+    # A ping nobody answered in time means no worker online, as far as the API can tell.
+    names = list(reading.value or []) if reading is not None and reading.ok else []
+    return {**_part(reading), "online": len(names), "names": names}
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+@bp.get("/admin/status")
+@require_scopes("admin.status")
+def admin_status() -> dict[str, Any]:
+    observer: Observer = current_app.extensions["engine.observer"]
+    started_at, started = current_app.extensions["engine.started"]
+    readings = observer.snapshot(runs=True, database=True)
+
+    queues = readings["queues"]
+    workers = readings.get("workers")
+    runs = readings.get("runs")
+    letters = readings.get("dead_letters")
+    body: dict[str, Any] = {
+        "version": engine.__version__,
+        "started_at": _iso(started_at),
+        "uptime_s": round(time.monotonic() - started, 3),
+        "database": _part(readings.get("database")),
+        "broker": _part(readings["broker"]),
+        "queues": _part(
+            queues,
+            items=[
+                {"name": stat.name, "depth": stat.depth, "lag_s": stat.lag_s}
+                for stat in (queues.value or [])
+            ],
+        ),
+        "workers": _workers(workers),
+        "runs": _part(runs, by_status=runs.value if runs else None),
+        "dead_letters": _part(letters, open=letters.value if letters else None),
+    }
+    parts = ("database", "broker", "queues", "workers", "runs", "dead_letters")
+    healthy = all(body[part]["status"] == "ok" for part in parts)
+    # Up but useless: nothing would run the work.
+    body["status"] = "ok" if healthy and body["workers"]["online"] else "degraded"
+    return body

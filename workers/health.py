@@ -1,0 +1,256 @@
+"""The worker's health server: `/health` and `/metrics` on WORKER_HEALTH_PORT, served by a
+thread of the worker's main process (started and stopped by workers/signals.py).
+
+`/health` answers 200 when the broker answers a ping and the worker's consumer is running,
+else 503 naming what is wrong. `/metrics` sums the prefork children's counts (multiprocess
+mode) and adds the live gauges. When the port is taken (several workers on one host), the
+next ports are tried, up to PORT_SPAN more, and the log says which one was bound.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from celery import Celery
+from celery.bootsteps import RUN
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.orm import Session
+
+from engine.config import Settings
+from engine.db import make_engine, make_session_factory
+from engine.metrics import exposition_registry
+from engine.observe import Observer, QueueLayout, broker_client, gather
+
+log = logging.getLogger(__name__)
+
+PORT_SPAN = 20
+BROKER_TIMEOUT_S = 1.0
+
+
+def ping_workers(app: Celery, timeout: float) -> list[str]:
+    """Names of the workers that answer a ping within `timeout` seconds."""
+    replies = app.control.ping(timeout=timeout) or []
+    return sorted(name for reply in replies for name in reply)
+
+
+def make_observer(
+    settings: Settings,
+    app: Celery,
+    sessions: Callable[[], Session] | None,
+    queues: Sequence[str],
+) -> Observer:
+    """An observer of the broker this Celery app uses (same key prefix and priority lists)."""
+    layout = QueueLayout.from_transport_options(app.conf.broker_transport_options or {})
+    return Observer(
+        broker_client(settings, BROKER_TIMEOUT_S),
+        layout,
+        queues,
+        sessions=sessions,
+        ping=lambda timeout: ping_workers(app, timeout),
+    )
+
+
+class HealthServer:
+    """/health and /metrics for one worker process."""
+
+    def __init__(self, settings: Settings, worker: Any = None, observer: Observer | None = None):
+        self.settings = settings
+        self.worker = worker
+        self._observer = observer
+        self._ready = threading.Event()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._registry: Any = None
+
+    # --- readings -------------------------------------------------------------------
+
+    @property
+    def observer(self) -> Observer:
+        if self._observer is None:
+            import celeryconfig
+
+            options = {}
+            if not self.settings.is_sqlite:
+                options = {"pool_size": 1, "max_overflow": 2}
+            db_engine = make_engine(self.settings, **options)
+            sender = Celery("engine-health", set_as_current=False)
+            sender.config_from_object(celeryconfig.build(self.settings))
+            self._observer = make_observer(
+                self.settings,
+                sender,
+                make_session_factory(db_engine, read_only=True),
+                celeryconfig.QUEUES,
+            )
+        return self._observer
+
+    def mark_ready(self) -> None:
+        self._ready.set()
+
+    def consumer_problem(self) -> str | None:
+        """Why this worker cannot take work, or None when its consumer is running."""
+        worker = self.worker
+        if worker is None:
+            return "no worker in this process"
+        if not self._ready.is_set():
+            return "starting: the consumer is not running yet"
+        if getattr(worker.blueprint, "state", None) != RUN:
+            return "the worker is shutting down"
+        consumer = getattr(worker, "consumer", None)
+        blueprint = getattr(consumer, "blueprint", None)
+        if consumer is None or blueprint is None:
+            return "the worker has no consumer"
+        if blueprint.state != RUN:
+            return f"the consumer is {blueprint.human_state()}"
+        if consumer.connection is None:
+            return "the consumer lost the broker and is reconnecting"
+        return None
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        broker = gather({"broker": self.observer.client.ping}, BROKER_TIMEOUT_S + 0.5)["broker"]
+        checks = {
+            "broker": "ok" if broker.ok else f"unreachable: {broker.error}",
+            "consumer": self.consumer_problem() or "ok",
+        }
+        body: dict[str, Any] = {
+            "worker": getattr(self.worker, "hostname", None),
+            "pid": os.getpid(),
+            "checks": checks,
+        }
+        failing = {name: state for name, state in checks.items() if state != "ok"}
+        if failing:
+            body["status"] = "unavailable"
+            body["reason"] = "; ".join(f"{name} {state}" for name, state in failing.items())
+            return 503, body
+        body["status"] = "ok"
+        return 200, body
+
+    def metrics(self) -> bytes:
+        if self._registry is None:
+            self._registry = exposition_registry(self.settings.metrics_dir, self.observer.readings)
+        return generate_latest(self._registry)
+
+    # --- serving --------------------------------------------------------------------
+
+    @property
+    def port(self) -> int | None:
+        return self._server.server_address[1] if self._server else None
+
+    def start(self) -> int | None:
+        """Bind the first free port from WORKER_HEALTH_PORT on and serve; the port, or None."""
+        host, first = self.settings.worker_health_host, self.settings.worker_health_port
+        last = first + PORT_SPAN if first else first
+        for port in range(first, last + 1):
+            try:
+                self._server = _Server((host, port), _handler(self))
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
+                    raise
+        else:
+            log.error(
+                "health server not started: ports %d to %d on %s are all taken", first, last, host
+            )
+            return None
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.5},
+            name="health-server",
+            daemon=True,
+        )
+        self._thread.start()
+        note = "" if self.port == first else f" (port {first} was taken)"
+        log.info(
+            "health server listening on %s:%d%s: /health and /metrics",
+            host,
+            self.port,
+            note,
+            extra={"fields": {"health_port": self.port}},
+        )
+        return self.port
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def forget_in_child(self) -> None:
+        """In a forked child: close the inherited listening socket, so the port is freed
+        as soon as the main process goes, and never touch the parent's clients."""
+        if self._server is not None:
+            self._server.socket.close()
+            self._server = None
+        self._observer = None
+        self._registry = None
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+
+def _handler(health: HealthServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "engine-worker-health"
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            path = self.path.split("?", 1)[0]
+            try:
+                if path == "/health":
+                    status, body = health.health()
+                    self._send(status, json.dumps(body).encode(), "application/json")
+                elif path == "/metrics":
+                    self._send(200, health.metrics(), CONTENT_TYPE_LATEST)
+                else:
+                    self._send(404, b'{"status": 404, "title": "Not Found"}', "application/json")
+            except Exception:
+                log.exception("health server: %s failed", path)
+                self._send(500, b'{"status": 500, "title": "Internal error"}', "application/json")
+
+        def _send(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            log.debug("health server: " + format, *args)
+
+    return Handler
+
+
+_server: HealthServer | None = None
+
+
+def start(settings: Settings, worker: Any) -> HealthServer:
+    """Start this process's health server (once)."""
+    global _server
+    if _server is None:
+        _server = HealthServer(settings, worker)
+        _server.start()
+    return _server
+
+
+def current() -> HealthServer | None:
+    return _server
+
+
+def stop() -> None:
+    global _server
+    if _server is not None:
+        _server.stop()
+        _server = None
+
+
+def after_fork() -> None:
+    global _server
+    if _server is not None:
+        _server.forget_in_child()
+        _server = None
