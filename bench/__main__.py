@@ -3,7 +3,7 @@
 Starts its own workers and API against the local Redis (under a private key prefix, deleted
 at the end) on a fresh SQLite file and a fresh PostgreSQL database (created, then dropped),
 prints a table and writes every figure with the machine's description to bench/results.json.
-`--profile` samples the worker's hot path with py-spy instead (see bench/profile.py).
+`--profile worker|api` samples the worker or the API with py-spy instead (bench/profile.py).
 """
 
 from __future__ import annotations
@@ -54,7 +54,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     parser.add_argument(
-        "--profile", action="store_true", help="profile the worker's hot path with py-spy"
+        "--profile",
+        choices=("worker", "api"),
+        help="instead of the bench, sample the worker or the API with py-spy",
     )
     parser.add_argument("--profile-seconds", type=float, default=20.0)
     return parser.parse_args(argv)
@@ -120,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         from bench.profile import profile
 
-        return profile(args.redis_url, args.concurrency, args.profile_seconds)
+        backend = args.backends.split(",")[0].strip()
+        return profile(
+            args.profile, args.redis_url, args.concurrency, args.profile_seconds, backend
+        )
     wrk = ensure_wrk(install=not args.no_install and mode != "smoke")
     load = Load(wrk)
     run_id = uuid.uuid4().hex[:10]

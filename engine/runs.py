@@ -78,12 +78,17 @@ def submit(
         created_at=now,
         dispatched_at=now,
     )
-    try:
-        with session.begin_nested():
-            session.add(run)
-    except IntegrityError:
-        # Another request with the same key won the race; answer as a repeat would.
-        return submit(session, settings, request, caller)
+    if request.idempotency_key is None:
+        # Nothing unique to race on: no SAVEPOINT (measured 0.1-0.16 ms of a ~0.7 ms submit).
+        session.add(run)
+        session.flush()
+    else:
+        try:
+            with session.begin_nested():
+                session.add(run)
+        except IntegrityError:
+            # Another request with the same key won the race; answer as a repeat would.
+            return submit(session, settings, request, caller)
     work = Work([plan_dispatch(run.id, _first_step_timeout(workflow), settings, run.priority)])
     return run, work, True
 

@@ -15,10 +15,11 @@ from sqlalchemy import select, text
 
 from cli import context
 from cli.main import main
+from engine import migrations
 from engine.models import Workflow
 from tests.conftest import spec
 from tests.support import services
-from tests.support.stack import Stack
+from tests.support.stack import JWT_SECRET, Stack
 
 
 @pytest.fixture(scope="module")
@@ -134,23 +135,24 @@ def test_check_passes_on_a_migrated_database_and_fails_on_an_unmigrated_one(
     assert not (tmp_path / "nowhere.db").exists()
 
 
-def test_check_reports_rows_that_break_a_foreign_key_in_a_sqlite_backup(
-    platform: Stack, tmp_path: Path
-) -> None:
-    if platform.backend != "sqlite":
-        pytest.skip("PRAGMA foreign_key_check is SQLite's")
-    copy = tmp_path / "copy.db"
-    ok(engine_cli(platform, "db", "backup", str(copy)))
-    ok(engine_cli(platform, "db", "check", DATABASE_URL=f"sqlite:///{copy}"))
-    connection = sqlite3.connect(copy)
-    connection.execute(
-        "INSERT INTO steps (run_id, step_id, position, action, queue, depends_on, pending_deps,"
-        " status, attempts, max_attempts, timeout_s) VALUES"
-        " ('no-such-run', 's', 0, 'noop', 'steps', '[]', 0, 'pending', 0, 1, 1.0)"
-    )
-    connection.commit()
-    connection.close()
-    out = failed(engine_cli(platform, "db", "check", DATABASE_URL=f"sqlite:///{copy}"))
+def test_check_reports_rows_that_break_a_foreign_key_in_sqlite(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'engine.db'}"
+    migrations.upgrade(url)
+    env = {"DATABASE_URL": url, "ENGINE_VAR_DIR": str(tmp_path), "JWT_SECRET": JWT_SECRET}
+    context.settings.cache_clear()
+    try:
+        assert CliRunner().invoke(main, ["db", "check"], env=env).exit_code == 0
+        connection = sqlite3.connect(tmp_path / "engine.db")  # foreign keys are off here
+        connection.execute(
+            "INSERT INTO steps (run_id, step_id, position, action, queue, depends_on,"
+            " pending_deps, status, attempts, max_attempts, timeout_s) VALUES"
+            " ('no-such-run', 's', 0, 'noop', 'steps', '[]', 0, 'pending', 0, 1, 1.0)"
+        )
+        connection.commit()
+        connection.close()
+        out = failed(CliRunner().invoke(main, ["db", "check"], env=env))
+    finally:
+        context.settings.cache_clear()
     assert "FAIL  foreign_keys" in out and "steps row" in out
 
 

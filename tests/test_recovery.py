@@ -1,6 +1,8 @@
 """Recovery from lost work, drilled on real processes: kill -9 of a worker child and of a
-whole worker, a flushed broker, a step that kills its worker on every attempt, and two
-reconcilers sweeping at once. Each drill runs on a private redis-server of its own."""
+whole worker, a flushed broker, a broker restarted without its data, and a step that kills
+its worker on every attempt; each drill on a private redis-server of its own. Then the
+recovery use cases on a database alone: two reconcilers at once, the delivery cap reached
+through an expired lease, messages that carry another attempt, finished runs left alone."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from engine.auth import Caller
 from engine.models import Run, Step, utcnow
 from engine.work import Work
 from tests.conftest import spec
+from tests.support.services import process_alive as alive
 from tests.support.services import wait_for
 from tests.support.stack import Stack, private_stack
 
@@ -40,14 +43,6 @@ def drill(backend: str, tmp_path: Path) -> Iterator[Callable[..., Stack]]:
             return platform
 
         yield make
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def statuses(stack: Stack, run_ids: list[str]) -> Counter[str]:

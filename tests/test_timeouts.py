@@ -5,7 +5,6 @@ time limit is checked there ("inline") and on a step sent as a message of its ow
 
 from __future__ import annotations
 
-import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import spec
+from tests.support.services import process_alive as alive
 from tests.support.services import wait_for
 from tests.support.stack import Stack, private_stack
 
@@ -25,14 +25,6 @@ def placed(position: str, step: dict[str, Any]) -> list[dict[str, Any]]:
     if position == "inline":
         return [step]
     return [{"id": "first", "action": "noop"}, {**step, "needs": ["first"]}]
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def parse(stamp: str) -> datetime:

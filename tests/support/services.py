@@ -50,6 +50,15 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout:g} s waiting for {message} (last: {last!r})")
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process still exists (a zombie not yet reaped by its parent counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
