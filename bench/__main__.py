@@ -112,6 +112,8 @@ def machine(args: argparse.Namespace, wrk: str | None) -> dict[str, Any]:
         "postgres_server": _postgres_version(args.postgres_url),
         "sqlite": sqlite3.sqlite_version,
         "wrk": _wrk_version(wrk),
+        # Other work on the machine skews every figure: the load says how busy it was.
+        "load_average_at_start": [round(value, 2) for value in os.getloadavg()],
     }
 
 
@@ -177,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     results["duration_s"] = time.time() - started
+    results["machine"]["load_average_at_end"] = [round(value, 2) for value in os.getloadavg()]
     results["verdicts"] = {
         name: report.verdicts(figures) for name, figures in results["backends"].items()
     }
@@ -184,7 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     args.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
     print()
     print(report.table(results))
-    print(f"\nfigures in {args.output} ({results['duration_s']:.0f} s)")
+    print(
+        f"\nfigures in {args.output} ({results['duration_s']:.0f} s; load average "
+        f"{results['machine']['load_average_at_start'][0]} at start, "
+        f"{results['machine']['load_average_at_end'][0]} at end)"
+    )
     return 0
 
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.orm import Session
 
-from engine import workflows
+from engine import metrics, workflows
 from engine.config import Settings
 from engine.execution import Outcome, fail_attempt, parse_task_id, record_lost_attempt
 from engine.models import Run, Step, utcnow
-from engine.state import RunStatus, StepStatus
+from engine.state import STEP_LIVE, RunStatus, StepStatus
 from engine.work import Work, plan_dispatch, step_dispatch
 
 log = logging.getLogger(__name__)
@@ -119,6 +119,7 @@ def reconcile(session: Session, settings: Settings) -> Work:
         if outcome.status != "lost":
             recorded += 1
             work.extend(outcome.work)
+    fail_stalled_runs(session, stale)
     if work.dispatches or recorded:
         log.warning(
             "reconciler: %d message(s) the broker no longer carries sent again, "
@@ -127,6 +128,36 @@ def reconcile(session: Session, settings: Settings) -> Work:
             recorded,
         )
     return work
+
+
+def fail_stalled_runs(session: Session, stale: object) -> list[str]:
+    """Fail runs shown `running` with no step left that can run: a replay of one dead step
+    finished while another of the run's steps is still dead. Replaying that one resumes it."""
+    now = utcnow()
+    no_live_step = ~exists().where(steps.c.run_id == runs.c.id, steps.c.status.in_(STEP_LIVE))
+    stalled = session.execute(
+        select(runs.c.id, runs.c.workflow)
+        .where(runs.c.status == RunStatus.RUNNING, runs.c.started_at < stale, no_live_step)
+        .limit(SWEEP_LIMIT)
+    ).all()
+    failed = []
+    for run in stalled:
+        dead = session.scalars(
+            select(steps.c.step_id).where(
+                steps.c.run_id == run.id, steps.c.status == StepStatus.DEAD
+            )
+        ).all()
+        error = f"step(s) {', '.join(dead) or '?'} still dead; replay them to finish the run"
+        if session.execute(
+            update(runs)
+            .where(runs.c.id == run.id, runs.c.status == RunStatus.RUNNING, no_live_step)
+            .values(status=RunStatus.FAILED, finished_at=now, error=error)
+        ).rowcount:
+            metrics.runs_total.labels(workflow=run.workflow, status="failed").inc()
+            failed.append(run.id)
+    if failed:
+        log.warning("reconciler: %d run(s) with no step left to run marked failed", len(failed))
+    return failed
 
 
 def record_killed_attempt(

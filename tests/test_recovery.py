@@ -392,3 +392,35 @@ def test_the_reconciler_leaves_the_steps_of_a_finished_run_alone(
     assert [d for d in work.dispatches if d.args[0] in (waiting, holding)] == []
     assert step_row(offline, waiting, "a").status == "queued"
     assert step_row(offline, holding, "a").status == "running"
+
+
+def test_a_run_left_running_with_only_a_dead_step_is_failed_by_the_reconciler(
+    offline: Stack, unique: str
+) -> None:
+    offline.register(spec(unique, [{"id": "a", "action": "noop"}, {"id": "b", "action": "noop"}]))
+    stalled, busy = planned_runs(offline, unique, 2)
+    with offline.sessions.begin() as session:
+        # `a` came back from a replay and succeeded; `b` is still dead.
+        for run_id in (stalled, busy):
+            session.execute(
+                update(Step)
+                .where(Step.run_id == run_id, Step.step_id == "a")
+                .values(status="succeeded")
+            )
+        session.execute(
+            update(Step).where(Step.run_id == stalled, Step.step_id == "b").values(status="dead")
+        )
+        session.execute(
+            update(Run)
+            .where(Run.id.in_([stalled, busy]))
+            .values(started_at=utcnow() - timedelta(minutes=5))
+        )
+    with offline.sessions.begin() as session:
+        recovery.reconcile(session, offline.settings)
+    with offline.sessions() as session:
+        failed = session.get(Run, stalled)
+        still = session.get(Run, busy)
+        assert failed is not None and still is not None
+        assert failed.status == "failed"
+        assert "b" in (failed.error or "")
+        assert still.status == "running"
