@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import and_, bindparam, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -28,6 +28,24 @@ steps = Step.__table__
 runs = Run.__table__
 # plan_run executes the first ready step on this queue itself instead of sending it.
 INLINE_QUEUE = "steps"
+
+# -- Statements built once ---------------------------------------------------------------------
+# plan_run runs for every run; building its select()/update() objects on each call cost about
+# half its time, so they are built here once with bind parameters (named `b_*`: an UPDATE
+# reserves binds named after its columns; the date bind takes the column's type for UTC).
+_B_RUN_ID = bindparam("b_run_id", type_=runs.c.id.type)
+_SELECT_RUN = select(
+    runs.c.workflow, runs.c.version, runs.c.params, runs.c.status, runs.c.priority
+).where(runs.c.id == _B_RUN_ID)
+_START_RUN = (
+    update(runs)
+    .where(runs.c.id == _B_RUN_ID, runs.c.status == RunStatus.QUEUED)
+    .values(
+        status=RunStatus.RUNNING,
+        started_at=bindparam("b_now", type_=runs.c.started_at.type),
+        steps_left=bindparam("b_steps_left", type_=runs.c.steps_left.type),
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -159,20 +177,14 @@ def plan_run(session: Session, settings: Settings, run_id: str) -> Work:
     """Expand a queued run into its steps and release the roots. A second delivery finds the
     run no longer queued and creates nothing."""
     started = time.perf_counter()
-    run = session.execute(
-        select(
-            runs.c.workflow, runs.c.version, runs.c.params, runs.c.status, runs.c.priority
-        ).where(runs.c.id == run_id)
-    ).first()
+    run = session.execute(_SELECT_RUN, {"b_run_id": run_id}).first()
     if run is None or run.status != RunStatus.QUEUED:
         return Work()
     workflow = workflows.compiled(session, settings, run.workflow, run.version)
     workflow.check_params(run.params)
     now = utcnow()
     if not session.execute(
-        update(runs)
-        .where(runs.c.id == run_id, runs.c.status == RunStatus.QUEUED)
-        .values(status=RunStatus.RUNNING, started_at=now, steps_left=len(workflow.steps))
+        _START_RUN, {"b_run_id": run_id, "b_now": now, "b_steps_left": len(workflow.steps)}
     ).rowcount:
         return Work()
     rows = []
