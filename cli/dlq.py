@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from cli.context import emit, operator, session, settings
-from engine import replay
+from engine import bulk_replay, dlq_query, replay
 from engine.db import make_engine, make_session_factory
 from engine.work import Work
 
@@ -36,9 +36,9 @@ def filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-def _filter(options: dict[str, Any]) -> replay.LetterFilter:
-    return replay.LetterFilter.parse(
-        {name: options.get(name) for name in replay.FILTER_FIELDS}, prefix="--"
+def _filter(options: dict[str, Any]) -> dlq_query.LetterFilter:
+    return dlq_query.LetterFilter.parse(
+        {name: options.get(name) for name in dlq_query.FILTER_FIELDS}, prefix="--"
     )
 
 
@@ -61,15 +61,15 @@ def dlq() -> None:
 
 
 @dlq.command("ls")
-@click.option("--status", type=click.Choice(replay.STATUSES), default=None, help="All if unset.")
+@click.option("--status", type=click.Choice(dlq_query.STATUSES), default=None, help="All if unset.")
 @filter_options
 @click.option("--limit", type=click.IntRange(1, 1000), default=50)
 def dlq_ls(limit: int, **options: Any) -> None:
     """List dead letters, newest first, then their counts by fingerprint."""
     with session() as current:
         where = _filter(options)
-        items, following = replay.list_letters(current, where, limit=limit)
-        groups = replay.group_letters(current, where)
+        items, following = dlq_query.list_letters(current, where, limit=limit)
+        groups = dlq_query.group_letters(current, where)
         for letter in items:
             click.echo(
                 f"{letter.id}  {letter.status:<9} {letter.failed_at:%Y-%m-%d %H:%M:%S}  "
@@ -93,7 +93,7 @@ def dlq_show(letter_id: str) -> None:
     from web import serialize
 
     with session() as current:
-        emit(serialize.dead_letter(replay.get_letter(current, letter_id), settings().flower_url))
+        emit(serialize.dead_letter(dlq_query.get_letter(current, letter_id), settings().flower_url))
 
 
 @dlq.command("replay")
@@ -146,7 +146,7 @@ def _replay_all(
         raise click.UsageError("--all needs --dry-run first, then --confirm-count N --reason R")
     with session() as current:
         where = _filter(options)
-        plan = replay.plan_bulk(
+        plan = bulk_replay.plan_bulk(
             current,
             settings(),
             where,
@@ -160,18 +160,19 @@ def _replay_all(
         click.echo(f"{len(plan.ids)} open dead letter(s) match; confirm with --confirm-count")
         return
     db_engine = make_engine(settings())
-    pacer = replay.Pacer(settings().bulk_replay_rate)
+    pacer = bulk_replay.Pacer(settings().bulk_replay_rate)
     outcomes: dict[str, int] = {}
     try:
         with _sender() as send:
-            for item in replay.replay_each(
+            for batch in bulk_replay.replay_batches(
                 make_session_factory(db_engine), settings(), plan, operator(), reason or ""
             ):
-                if item.work:
-                    time.sleep(pacer.delay())
-                    send(item.work)
-                outcomes[item.outcome] = outcomes.get(item.outcome, 0) + 1
-                click.echo(f"{item.id}  {item.outcome}  {item.detail or item.run_id or ''}")
+                for item in batch:
+                    if item.work:
+                        time.sleep(pacer.delay())
+                        send(item.work)
+                    outcomes[item.outcome] = outcomes.get(item.outcome, 0) + 1
+                    click.echo(f"{item.id}  {item.outcome}  {item.detail or item.run_id or ''}")
     finally:
         db_engine.dispose()
     summary = ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items()))

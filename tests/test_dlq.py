@@ -8,12 +8,15 @@ from collections import Counter
 from typing import Any
 
 from click.testing import CliRunner
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import update
 
 from cli import context as cli_context
 from cli.main import main as cli
-from engine import replay
+from engine import bulk_replay
 from engine import runs as run_cases
-from engine.models import Run
+from engine.config import Settings
+from engine.models import Run, Step
 from tests.conftest import spec
 from tests.support.stack import Stack
 
@@ -467,7 +470,121 @@ def test_a_bulk_replay_matching_more_than_the_cap_is_refused(database: Stack, un
 
 def test_the_pacer_spaces_sends_at_the_configured_rate() -> None:
     now = [100.0]
-    pacer = replay.Pacer(4, clock=lambda: now[0])
+    pacer = bulk_replay.Pacer(4, clock=lambda: now[0])
     assert [pacer.delay() for _ in range(3)] == [0.0, 0.25, 0.5]
     now[0] = 200.0
     assert pacer.delay() == 0.0
+
+
+def replayed_count(client: Any) -> float:
+    text = client.get("/metrics").get_data(as_text=True)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "dlq_events_total" and sample.labels == {"event": "replayed"}:
+                return sample.value
+    return 0.0
+
+
+def test_a_bulk_replay_goes_in_batches_and_one_letter_that_cannot_resume_spares_the_rest(
+    stack: Stack, unique: str
+) -> None:
+    stack.register(
+        spec(
+            unique,
+            [
+                {"id": "work", "action": "fail", "with": {"until_attempt": 2}, "retry": ONCE},
+                {"id": "after", "action": "record", "needs": ["work"]},
+            ],
+        )
+    )
+    run_ids = [stack.submit(unique) for _ in range(5)]
+    for run_id in run_ids:
+        assert stack.wait_finished(run_id)["status"] == "failed"
+    letter_of = {run_id: the_letter(stack, run_id)["id"] for run_id in run_ids}
+    stuck_run = run_ids[2]
+    # Someone mended the step by hand after the dry run: its letter is still open, but the
+    # step is no longer dead, so its batch cannot go through whole.
+    with stack.sessions.begin() as session:
+        session.execute(
+            update(Step.__table__)
+            .where(Step.run_id == stuck_run, Step.step_id == "work")
+            .values(status="succeeded")
+        )
+    from web import create_app
+
+    # Two letters per transaction: 3 batches, the second one falls back letter by letter.
+    settings = stack.settings.with_changes(bulk_replay_rate=1000.0, dispatch_grace_s=0.008)
+    assert bulk_replay.batch_size(settings) == 2
+    app = create_app(settings)
+    try:
+        client = app.test_client()
+        before = replayed_count(client)
+        response = client.post(
+            "/admin/dlq/replay",
+            json={"filter": {"workflow": unique}, "confirm_count": 5, "reason": "batched"},
+            headers=admin(stack),
+        )
+        assert response.status_code == 202, response.get_json()
+        assert replayed_count(client) - before == 4
+    finally:
+        app.extensions["engine.db"].dispose()
+    outcome = {item["id"]: item for item in response.get_json()["results"]}
+    assert set(outcome) == set(letter_of.values())
+    stuck = outcome[letter_of[stuck_run]]
+    assert stuck["outcome"] == "conflict" and "not dead" in stuck["detail"], stuck
+    for run_id in run_ids:
+        if run_id != stuck_run:
+            assert outcome[letter_of[run_id]] == {
+                "id": letter_of[run_id],
+                "outcome": "replayed",
+                "run_id": run_id,
+            }
+            finished = stack.wait_finished(run_id)
+            assert finished["status"] == "succeeded", finished
+            assert [step["status"] for step in finished["steps"]] == ["succeeded"] * 2
+            assert stack.executions(run_id) == [(run_id, "after", 1)]
+    assert stack.run(stuck_run)["status"] == "failed"
+    assert [item["id"] for item in letters_of(stack, stuck_run, "open")] == [letter_of[stuck_run]]
+    events = (
+        stack.client()
+        .get(
+            "/admin/audit",
+            query_string={"action": "dlq.replay", "actor": OPS},
+            headers=admin(stack),
+        )
+        .get_json()["items"]
+    )
+    audited = {e["target"]: e for e in events if e["detail"]["run_id"] in run_ids}
+    assert set(audited) == {
+        f"dead_letter:{letter_of[run_id]}" for run_id in run_ids if run_id != stuck_run
+    }
+    assert len({e["detail"]["batch"] for e in audited.values()}) == 1
+    assert {e["reason"] for e in audited.values()} == {"batched"}
+
+
+def test_a_bulk_replay_of_planning_dead_letters_queues_their_runs_again(
+    database: Stack, unique: str
+) -> None:
+    database.register(spec(unique, [{"id": "a", "action": "noop"}]))
+    run_ids = [database.submit(unique) for _ in range(2)]  # no worker: the runs stay queued
+    with database.sessions.begin() as session:
+        for run_id in run_ids:
+            run_cases.bury_plan(session, run_id, "WorkerLostError", "planning died", "")
+    client = database.client()
+    response = client.post(
+        "/admin/dlq/replay",
+        json={"filter": {"workflow": unique}, "confirm_count": 2, "reason": "worker fixed"},
+        headers=admin(database),
+    )
+    assert response.status_code == 202, response.get_json()
+    assert {item["outcome"] for item in response.get_json()["results"]} == {"replayed"}
+    assert [database.run(run_id)["status"] for run_id in run_ids] == ["queued", "queued"]
+
+
+def test_a_bulk_batch_is_small_enough_to_be_sent_well_inside_the_dispatch_grace() -> None:
+    settings = Settings(jwt_secret="s" * 48)
+    assert bulk_replay.batch_size(settings) == bulk_replay.BATCH_MAX
+    slow = settings.with_changes(bulk_replay_rate=2.0, dispatch_grace_s=30.0)
+    assert bulk_replay.batch_size(slow) == 15
+    assert bulk_replay.batch_size(settings.with_changes(bulk_replay_rate=0.01)) == 1
+    assert bulk_replay.batch_size(settings.with_changes(bulk_replay_rate=0.0)) == 200

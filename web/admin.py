@@ -8,7 +8,8 @@ from typing import Any
 
 from flask import Blueprint, current_app, request, url_for
 
-from engine import audit, replay
+from engine import audit, dlq_query, replay
+from engine import bulk_replay as bulk
 from engine.errors import InvalidInput
 from engine.models import AuditEvent
 from web import schemas, serialize
@@ -39,7 +40,7 @@ BULK_REPLAY = {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                name: {"type": "string", "maxLength": 200} for name in replay.FILTER_FIELDS
+                name: {"type": "string", "maxLength": 200} for name in dlq_query.FILTER_FIELDS
             },
         },
         "dry_run": {"type": "boolean"},
@@ -68,12 +69,12 @@ def _limit() -> int:
 @require_scopes("admin.dlq.read")
 def list_dead_letters() -> Any:
     """Every status unless ?status= is given; groups count the whole filter, not the page."""
-    where = replay.LetterFilter.parse(request.args)
+    where = dlq_query.LetterFilter.parse(request.args)
     session = get_session()
-    items, following = replay.list_letters(
+    items, following = dlq_query.list_letters(
         session, where, limit=_limit(), cursor=request.args.get("cursor")
     )
-    groups = replay.group_letters(session, where)
+    groups = dlq_query.group_letters(session, where)
     body = serialize.page([_letter(item) for item in items], following)
     body["groups"] = [
         {
@@ -90,7 +91,7 @@ def list_dead_letters() -> Any:
 @bp.get("/dlq/<letter_id>")
 @require_scopes("admin.dlq.read")
 def get_dead_letter(letter_id: str) -> Any:
-    return _letter(replay.get_letter(get_session(), letter_id))
+    return _letter(dlq_query.get_letter(get_session(), letter_id))
 
 
 @bp.post("/dlq/<letter_id>/replay")
@@ -118,11 +119,11 @@ def bulk_replay() -> Any:
     count; sends are paced at settings.bulk_replay_rate per second."""
     body = schemas.json_body(BULK_REPLAY)
     settings = _settings()
-    where = replay.LetterFilter.parse(body.get("filter") or {}, prefix="filter.")
+    where = dlq_query.LetterFilter.parse(body.get("filter") or {}, prefix="filter.")
     session = get_session()
     caller = current_caller()
     if body.get("dry_run"):
-        plan = replay.plan_bulk(session, settings, where, caller)
+        plan = bulk.plan_bulk(session, settings, where, caller)
         return {"count": len(plan.ids), "ids": plan.ids}
     missing = [name for name in ("confirm_count", "reason") if name not in body]
     if missing:
@@ -130,7 +131,7 @@ def bulk_replay() -> Any:
             "a bulk replay needs confirm_count and reason (or dry_run: true)",
             errors=[{"field": name, "message": "required unless dry_run"} for name in missing],
         )
-    plan = replay.plan_bulk(
+    plan = bulk.plan_bulk(
         session,
         settings,
         where,
@@ -139,21 +140,28 @@ def bulk_replay() -> Any:
         reason=body["reason"],
     )
     session.commit()
-    pacer = replay.Pacer(settings.bulk_replay_rate)
+    pacer = bulk.Pacer(settings.bulk_replay_rate)
     results = []
-    for item in replay.replay_each(
+    for batch in bulk.replay_batches(
         current_app.extensions["engine.sessions"], settings, plan, caller, body["reason"]
     ):
-        if item.work:
-            time.sleep(pacer.delay())
-            send(item.work)
-        result = {"id": item.id, "outcome": item.outcome}
-        if item.run_id:
-            result["run_id"] = item.run_id
-        if item.detail:
-            result["detail"] = item.detail
-        results.append(result)
+        for item in batch:
+            if item.work:
+                delay = pacer.delay()
+                if delay > 0:
+                    time.sleep(delay)
+                send(item.work)
+            results.append(_item(item))
     return {"count": len(results), "results": results}, 202
+
+
+def _item(item: bulk.ItemResult) -> dict[str, Any]:
+    result: dict[str, Any] = {"id": item.id, "outcome": item.outcome}
+    if item.run_id:
+        result["run_id"] = item.run_id
+    if item.detail:
+        result["detail"] = item.detail
+    return result
 
 
 @bp.post("/dlq/<letter_id>/discard")

@@ -1,0 +1,183 @@
+"""Bulk replay: every open dead letter a filter matches, redriven at a bounded rate.
+
+plan_bulk answers the dry run (count and ids) and checks the confirmation. replay_batches then
+replays the planned ids a batch per transaction with set-based statements (a handful per batch
+instead of about eight per letter), and replays a batch that cannot go through whole one letter
+per transaction, so one bad letter never takes the others down. The caller sends each batch's
+work after its commit, paced by a Pacer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from engine import audit, metrics, replay_batch
+from engine.auth import Caller
+from engine.config import Settings
+from engine.dlq_query import OPEN, LetterFilter, letters
+from engine.errors import Conflict, EngineError, InvalidInput, InvalidTransition, NotFound
+from engine.replay import replay, require_reason
+from engine.replay_batch import ItemResult
+
+__all__ = [
+    "BATCH_MAX",
+    "BulkPlan",
+    "ItemResult",
+    "Pacer",
+    "batch_size",
+    "plan_bulk",
+    "replay_batches",
+]
+log = logging.getLogger(__name__)
+# Letters per transaction at most: big enough that statements, not round trips, dominate.
+BATCH_MAX = 200
+
+
+@dataclass(frozen=True)
+class BulkPlan:
+    ids: list[str]
+    batch: str
+
+
+def plan_bulk(
+    session: Session,
+    settings: Settings,
+    where: LetterFilter,
+    caller: Caller,
+    *,
+    confirm_count: int | None = None,
+    reason: str | None = None,
+) -> BulkPlan:
+    """The open letters matching `where`, oldest first. A dry run passes no confirm_count;
+    a real call must confirm exactly the number matching now (else Conflict), and is
+    audited. More than settings.bulk_replay_max letters is refused."""
+    if where.status not in (None, OPEN):
+        raise InvalidInput(
+            "only open dead letters are replayed",
+            errors=[{"field": "filter.status", "message": "leave it out or use open"}],
+        )
+    if confirm_count is not None:
+        reason = require_reason(reason)
+    open_only = replace(where, status=OPEN)
+    limit = settings.bulk_replay_max
+    ids = list(
+        session.scalars(
+            select(letters.c.id)
+            .where(*open_only.clauses())
+            .order_by(letters.c.failed_at, letters.c.id)
+            .limit(limit + 1)
+        )
+    )
+    if len(ids) > limit:
+        total = session.scalar(select(func.count()).where(*open_only.clauses()))
+        raise InvalidInput(
+            f"{total} dead letters match; one bulk replay takes at most {limit}",
+            errors=[{"field": "filter", "message": f"narrow it to at most {limit} letters"}],
+        )
+    batch = uuid.uuid4().hex
+    if confirm_count is not None:
+        if confirm_count != len(ids):
+            raise Conflict(
+                f"confirm_count is {confirm_count} but {len(ids)} open dead letters match now;"
+                " run the dry run again",
+                errors=[
+                    {
+                        "field": "confirm_count",
+                        "message": f"{len(ids)} match, {confirm_count} given",
+                    }
+                ],
+            )
+        audit.record(
+            session,
+            actor=caller.sub,
+            action="dlq.bulk_replay",
+            target=f"dead_letter_batch:{batch}",
+            reason=reason,
+            detail={"filter": where.describe(), "count": len(ids)},
+        )
+    return BulkPlan(ids, batch)
+
+
+def batch_size(settings: Settings) -> int:
+    """Letters per transaction. A batch's steps are queued at its commit and sent over the
+    next size/rate seconds; keeping that well inside dispatch_grace_s means the reconciler
+    never sends a step the pacer is still about to send."""
+    rate = settings.bulk_replay_rate
+    if rate <= 0:
+        return BATCH_MAX
+    return max(1, min(BATCH_MAX, int(rate * settings.dispatch_grace_s / 4)))
+
+
+def replay_batches(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    plan: BulkPlan,
+    caller: Caller,
+    reason: str,
+) -> Iterator[list[ItemResult]]:
+    """Replay the planned letters a batch per transaction; yields each batch's results, in
+    plan order, after its commit (the caller then sends their work, at its own pace)."""
+    size = batch_size(settings)
+    for start in range(0, len(plan.ids), size):
+        chunk = plan.ids[start : start + size]
+        try:
+            with sessions.begin() as session:
+                done, rest = replay_batch.replay_letters(
+                    session, settings, chunk, caller, reason, plan.batch
+                )
+        except replay_batch.Mismatch as exc:
+            log.info("bulk replay %s: %s; this batch goes letter by letter", plan.batch, exc)
+            done, rest = {}, chunk
+        except Exception:  # the letters are retried one by one, and each reports its own error
+            log.exception("bulk replay %s: a batch of %d failed", plan.batch, len(chunk))
+            done, rest = {}, chunk
+        replayed = sum(1 for item in done.values() if item.outcome == "replayed")
+        if replayed:
+            metrics.dlq_events_total.labels(event="replayed").inc(replayed)
+        for letter_id in rest:
+            done[letter_id] = _replay_one(sessions, settings, letter_id, caller, reason, plan.batch)
+        yield [done[letter_id] for letter_id in chunk]
+
+
+def _replay_one(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    letter_id: str,
+    caller: Caller,
+    reason: str,
+    batch: str,
+) -> ItemResult:
+    try:
+        with sessions.begin() as session:
+            replayed = replay(session, settings, letter_id, caller, reason, batch=batch)
+    except (Conflict, InvalidTransition, NotFound) as exc:
+        return ItemResult(letter_id, "conflict", exc.detail)
+    except EngineError as exc:
+        return ItemResult(letter_id, "error", exc.detail)
+    except Exception as exc:  # reported per item and logged: the rest still go
+        log.exception("dead letter %s: bulk replay failed", letter_id)
+        return ItemResult(letter_id, "error", f"{type(exc).__name__}: see the API log")
+    return ItemResult(letter_id, "replayed", run_id=replayed.run_id, work=replayed.work)
+
+
+class Pacer:
+    """Spaces events at most `rate` per second. It only says how long to wait before the
+    next one; the caller does the waiting (the engine never sleeps)."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self.clock = clock
+        self.next_at: float | None = None
+
+    def delay(self) -> float:
+        now = self.clock()
+        at = now if self.next_at is None else max(now, self.next_at)
+        self.next_at = at + self.interval
+        return at - now
