@@ -65,6 +65,9 @@ class Settings:
     retry_max_backoff_s: float = 300.0
     # A message whose worker died this many times goes to the dead-letter queue.
     max_deliveries: int = 3
+    # A step that releases exactly one step on the inline queue runs it in the same task
+    # (no message); at most this many in a row, then the next one is sent.
+    inline_chain_max: int = 100
     # Recovery: the broker must not redeliver a message while a worker still runs it.
     broker_visibility_timeout_s: float = 7200.0
     reconcile_interval_s: float = 15.0
@@ -125,6 +128,7 @@ class Settings:
             retry_backoff_s=number("RETRY_BACKOFF_S", cls.retry_backoff_s),
             retry_max_backoff_s=number("RETRY_MAX_BACKOFF_S", cls.retry_max_backoff_s),
             max_deliveries=int(number("MAX_DELIVERIES", cls.max_deliveries)),
+            inline_chain_max=int(number("INLINE_CHAIN_MAX", cls.inline_chain_max)),
             broker_visibility_timeout_s=number(
                 "BROKER_VISIBILITY_TIMEOUT_S", cls.broker_visibility_timeout_s
             ),

@@ -145,4 +145,3 @@ def group_letters(session: Session, where: LetterFilter, limit: int = 100) -> li
         .limit(limit)
     )
     return [Group(*row) for row in session.execute(query)]
-

@@ -539,6 +539,46 @@ def fail_run(
     return Work()
 
 
+# A step run inline, inside another step's (or plan_run's) task, names that task in its
+# `worker`: "celery@host inline in <task id>". The step keeps its own row, attempt and task id;
+# this says which Celery task (the one Flower shows) carried it.
+INLINE_MARK = " inline in "
+_WORKER_LENGTH = steps.c.worker.type.length or 200
+
+
+def inline_worker(worker: str, carrier_task_id: str) -> str:
+    """The worker label of a step run inline inside the task `carrier_task_id`."""
+    suffix = INLINE_MARK + carrier_task_id
+    return worker[: max(0, _WORKER_LENGTH - len(suffix))] + suffix
+
+
+# A run has few steps running at once (one per worker process at most): they are filtered here.
+_SELECT_RUNNING = select(steps.c.step_id, steps.c.task_id, steps.c.attempts, steps.c.worker).where(
+    steps.c.run_id == _B_RUN_ID, steps.c.status == StepStatus.RUNNING
+)
+
+
+def record_lost_inline(
+    session: Session, settings: Settings, run_id: str, carrier_task_id: str
+) -> Outcome | None:
+    """A redelivered message found its own work done: the step it was running inline when
+    its previous delivery died is still `running` under its name. Record that attempt lost
+    (retried, or dead-lettered at the delivery cap); None when there is none."""
+    outcome: Outcome | None = None
+    suffix = INLINE_MARK + carrier_task_id
+    for row in session.execute(_SELECT_RUNNING, {"b_run_id": run_id}).all():
+        if not (row.worker or "").endswith(suffix):
+            continue
+        recorded = record_lost_attempt(
+            session, settings, run_id, row.step_id, task_id=row.task_id, attempt=row.attempts
+        )
+        if outcome is None or outcome.status == "lost":
+            outcome = recorded
+        else:
+            outcome.work.extend(recorded.work)
+    return outcome
+
+
 def parse_task_id(task_id: str) -> tuple[str, str, int] | None:
     """(run_id, step_id, attempt) of a step task id, None for any other task id."""
     parts = task_id.rsplit(":", 2)

@@ -5,14 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import weakref
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -93,14 +95,23 @@ class CompiledWorkflow:
     steps: dict[str, StepSpec]
     children: dict[str, list[str]]
 
+    @cached_property
+    def params_validator(self) -> Draft202012Validator:
+        # Built once per compiled workflow: building it cost more than checking the params
+        # (check_params runs at every submit and every plan).
+        return Draft202012Validator(self.params_schema)
+
     def check_params(self, params: Any) -> None:
         """Validate run params against the workflow's JSON Schema; 422 names the field."""
+        validator = self.params_validator
+        if validator.is_valid(params):
+            return
         errors = [
             {
                 "field": ".".join(["params", *map(str, error_path(error))]),
                 "message": error.message,
             }
-            for error in Draft202012Validator(self.params_schema).iter_errors(params)
+            for error in validator.iter_errors(params)
         ]
         if errors:
             raise InvalidParams(f"params do not match workflow {self.name!r}", errors=errors)
@@ -288,15 +299,44 @@ def list_versions(session: Session, name: str) -> list[Workflow]:
 
 
 _COMPILED: dict[tuple[str, str, int], CompiledWorkflow] = {}
+# The database URL of each engine, rendered once: rendering it cost more than the lookup.
+_DATABASES: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def _database(session: Session) -> str:
+    bind = session.get_bind()
+    try:
+        return _DATABASES[bind]
+    except KeyError:
+        found = _DATABASES[bind] = str(bind.url)
+        return found
 
 
 def compiled(session: Session, settings: Settings, name: str, version: int) -> CompiledWorkflow:
     """The compiled workflow, cached per database: registered versions never change."""
-    key = (str(session.get_bind().url), name, version)
+    key = (_database(session), name, version)
     found = _COMPILED.get(key)
     if found is None:
         found = _COMPILED[key] = compile_spec(get(session, name, version).spec, settings)
     return found
+
+
+_LATEST_VERSION = select(func.max(Workflow.version)).where(
+    Workflow.name == bindparam("b_name", type_=Workflow.__table__.c.name.type)
+)
+
+
+def compiled_for_submit(
+    session: Session, settings: Settings, name: str, version: int | None = None
+) -> CompiledWorkflow:
+    """The compiled form of a version (the latest when `version` is None), NotFound when it
+    does not exist. A cached version needs no read; the latest costs one indexed read."""
+    if version is None:
+        latest = session.execute(_LATEST_VERSION, {"b_name": name}).scalar()
+        if latest is None:
+            raise NotFound(f"workflow {name!r} does not exist")
+        version = latest
+    return compiled(session, settings, name, version)
 
 
 def plan_stages(

@@ -329,6 +329,40 @@ def test_cancelling_a_running_run_stops_it_and_cancels_its_steps(stack: Stack, u
     assert [step for _, step, _ in stack.executions(run_id)] == ["nap"]
 
 
+def test_cancelling_stops_a_step_running_inline_in_another_steps_task(
+    stack: Stack, unique: str
+) -> None:
+    # `carrier` arrives as its own message (queue default); `nap` follows it inline, inside
+    # the carrier's task, so cancelling must stop that task too.
+    stack.register(
+        spec(
+            unique,
+            [
+                {"id": "carrier", "action": "record", "queue": "default", "timeout_s": 300},
+                {
+                    "id": "nap",
+                    "action": "record",
+                    "needs": ["carrier"],
+                    "timeout_s": 90,
+                    "with": {"sleep": 60},
+                },
+            ],
+        )
+    )
+    headers = stack.headers(caller(unique))
+    run_id = stack.submit(unique, headers=headers)
+    pid_file = Path(stack.settings.var_dir) / "pids" / f"{run_id}.nap.1"
+    services.wait_for(pid_file.exists, 30, message="the inline step to start")
+    nap = next(s for s in stack.run(run_id)["steps"] if s["step_id"] == "nap")
+    assert nap["worker"].endswith(f" inline in {run_id}:carrier:1"), nap
+
+    response = stack.client().post(f"/runs/{run_id}/cancel", headers=headers)
+    assert response.status_code == 200, response.get_json()
+    pid = int(pid_file.read_text())
+    services.wait_for(lambda: not running(pid), 20, message="the inline step to be stopped")
+    assert {s["status"] for s in stack.run(run_id)["steps"]} == {"succeeded", "cancelled"}
+
+
 def running(pid: int) -> bool:
     """True while the process exists and is not a zombie waiting for its pool to reap it."""
     status = Path(f"/proc/{pid}/status")

@@ -105,7 +105,8 @@ def test_a_runs_worker_log_lines_carry_its_run_id_and_step_id(stack: Stack, uniq
             unique,
             [
                 {"id": "first", "action": "record"},
-                {"id": "second", "action": "record", "needs": ["first"]},
+                # Another queue than the inline one: `second` is a message of its own.
+                {"id": "second", "action": "record", "needs": ["first"], "queue": "default"},
             ],
         )
     )

@@ -62,8 +62,11 @@ def test_a_worker_child_killed_mid_step_loses_nothing_and_the_step_runs_again(
     slow = {"id": "slow", "action": "record", "with": {"sleep": 3}, "retry": FAST_RETRY}
     if position == "inline":  # the first root step runs inside plan_run
         steps = [slow, {"id": "after", "action": "record", "needs": ["slow"]}]
-    else:  # the step is a message of its own
-        steps = [{"id": "first", "action": "record"}, {**slow, "needs": ["first"]}]
+    else:  # the step is a message of its own (another queue: no inline continuation)
+        steps = [
+            {"id": "first", "action": "record"},
+            {**slow, "needs": ["first"], "queue": "default"},
+        ]
     stack.register(spec(unique, steps))
     run_id = stack.submit(unique)
 
@@ -81,6 +84,55 @@ def test_a_worker_child_killed_mid_step_loses_nothing_and_the_step_runs_again(
     assert (step["attempts"], step["task_id"]) == (2, f"{run_id}:slow:2")
     assert stack.dead_letters(run_id) == []
     assert not alive(victim)
+    wait_for(lambda: len(worker.children()) == 2, 10, message="the pool to replace the child")
+
+
+@pytest.mark.parametrize("carrier", ["plan", "step"])
+def test_a_worker_child_killed_mid_inline_chain_step_loses_nothing_and_the_run_succeeds(
+    drill: Callable[..., Stack], unique: str, carrier: str
+) -> None:
+    stack = drill()
+    worker = stack.start_worker(concurrency=2)
+    slow = {
+        "id": "slow",
+        "action": "record",
+        "needs": ["first"],
+        "with": {"sleep": 3},
+        "timeout_s": 10,
+        "retry": FAST_RETRY,
+    }
+    last = {"id": "last", "action": "record", "needs": ["slow"]}
+    if carrier == "plan":  # plan_run runs `first` inline, then continues to `slow`
+        steps = [{"id": "first", "action": "record"}, slow, last]
+    else:  # `first` is a message (its parent releases two steps) that continues to `slow`
+        steps = [
+            {"id": "root", "action": "record"},
+            {"id": "first", "action": "record", "needs": ["root"]},
+            {"id": "side", "action": "record", "needs": ["root"]},
+            slow,
+            last,
+        ]
+    stack.register(spec(unique, steps))
+    run_id = stack.submit(unique)
+    carried_by = f"{run_id}:plan" if carrier == "plan" else f"{run_id}:first:1"
+
+    victim = stack.pid(run_id, "slow")
+    running = stack.step(run_id, "slow")
+    assert (running["status"], running["task_id"]) == ("running", f"{run_id}:slow:1")
+    assert running["worker"].endswith(f" inline in {carried_by}"), running
+    assert victim in worker.children()
+    os.kill(victim, 9)
+
+    run = stack.wait_finished(run_id, timeout=30)
+    assert run["status"] == "succeeded", run
+    executed = stack.executions(run_id)
+    assert [e for e in executed if e[1] == "slow"] == [(run_id, "slow", 1), (run_id, "slow", 2)]
+    assert Counter(step for _, step, _ in executed) == Counter(
+        {step["id"]: 1 for step in steps} | {"slow": 2}
+    )
+    step = stack.step(run_id, "slow")
+    assert (step["attempts"], step["task_id"], step["error"]) == (2, f"{run_id}:slow:2", None)
+    assert stack.dead_letters(run_id) == []
     wait_for(lambda: len(worker.children()) == 2, 10, message="the pool to replace the child")
 
 

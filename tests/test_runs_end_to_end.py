@@ -84,6 +84,26 @@ def test_a_fan_out_of_fifty_with_a_join_runs_every_step_exactly_once(
     assert join["output"]["upstream"] == sorted(f"branch_{i}" for i in range(width))
 
 
+def test_a_chain_runs_inline_each_step_once_with_its_own_row_attempt_and_task_id(
+    stack: Stack, unique: str
+) -> None:
+    chain = [{"id": "s0", "action": "record"}]
+    chain += [{"id": f"s{i}", "action": "record", "needs": [f"s{i - 1}"]} for i in range(1, 5)]
+    stack.register(spec(unique, chain))
+    run_id = stack.submit(unique)
+    run = stack.wait_finished(run_id)
+    assert run["status"] == "succeeded", run
+    assert sorted(stack.executions(run_id)) == [(run_id, f"s{i}", 1) for i in range(5)]
+    for step in run["steps"]:
+        assert (step["status"], step["attempts"], step["task_id"]) == (
+            "succeeded",
+            1,
+            f"{run_id}:{step['step_id']}:1",
+        )
+        # No message of its own: each ran inside plan_run's task, which its worker names.
+        assert step["worker"].endswith(f" inline in {run_id}:plan"), step
+
+
 def test_a_failing_step_fails_the_run_and_skips_what_follows(stack: Stack, unique: str) -> None:
     stack.register(
         spec(

@@ -24,7 +24,8 @@ def placed(position: str, step: dict[str, Any]) -> list[dict[str, Any]]:
     """`step` as the first root step (run inline by plan_run) or after another one."""
     if position == "inline":
         return [step]
-    return [{"id": "first", "action": "noop"}, {**step, "needs": ["first"]}]
+    # On another queue than the inline one, so `first` does not run it inline in a chain.
+    return [{"id": "first", "action": "noop"}, {**step, "needs": ["first"], "queue": "default"}]
 
 
 def parse(stamp: str) -> datetime:

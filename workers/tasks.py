@@ -6,16 +6,17 @@ import logging
 import os
 import signal
 import threading
+import time
 from typing import Any
 
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 from celery.worker.request import Request
 
-from engine import execution, recovery, runs
+from engine import execution, logs, recovery, runs
 from engine.dlq import describe
-from engine.execution import Claim, Outcome
+from engine.execution import Claim, Outcome, inline_worker
 from engine.runs import INLINE_QUEUE
-from engine.work import PLAN_TASK, RECONCILE_TASK, STEP_TASK, Work, step_task_id
+from engine.work import PLAN_TASK, RECONCILE_TASK, STEP_TASK, Dispatch, step_task_id
 from workers import dispatch
 from workers.celery_app import app
 from workers.runtime import sessions, settings
@@ -23,6 +24,9 @@ from workers.runtime import sessions, settings
 log = logging.getLogger(__name__)
 # How long a child past an inline step's hard limit waits for the attempt to be recorded.
 INLINE_RECORD_BUDGET_S = 10.0
+# Room left in the carrying task's own soft limit after an inline step's hard limit (and the
+# recording of a hard limit), so the pool's limits never fire in the middle of a chain.
+CHAIN_MARGIN_S = INLINE_RECORD_BUDGET_S + 2.0
 
 
 class StepDeadLettered(Exception):
@@ -120,18 +124,12 @@ def _report(outcome: Outcome | None, task_id: str) -> None:
         raise StepDeadLettered(f"{task_id}: dead letter {outcome.dead_letter_id}: {outcome.error}")
 
 
-def run_step(
-    run_id: str,
-    step_id: str,
-    task_id: str,
-    worker: str,
-    redelivered: bool = False,
-    inline: bool = False,
-) -> Outcome | None:
-    """Claim, run and record one step attempt, each phase its own short transaction.
-    `inline`: run inside plan_run, so the step's own time limits are armed here."""
+def claim(
+    run_id: str, step_id: str, task_id: str, worker: str, redelivered: bool = False
+) -> Claim | Outcome | None:
+    """Claim a step attempt in a transaction of its own (see execution.claim_step)."""
     with sessions().begin() as session:
-        claimed = execution.claim_step(
+        return execution.claim_step(
             session,
             settings(),
             run_id,
@@ -140,37 +138,133 @@ def run_step(
             worker=worker,
             redelivered=redelivered,
         )
-    if not isinstance(claimed, Claim):
-        return claimed
+
+
+def perform(
+    claimed: Claim, inline: bool, chain: Chain | None = None
+) -> tuple[Outcome, Claim | None]:
+    """Run a claimed attempt and record it. `inline`: inside another task (plan_run, or the
+    step before it in a chain), so the step's own time limits are armed here and its log
+    lines name it. When the chain continues, the next step is claimed in the transaction
+    that records this one (one transaction per step) and returned instead of sent."""
     if inline:
-        with InlineTimeLimits(task_id, claimed.spec.timeout_s):
-            result = execution.attempt(claimed, timeout_errors=(SoftTimeLimitExceeded,))
+        bound = logs.bind(run_id=claimed.run_id, step_id=claimed.step_id, task_id=claimed.task_id)
+        try:
+            with InlineTimeLimits(claimed.task_id, claimed.spec.timeout_s):
+                result = execution.attempt(claimed, timeout_errors=(SoftTimeLimitExceeded,))
+        finally:
+            logs.reset(bound)
     else:
         result = execution.attempt(claimed, timeout_errors=(SoftTimeLimitExceeded,))
     with sessions().begin() as session:
-        return execution.finish_attempt(session, settings(), claimed, result)
+        outcome = execution.finish_attempt(session, settings(), claimed, result)
+        following = chain.next_step(outcome) if chain is not None else None
+        if following is None:
+            return outcome, None
+        claimed_next = execution.claim_step(
+            session,
+            settings(),
+            *following.args,
+            task_id=following.task_id,
+            worker=chain.worker,  # type: ignore[union-attr]
+        )
+    if not isinstance(claimed_next, Claim):
+        return outcome, None  # not ours to run here: its message goes out as usual
+    outcome.work.dispatches.remove(following)
+    return outcome, claimed_next
+
+
+def run_claimed(claimed: Claim, inline: bool, chain: Chain | None = None) -> tuple[Outcome, str]:
+    """Run a claimed attempt, then the chain it releases; the last outcome (its work still
+    to be sent) and the task id it belongs to."""
+    while True:
+        outcome, following = perform(claimed, inline, chain)
+        if following is None or chain is None:
+            return outcome, claimed.task_id
+        chain.length += 1
+        claimed, inline = following, True
+
+
+class Chain:
+    """Inline continuation: a step that finished and released exactly one step on the inline
+    queue (a chain) runs that step in the same task instead of sending it a message, which
+    saves a message and a transaction per step. The step keeps its own row, attempt and task
+    id; its `worker` names the carrying task. Bounded by INLINE_CHAIN_MAX steps and by the
+    carrying task's own soft limit: the next step runs here only if its hard limit ends well
+    before that, so the pool's limits (and the broker's visibility timeout, which covers
+    them) never fall in the middle of a chain."""
+
+    def __init__(self, task: Any) -> None:
+        self.started = time.monotonic()
+        self.carrier = task.request.id
+        self.hostname = task.request.hostname or ""
+        hard, soft = (tuple(task.request.timelimit or ()) + (None, None))[:2]
+        self.envelope_s = soft or hard or settings().step_timeout_max_s
+        self.length = 0
+
+    @property
+    def worker(self) -> str:
+        return inline_worker(self.hostname, self.carrier)
+
+    def next_step(self, outcome: Outcome | None) -> Dispatch | None:
+        """The step to run next in this task, or None when it is to be sent (or none)."""
+        if outcome is None or outcome.status != "succeeded" or outcome.work.revoke:
+            return None
+        if len(outcome.work.dispatches) != 1 or self.length >= settings().inline_chain_max:
+            return None
+        following = outcome.work.dispatches[0]
+        if (
+            following.task != STEP_TASK
+            or following.queue != INLINE_QUEUE
+            or following.countdown is not None
+        ):
+            return None
+        hard = following.time_limit or settings().step_hard_limit(following.soft_time_limit or 0)
+        elapsed = time.monotonic() - self.started
+        if elapsed + hard + CHAIN_MARGIN_S > self.envelope_s:
+            return None
+        return following
+
+
+def _recover_carried(run_id: str, task_id: str) -> Outcome | None:
+    """This redelivered message found its own work done: record as lost the step its
+    previous delivery was running inline when it died."""
+    with sessions().begin() as session:
+        return execution.record_lost_inline(session, settings(), run_id, task_id)
 
 
 @app.task(name=STEP_TASK, bind=True, Request=StepRequest)
 def execute_step(self, run_id: str, step_id: str) -> None:
-    """Run one step attempt. Safe to deliver twice: a claimed or finished step is skipped."""
-    outcome = run_step(
-        run_id, step_id, self.request.id, self.request.hostname or "", _redelivered(self)
-    )
-    _report(outcome, self.request.id)
+    """Run one step attempt, then the chain it releases (Chain). Safe to deliver twice: a
+    claimed or finished step is skipped, and an inline step its first delivery left running
+    is recorded lost."""
+    chain = Chain(self)
+    redelivered = _redelivered(self)
+    claimed = claim(run_id, step_id, self.request.id, chain.hostname, redelivered)
+    if isinstance(claimed, Claim):
+        _report(*run_claimed(claimed, False, chain))
+        return
+    if claimed is None and redelivered:
+        claimed = _recover_carried(run_id, self.request.id)
+    _report(claimed, self.request.id)
 
 
 @app.task(name=PLAN_TASK, bind=True)
 def plan_run(self, run_id: str) -> None:
-    """Plan a run into steps and start its ready steps; one of them runs right here, which
-    saves a message per run (that step keeps its own row, attempt and task id)."""
+    """Plan a run into steps and start its ready steps; one of them runs right here, claimed
+    in the planning transaction, which saves a message and a transaction per run (that step
+    keeps its own row, attempt and task id), and the chain it releases runs on (Chain)."""
     if _redelivered(self):
         with sessions().begin() as session:
             if runs.count_plan_redelivery(session, settings(), run_id):
                 raise StepDeadLettered(f"{self.request.id}: past the delivery cap")
+    chain = Chain(self)
+    claimed: Claim | Outcome | None = None
     try:
         with sessions().begin() as session:
-            work = runs.plan_run(session, settings(), run_id)
+            work, claimed = runs.plan_and_claim(session, settings(), run_id, chain.worker)
+        # Planned by this delivery: every plan has at least one root step.
+        planned = bool(work.dispatches) or claimed is not None
     except Exception as exc:
         error_type, message, trace = describe(exc)
         with sessions().begin() as session:
@@ -179,30 +273,25 @@ def plan_run(self, run_id: str) -> None:
             "run %s: planning failed (%s: %s); dead letter %s", run_id, error_type, message, letter
         )
         raise StepDeadLettered(f"{self.request.id}: {error_type}: {message}") from exc
-    if not work and _redelivered(self):
-        # The delivery that planned this run died; the step it ran inline may be orphaned.
+    if not planned and _redelivered(self):
+        # The delivery that planned this run died; the step it ran inline may be orphaned
+        # (still queued, or left running), or a step it continued to in a chain.
         with sessions().begin() as session:
             orphan = runs.first_inline_step(session, settings(), run_id)
         if orphan is not None:
-            outcome = run_step(
-                run_id,
-                orphan,
-                task_id=step_task_id(run_id, orphan, 1),
-                worker=self.request.hostname or "",
-                redelivered=True,
-                inline=True,
+            claimed = claim(
+                run_id, orphan, step_task_id(run_id, orphan, 1), chain.worker, redelivered=True
             )
-            _report(outcome, self.request.id)
+        if isinstance(claimed, Claim):
+            _report(*run_claimed(claimed, True, chain))
+            return
+        if claimed is None:
+            claimed = _recover_carried(run_id, self.request.id)
+        _report(claimed, self.request.id)
         return
-    inline = next((d for d in work.dispatches if d.queue == INLINE_QUEUE), None)
-    if inline is None:
-        dispatch.send(work)
-        return
-    dispatch.send(Work([d for d in work.dispatches if d is not inline]))
-    outcome = run_step(
-        *inline.args, task_id=inline.task_id, worker=self.request.hostname or "", inline=True
-    )
-    _report(outcome, inline.task_id)
+    dispatch.send(work)
+    if isinstance(claimed, Claim):
+        _report(*run_claimed(claimed, True, chain))
 
 
 @app.task(name=RECONCILE_TASK)
