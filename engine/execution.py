@@ -13,7 +13,7 @@ from datetime import timedelta
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Boolean, Update, and_, bindparam, case, select, update
+from sqlalchemy import Update, and_, bindparam, case, select, update
 from sqlalchemy.orm import Session
 
 from engine import actions, dlq, metrics, templating
@@ -96,18 +96,24 @@ _SUCCEED_STEP = (
         lease_expires_at=None,
     )
 )
-_RUN_COMPLETES = and_(runs.c.steps_left == 1, runs.c.status == RunStatus.RUNNING)
+# Only a leaf's success touches the run row (see Run.leaves_left): in a fan-out, the
+# branches' transactions do not queue on it.
+_RUN_COMPLETES = and_(runs.c.leaves_left == 1, runs.c.status == RunStatus.RUNNING)
 _COUNT_DOWN_RUN = (
     update(runs)
     .where(runs.c.id == _B_RUN_ID)
     .values(
-        steps_left=runs.c.steps_left - 1,
+        leaves_left=runs.c.leaves_left - 1,
         status=case((_RUN_COMPLETES, RunStatus.SUCCEEDED), else_=runs.c.status),
         finished_at=case((_RUN_COMPLETES, _B_NOW), else_=runs.c.finished_at),
     )
-    .returning(runs.c.status, runs.c.steps_left)
+    .returning(runs.c.status, runs.c.leaves_left)
 )
-_RELEASE = and_(steps.c.pending_deps == 1, bindparam("b_run_live", type_=Boolean()))
+# Children are released only while the run is running (a read, no lock on the run row).
+_RUN_IS_LIVE = (
+    select(runs.c.id).where(runs.c.id == _B_RUN_ID, runs.c.status == RunStatus.RUNNING).exists()
+)
+_RELEASE = and_(steps.c.pending_deps == 1, _RUN_IS_LIVE)
 _RELEASE_CHILDREN = (
     update(steps)
     .where(
@@ -346,20 +352,16 @@ def finish_attempt(session: Session, settings: Settings, claim: Claim, result: R
         )
         return Outcome("lost")
     metrics.steps_total.labels(action=claim.spec.action, status="succeeded").inc()
-    run = session.execute(_COUNT_DOWN_RUN, {"b_run_id": claim.run_id, "b_now": now}).first()
     outcome = Outcome("succeeded")
-    if run is not None and run.status == RunStatus.SUCCEEDED and run.steps_left == 0:
-        metrics.runs_total.labels(workflow=claim.workflow.name, status="succeeded").inc()
     children = claim.workflow.children.get(claim.step_id, ())
-    if children:
+    if not children:
+        run = session.execute(_COUNT_DOWN_RUN, {"b_run_id": claim.run_id, "b_now": now}).first()
+        if run is not None and run.status == RunStatus.SUCCEEDED and run.leaves_left == 0:
+            metrics.runs_total.labels(workflow=claim.workflow.name, status="succeeded").inc()
+    else:
         released = session.execute(
             _RELEASE_CHILDREN,
-            {
-                "b_run_id": claim.run_id,
-                "b_children": list(children),
-                "b_run_live": run is not None and run.status == RunStatus.RUNNING,
-                "b_now": now,
-            },
+            {"b_run_id": claim.run_id, "b_children": list(children), "b_now": now},
         ).all()
         for row in released:
             if row.status == StepStatus.QUEUED:

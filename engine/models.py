@@ -89,8 +89,10 @@ class Run(Base):
     created_by: Mapped[str] = mapped_column(String(200))
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_hash: Mapped[str | None] = mapped_column(String(64))
-    # Steps not yet succeeded: the run succeeds when this reaches zero.
-    steps_left: Mapped[int] = mapped_column(default=0)
+    # Leaf steps (no step needs them) not yet succeeded. A leaf runs only after all its
+    # ancestors succeeded, so when this reaches zero every step has and the run succeeds;
+    # counting leaves alone keeps the run row out of most steps' transactions.
+    leaves_left: Mapped[int] = mapped_column(default=0)
     # Deliveries of plan_run whose worker never finished them (the delivery cap).
     plan_deliveries: Mapped[int] = mapped_column(default=0)
     error: Mapped[str | None] = mapped_column(Text)

@@ -52,7 +52,7 @@ _START_RUN = (
     .values(
         status=RunStatus.RUNNING,
         started_at=bindparam("b_now", type_=runs.c.started_at.type),
-        steps_left=bindparam("b_steps_left", type_=runs.c.steps_left.type),
+        leaves_left=bindparam("b_leaves_left", type_=runs.c.leaves_left.type),
     )
 )
 
@@ -108,7 +108,7 @@ def submit(
         request_hash=request.digest(),
         created_at=now,
         dispatched_at=now,
-        steps_left=0,
+        leaves_left=0,
         plan_deliveries=0,
         error=None,
         started_at=None,
@@ -212,7 +212,7 @@ def plan_and_claim(
     workflow.check_params(run.params)
     now = utcnow()
     if not session.execute(
-        _START_RUN, {"b_run_id": run_id, "b_now": now, "b_steps_left": len(workflow.steps)}
+        _START_RUN, {"b_run_id": run_id, "b_now": now, "b_leaves_left": workflow.leaves}
     ).rowcount:
         return Work(), None
     rows = []

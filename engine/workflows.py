@@ -116,6 +116,11 @@ class CompiledWorkflow:
         if errors:
             raise InvalidParams(f"params do not match workflow {self.name!r}", errors=errors)
 
+    @cached_property
+    def leaves(self) -> int:
+        """How many steps no other step needs."""
+        return sum(1 for step_id in self.steps if not self.children.get(step_id))
+
     def stages(self) -> list[list[str]]:
         return planner.stages({step.id: step.needs for step in self.steps.values()})
 

@@ -26,6 +26,11 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     db_engine = make_engine(url)
     with db_engine.connect() as connection:
+        if connection.dialect.name == "sqlite":
+            # SQLite alters a table by copying it and dropping the old one; with foreign keys
+            # enforced, that drop would cascade into the child rows. The pragma only takes
+            # effect outside a transaction, so it goes to the driver connection directly.
+            connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
         context.configure(
             connection=connection,
             target_metadata=Base.metadata,

@@ -76,3 +76,55 @@ def test_every_revision_steps_down_and_up_again(fresh_database: str) -> None:
         migrations.upgrade(fresh_database, revision)
         assert migrations.current(fresh_database) == revision
     assert migrations.current(fresh_database) == migrations.head()
+
+
+def test_runs_in_flight_count_their_leaf_steps_after_the_upgrade(fresh_database: str) -> None:
+    from sqlalchemy import text
+
+    migrations.upgrade(fresh_database, "0001")
+    db_engine = make_engine(fresh_database)
+    # a -> (b, c) -> d with a and b done: of its leaves only d is left. A lone queued run: 1.
+    steps = [
+        ("a", "[]", "succeeded"),
+        ("b", '["a"]', "succeeded"),
+        ("c", '["a"]', "queued"),
+        ("d", '["b", "c"]', "pending"),
+    ]
+    try:
+        with db_engine.begin() as connection:
+            for run_id, left in (("r1", 2), ("r2", 1)):
+                connection.execute(
+                    text(
+                        "INSERT INTO runs (id, workflow, version, params, status, priority, "
+                        "created_by, steps_left, plan_deliveries, created_at) VALUES (:id, 'w', 1, "
+                        "'{}', 'running', 0, 'me', :left, 0, '2026-01-01 00:00:00')"
+                    ),
+                    {"id": run_id, "left": left},
+                )
+            for position, (step_id, needs, status) in enumerate(steps):
+                connection.execute(
+                    text(
+                        "INSERT INTO steps (run_id, step_id, position, action, queue, depends_on, "
+                        "pending_deps, status, attempts, max_attempts, timeout_s) VALUES ('r1', "
+                        ":step, :position, 'noop', 'steps', :needs, 0, :status, 0, 1, 1)"
+                    ),
+                    {"step": step_id, "position": position, "needs": needs, "status": status},
+                )
+            connection.execute(
+                text(
+                    "INSERT INTO steps (run_id, step_id, position, action, queue, depends_on, "
+                    "pending_deps, status, attempts, max_attempts, timeout_s) "
+                    "VALUES ('r2', 'only', 0, 'noop', 'steps', '[]', 0, 'queued', 0, 1, 1)"
+                )
+            )
+        db_engine.dispose()
+        migrations.upgrade(fresh_database)
+        with db_engine.connect() as connection:
+            counts = dict(connection.execute(text("SELECT id, leaves_left FROM runs")).all())
+        assert counts == {"r1": 1, "r2": 1}
+        migrations.downgrade(fresh_database, "0001")
+        with db_engine.connect() as connection:
+            counts = dict(connection.execute(text("SELECT id, steps_left FROM runs")).all())
+        assert counts == {"r1": 2, "r2": 1}
+    finally:
+        db_engine.dispose()
