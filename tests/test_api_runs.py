@@ -15,6 +15,7 @@ from sqlalchemy import func, insert, select
 from engine.models import Run, utcnow
 from tests.conftest import spec
 from tests.support import services
+from tests.support.http import fields, problem
 from tests.support.stack import Stack
 
 PARAMS = {
@@ -23,18 +24,6 @@ PARAMS = {
     "properties": {"count": {"type": "integer", "minimum": 1}},
 }
 ADMIN = "admin.*,runs.read"
-
-
-def problem(response: Any, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == "application/problem+json"
-    body = response.get_json(force=True)
-    assert body["status"] == status and body["type"] and body["title"]
-    return body
-
-
-def fields(body: dict[str, Any]) -> list[str]:
-    return [error["field"] for error in body.get("errors", [])]
 
 
 def run_count(stack: Stack, **where: Any) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import pytest
 import yaml
@@ -11,6 +10,7 @@ from sqlalchemy import func, select
 
 from engine.models import Run, Workflow
 from tests.conftest import spec
+from tests.support.http import fields, problem
 from tests.support.stack import Stack
 
 DIAMOND = [
@@ -20,18 +20,6 @@ DIAMOND = [
     {"id": "d", "action": "noop", "needs": ["b", "c"]},
 ]
 PARAMS = {"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}}
-
-
-def problem(response: Any, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == "application/problem+json"
-    body = response.get_json(force=True)
-    assert body["status"] == status and body["type"] and body["title"]
-    return body
-
-
-def fields(body: dict[str, Any]) -> list[str]:
-    return [error["field"] for error in body.get("errors", [])]
 
 
 def count(stack: Stack, model: type) -> int:

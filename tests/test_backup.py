@@ -10,15 +10,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 from sqlalchemy import select, text
 
-from cli import context
-from cli.main import main
 from engine import migrations
 from engine.models import Workflow
 from tests.conftest import spec
 from tests.support import services
+from tests.support.cli import failed, ok, run_engine
 from tests.support.stack import JWT_SECRET, Stack
 
 
@@ -30,24 +29,6 @@ def platform(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     stack = Stack(backend, tmp_path_factory.mktemp(f"backup-{backend}"))
     yield stack
     stack.close()
-
-
-def engine_cli(stack: Stack, *args: str, **env: str) -> Result:
-    context.settings.cache_clear()  # settings are read once per process
-    try:
-        return CliRunner().invoke(main, list(args), env={**stack.env, **env})
-    finally:
-        context.settings.cache_clear()
-
-
-def ok(result: Result) -> str:
-    assert result.exit_code == 0, (result.output, result.exception)
-    return result.stdout
-
-
-def failed(result: Result) -> str:
-    assert result.exit_code == 1, (result.output, result.exception)
-    return result.output
 
 
 def workflow_names(stack: Stack) -> set[str]:
@@ -139,20 +120,16 @@ def test_check_reports_rows_that_break_a_foreign_key_in_sqlite(tmp_path: Path) -
     url = f"sqlite:///{tmp_path / 'engine.db'}"
     migrations.upgrade(url)
     env = {"DATABASE_URL": url, "ENGINE_VAR_DIR": str(tmp_path), "JWT_SECRET": JWT_SECRET}
-    context.settings.cache_clear()
-    try:
-        assert CliRunner().invoke(main, ["db", "check"], env=env).exit_code == 0
-        connection = sqlite3.connect(tmp_path / "engine.db")  # foreign keys are off here
-        connection.execute(
-            "INSERT INTO steps (run_id, step_id, position, action, queue, depends_on,"
-            " pending_deps, status, attempts, max_attempts, timeout_s) VALUES"
-            " ('no-such-run', 's', 0, 'noop', 'steps', '[]', 0, 'pending', 0, 1, 1.0)"
-        )
-        connection.commit()
-        connection.close()
-        out = failed(CliRunner().invoke(main, ["db", "check"], env=env))
-    finally:
-        context.settings.cache_clear()
+    ok(run_engine(env, "db", "check"))
+    connection = sqlite3.connect(tmp_path / "engine.db")  # foreign keys are off here
+    connection.execute(
+        "INSERT INTO steps (run_id, step_id, position, action, queue, depends_on,"
+        " pending_deps, status, attempts, max_attempts, timeout_s) VALUES"
+        " ('no-such-run', 's', 0, 'noop', 'steps', '[]', 0, 'pending', 0, 1, 1.0)"
+    )
+    connection.commit()
+    connection.close()
+    out = failed(run_engine(env, "db", "check"))
     assert "FAIL  foreign_keys" in out and "steps row" in out
 
 
@@ -166,3 +143,8 @@ def test_analyze_refreshes_the_planner_statistics(platform: Stack) -> None:
                 text("SELECT last_analyze FROM pg_stat_user_tables WHERE relname = 'workflows'")
             ).scalar()
             assert analyzed is not None
+
+
+def engine_cli(stack: Stack, *args: str, **env: str) -> Result:
+    """Run `engine ARGS` with the stack's environment (its database, Redis prefix, secret)."""
+    return run_engine({**stack.env, **env}, *args)

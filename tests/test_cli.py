@@ -11,13 +11,12 @@ from typing import Any
 
 import pytest
 import yaml
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-from cli import context
-from cli.main import main
 from engine import migrations
 from tests.conftest import spec
 from tests.support import services
+from tests.support.cli import failed, ok, run_engine
 from tests.support.stack import Stack
 
 DIAMOND = [
@@ -27,25 +26,6 @@ DIAMOND = [
     {"id": "d", "action": "echo", "needs": ["b", "c"], "with": {"n": "{{ params.n }}"}},
 ]
 PARAMS = {"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}}
-
-
-def engine_cli(stack: Stack, *args: str, **env: str) -> Result:
-    """Run `engine ARGS` with the stack's environment (its database, Redis prefix, secret)."""
-    context.settings.cache_clear()  # settings are read once per process
-    try:
-        return CliRunner().invoke(main, list(args), env={**stack.env, **env})
-    finally:
-        context.settings.cache_clear()
-
-
-def ok(result: Result) -> str:
-    assert result.exit_code == 0, (result.output, result.exception)
-    return result.stdout
-
-
-def failed(result: Result) -> str:
-    assert result.exit_code == 1, (result.output, result.exception)
-    return result.output
 
 
 def write_spec(directory: Path, body: dict[str, Any]) -> Path:
@@ -210,3 +190,8 @@ def test_the_database_is_upgraded_and_its_revision_shown(
     # Upgrading an up-to-date database is a no-op.
     ok(engine_cli(database, "db", "upgrade", DATABASE_URL=empty_database))
     assert migrations.current(empty_database) == head
+
+
+def engine_cli(stack: Stack, *args: str, **env: str) -> Result:
+    """Run `engine ARGS` with the stack's environment (its database, Redis prefix, secret)."""
+    return run_engine({**stack.env, **env}, *args)

@@ -17,27 +17,17 @@ from typing import Any
 
 import jwt
 import pytest
-from click.testing import CliRunner, Result
 from sqlalchemy import select
 
-from cli import context
-from cli.main import main
 from engine.auth import key_id, mint_token, parse_ttl
 from engine.config import Settings
 from engine.models import AuditEvent, RevokedToken
 from engine.tokens import RevocationList
 from tests.support import services
+from tests.support.cli import run_engine as engine_cli
 from tests.support.stack import JWT_SECRET, Stack
 
 ADMIN = "admin.tokens,runs.read"
-
-
-def engine_cli(env: dict[str, str | None], *args: str) -> Result:
-    context.settings.cache_clear()  # settings are read once per process
-    try:
-        return CliRunner().invoke(main, list(args), env=env)
-    finally:
-        context.settings.cache_clear()
 
 
 def segment(part: dict[str, Any]) -> bytes:
