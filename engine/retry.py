@@ -23,9 +23,15 @@ class RetryPolicy:
 
     @classmethod
     def from_spec(
-        cls, spec: dict[str, Any] | None, default: RetryPolicy, field: str
+        cls,
+        spec: dict[str, Any] | None,
+        default: RetryPolicy,
+        field: str,
+        max_backoff_cap: float | None = None,
     ) -> RetryPolicy:
-        """Overlay a spec's `retry` mapping on a default; InvalidSpec names the field."""
+        """Overlay a spec's `retry` mapping on a default; InvalidSpec names the field. A
+        backoff above `max_backoff_cap` is refused: a retry waits unacknowledged in a
+        worker, and the broker's visibility timeout only covers waits up to the cap."""
         if not spec:
             return default
         merged = {
@@ -35,6 +41,11 @@ class RetryPolicy:
                 "max_backoff_s", max(default.max_backoff_s, spec.get("backoff_s", 0))
             ),
         }
+        if max_backoff_cap is not None and merged["max_backoff_s"] > max_backoff_cap:
+            message = f"max_backoff_s must not exceed RETRY_MAX_BACKOFF_S ({max_backoff_cap:g})"
+            raise InvalidSpec(
+                message, errors=[{"field": f"{field}.max_backoff_s", "message": message}]
+            )
         try:
             return cls(**merged)
         except ValueError as exc:

@@ -170,6 +170,7 @@ def compile_spec(spec: Any, settings: Settings) -> CompiledWorkflow:
             settings.retry_max_attempts, settings.retry_backoff_s, settings.retry_max_backoff_s
         ),
         "defaults.retry",
+        settings.retry_max_backoff_s,
     )
     default_timeout = defaults.get("timeout_s", settings.step_timeout_s)
     params_schema = spec.get("params") or {"type": "object"}
@@ -206,7 +207,9 @@ def compile_spec(spec: Any, settings: Settings) -> CompiledWorkflow:
         for problem in templating.check_syntax(raw.get("with")):
             errors.append(_error(f"{where}.with", f"step {step_id!r}: template {problem}"))
         try:
-            retry = RetryPolicy.from_spec(raw.get("retry"), default_retry, f"{where}.retry")
+            retry = RetryPolicy.from_spec(
+                raw.get("retry"), default_retry, f"{where}.retry", settings.retry_max_backoff_s
+            )
         except InvalidSpec as exc:
             errors.extend(exc.errors)
             continue

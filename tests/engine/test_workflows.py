@@ -145,3 +145,17 @@ def test_specs_parse_from_yaml_or_json_and_hash_the_same_whatever_the_key_order(
     assert spec_hash(from_yaml) != spec_hash({**from_yaml, "version": 2})
     with pytest.raises(InvalidInput):
         parse_text("steps: [")
+
+
+def test_a_retry_backoff_above_the_configured_cap_is_refused_naming_the_field() -> None:
+    cap = SETTINGS.retry_max_backoff_s
+    assert errors_of(
+        spec([{"id": "slow", "action": "noop", "retry": {"max_backoff_s": cap + 1}}])
+    ).keys() == {"steps[0].retry.max_backoff_s"}
+    assert errors_of(
+        spec([{"id": "a", "action": "noop"}], defaults={"retry": {"backoff_s": cap * 2}})
+    ).keys() == {"defaults.retry.max_backoff_s"}
+    compiled = compile_spec(
+        spec([{"id": "ok", "action": "noop", "retry": {"max_backoff_s": cap}}]), SETTINGS
+    )
+    assert compiled.steps["ok"].retry.max_backoff_s == cap
