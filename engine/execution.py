@@ -95,19 +95,25 @@ _SELECT_CLAIMED = select(
 _SELECT_UPSTREAM = select(steps.c.step_id, steps.c.output).where(
     steps.c.run_id == _B_RUN_ID, steps.c.step_id.in_(bindparam("b_needs", expanding=True))
 )
-_SUCCEED_STEP = (
-    update(steps)
-    .where(_MINE)
-    .values(
-        status=StepStatus.SUCCEEDED,
-        output=bindparam("b_output", type_=steps.c.output.type),
-        inputs=bindparam("b_inputs", type_=steps.c.inputs.type),
-        error=None,
-        error_type=None,
-        finished_at=_B_NOW,
-        lease_expires_at=None,
-    )
-)
+_SUCCEEDED = {
+    "status": StepStatus.SUCCEEDED,
+    "output": bindparam("b_output", type_=steps.c.output.type),
+    "inputs": bindparam("b_inputs", type_=steps.c.inputs.type),
+    "error": None,
+    "error_type": None,
+    "finished_at": _B_NOW,
+    "lease_expires_at": None,
+}
+# A step with children first takes a shared lock on its run row (PostgreSQL; SQLite runs one
+# writer at a time anyway): a resume of the run (runs.resume, bulk replay) updates that row
+# before it reads which steps succeeded, so the two are ordered and a child that the resume
+# turns from skipped back to pending cannot miss this step's release. Shared, so the
+# branches of a fan-out do not wait for each other; leaves update the run row instead.
+_RUN_ROW_SHARED = select(runs.c.id).where(runs.c.id == _B_RUN_ID).with_for_update(read=True)
+_SUCCEED_STEP = {
+    True: update(steps).where(_MINE, _RUN_ROW_SHARED.exists()).values(**_SUCCEEDED),
+    False: update(steps).where(_MINE).values(**_SUCCEEDED),
+}
 # Only a leaf's success touches the run row (see Run.leaves_left): in a fan-out, the
 # branches' transactions do not queue on it.
 _RUN_COMPLETES = and_(runs.c.leaves_left == 1, runs.c.status == RunStatus.RUNNING)
@@ -357,8 +363,9 @@ def finish_attempt(session: Session, settings: Settings, claim: Claim, result: R
             inputs=result.inputs,
         )
     now = utcnow()
+    children = claim.workflow.children.get(claim.step_id, ())
     won = session.execute(
-        _SUCCEED_STEP,
+        _SUCCEED_STEP[bool(children)],
         {
             "b_run_id": claim.run_id,
             "b_step_id": claim.step_id,
@@ -379,7 +386,6 @@ def finish_attempt(session: Session, settings: Settings, claim: Claim, result: R
         return Outcome("lost")
     metrics.steps_total.labels(action=claim.spec.action, status="succeeded").inc()
     outcome = Outcome("succeeded")
-    children = claim.workflow.children.get(claim.step_id, ())
     if not children:
         run = session.execute(_COUNT_DOWN_RUN, {"b_run_id": claim.run_id, "b_now": now}).first()
         if run is not None and run.status == RunStatus.SUCCEEDED and run.leaves_left == 0:

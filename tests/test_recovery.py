@@ -476,3 +476,53 @@ def test_a_run_left_running_with_only_a_dead_step_is_failed_by_the_reconciler(
         assert failed.status == "failed"
         assert "b" in (failed.error or "")
         assert still.status == "running"
+
+
+def test_a_resume_racing_a_finishing_step_still_sees_its_release(
+    offline: Stack, unique: str
+) -> None:
+    # x and d run side by side, c needs both. d died (c skipped, run failed) while x was still
+    # running. x now finishes while an operator resumes d: c must end up waiting for d only.
+    offline.register(
+        spec(
+            unique,
+            [
+                {"id": "x", "action": "noop"},
+                {"id": "d", "action": "noop"},
+                {"id": "c", "action": "noop", "needs": ["x", "d"]},
+            ],
+        )
+    )
+    (run_id,) = planned_runs(offline, unique, 1)
+    with offline.sessions.begin() as session:
+        claim = execution.claim_step(
+            session, offline.settings, run_id, "x", task_id=f"{run_id}:x:1", worker="w"
+        )
+        assert isinstance(claim, execution.Claim)
+        session.execute(
+            update(Step).where(Step.run_id == run_id, Step.step_id == "d").values(status="dead")
+        )
+        session.execute(
+            update(Step).where(Step.run_id == run_id, Step.step_id == "c").values(status="skipped")
+        )
+        session.execute(update(Run).where(Run.id == run_id).values(status="failed"))
+
+    finishing = offline.sessions()
+    finishing.begin()
+    execution.finish_attempt(finishing, offline.settings, claim, execution.Result(output=1))
+
+    def resume() -> None:
+        with offline.sessions.begin() as session:
+            run = session.get(Run, run_id)
+            assert run is not None
+            runs.resume(session, offline.settings, run, ["d"])
+
+    resumer = threading.Thread(target=resume)
+    resumer.start()
+    resumer.join(1.0)
+    assert resumer.is_alive(), "the resume must wait for the finishing step's transaction"
+    finishing.commit()
+    finishing.close()
+    resumer.join(30)
+    c = step_row(offline, run_id, "c")
+    assert (c.status, c.pending_deps) == ("pending", 1)
