@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import redis
 from sqlalchemy import select
 
 from engine import migrations
@@ -168,6 +169,18 @@ class Stack:
             self._app.extensions["engine.db"].dispose()
         if self.backend == "postgres":
             services.drop_postgres_database(self.database_url)
+        self._forget_redis_keys()
+
+    def _forget_redis_keys(self) -> None:
+        """Leave the shared Redis as found: drop every key under this stack's prefix."""
+        prefix = self.env["REDIS_KEY_PREFIX"]
+        try:
+            client = redis.Redis.from_url(self.redis_url, socket_timeout=2)
+            keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+            if keys:
+                client.delete(*keys)
+        except redis.RedisError:
+            pass  # a private redis-server that a drill already stopped
 
 
 @contextmanager
