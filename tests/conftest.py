@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support import services
 from tests.support.stack import Stack
 
 BACKENDS = ["sqlite", "postgres"]
@@ -33,6 +35,17 @@ def database(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     platform = Stack(backend, tmp_path_factory.mktemp(f"db-{backend}"))
     yield platform
     platform.close()
+
+
+@pytest.fixture
+def fresh_database(backend: str, tmp_path: Path) -> Iterator[str]:
+    """An empty database of the backend, for this test only (no migrations applied)."""
+    if backend == "postgres":
+        url = services.create_postgres_database()
+        yield url
+        services.drop_postgres_database(url)
+    else:
+        yield f"sqlite:///{tmp_path / 'fresh.db'}"
 
 
 @pytest.fixture

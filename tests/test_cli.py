@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from click.testing import Result
 
@@ -166,30 +164,20 @@ def running(pid: int) -> bool:
         return False
 
 
-@pytest.fixture
-def empty_database(backend: str, tmp_path: Path) -> Iterator[str]:
-    if backend == "postgres":
-        url = services.create_postgres_database()
-        yield url
-        services.drop_postgres_database(url)
-    else:
-        yield f"sqlite:///{tmp_path / 'fresh.db'}"
-
-
 def test_the_database_is_upgraded_and_its_revision_shown(
-    database: Stack, empty_database: str
+    database: Stack, fresh_database: str
 ) -> None:
     head = migrations.head()
-    before = ok(engine_cli(database, "db", "current", DATABASE_URL=empty_database))
+    before = ok(engine_cli(database, "db", "current", DATABASE_URL=fresh_database))
     assert "current: None" in before and f"head:    {head}" in before
     assert f"database at {head}" in ok(
-        engine_cli(database, "db", "upgrade", DATABASE_URL=empty_database)
+        engine_cli(database, "db", "upgrade", DATABASE_URL=fresh_database)
     )
-    after = ok(engine_cli(database, "db", "current", DATABASE_URL=empty_database))
+    after = ok(engine_cli(database, "db", "current", DATABASE_URL=fresh_database))
     assert f"current: {head}" in after
     # Upgrading an up-to-date database is a no-op.
-    ok(engine_cli(database, "db", "upgrade", DATABASE_URL=empty_database))
-    assert migrations.current(empty_database) == head
+    ok(engine_cli(database, "db", "upgrade", DATABASE_URL=fresh_database))
+    assert migrations.current(fresh_database) == head
 
 
 def engine_cli(stack: Stack, *args: str, **env: str) -> Result:

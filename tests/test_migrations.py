@@ -3,10 +3,6 @@ schema they build is the one the models describe."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -15,18 +11,6 @@ from sqlalchemy import inspect
 from engine import migrations
 from engine.db import make_engine
 from engine.models import Base
-from tests.support import services
-
-
-@pytest.fixture
-def fresh_database(backend: str, tmp_path: Path) -> Iterator[str]:
-    """An empty database of the backend, for this test only."""
-    if backend == "postgres":
-        url = services.create_postgres_database()
-        yield url
-        services.drop_postgres_database(url)
-    else:
-        yield f"sqlite:///{tmp_path / 'migrations.db'}"
 
 
 def tables(url: str) -> set[str]:
