@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import select
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.config import Settings
@@ -33,10 +35,29 @@ def make_engine(settings_or_url: Settings | str, **options: Any) -> Engine:
         )
         _tune_sqlite(db_engine)
         return db_engine
-    options.setdefault("pool_pre_ping", True)
     options.setdefault("pool_size", 5)
     options.setdefault("max_overflow", 10)
-    return create_engine(url, **options)
+    db_engine = create_engine(url, **options)
+    if not options.get("pool_pre_ping"):
+        _drop_closed_connections(db_engine)
+    return db_engine
+
+
+def _drop_closed_connections(db_engine: Engine) -> None:
+    """Hand out no connection the server has closed (a restart, a failover, a terminated
+    backend) without a round trip per checkout, which is what pool_pre_ping costs: an idle
+    connection receives nothing unless the server is closing it, so a socket with data (or
+    end of file) waiting is discarded and the pool connects again. A connection lost without
+    a word from the server fails its next statement instead; SQLAlchemy then renews the pool."""
+
+    @event.listens_for(db_engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        if getattr(dbapi_connection, "closed", False) or getattr(dbapi_connection, "broken", False):
+            raise DisconnectionError("the connection is closed")
+        poller = select.poll()
+        poller.register(dbapi_connection.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
+        if poller.poll(0):
+            raise DisconnectionError("the server closed the connection")
 
 
 def _tune_sqlite(db_engine: Engine) -> None:

@@ -15,13 +15,14 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import create_engine, func, select, text, update
 
 from engine import execution, recovery, runs
 from engine.auth import Caller
-from engine.models import Run, Step, utcnow
+from engine.models import DeadLetter, Run, Step, utcnow
 from engine.work import Work
 from tests.conftest import spec
+from tests.support import services
 from tests.support.services import process_alive as alive
 from tests.support.services import wait_for
 from tests.support.stack import Stack, private_stack
@@ -249,6 +250,58 @@ def test_a_broker_restarted_without_its_data_mid_flight_loses_no_run(
         executed = Counter((run, step) for run, step, _ in stack.executions())
         assert len(executed) == 20
         assert set(executed.values()) == {1}
+
+
+def end_every_session(database_url: str) -> int:
+    """Have PostgreSQL end every session of the database, as a restart or failover does, and
+    wait until they are gone (pg_terminate_backend only signals them)."""
+    name = database_url.rsplit("/", 1)[1]
+    admin = create_engine(services.POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    sessions = text(
+        "SELECT pid FROM pg_stat_activity WHERE datname = :name AND pid <> pg_backend_pid()"
+    )
+    try:
+        with admin.connect() as connection:
+            ended = set(connection.execute(sessions, {"name": name}).scalars())
+            for pid in ended:
+                connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            wait_for(
+                lambda: not ended & set(connection.execute(sessions, {"name": name}).scalars()),
+                10,
+                0.05,
+                message="the ended sessions to be gone",
+            )
+            return len(ended)
+    finally:
+        admin.dispose()
+
+
+def test_the_database_server_ending_every_session_loses_no_run_and_fails_no_request(
+    backend: str, tmp_path: Path, unique: str
+) -> None:
+    if backend != "postgres":
+        pytest.skip("SQLite has no server to end sessions")
+    with private_stack(backend, tmp_path / "stack", DRILL_ENV) as (stack, _server):
+        stack.register(
+            spec(
+                unique,
+                [{"id": "a", "action": "record"}, {"id": "b", "action": "record", "needs": ["a"]}],
+            )
+        )
+        stack.start_worker(concurrency=2, beat=True)
+        for run_id in [stack.submit(unique) for _ in range(6)]:
+            assert stack.wait_finished(run_id)["status"] == "succeeded"
+        # The API's pool and each worker process hold idle connections the server has ended.
+        assert end_every_session(stack.database_url) >= 3
+
+        run_ids = [stack.submit(unique) for _ in range(20)]
+        for run_id in run_ids:
+            assert stack.wait_finished(run_id)["status"] == "succeeded"
+        executed = Counter((run, step) for run, step, _ in stack.executions())
+        assert len(executed) == 52
+        assert set(executed.values()) == {1}
+        with stack.sessions() as session:
+            assert session.scalar(select(func.count()).select_from(DeadLetter)) == 0
 
 
 def test_a_step_that_kills_its_worker_every_time_is_dead_lettered_at_the_delivery_cap(

@@ -11,6 +11,7 @@ from typing import Any
 
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 from celery.worker.request import Request
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from engine import execution, logs, recovery, runs
 from engine.dlq import describe
@@ -265,6 +266,10 @@ def plan_run(self, run_id: str) -> None:
             work, claimed = runs.plan_and_claim(session, settings(), run_id, chain.worker)
         # Planned by this delivery: every plan has at least one root step.
         planned = bool(work.dispatches) or claimed is not None
+    except (OperationalError, InterfaceError):
+        # The database failed, not the plan: the run stays queued, and the reconciler sends
+        # it again once the database answers.
+        raise
     except Exception as exc:
         error_type, message, trace = describe(exc)
         with sessions().begin() as session:
