@@ -102,6 +102,25 @@ def test_a_token_minted_with_no_time_left_is_expired(database: Stack) -> None:
     assert "expired" in unauthorized(get_runs(database, "Bearer " + minted.token))
 
 
+def test_a_token_accepted_before_is_refused_once_it_expires(database: Stack) -> None:
+    # Each process verifies a token's signature once; its expiry still counts every time.
+    minted = mint_token(database.settings, "alice@example.com", ["runs.read"], timedelta(seconds=2))
+    assert get_runs(database, "Bearer " + minted.token).status_code == 200
+    assert get_runs(database, "Bearer " + minted.token).status_code == 200
+    time.sleep(max(0.0, minted.expires_at.timestamp() - time.time()) + 0.05)
+    assert "expired" in unauthorized(get_runs(database, "Bearer " + minted.token))
+
+
+def test_a_token_altered_after_one_was_accepted_is_still_refused(database: Stack) -> None:
+    token = mint_token(database.settings, "alice@example.com", ["runs.read"], timedelta(hours=1))
+    assert get_runs(database, "Bearer " + token.token).status_code == 200
+    header, payload, signature = token.token.split(".")
+    flipped = signature[:-2] + ("A" if signature[-2] != "A" else "B") + signature[-1]
+    assert "invalid token" in unauthorized(
+        get_runs(database, "Bearer " + ".".join([header, payload, flipped]))
+    )
+
+
 def test_a_token_lacking_a_scope_is_forbidden_naming_the_scope(database: Stack) -> None:
     response = database.client().post(
         "/workflows", json={}, headers=database.headers(scopes="workflows.read,runs.*")

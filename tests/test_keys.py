@@ -222,6 +222,25 @@ def test_a_revoked_token_is_refused_as_revoked_and_others_still_work(
     assert response.status_code == 422
 
 
+def test_a_process_that_accepted_a_token_refuses_it_once_another_process_revokes_it(
+    database: Stack, apps: list[Any], unique: str
+) -> None:
+    token = database.token(f"svc.{unique}", "runs.read")
+    jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+    serving = new_app(apps, database.settings)
+    for _ in range(3):  # accepted, and Redis's answer is now kept in this process
+        assert get_runs(serving, token).status_code == 200
+
+    admin = database.headers(f"admin.{unique}", ADMIN)
+    response = (
+        new_app(apps, database.settings)
+        .test_client()
+        .post("/admin/tokens/revoke", json={"jti": jti}, headers=admin)
+    )
+    assert response.status_code == 204
+    assert "revoked" in detail(get_runs(serving, token), 401)
+
+
 def test_a_revocation_survives_a_redis_flushall_and_a_redis_outage(
     backend: str, tmp_path: Path, apps: list[Any]
 ) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
@@ -11,6 +13,7 @@ from flask_jwt_extended import JWTManager, get_jwt, verify_jwt_in_request
 from jwt import InvalidTokenError
 
 from engine.auth import ALGORITHM, Caller, verification_keys
+from engine.cache import LRUCache
 from engine.config import Settings
 from engine.errors import PermissionDenied
 from engine.tokens import RevocationList
@@ -19,6 +22,8 @@ from web.errors import problem
 F = TypeVar("F", bound=Callable[..., Any])
 BEARER = {"WWW-Authenticate": 'Bearer realm="engine"'}
 REQUIRED_CLAIMS = ("sub", "jti", "exp")
+# Verified tokens each API process keeps (VerifyingOnceJWTManager).
+VERIFIED_TOKENS = 4096
 
 
 def init_app(app: Flask) -> None:
@@ -33,7 +38,7 @@ def init_app(app: Flask) -> None:
         JWT_IDENTITY_CLAIM="sub",
         JWT_ERROR_MESSAGE_KEY="detail",
     )
-    manager = JWTManager(app)
+    manager = VerifyingOnceJWTManager(app)
     keys = verification_keys(settings)
 
     @manager.decode_key_loader
@@ -66,6 +71,33 @@ def init_app(app: Flask) -> None:
     )
     app.extensions["engine.revocations"] = revocations
     app.extensions["engine.jwt"] = manager
+
+
+class VerifyingOnceJWTManager(JWTManager):
+    """Checks each distinct token's signature, issuer and claims once per process: a client
+    sends the same token on request after request, and the same string verifies the same
+    way against this process's keys, which never change while it runs. Whether it has
+    expired is checked on every request, and revocation too (the blocklist loader)."""
+
+    def __init__(self, app: Flask | None = None) -> None:
+        self._verified: LRUCache[str, dict[str, Any]] = LRUCache(VERIFIED_TOKENS)
+        self._lock = threading.Lock()
+        super().__init__(app)
+
+    def _decode_jwt_from_config(
+        self, encoded_token: str, csrf_value: Any = None, allow_expired: bool = False
+    ) -> dict[str, Any]:
+        if csrf_value is not None or allow_expired:
+            return super()._decode_jwt_from_config(encoded_token, csrf_value, allow_expired)
+        with self._lock:
+            claims = self._verified.get(encoded_token)
+        if claims is not None and claims["exp"] > time.time():
+            return dict(claims)
+        claims = super()._decode_jwt_from_config(encoded_token)
+        if isinstance(claims.get("exp"), int | float):
+            with self._lock:
+                self._verified[encoded_token] = dict(claims)
+        return claims
 
 
 def missing_claims(payload: dict[str, Any]) -> list[str]:
