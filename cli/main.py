@@ -113,7 +113,7 @@ def runs_show(run_id: str) -> None:
     from web import serialize
 
     with session() as current:
-        run = runs.get_run(current, run_id, operator())
+        run = runs.read_run(current, run_id, operator())
         emit(serialize.run(run, runs.run_steps(current, run_id)))
 
 

@@ -127,6 +127,14 @@ _COUNT_DOWN_RUN = (
     )
     .returning(runs.c.status, runs.c.leaves_left)
 )
+# PostgreSQL records a leaf's success and counts it down on its run in one statement (a
+# data-modifying CTE): one round trip instead of two. No row back: the attempt was not ours.
+_SUCCEEDED_LEAF = (
+    update(steps).where(_MINE).values(**_SUCCEEDED).returning(steps.c.run_id).cte("succeeded")
+)
+_SUCCEED_LEAF = _COUNT_DOWN_RUN.where(runs.c.id.in_(select(_SUCCEEDED_LEAF.c.run_id))).add_cte(
+    _SUCCEEDED_LEAF
+)
 # Children are released only while the run is running (a read, no lock on the run row).
 _RUN_IS_LIVE = (
     select(runs.c.id).where(runs.c.id == _B_RUN_ID, runs.c.status == RunStatus.RUNNING).exists()
@@ -364,18 +372,21 @@ def finish_attempt(session: Session, settings: Settings, claim: Claim, result: R
         )
     now = utcnow()
     children = claim.workflow.children.get(claim.step_id, ())
-    won = session.execute(
-        _SUCCEED_STEP[bool(children)],
-        {
-            "b_run_id": claim.run_id,
-            "b_step_id": claim.step_id,
-            "b_task_id": claim.task_id,
-            "b_attempt": claim.attempt,
-            "b_output": result.output,
-            "b_inputs": result.inputs,
-            "b_now": now,
-        },
-    ).rowcount
+    values = {
+        "b_run_id": claim.run_id,
+        "b_step_id": claim.step_id,
+        "b_task_id": claim.task_id,
+        "b_attempt": claim.attempt,
+        "b_output": result.output,
+        "b_inputs": result.inputs,
+        "b_now": now,
+    }
+    run = None
+    if not children and session.get_bind().dialect.name == "postgresql":
+        run = session.execute(_SUCCEED_LEAF, values).first()
+        won = run is not None
+    else:
+        won = bool(session.execute(_SUCCEED_STEP[bool(children)], values).rowcount)
     if not won:
         log.warning(
             "run %s step %s: attempt %s lost its lease; outcome dropped",
@@ -387,7 +398,8 @@ def finish_attempt(session: Session, settings: Settings, claim: Claim, result: R
     metrics.steps_total.labels(action=claim.spec.action, status="succeeded").inc()
     outcome = Outcome("succeeded")
     if not children:
-        run = session.execute(_COUNT_DOWN_RUN, {"b_run_id": claim.run_id, "b_now": now}).first()
+        if run is None:
+            run = session.execute(_COUNT_DOWN_RUN, {"b_run_id": claim.run_id, "b_now": now}).first()
         if run is not None and run.status == RunStatus.SUCCEEDED and run.leaves_left == 0:
             metrics.runs_total.labels(workflow=claim.workflow.name, status="succeeded").inc()
     else:

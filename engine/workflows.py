@@ -329,8 +329,10 @@ def compiled(session: Session, settings: Settings, name: str, version: int) -> C
     return found
 
 
-_LATEST_VERSION = select(func.max(Workflow.version)).where(
-    Workflow.name == bindparam("b_name", type_=Workflow.__table__.c.name.type)
+_WORKFLOWS = Workflow.__table__
+# On the table, not the model: an ORM-enabled select cost twice as much per submit.
+_LATEST_VERSION = select(func.max(_WORKFLOWS.c.version)).where(
+    _WORKFLOWS.c.name == bindparam("b_name", type_=_WORKFLOWS.c.name.type)
 )
 
 

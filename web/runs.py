@@ -68,7 +68,7 @@ def list_runs() -> Any:
 @require_scopes("runs.read")
 def get_run(run_id: str) -> Any:
     session = get_session()
-    run = runs.get_run(session, run_id, current_caller())
+    run = runs.read_run(session, run_id, current_caller())
     return serialize.run(run, runs.run_steps(session, run_id))
 
 

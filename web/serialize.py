@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
+
+from sqlalchemy import Row
 
 from engine.models import DeadLetter, Run, Step, Workflow
 
@@ -14,7 +17,7 @@ def timestamp(value: datetime | None) -> str | None:
     return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def run(row: Run, steps: list[Step] | None = None) -> dict[str, Any]:
+def run(row: Run | Row[Any], steps: Sequence[Step | Row[Any]] | None = None) -> dict[str, Any]:
     body = {
         "id": row.id,
         "workflow": row.workflow,
@@ -33,7 +36,7 @@ def run(row: Run, steps: list[Step] | None = None) -> dict[str, Any]:
     return body
 
 
-def step(row: Step) -> dict[str, Any]:
+def step(row: Step | Row[Any]) -> dict[str, Any]:
     return {
         "step_id": row.step_id,
         "action": row.action,
