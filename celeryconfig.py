@@ -45,9 +45,12 @@ def build(settings: Settings) -> dict[str, Any]:
         "task_default_queue": "default",
         "task_queues": [Queue(name) for name in QUEUES],
         "task_routes": {"manager.*": {"queue": MANAGER_QUEUE}, "steps.*": {"queue": "steps"}},
-        # Flower shows tasks from their events.
+        # Flower shows tasks from the workers' events (received, started, succeeded...). A
+        # "sent" event per message would cost a second publish on every send, a third of
+        # the send: a task waiting in its queue is seen in Flower's broker page, in
+        # /admin/status and in the queue metrics instead, and its step row has its task id.
         "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        "task_send_sent_event": False,
         "worker_hijack_root_logger": False,
         "beat_schedule": {
             "reconcile": {
