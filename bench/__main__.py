@@ -30,7 +30,7 @@ from sqlalchemy import create_engine, text
 from bench import report
 from bench.harness import SIZES, WORKER_LOGLEVEL
 from bench.load import Load, ensure_wrk
-from bench.runner import run_backend
+from bench.runner import PHASES, run_backend
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
@@ -53,6 +53,11 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         "--no-install", action="store_true", help="never apt-get install wrk when missing"
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument(
+        "--only",
+        default=",".join(PHASES),
+        help=f"comma-separated phases to run, of {', '.join(PHASES)} (default: all)",
+    )
     parser.add_argument(
         "--profile",
         choices=("worker", "api"),
@@ -128,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         return profile(
             args.profile, args.redis_url, args.concurrency, args.profile_seconds, backend
         )
+    phases = {name.strip() for name in args.only.split(",") if name.strip()}
+    if phases - set(PHASES):
+        raise SystemExit(f"unknown phase(s) {sorted(phases - set(PHASES))}: use {PHASES}")
     wrk = ensure_wrk(install=not args.no_install and mode != "smoke")
     load = Load(wrk)
     run_id = uuid.uuid4().hex[:10]
@@ -142,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             "pool": "prefork",
             "worker_loglevel": WORKER_LOGLEVEL,
             "load_generator": load.name,
-            "gunicorn": "web/gunicorn_conf.py (WEB_CONCURRENCY, WEB_THREADS as set, else 2 x 4)",
+            "gunicorn": "web/gunicorn_conf.py (WEB_CONCURRENCY, WEB_THREADS as set, else 2 x 4)"
+            " with --reuse-port",
         },
         "sizes": asdict(sizes),
         "targets": report.TARGETS,
@@ -172,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                 concurrency=args.concurrency,
                 prefix=f"bench-{run_id}-{backend}:",
                 say=say,
+                phases=phases,
             )
     finally:
         if args.keep:

@@ -11,6 +11,7 @@ from typing import Any
 from bench import dag, throughput
 from bench.baseline import RawSide
 from bench.harness import Platform, Sizes
+from bench.load import Load
 
 RAW_WORK = "one Redis INCR per task (the completion counter); platform steps run `noop`"
 
@@ -49,7 +50,11 @@ def _ratio(top: Any, bottom: Any) -> float | None:
 
 
 def measure(
-    platform: Platform, sizes: Sizes, say: Callable[[str], None], results: dict[str, Any]
+    platform: Platform,
+    sizes: Sizes,
+    say: Callable[[str], None],
+    results: dict[str, Any],
+    load: Load,
 ) -> None:
     """Fill results["throughput"], ["latency"], ["chain"] and ["fanout"]."""
     raw = RawSide(platform)
@@ -82,6 +87,7 @@ def measure(
                     sizes.http_connections,
                     f"bench_http_{index}",
                     base,
+                    load,
                 ),
             )
             _attempt(rounds["raw_drain"], lambda: raw.drain(sizes.raw_tasks))

@@ -394,7 +394,17 @@ class Platform:
         """gunicorn with the API's settings file (web/gunicorn_conf.py); returns its base URL."""
         port = free_port()
         env = {**self.env, "API_BIND": "127.0.0.1", "API_PORT": str(port)}
-        args = [str(BIN / "gunicorn"), "-c", str(ROOT / "web" / "gunicorn_conf.py"), app]
+        # --reuse-port: each worker listens on its own socket and the kernel spreads the load
+        # generator's keep-alive connections evenly. On one shared socket, whichever worker
+        # woke first often took most of them and served them alone while the other idled,
+        # which swung a run's figure by ×3 (the app's and the bare app's alike).
+        args = [
+            str(BIN / "gunicorn"),
+            "-c",
+            str(ROOT / "web" / "gunicorn_conf.py"),
+            "--reuse-port",
+            app,
+        ]
         log_path = self.directory / f"gunicorn-{port}.log"
         server = Process(args, env, log_path)
         self.processes.append(server)

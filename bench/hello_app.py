@@ -1,6 +1,6 @@
 """The API baseline: a bare Flask app under the API's own gunicorn settings. It reads a JSON
 body when one is posted and answers a small JSON object; no auth, no database, no broker.
-`gunicorn -c web/gunicorn_conf.py bench.hello_app:app`."""
+`gunicorn -c web/gunicorn_conf.py --reuse-port bench.hello_app:app`."""
 
 from __future__ import annotations
 

@@ -7,9 +7,11 @@ import http.client
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -76,7 +78,10 @@ def run_wrk(
     duration_s: float,
     env: dict[str, str],
     threads: int = 1,
+    until: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
+    """wrk for `duration_s`; with `until`, stopped (SIGINT: it still reports) once that
+    says so, since wrk otherwise runs out its whole duration."""
     args = [
         wrk,
         f"-t{threads}",
@@ -89,16 +94,27 @@ def run_wrk(
         str(script),
         url,
     ]
-    done = subprocess.run(
+    process = subprocess.Popen(
         args,
         env={**os.environ, **env},
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=duration_s + 120,
     )
-    if done.returncode != 0:
-        raise BenchError(f"wrk failed ({done.returncode}): {done.stderr[-1500:]}")
-    result = parse_wrk(done.stdout)
+    if until is not None:
+        deadline = time.monotonic() + duration_s
+        while process.poll() is None and time.monotonic() < deadline and not until():
+            time.sleep(0.05)
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+    try:
+        stdout, stderr = process.communicate(timeout=duration_s + 120)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise BenchError("wrk did not finish") from None
+    if process.returncode != 0:
+        raise BenchError(f"wrk failed ({process.returncode}): {stderr[-1500:]}")
+    result = parse_wrk(stdout)
     result["load_generator"] = "wrk"
     return result
 
@@ -184,9 +200,15 @@ class Load:
         *,
         connections: int,
         duration_s: float,
+        limit: int | None = None,
+        done: Callable[[], bool] | None = None,
     ) -> dict[str, Any]:
+        """POST `body` for `duration_s`, or until `limit` requests were answered (with wrk,
+        `done` says when: wrk sends no more after `limit` but cannot count to exit)."""
         if self.wrk:
             env = {"BENCH_BODY": body, "BENCH_TOKEN": token or ""}
+            if limit is not None:
+                env["BENCH_LIMIT"] = str(limit)
             return run_wrk(
                 self.wrk,
                 url,
@@ -194,6 +216,7 @@ class Load:
                 connections=connections,
                 duration_s=duration_s,
                 env=env,
+                until=done,
             )
         headers = {"Content-Type": "application/json"}
         if token:
@@ -205,6 +228,7 @@ class Load:
             duration_s=duration_s,
             headers=headers,
             body=body.encode(),
+            limit=limit,
         )
 
     def get(

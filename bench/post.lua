@@ -7,3 +7,14 @@ local token = os.getenv("BENCH_TOKEN")
 if token and token ~= "" then
   wrk.headers["Authorization"] = "Bearer " .. token
 end
+-- BENCH_LIMIT: send no more after that many responses (the bench then stops wrk).
+local limit = tonumber(os.getenv("BENCH_LIMIT") or "")
+if limit then
+  local answered = 0
+  function response(status, headers, body)
+    answered = answered + 1
+    if answered >= limit then
+      wrk.thread:stop()
+    end
+  end
+end

@@ -26,6 +26,9 @@ SCENARIOS = (
     "memory",
     "replay",
 )
+# The phases, in the order they run; `--only` picks some (compare: raw Celery against the
+# platform for throughput, latency, chain and fan-out).
+PHASES = ("compare", "memory", "planning", "replay", "api")
 
 
 def _guard(results: dict[str, Any], key: str, measure: Callable[[], Any]) -> Any:
@@ -53,6 +56,7 @@ def run_backend(
     concurrency: int,
     prefix: str,
     say: Callable[[str], None],
+    phases: set[str] | frozenset[str] = frozenset(PHASES),
 ) -> dict[str, Any]:
     platform = Platform(
         backend,
@@ -64,27 +68,32 @@ def run_backend(
     )
     results: dict[str, Any] = {}
     try:
-        phase: dict[str, Any] = {}
-        _guard(phase, "compare", lambda: compare.measure(platform, sizes, say, results))
-        for key in ("throughput", "latency", "chain", "fanout"):
-            results.setdefault(key, phase["compare"])
-        say(f"{backend}: worker memory soak")
-        _guard(results, "memory", lambda: memory.measure(platform, sizes, "bench_soak"))
-        say(f"{backend}: planning")
-        _guard(results, "planning", lambda: planning.measure(platform, sizes, "bench_plan"))
-        say(f"{backend}: bulk replay")
-        _guard(results, "replay", lambda: replay.measure(platform, sizes, "bench_dead"))
-        say(f"{backend}: API against a bare Flask app")
-        _guard(
-            results,
-            "api",
-            lambda: api.measure(
-                platform, sizes, load, "bench_api", _some_succeeded_run(platform, "bench_warm")
-            ),
-        )
+        if "compare" in phases:
+            phase: dict[str, Any] = {}
+            _guard(phase, "compare", lambda: compare.measure(platform, sizes, say, results, load))
+            for key in ("throughput", "latency", "chain", "fanout"):
+                results.setdefault(key, phase["compare"])
+        if "memory" in phases:
+            say(f"{backend}: worker memory soak")
+            _guard(results, "memory", lambda: memory.measure(platform, sizes, "bench_soak"))
+        if "planning" in phases:
+            say(f"{backend}: planning")
+            _guard(results, "planning", lambda: planning.measure(platform, sizes, "bench_plan"))
+        if "replay" in phases:
+            say(f"{backend}: bulk replay")
+            _guard(results, "replay", lambda: replay.measure(platform, sizes, "bench_dead"))
+        if "api" in phases:
+            say(f"{backend}: API against a bare Flask app")
+            _guard(
+                results,
+                "api",
+                lambda: api.measure(
+                    platform, sizes, load, "bench_api", _some_succeeded_run(platform, "bench_warm")
+                ),
+            )
     finally:
         platform.close()
-    return {key: results[key] for key in SCENARIOS}
+    return {key: results.get(key, {"error": "not run (--only)"}) for key in SCENARIOS}
 
 
 def _some_succeeded_run(platform: Platform, workflow: str) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 from bench import specs
 from bench.harness import Platform, Process, Sizes, pause, percentile, resume
-from bench.load import run_python
+from bench.load import Load
 
 WARM_RUNS = 20
 
@@ -55,22 +55,20 @@ def drain(platform: Platform, worker: Process, runs: int, name: str) -> dict[str
 
 
 def http(
-    platform: Platform, runs: int, connections: int, name: str, base_url: str
+    platform: Platform, runs: int, connections: int, name: str, base_url: str, load: Load
 ) -> dict[str, Any]:
-    """POST /runs through gunicorn from keep-alive connections until `runs` were sent."""
+    """POST /runs through gunicorn from keep-alive connections until `runs` were answered
+    (wrk when available: a load generator in Python would take CPU from the workers)."""
     platform.register(specs.one_step(name))
     started = time.time()
-    load = run_python(
+    sent = load.post(
         base_url + "/runs",
-        method="POST",
+        json.dumps({"workflow": name, "params": {}}),
+        platform.token(),
         connections=connections,
         duration_s=_timeout(runs),
-        headers={
-            "Content-Type": "application/json",
-            "Authorization": f"Bearer {platform.token()}",
-        },
-        body=json.dumps({"workflow": name, "params": {}}).encode(),
         limit=runs,
+        done=lambda: sum(platform.run_counts(name).values()) >= runs,
     )
     submitted = time.time() - started
     created = sum(platform.run_counts(name).values())
@@ -78,13 +76,14 @@ def http(
     elapsed = platform.last_finished(name).timestamp() - started
     return {
         "runs": created,
-        "failed_requests": load["non_2xx"],
+        "failed_requests": sent["non_2xx"],
         "connections": connections,
+        "load_generator": load.name,
         "elapsed_s": elapsed,
         "submit_s": submitted,
         "per_s": created / elapsed,
-        "submit_p50_ms": load["p50_ms"],
-        "submit_p99_ms": load["p99_ms"],
+        "submit_p50_ms": sent["p50_ms"],
+        "submit_p99_ms": sent["p99_ms"],
     }
 
 
