@@ -6,11 +6,11 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from engine import runs
 from engine.auth import Caller
-from engine.models import Step
+from engine.models import Run, Step
 from engine.work import PLAN_TASK, Work, plan_task_id
 from tests.conftest import spec
 from tests.support import services
@@ -127,3 +127,22 @@ def test_a_duplicate_plan_message_racing_the_first_runs_every_step_once(
     assert step_count(stack, run_id) == 4
     executed = Counter(step for _, step, _ in stack.executions(run_id))
     assert executed == {"a": 1, "b": 1, "c": 1, "d": 1}
+
+
+def test_a_run_counts_its_leaves_at_submit_and_one_queued_without_them_is_counted_at_plan(
+    database: Stack, unique: str
+) -> None:
+    database.register(
+        spec(unique, DIAMOND + [{"id": "e", "action": "record", "needs": ["a"]}])
+    )  # two leaves: d and e
+    counted = queued_run(database, unique)
+    older = queued_run(database, unique)
+    with database.sessions.begin() as session:
+        assert session.get(Run, counted).leaves_left == 2  # type: ignore[union-attr]
+        # As a run submitted before runs counted their leaves at submit was left queued.
+        session.execute(update(Run).where(Run.id == older).values(leaves_left=0))
+    for run_id in (counted, older):
+        plan(database, run_id)
+        with database.sessions() as session:
+            run = session.get(Run, run_id)
+            assert run is not None and run.status == "running" and run.leaves_left == 2
