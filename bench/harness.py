@@ -88,7 +88,7 @@ SIZES = {
         dead_letters=5,
     ),
     "quick": Sizes(
-        rounds=2,
+        rounds=3,
         raw_tasks=2000,
         runs=400,
         http_connections=8,
