@@ -19,6 +19,7 @@ from engine.auth import Caller
 from engine.config import Settings
 from engine.dlq_query import OPEN, REPLAYED, letters
 from engine.models import Run, Step, utcnow
+from engine.runs import RESUMABLE_STEP, requeued
 from engine.state import RunStatus, StepStatus
 from engine.work import Dispatch, Work, step_dispatch
 from engine.workflows import CompiledWorkflow
@@ -26,7 +27,6 @@ from engine.workflows import CompiledWorkflow
 steps = Step.__table__
 runs = Run.__table__
 RESUMABLE_RUN = (RunStatus.FAILED, RunStatus.RUNNING)
-RESUMABLE_STEP = (StepStatus.DEAD, StepStatus.FAILED)
 
 
 @dataclass
@@ -163,15 +163,7 @@ def _resume_steps(
             tuple_(steps.c.run_id, steps.c.step_id).in_(targets),
             steps.c.status.in_(RESUMABLE_STEP),
         )
-        .values(
-            status=StepStatus.QUEUED,
-            dispatched_at=now,
-            finished_at=None,
-            error=None,
-            error_type=None,
-            lease_expires_at=None,
-            next_attempt_at=None,
-        )
+        .values(**requeued(now))
         .returning(steps.c.run_id, steps.c.step_id, steps.c.attempts)
     ).all()
     if len(queued) != len(targets):

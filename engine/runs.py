@@ -134,7 +134,10 @@ def submit(
 
 def get_run(session: Session, run_id: str, caller: Caller) -> Run:
     """A run the caller may see; another caller's run is NotFound, like a missing one."""
-    run = session.get(Run, run_id)
+    return _visible(session.get(Run, run_id), run_id, caller)
+
+
+def _visible(run: Any, run_id: str, caller: Caller) -> Any:
     if run is None or (run.created_by != caller.sub and not caller.sees_all_runs):
         raise NotFound(f"run {run_id} does not exist")
     return run
@@ -151,10 +154,7 @@ _READ_STEPS = (
 
 def read_run(session: Session, run_id: str, caller: Caller) -> Row[Any]:
     """get_run, read-only: the run's row, NotFound under the same rule."""
-    run = session.execute(_READ_RUN, {"b_run_id": run_id}).first()
-    if run is None or (run.created_by != caller.sub and not caller.sees_all_runs):
-        raise NotFound(f"run {run_id} does not exist")
-    return run
+    return _visible(session.execute(_READ_RUN, {"b_run_id": run_id}).first(), run_id, caller)
 
 
 def run_steps(session: Session, run_id: str) -> list[Row[Any]]:
@@ -369,6 +369,23 @@ def cancel(session: Session, run_id: str, caller: Caller) -> tuple[Run, Work]:
     return run, Work(revoke=list(dict.fromkeys(revoke)))
 
 
+# A step in one of these states can be queued again for its next attempt.
+RESUMABLE_STEP = (StepStatus.DEAD, StepStatus.FAILED)
+
+
+def requeued(now: datetime) -> dict[str, Any]:
+    """The column values of a step queued again for its next attempt (resume, bulk replay)."""
+    return {
+        "status": StepStatus.QUEUED,
+        "dispatched_at": now,
+        "finished_at": None,
+        "error": None,
+        "error_type": None,
+        "lease_expires_at": None,
+        "next_attempt_at": None,
+    }
+
+
 def resume(
     session: Session,
     settings: Settings,
@@ -395,15 +412,7 @@ def resume(
         raise InvalidTransition(f"run {run.id} changed while it was being resumed; try again")
     work = Work()
     for step_id in step_ids:
-        values: dict[str, Any] = {
-            "status": StepStatus.QUEUED,
-            "dispatched_at": now,
-            "finished_at": None,
-            "error": None,
-            "error_type": None,
-            "lease_expires_at": None,
-            "next_attempt_at": None,
-        }
+        values = requeued(now)
         if inputs_override is not None and step_id in inputs_override:
             values["inputs_override"] = inputs_override[step_id]
         row = session.execute(
@@ -411,7 +420,7 @@ def resume(
             .where(
                 steps.c.run_id == run.id,
                 steps.c.step_id == step_id,
-                steps.c.status.in_((StepStatus.DEAD, StepStatus.FAILED)),
+                steps.c.status.in_(RESUMABLE_STEP),
             )
             .values(**values)
             .returning(steps.c.attempts)
