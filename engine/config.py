@@ -12,6 +12,8 @@ from engine.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MIN_SECRET_LENGTH = 32
+# PostgreSQL's values for synchronous_commit, least durable first.
+SYNCHRONOUS_COMMIT = ("off", "local", "remote_write", "on", "remote_apply")
 
 
 def _csv(value: str | None) -> tuple[str, ...]:
@@ -74,6 +76,12 @@ class Settings:
     dispatch_grace_s: float = 30.0
     lease_grace_s: float = 30.0
     bulk_replay_rate: float = 100.0
+    # PostgreSQL's synchronous_commit for the workers' own transactions (claims, outcomes,
+    # planning, reconciling). "off": a commit returns before its WAL reaches disk, and a
+    # database crash can undo the last fraction of a second of step bookkeeping, which
+    # the platform redoes (the step runs again, as after a worker crash). Submissions,
+    # replays and every dead letter commit durably whatever this says (engine.db.durable).
+    worker_synchronous_commit: str = "off"
     # One bulk replay call acts on at most this many dead letters.
     bulk_replay_max: int = 10_000
 
@@ -136,6 +144,9 @@ class Settings:
             dispatch_grace_s=number("DISPATCH_GRACE_S", cls.dispatch_grace_s),
             lease_grace_s=number("LEASE_GRACE_S", cls.lease_grace_s),
             bulk_replay_rate=number("BULK_REPLAY_RATE", cls.bulk_replay_rate),
+            worker_synchronous_commit=env.get(
+                "WORKER_SYNCHRONOUS_COMMIT", cls.worker_synchronous_commit
+            ).lower(),
             bulk_replay_max=int(number("BULK_REPLAY_MAX", cls.bulk_replay_max)),
         )
         settings.check()
@@ -168,6 +179,11 @@ class Settings:
             problems.append("MAX_DELIVERIES and RETRY_MAX_ATTEMPTS must be at least 1")
         if min(self.reconcile_interval_s, self.dispatch_grace_s, self.lease_grace_s) <= 0:
             problems.append("RECONCILE_INTERVAL_S, DISPATCH_GRACE_S and LEASE_GRACE_S must be > 0")
+        if self.worker_synchronous_commit not in SYNCHRONOUS_COMMIT:
+            problems.append(
+                f"WORKER_SYNCHRONOUS_COMMIT must be one of {', '.join(SYNCHRONOUS_COMMIT)}, "
+                f"got {self.worker_synchronous_commit!r}"
+            )
         if problems:
             raise ConfigError("invalid configuration: " + "; ".join(problems))
 

@@ -7,13 +7,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
-from engine.config import Settings
+from engine.config import SYNCHRONOUS_COMMIT, Settings
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# For this transaction only: the value the session would have without any SET.
+_SERVER_SYNCHRONOUS_COMMIT = text("SET LOCAL synchronous_commit TO DEFAULT")
 READ_ONLY = {"engine_read_only": True}
 
 
@@ -25,8 +27,12 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def make_engine(settings_or_url: Settings | str, **options: Any) -> Engine:
-    """Create an Engine; SQLite gets WAL, synchronous=NORMAL and BEGIN IMMEDIATE writes."""
+def make_engine(
+    settings_or_url: Settings | str, *, synchronous_commit: str | None = None, **options: Any
+) -> Engine:
+    """Create an Engine; SQLite gets WAL, synchronous=NORMAL and BEGIN IMMEDIATE writes.
+    `synchronous_commit` (PostgreSQL) sets that parameter on each of the engine's sessions;
+    None keeps the server's."""
     url = settings_or_url if isinstance(settings_or_url, str) else settings_or_url.database_url
     url = normalise_url(url)
     if url.startswith("sqlite"):
@@ -40,7 +46,30 @@ def make_engine(settings_or_url: Settings | str, **options: Any) -> Engine:
     db_engine = create_engine(url, **options)
     if not options.get("pool_pre_ping"):
         _drop_closed_connections(db_engine)
+    if synchronous_commit is not None:
+        _set_synchronous_commit(db_engine, synchronous_commit)
     return db_engine
+
+
+def _set_synchronous_commit(db_engine: Engine, value: str) -> None:
+    """A session-level SET on each new connection (not a startup option, which connection
+    poolers such as PgBouncer refuse); `durable` can still ask the server's own value back
+    for one transaction."""
+    if value not in SYNCHRONOUS_COMMIT:
+        raise ValueError(f"synchronous_commit {value!r} is not one of {SYNCHRONOUS_COMMIT}")
+
+    @event.listens_for(db_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.execute(f"SET synchronous_commit TO {value}")
+        dbapi_connection.commit()
+
+
+def durable(session: Session) -> None:
+    """Make the caller's transaction commit with the server's own synchronous_commit (on,
+    unless the operator configured otherwise), whatever its engine set: for writes nothing
+    else would find again if a database crash undid them, such as a dead letter."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(_SERVER_SYNCHRONOUS_COMMIT)
 
 
 def _drop_closed_connections(db_engine: Engine) -> None:

@@ -12,6 +12,7 @@ from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from engine import metrics
+from engine.db import durable
 from engine.models import DeadLetter, new_id, utcnow
 
 _NUMBERS = re.compile(r"\d+")
@@ -53,7 +54,9 @@ def record(
     attempts: int,
     failed_at: datetime | None = None,
 ) -> str:
-    """Insert an open dead letter in the caller's transaction; returns its id."""
+    """Insert an open dead letter in the caller's transaction, which then commits durably
+    (db.durable); returns its id."""
+    durable(session)
     letter_id = new_id()
     session.execute(
         insert(DeadLetter.__table__).values(

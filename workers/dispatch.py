@@ -30,9 +30,14 @@ def send(work: Work, app: Celery | None = None) -> None:
             # One producer (one pooled connection) for every message, and its messages go
             # out together (kombu's publish batch: a Redis pipeline per BATCH), so a
             # fan-out of a thousand steps costs a third of sending them one by one.
-            with app.producer_or_acquire() as producer, producer.batch(BATCH):
-                for dispatch in work.dispatches:
-                    _send_one(app, producer, dispatch)
+            with app.producer_or_acquire() as producer:
+                if len(work.dispatches) == 1:
+                    # A batch of one would cost a pipeline for nothing.
+                    _send_one(app, producer, work.dispatches[0])
+                else:
+                    with producer.batch(BATCH):
+                        for dispatch in work.dispatches:
+                            _send_one(app, producer, dispatch)
         except Exception:
             log.exception(
                 "%d message(s) not sent; the reconciler will send them again",

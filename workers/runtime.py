@@ -21,7 +21,9 @@ def settings() -> Settings:
 
 @lru_cache(maxsize=1)
 def db_engine() -> Engine:
-    return make_engine(settings())
+    """The worker's engine: on PostgreSQL its commits follow WORKER_SYNCHRONOUS_COMMIT."""
+    configured = settings()
+    return make_engine(configured, synchronous_commit=configured.worker_synchronous_commit)
 
 
 @lru_cache(maxsize=1)

@@ -67,3 +67,19 @@ def stubborn(inputs: Any, context: ActionContext) -> dict[str, Any]:
             if inputs.get("obey_soft_limit"):
                 raise
     return {"attempt": context.attempt, "slept": True}
+
+
+@register("commit_settings")
+def commit_settings(inputs: Any, context: ActionContext) -> dict[str, Any]:
+    """How the worker running this step commits: synchronous_commit on a connection of its
+    own engine (PostgreSQL), None on SQLite."""
+    from sqlalchemy import text
+
+    from workers.runtime import db_engine
+
+    engine = db_engine()
+    if engine.dialect.name != "postgresql":
+        return {"synchronous_commit": None}
+    with engine.connect() as connection:
+        value = connection.execute(text("SHOW synchronous_commit")).scalar_one()
+    return {"synchronous_commit": value}
