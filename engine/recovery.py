@@ -8,9 +8,10 @@ messages are harmless: every claim is a compare-and-set.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import ColumnElement, and_, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from engine import metrics, workflows
@@ -18,25 +19,37 @@ from engine.config import Settings
 from engine.execution import Outcome, fail_attempt, parse_task_id, record_lost_attempt
 from engine.models import Run, Step, utcnow
 from engine.state import STEP_LIVE, RunStatus, StepStatus
-from engine.work import Work, plan_dispatch, step_dispatch
+from engine.work import MANAGER_QUEUE, Work, plan_dispatch, step_dispatch
 
 log = logging.getLogger(__name__)
 steps = Step.__table__
 runs = Run.__table__
 SWEEP_LIMIT = 1000
+# A reading of the broker: for each queue named, when its oldest waiting message was sent
+# (epoch seconds), None for an empty queue; a queue it cannot tell about is left out.
+OldestWaiting = Callable[[Sequence[str]], Mapping[str, float | None]]
 
 
-def reconcile(session: Session, settings: Settings) -> Work:
+def reconcile(
+    session: Session, settings: Settings, oldest_waiting: OldestWaiting | None = None
+) -> Work:
     """Send again the work the database says is waiting but no message carries: runs left
     queued, steps left queued or retrying past DISPATCH_GRACE_S, and record the attempts of
     steps left running past their lease as lost (their retry is sent, or they are buried).
+    With `oldest_waiting` (a reading of the broker), a row whose message may still wait in
+    a backed-up queue is left alone (see _cutoffs).
 
     Each row is stamped, or its attempt recorded, by a conditional UPDATE, and the sweep
     skips rows another sweep holds, so two sweeps at once send each message once."""
     now = utcnow()
-    stale = now - timedelta(seconds=settings.dispatch_grace_s)
+    grace = timedelta(seconds=settings.dispatch_grace_s)
+    stale = now - grace
+    cutoffs = _cutoffs(session, stale, grace, oldest_waiting)
     work = Work()
-    unsent = or_(runs.c.dispatched_at.is_(None), runs.c.dispatched_at < stale)
+    unsent = or_(
+        runs.c.dispatched_at.is_(None),
+        runs.c.dispatched_at < cutoffs.get(MANAGER_QUEUE, stale),
+    )
     run_ids = session.scalars(
         select(runs.c.id)
         .where(runs.c.status == RunStatus.QUEUED, unsent)
@@ -60,7 +73,7 @@ def reconcile(session: Session, settings: Settings) -> Work:
     waiting = or_(
         and_(
             steps.c.status == StepStatus.QUEUED,
-            or_(steps.c.dispatched_at.is_(None), steps.c.dispatched_at < stale),
+            or_(steps.c.dispatched_at.is_(None), _dispatched_before(cutoffs, stale)),
         ),
         and_(
             steps.c.status == StepStatus.RETRYING,
@@ -128,6 +141,47 @@ def reconcile(session: Session, settings: Settings) -> Work:
             recorded,
         )
     return work
+
+
+def _cutoffs(
+    session: Session, stale: datetime, grace: timedelta, oldest_waiting: OldestWaiting | None
+) -> dict[str, datetime]:
+    """Per queue, the time before which a waiting row's dispatch counts as lost. A queue
+    hands out its messages oldest first: while its oldest waiting message was sent after a
+    row was dispatched (give or take DISPATCH_GRACE_S for the send), that row's message may
+    still wait behind it, and sending it again would only lengthen a backed-up queue. An
+    empty queue, or one the reading leaves out, keeps DISPATCH_GRACE_S alone; so does every
+    queue when the broker cannot be read."""
+    if oldest_waiting is None:
+        return {}
+    queues = set(
+        session.scalars(
+            select(steps.c.queue)
+            .where(steps.c.status == StepStatus.QUEUED, steps.c.dispatched_at < stale)
+            .distinct()
+        )
+    )
+    try:
+        reading = oldest_waiting(sorted(queues | {MANAGER_QUEUE}))
+    except Exception as exc:  # the broker is down: every stale row is sent again
+        log.warning("reconciler: the broker's queues could not be read (%s)", exc)
+        return {}
+    return {
+        queue: min(stale, datetime.fromtimestamp(sent, UTC) - grace)
+        for queue, sent in reading.items()
+        if sent is not None
+    }
+
+
+def _dispatched_before(cutoffs: dict[str, datetime], stale: datetime) -> ColumnElement[bool]:
+    """A queued step dispatched before its queue's cutoff (stale for any other queue)."""
+    column = steps.c.dispatched_at
+    if not cutoffs:
+        return column < stale
+    return or_(
+        *(and_(steps.c.queue == queue, column < cutoff) for queue, cutoff in cutoffs.items()),
+        and_(steps.c.queue.not_in(list(cutoffs)), column < stale),
+    )
 
 
 def fail_stalled_runs(session: Session, stale: object) -> list[str]:

@@ -8,24 +8,29 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import pytest
+import redis
 from sqlalchemy import create_engine, func, select, text, update
 
 from engine import execution, recovery, runs
 from engine.auth import Caller
 from engine.models import DeadLetter, Run, Step, utcnow
-from engine.work import Work
+from engine.observe import QueueLayout
+from engine.work import MANAGER_QUEUE, Work
 from tests.conftest import spec
 from tests.support import services
 from tests.support.services import process_alive as alive
 from tests.support.services import wait_for
 from tests.support.stack import Stack, private_stack
+from workers import broker
 
 # Short recovery clocks, so a drill takes seconds.
 DRILL_ENV = {"RECONCILE_INTERVAL_S": "1", "DISPATCH_GRACE_S": "2", "LEASE_GRACE_S": "1"}
@@ -579,3 +584,29 @@ def test_a_resume_racing_a_finishing_step_still_sees_its_release(
     resumer.join(30)
     c = step_row(offline, run_id, "c")
     assert (c.status, c.pending_deps) == ("pending", 1)
+
+
+def test_the_reconciler_leaves_alone_work_still_waiting_in_a_backed_up_queue(
+    offline: Stack, unique: str
+) -> None:
+    """Runs submitted while no worker runs wait in the broker past DISPATCH_GRACE_S: still
+    carried, not lost. Once the broker loses them they are sent again; steps whose queue
+    never held their message are sent again all along."""
+    two_steps(offline, unique)
+    celery = offline.app.extensions["engine.celery"]
+    reading = partial(broker.oldest_waiting, offline.settings, celery)
+    waiting = [offline.submit(unique) for _ in range(3)]
+    never_sent = planned_runs(offline, unique, 2)
+    time.sleep(offline.settings.dispatch_grace_s + 0.5)
+
+    def sweep() -> set[str]:
+        with offline.sessions.begin() as session:
+            work = recovery.reconcile(session, offline.settings, reading)
+        return {d.task_id for d in work.dispatches}
+
+    assert reading([MANAGER_QUEUE])[MANAGER_QUEUE] is not None
+    assert sweep() == {f"{run_id}:a:1" for run_id in never_sent}
+    layout = QueueLayout.from_transport_options(celery.conf.broker_transport_options)
+    redis.Redis.from_url(offline.redis_url).delete(*layout.keys(MANAGER_QUEUE))
+    assert reading([MANAGER_QUEUE]) == {MANAGER_QUEUE: None}
+    assert sweep() == {f"{run_id}:plan" for run_id in waiting}

@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from functools import partial
 from typing import Any
 
 from celery.exceptions import Retry, SoftTimeLimitExceeded
@@ -18,7 +19,7 @@ from engine.dlq import describe
 from engine.execution import Claim, Outcome, inline_worker
 from engine.runs import INLINE_QUEUE
 from engine.work import PLAN_TASK, RECONCILE_TASK, STEP_TASK, Dispatch, step_task_id
-from workers import dispatch
+from workers import broker, dispatch
 from workers.celery_app import app
 from workers.runtime import sessions, settings
 
@@ -303,6 +304,8 @@ def plan_run(self, run_id: str) -> None:
 def reconcile() -> int:
     """Send again the work the database says is waiting but no message carries."""
     with sessions().begin() as session:
-        work = recovery.reconcile(session, settings())
+        work = recovery.reconcile(
+            session, settings(), partial(broker.oldest_waiting, settings(), app)
+        )
     dispatch.send(work)
     return len(work.dispatches)
