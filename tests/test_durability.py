@@ -80,7 +80,7 @@ def test_the_real_worker_commits_its_step_bookkeeping_asynchronously(
     backend: str, stack: Stack, unique: str
 ) -> None:
     _postgres_only(backend)
-    stack.register(spec(unique, [{"id": "probe", "action": "commit_settings"}]))
+    stack.register(spec(unique, [{"id": "probe", "action": "worker_facts"}]))
     run_id = stack.submit(unique)
     assert stack.wait_finished(run_id)["status"] == "succeeded"
-    assert stack.step(run_id, "probe")["output"] == {"synchronous_commit": "off"}
+    assert stack.step(run_id, "probe")["output"]["synchronous_commit"] == "off"

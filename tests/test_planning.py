@@ -146,3 +146,14 @@ def test_a_run_counts_its_leaves_at_submit_and_one_queued_without_them_is_counte
         with database.sessions() as session:
             run = session.get(Run, run_id)
             assert run is not None and run.status == "running" and run.leaves_left == 2
+
+
+def test_the_worker_keeps_what_it_loaded_at_start_out_of_the_collectors_sight(
+    stack: Stack, unique: str
+) -> None:
+    """Frozen at start (gc.freeze), the worker's modules and settings are not rescanned by
+    every full collection, which a big plan's allocations set off."""
+    stack.register(spec(unique, [{"id": "probe", "action": "worker_facts"}]))
+    run_id = stack.submit(unique)
+    assert stack.wait_finished(run_id)["status"] == "succeeded"
+    assert stack.step(run_id, "probe")["output"]["frozen_objects"] > 10_000

@@ -3,6 +3,7 @@ log context), never run state."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections.abc import Mapping
@@ -82,6 +83,12 @@ def _worker_starting(sender: Any, **_: Any) -> None:
                 "not reach this worker's /metrics"
             )
     health.start(configured, sender)
+    # What is loaded by now lives as long as the worker. Out of the collector's sight, it
+    # no longer makes every full collection longer (planning a 10k-step run spent a third
+    # of its time there), and the prefork children share its pages instead of copying
+    # them when a collection writes to them.
+    gc.collect()
+    gc.freeze()
 
 
 @worker_ready.connect

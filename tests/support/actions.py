@@ -69,17 +69,20 @@ def stubborn(inputs: Any, context: ActionContext) -> dict[str, Any]:
     return {"attempt": context.attempt, "slept": True}
 
 
-@register("commit_settings")
-def commit_settings(inputs: Any, context: ActionContext) -> dict[str, Any]:
-    """How the worker running this step commits: synchronous_commit on a connection of its
-    own engine (PostgreSQL), None on SQLite."""
+@register("worker_facts")
+def worker_facts(inputs: Any, context: ActionContext) -> dict[str, Any]:
+    """Facts of the worker process running this step: synchronous_commit on a connection of
+    its own engine (PostgreSQL; None on SQLite), and how many objects its start-up left out
+    of the garbage collector's sight."""
+    import gc
+
     from sqlalchemy import text
 
     from workers.runtime import db_engine
 
     engine = db_engine()
-    if engine.dialect.name != "postgresql":
-        return {"synchronous_commit": None}
-    with engine.connect() as connection:
-        value = connection.execute(text("SHOW synchronous_commit")).scalar_one()
-    return {"synchronous_commit": value}
+    commit = None
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as connection:
+            commit = connection.execute(text("SHOW synchronous_commit")).scalar_one()
+    return {"synchronous_commit": commit, "frozen_objects": gc.get_freeze_count()}
