@@ -1,4 +1,4 @@
-"""Planning time of layered DAGs (engine.runs.plan_run plus its commit, in process, with the
+"""Planning time of layered DAGs (engine.planning.plan_run plus its commit, in process, with the
 compiled workflow cached as in a worker that planned the version before, and the process's
 start-up objects frozen as in a worker). Compiling the spec, which a worker pays once per
 version, is timed on its own."""
@@ -11,6 +11,7 @@ from typing import Any
 
 from bench import specs
 from bench.harness import BenchError, Platform, Sizes, median
+from engine import planning
 from engine import runs as run_cases
 from engine import workflows as workflow_specs
 
@@ -39,7 +40,7 @@ def measure(platform: Platform, sizes: Sizes, prefix: str) -> dict[str, Any]:
             # runs its steps.
             started = time.perf_counter()
             with platform.sessions.begin() as session:
-                work = run_cases.plan_run(session, platform.settings, run_id)
+                work = planning.plan_run(session, platform.settings, run_id)
             timings.append(time.perf_counter() - started)
             if not work.dispatches:
                 raise BenchError(f"planning run {run_id} of {name} released no step")

@@ -13,8 +13,7 @@ from sqlalchemy import update
 
 from cli import context as cli_context
 from cli.main import main as cli
-from engine import bulk_replay
-from engine import runs as run_cases
+from engine import bulk_replay, planning
 from engine.config import Settings
 from engine.models import Run, Step
 from tests.conftest import spec
@@ -394,7 +393,7 @@ def test_replaying_a_planning_dead_letter_queues_its_run_again(
     database.register(spec(unique, [{"id": "a", "action": "noop"}]))
     run_id = database.submit(unique)  # no worker here: the run stays queued
     with database.sessions.begin() as session:
-        letter_id = run_cases.bury_plan(session, run_id, "WorkerLostError", "planning died", "", 3)
+        letter_id = planning.bury_plan(session, run_id, "WorkerLostError", "planning died", "", 3)
     assert database.run(run_id)["status"] == "failed"
     client = database.client()
 
@@ -453,7 +452,7 @@ def test_a_bulk_replay_matching_more_than_the_cap_is_refused(database: Stack, un
     database.register(spec(unique, [{"id": "a", "action": "noop"}]))
     with database.sessions.begin() as session:
         for run_id in [database.submit(unique) for _ in range(2)]:
-            run_cases.bury_plan(session, run_id, "WorkerLostError", "planning died", "")
+            planning.bury_plan(session, run_id, "WorkerLostError", "planning died", "")
     app = create_app(database.settings.with_changes(bulk_replay_max=1))
     try:
         response = app.test_client().post(
@@ -569,7 +568,7 @@ def test_a_bulk_replay_of_planning_dead_letters_queues_their_runs_again(
     run_ids = [database.submit(unique) for _ in range(2)]  # no worker: the runs stay queued
     with database.sessions.begin() as session:
         for run_id in run_ids:
-            run_cases.bury_plan(session, run_id, "WorkerLostError", "planning died", "")
+            planning.bury_plan(session, run_id, "WorkerLostError", "planning died", "")
     client = database.client()
     response = client.post(
         "/admin/dlq/replay",

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 
-from engine import runs
+from engine import planning, runs
 from engine.auth import Caller
 from engine.models import Run, Step
 from engine.work import PLAN_TASK, Work, plan_task_id
@@ -50,7 +50,7 @@ def step_count(stack: Stack, run_id: str) -> int:
 
 def plan(database: Stack, run_id: str) -> Work:
     with database.sessions.begin() as session:
-        return runs.plan_run(session, database.settings, run_id)
+        return planning.plan_run(session, database.settings, run_id)
 
 
 def test_planning_a_queued_run_twice_creates_its_steps_once(database: Stack, unique: str) -> None:

@@ -20,7 +20,7 @@ import pytest
 import redis
 from sqlalchemy import create_engine, func, select, text, update
 
-from engine import execution, recovery, runs
+from engine import execution, planning, recovery, runs
 from engine.auth import Caller
 from engine.models import DeadLetter, Run, Step, utcnow
 from engine.observe import QueueLayout
@@ -368,7 +368,7 @@ def planned_runs(stack: Stack, workflow: str, count: int, plan: bool = True) -> 
             session.flush()
             run_ids.append(run.id)
             if plan:
-                runs.plan_run(session, stack.settings, run.id)
+                planning.plan_run(session, stack.settings, run.id)
         session.execute(update(Run).where(Run.id.in_(run_ids)).values(dispatched_at=long_ago))
         session.execute(update(Step).where(Step.run_id.in_(run_ids)).values(dispatched_at=long_ago))
     return run_ids

@@ -14,10 +14,10 @@ from celery.exceptions import Retry, SoftTimeLimitExceeded
 from celery.worker.request import Request
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from engine import execution, logs, recovery, runs
+from engine import execution, logs, planning, recovery
 from engine.dlq import describe
 from engine.execution import Claim, Outcome, inline_worker
-from engine.runs import INLINE_QUEUE
+from engine.planning import INLINE_QUEUE
 from engine.work import PLAN_TASK, RECONCILE_TASK, STEP_TASK, Dispatch, step_task_id
 from workers import broker, dispatch
 from workers.celery_app import app
@@ -258,13 +258,13 @@ def plan_run(self, run_id: str) -> None:
     keeps its own row, attempt and task id), and the chain it releases runs on (Chain)."""
     if _redelivered(self):
         with sessions().begin() as session:
-            if runs.count_plan_redelivery(session, settings(), run_id):
+            if planning.count_plan_redelivery(session, settings(), run_id):
                 raise StepDeadLettered(f"{self.request.id}: past the delivery cap")
     chain = Chain(self)
     claimed: Claim | Outcome | None = None
     try:
         with sessions().begin() as session:
-            work, claimed = runs.plan_and_claim(session, settings(), run_id, chain.worker)
+            work, claimed = planning.plan_and_claim(session, settings(), run_id, chain.worker)
         # Planned by this delivery: every plan has at least one root step.
         planned = bool(work.dispatches) or claimed is not None
     except (OperationalError, InterfaceError):
@@ -274,7 +274,7 @@ def plan_run(self, run_id: str) -> None:
     except Exception as exc:
         error_type, message, trace = describe(exc)
         with sessions().begin() as session:
-            letter = runs.bury_plan(session, run_id, error_type, message, trace)
+            letter = planning.bury_plan(session, run_id, error_type, message, trace)
         log.error(
             "run %s: planning failed (%s: %s); dead letter %s", run_id, error_type, message, letter
         )
@@ -283,7 +283,7 @@ def plan_run(self, run_id: str) -> None:
         # The delivery that planned this run died; the step it ran inline may be orphaned
         # (still queued, or left running), or a step it continued to in a chain.
         with sessions().begin() as session:
-            orphan = runs.first_inline_step(session, settings(), run_id)
+            orphan = planning.first_inline_step(session, settings(), run_id)
         if orphan is not None:
             claimed = claim(
                 run_id, orphan, step_task_id(run_id, orphan, 1), chain.worker, redelivered=True
