@@ -76,14 +76,14 @@ class Settings:
     dispatch_grace_s: float = 30.0
     lease_grace_s: float = 30.0
     bulk_replay_rate: float = 100.0
+    # One bulk replay call acts on at most this many dead letters.
+    bulk_replay_max: int = 10_000
     # PostgreSQL's synchronous_commit for the workers' own transactions (claims, outcomes,
     # planning, reconciling). "off": a commit returns before its WAL reaches disk, and a
     # database crash can undo the last fraction of a second of step bookkeeping, which
     # the platform redoes (the step runs again, as after a worker crash). Submissions,
     # replays and every dead letter commit durably whatever this says (engine.db.durable).
     worker_synchronous_commit: str = "off"
-    # One bulk replay call acts on at most this many dead letters.
-    bulk_replay_max: int = 10_000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -144,10 +144,10 @@ class Settings:
             dispatch_grace_s=number("DISPATCH_GRACE_S", cls.dispatch_grace_s),
             lease_grace_s=number("LEASE_GRACE_S", cls.lease_grace_s),
             bulk_replay_rate=number("BULK_REPLAY_RATE", cls.bulk_replay_rate),
+            bulk_replay_max=int(number("BULK_REPLAY_MAX", cls.bulk_replay_max)),
             worker_synchronous_commit=env.get(
                 "WORKER_SYNCHRONOUS_COMMIT", cls.worker_synchronous_commit
             ).lower(),
-            bulk_replay_max=int(number("BULK_REPLAY_MAX", cls.bulk_replay_max)),
         )
         settings.check()
         return settings
