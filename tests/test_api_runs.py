@@ -3,16 +3,21 @@ problem+json errors, OpenAPI, health and readiness — on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import json
 import re
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import redis
 from sqlalchemy import func, insert, select
 
 from engine.models import Run, utcnow
+from engine.observe import QueueLayout
+from engine.work import MANAGER_QUEUE, PLAN_TASK, plan_task_id
 from tests.conftest import spec
 from tests.support import services
 from tests.support.http import fields, problem
@@ -483,3 +488,21 @@ def test_readiness_is_503_naming_the_database_when_it_is_unreachable(
     body = readiness_with(database, database_url=url)
     assert "database" in body["detail"]
     assert fields(body) == ["database"]
+
+
+def test_a_submission_sends_one_plan_message_named_for_flower(database: Stack, unique: str) -> None:
+    """No worker runs here: the message waits in the manager queue as the broker holds it.
+    Flower shows its task name, id and arguments from these headers; queue lag reads
+    sent_at."""
+    database.register(spec(unique, [{"id": "only", "action": "noop"}]))
+    celery = database.app.extensions["engine.celery"]
+    layout = QueueLayout.from_transport_options(celery.conf.broker_transport_options)
+    client = redis.Redis.from_url(database.redis_url)
+    before = time.time()
+    run_id = database.submit(unique)
+    # One list per priority step; a run of priority 0 lands in one of them, newest first.
+    [newest] = [m for m in (client.lindex(k, 0) for k in layout.keys(MANAGER_QUEUE)) if m]
+    headers = json.loads(newest)["headers"]
+    assert (headers["task"], headers["id"]) == (PLAN_TASK, plan_task_id(run_id))
+    assert (headers["argsrepr"], headers["kwargsrepr"]) == (repr((run_id,)), "{}")
+    assert before <= headers["sent_at"] <= time.time()
