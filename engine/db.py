@@ -11,7 +11,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
-from engine.config import SYNCHRONOUS_COMMIT, Settings
+from engine.config import Settings
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # For this transaction only: the value the session would have without any SET.
@@ -52,15 +52,13 @@ def make_engine(
 
 
 def _set_synchronous_commit(db_engine: Engine, value: str) -> None:
-    """A session-level SET on each new connection (not a startup option, which connection
-    poolers such as PgBouncer refuse); `durable` can still ask the server's own value back
-    for one transaction."""
-    if value not in SYNCHRONOUS_COMMIT:
-        raise ValueError(f"synchronous_commit {value!r} is not one of {SYNCHRONOUS_COMMIT}")
+    """A session-level setting on each new connection (not a startup option, which
+    connection poolers such as PgBouncer refuse); `durable` can still ask the server's own
+    value back for one transaction. The server checks the value (Settings did already)."""
 
     @event.listens_for(db_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.execute(f"SET synchronous_commit TO {value}")
+        dbapi_connection.execute("SELECT set_config('synchronous_commit', %s, false)", (value,))
         dbapi_connection.commit()
 
 
