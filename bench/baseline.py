@@ -10,7 +10,7 @@ from typing import Any
 from celery import chain, chord
 
 from bench import raw_app
-from bench.harness import Platform, Process, pause, resume, wait_until
+from bench.harness import Platform, Process, delay_figures, paced, pause, resume, wait_until
 
 POLL_S = 0.002
 
@@ -25,6 +25,7 @@ class RawSide:
         self.app = raw_app.make_app(self.settings)
         self.counter = raw_app.counter_key(self.settings)
         self.joined = raw_app.joined_key(self.settings)
+        self.delays = raw_app.delays_key(self.settings)
         self.worker: Process | None = None
 
     def start(self, warm: int = 50) -> None:
@@ -43,11 +44,14 @@ class RawSide:
         return int(self.platform.redis.get(key) or 0)
 
     def _reset(self) -> None:
-        self.platform.redis.delete(self.counter, self.joined)
+        self.platform.redis.delete(self.counter, self.joined, self.delays)
 
     def _send(self, tasks: int) -> None:
         for _ in range(tasks):
-            self.app.send_task(raw_app.NOOP)
+            # ignore_result as the task itself has it: without it, send_task would subscribe
+            # to the task's result channel around every send, two round trips the
+            # platform's sender (which has no result backend) does not make.
+            self.app.send_task(raw_app.NOOP, ignore_result=True)
 
     def _wait_count(self, tasks: int, what: str, key: str | None = None) -> None:
         wait_until(
@@ -77,6 +81,28 @@ class RawSide:
         self._wait_count(tasks, f"{tasks} queued raw tasks")
         elapsed = time.perf_counter() - started
         return {"tasks": tasks, "elapsed_s": elapsed, "per_s": (tasks - 1) / elapsed}
+
+    def latency(self, rate: float, seconds: float) -> dict[str, Any]:
+        """Tasks sent at a steady rate; per task, its start minus the moment before its send
+        (what the platform's figure is: first step started_at minus the run's created_at)."""
+        self.platform.redis.delete(self.delays)
+        count = max(1, round(rate * seconds))
+        pace = paced(
+            count,
+            rate,
+            lambda: self.app.send_task(raw_app.STAMP, args=(time.time(),), ignore_result=True),
+        )
+        self._wait_length(count)
+        delays = [float(value) * 1000 for value in self.platform.redis.lrange(self.delays, 0, -1)]
+        return {"tasks": count, **pace, **delay_figures(delays)}
+
+    def _wait_length(self, tasks: int) -> None:
+        wait_until(
+            lambda: self.platform.redis.llen(self.delays) >= tasks,
+            max(60, tasks / 20),
+            f"{tasks} raw latency tasks",
+            POLL_S,
+        )
 
     def chain(self, length: int) -> float:
         """A chain of immutable no-op signatures (each task sends the next; no backend)."""

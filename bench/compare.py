@@ -107,11 +107,11 @@ def measure(
                     fans["platform"],
                     lambda: dag.one_run(platform, "bench_fanout", max(60, sizes.fanout_width / 5)),
                 )
-        say(f"{platform.backend}: submit -> first step latency")
-        try:
-            results["latency"] = throughput.latency(platform, sizes, "bench_latency")
-        except Exception as exc:
-            results["latency"] = {"error": f"{type(exc).__name__}: {exc}"}
+        say(f"{platform.backend}: submit -> first step latency, raw Celery and platform")
+        results["latency"] = _latency(
+            lambda: raw.latency(sizes.latency_rate, sizes.latency_s),
+            lambda: throughput.latency(platform, sizes, "bench_latency"),
+        )
     finally:
         if server is not None:
             platform.stop(server)
@@ -121,6 +121,16 @@ def measure(
     results["throughput"] = _throughput(rounds, sizes)
     results["chain"] = _chain(chains, sizes)
     results["fanout"] = _fan_out(fans, sizes)
+
+
+def _latency(raw: Callable[[], Any], platform: Callable[[], Any]) -> dict[str, Any]:
+    """The platform's figures, with raw Celery's send -> start at the same rate beside them:
+    the part of the delay that is the machine's and Celery's, not the platform's."""
+    entries: list[Any] = []
+    _attempt(entries, raw)
+    _attempt(entries, platform)
+    raw_figures, figures = entries
+    return {**figures, "raw": raw_figures}
 
 
 def _throughput(rounds: dict[str, list[Any]], sizes: Sizes) -> dict[str, Any]:

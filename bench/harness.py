@@ -140,6 +140,31 @@ def wait_until(check: Callable[[], T], timeout: float, what: str, interval: floa
     raise BenchError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
 
 
+def paced(count: int, rate: float, send: Callable[[], object]) -> dict[str, float]:
+    """Call `send` `count` times at a steady `rate` per second (the latency scenario), and
+    say what rate was achieved and how many calls fell more than one interval behind."""
+    interval = 1 / rate
+    started = time.perf_counter()
+    late = 0
+    for index in range(count):
+        pause_s = started + index * interval - time.perf_counter()
+        if pause_s > 0:
+            time.sleep(pause_s)
+        elif pause_s < -interval:
+            late += 1
+        send()
+    return {"achieved_rate_per_s": count / (time.perf_counter() - started), "late": late}
+
+
+def delay_figures(delays_ms: list[float]) -> dict[str, float | None]:
+    return {
+        "p50_ms": percentile(delays_ms, 0.50),
+        "p95_ms": percentile(delays_ms, 0.95),
+        "p99_ms": percentile(delays_ms, 0.99),
+        "max_ms": max(delays_ms) if delays_ms else None,
+    }
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -10,6 +10,7 @@ so this app has one, a Redis backend under the same prefix; the plain no-op task
 
 from __future__ import annotations
 
+import time
 from functools import lru_cache
 from typing import Any
 
@@ -22,6 +23,7 @@ from engine.config import Settings
 NOOP = "bench.noop"
 NOOP_KEPT = "bench.noop_kept"
 JOIN = "bench.join"
+STAMP = "bench.stamp"
 
 
 def counter_key(settings: Settings) -> str:
@@ -30,6 +32,10 @@ def counter_key(settings: Settings) -> str:
 
 def joined_key(settings: Settings) -> str:
     return f"{settings.redis_key_prefix}raw-joined"
+
+
+def delays_key(settings: Settings) -> str:
+    return f"{settings.redis_key_prefix}raw-delays"
 
 
 def make_app(settings: Settings) -> Celery:
@@ -57,6 +63,11 @@ def make_app(settings: Settings) -> Celery:
     def noop_kept() -> None:
         """A chord member: its result is stored, which the chord's counting needs."""
         client().incr(counter_key(settings))
+
+    @raw.task(name=STAMP, shared=False)
+    def stamp(sent_at: float) -> None:
+        """Records how long after its sending this task started (the latency scenario)."""
+        client().rpush(delays_key(settings), time.time() - sent_at)
 
     @raw.task(name=JOIN, shared=False)
     def join() -> None:

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from bench import specs
-from bench.harness import Platform, Process, Sizes, pause, percentile, resume
+from bench.harness import Platform, Process, Sizes, delay_figures, paced, pause, resume
 from bench.load import Load
 
 WARM_RUNS = 20
@@ -91,27 +91,12 @@ def latency(platform: Platform, sizes: Sizes, name: str) -> dict[str, Any]:
     """Runs submitted at a steady rate; per run, first step started_at minus created_at."""
     platform.register(specs.one_step(name))
     count = max(1, round(sizes.latency_rate * sizes.latency_s))
-    interval = 1 / sizes.latency_rate
-    started = time.perf_counter()
-    late = 0
-    for index in range(count):
-        due = started + index * interval
-        pause_s = due - time.perf_counter()
-        if pause_s > 0:
-            time.sleep(pause_s)
-        elif pause_s < -interval:
-            late += 1
-        platform.submit(name)
-    achieved = count / (time.perf_counter() - started)
+    pace = paced(count, sizes.latency_rate, lambda: platform.submit(name))
     platform.wait_runs(name, count, _timeout(count))
-    delays = platform.first_step_delays_ms(name)
     return {
         "rate_per_s": sizes.latency_rate,
-        "achieved_rate_per_s": achieved,
-        "late_submissions": late,
+        "achieved_rate_per_s": pace["achieved_rate_per_s"],
+        "late_submissions": pace["late"],
         "runs": count,
-        "p50_ms": percentile(delays, 0.50),
-        "p95_ms": percentile(delays, 0.95),
-        "p99_ms": percentile(delays, 0.99),
-        "max_ms": max(delays) if delays else None,
+        **delay_figures(platform.first_step_delays_ms(name)),
     }
