@@ -10,8 +10,8 @@ from sqlalchemy import bindparam, insert, update
 from sqlalchemy.orm import Session
 
 from engine import dlq, metrics, workflows
+from engine.attempts import Claim, lease_for
 from engine.config import Settings
-from engine.execution import Claim, lease_for
 from engine.models import Run, Step, utcnow
 from engine.state import RunStatus, StepStatus
 from engine.work import MANAGER_QUEUE, PLAN_TASK, Work, plan_task_id, step_dispatch, step_task_id

@@ -15,8 +15,9 @@ from sqlalchemy import ColumnElement, and_, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from engine import metrics, workflows
+from engine.attempts import Outcome, parse_task_id
 from engine.config import Settings
-from engine.execution import Outcome, fail_attempt, parse_task_id, record_lost_attempt
+from engine.failures import fail_attempt, record_lost_attempt
 from engine.models import Run, Step, utcnow
 from engine.state import STEP_LIVE, RunStatus, StepStatus
 from engine.work import MANAGER_QUEUE, Work, plan_dispatch, step_dispatch

@@ -16,10 +16,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from engine import audit, metrics, workflows
+from engine.attempts import INLINE_MARK
 from engine.auth import Caller
 from engine.config import Settings
 from engine.errors import Conflict, InvalidInput, InvalidTransition, NotFound
-from engine.execution import INLINE_MARK
 from engine.models import DeadLetter, Run, Step, new_id, utcnow
 from engine.state import RUN_LIVE, STEP_LIVE, RunStatus, StepStatus
 from engine.work import (

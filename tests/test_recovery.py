@@ -20,7 +20,7 @@ import pytest
 import redis
 from sqlalchemy import create_engine, func, select, text, update
 
-from engine import execution, planning, recovery, runs
+from engine import attempts, execution, planning, recovery, runs
 from engine.auth import Caller
 from engine.models import DeadLetter, Run, Step, utcnow
 from engine.observe import QueueLayout
@@ -480,12 +480,12 @@ def test_a_message_only_takes_the_attempt_it_carries(offline: Stack, unique: str
     assert step_row(offline, run_id, "a").status == "running"
     # The broker redelivers that very message: its worker died, the attempt is lost.
     lost = claim(1, redelivered=True)
-    assert isinstance(lost, execution.Outcome) and lost.status == "retrying"
+    assert isinstance(lost, attempts.Outcome) and lost.status == "retrying"
     assert [d.task_id for d in lost.work.dispatches] == [f"{run_id}:a:2"]
     # A stale copy of attempt 1 cannot take the retry; the retry's own message does.
     assert claim(1) is None and claim(1, redelivered=True) is None
     taken = claim(2)
-    assert isinstance(taken, execution.Claim) and taken.attempt == 2
+    assert isinstance(taken, attempts.Claim) and taken.attempt == 2
     assert step_row(offline, run_id, "a").task_id == f"{run_id}:a:2"
 
 
@@ -556,7 +556,7 @@ def test_a_resume_racing_a_finishing_step_still_sees_its_release(
         claim = execution.claim_step(
             session, offline.settings, run_id, "x", task_id=f"{run_id}:x:1", worker="w"
         )
-        assert isinstance(claim, execution.Claim)
+        assert isinstance(claim, attempts.Claim)
         session.execute(
             update(Step).where(Step.run_id == run_id, Step.step_id == "d").values(status="dead")
         )
@@ -567,7 +567,7 @@ def test_a_resume_racing_a_finishing_step_still_sees_its_release(
 
     finishing = offline.sessions()
     finishing.begin()
-    execution.finish_attempt(finishing, offline.settings, claim, execution.Result(output=1))
+    execution.finish_attempt(finishing, offline.settings, claim, attempts.Result(output=1))
 
     def resume() -> None:
         with offline.sessions.begin() as session:

@@ -14,9 +14,9 @@ from celery.exceptions import Retry, SoftTimeLimitExceeded
 from celery.worker.request import Request
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from engine import execution, logs, planning, recovery
+from engine import execution, failures, logs, planning, recovery
+from engine.attempts import Claim, Outcome, inline_worker
 from engine.dlq import describe
-from engine.execution import Claim, Outcome, inline_worker
 from engine.planning import INLINE_QUEUE
 from engine.work import PLAN_TASK, RECONCILE_TASK, STEP_TASK, Dispatch, step_task_id
 from workers import broker, dispatch
@@ -232,7 +232,7 @@ def _recover_carried(run_id: str, task_id: str) -> Outcome | None:
     """This redelivered message found its own work done: record as lost the step its
     previous delivery was running inline when it died."""
     with sessions().begin() as session:
-        return execution.record_lost_inline(session, settings(), run_id, task_id)
+        return failures.record_lost_inline(session, settings(), run_id, task_id)
 
 
 @app.task(name=STEP_TASK, bind=True, Request=StepRequest)

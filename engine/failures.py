@@ -1,0 +1,239 @@
+"""Failed and lost step attempts: retry as the step's policy says, or bury the step in the
+dead-letter queue and fail its run. Each is a compare-and-set on the attempt, in the
+caller's transaction."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from functools import cache
+from typing import Any
+
+from sqlalchemy import Update, bindparam, select, update
+from sqlalchemy.orm import Session
+
+from engine import dlq, metrics
+from engine.attempts import B_NOW, B_RUN_ID, INLINE_MARK, MINE, Outcome
+from engine.config import Settings
+from engine.models import Run, Step, utcnow
+from engine.planner import descendants
+from engine.state import RunStatus, StepStatus
+from engine.work import STEP_TASK, Work, step_dispatch
+from engine.workflows import CompiledWorkflow, compiled
+
+log = logging.getLogger(__name__)
+steps = Step.__table__
+runs = Run.__table__
+
+_SELECT_RUN_FOR_FAILURE = select(runs.c.workflow, runs.c.version, runs.c.priority).where(
+    runs.c.id == B_RUN_ID
+)
+
+
+@cache
+def _fail_update(retrying: bool, with_inputs: bool) -> Update:
+    """The UPDATE recording a failed attempt: retrying (next attempt due at `b_next`) or dead."""
+    values: dict[str, Any] = {
+        "error": bindparam("b_error", type_=steps.c.error.type),
+        "error_type": bindparam("b_error_type", type_=steps.c.error_type.type),
+        "lease_expires_at": None,
+    }
+    if with_inputs:
+        values["inputs"] = bindparam("b_inputs", type_=steps.c.inputs.type)
+    if retrying:
+        values.update(
+            status=StepStatus.RETRYING,
+            next_attempt_at=bindparam("b_next", type_=steps.c.next_attempt_at.type),
+            dispatched_at=B_NOW,
+        )
+    else:
+        values.update(status=StepStatus.DEAD, finished_at=B_NOW)
+    return update(steps).where(MINE).values(**values)
+
+
+def fail_attempt(
+    session: Session,
+    settings: Settings,
+    run_id: str,
+    step_id: str,
+    *,
+    task_id: str,
+    attempt: int,
+    error_type: str,
+    message: str,
+    trace: str = "",
+    retryable: bool = True,
+    inputs: Any = None,
+) -> Outcome:
+    """Record a failed attempt: schedule the next one, or bury the step in the DLQ."""
+    run = session.execute(_SELECT_RUN_FOR_FAILURE, {"b_run_id": run_id}).first()
+    if run is None:
+        return Outcome("lost")
+    workflow = compiled(session, settings, run.workflow, run.version)
+    spec = workflow.steps[step_id]
+    now = utcnow()
+    recorded = {
+        "b_run_id": run_id,
+        "b_step_id": step_id,
+        "b_task_id": task_id,
+        "b_attempt": attempt,
+        "b_error": message[:10_000],
+        "b_error_type": error_type,
+        "b_inputs": inputs,
+        "b_now": now,
+    }
+    if retryable and attempt < spec.retry.max_attempts:
+        delay = spec.retry.delay(attempt)
+        if not session.execute(
+            _fail_update(True, inputs is not None),
+            {**recorded, "b_next": now + timedelta(seconds=delay)},
+        ).rowcount:
+            return Outcome("lost")
+        metrics.steps_total.labels(action=spec.action, status="retrying").inc()
+        metrics.task_retries_total.inc()
+        log.info(
+            "run %s step %s: attempt %s/%s failed (%s), retry in %.2f s",
+            run_id,
+            step_id,
+            attempt,
+            spec.retry.max_attempts,
+            error_type,
+            delay,
+        )
+        return Outcome(
+            "retrying",
+            Work(
+                [
+                    step_dispatch(
+                        run_id,
+                        step_id,
+                        attempt + 1,
+                        spec.queue,
+                        spec.timeout_s,
+                        settings,
+                        countdown=delay,
+                        priority=run.priority,
+                    )
+                ]
+            ),
+            retry_in_s=delay,
+            error=message,
+        )
+    if not session.execute(_fail_update(False, inputs is not None), recorded).rowcount:
+        return Outcome("lost")
+    letter_id = dlq.record(
+        session,
+        task_name=STEP_TASK,
+        task_id=task_id,
+        queue=spec.queue,
+        args=[run_id, step_id],
+        run_id=run_id,
+        step_id=step_id,
+        workflow=workflow.name,
+        exception_type=error_type,
+        message=message,
+        trace=trace,
+        attempts=attempt,
+        failed_at=now,
+    )
+    metrics.steps_total.labels(action=spec.action, status="dead").inc()
+    work = fail_run(
+        session,
+        workflow,
+        run_id,
+        step_id,
+        f"step {step_id!r} failed after {attempt} attempt(s): {error_type}: {message}"[:2000],
+    )
+    log.error(
+        "run %s step %s: dead after %s attempt(s): %s: %s (dead letter %s)",
+        run_id,
+        step_id,
+        attempt,
+        error_type,
+        message,
+        letter_id,
+    )
+    return Outcome("dead", work, dead_letter_id=letter_id, error=message)
+
+
+def record_lost_attempt(
+    session: Session,
+    settings: Settings,
+    run_id: str,
+    step_id: str,
+    *,
+    task_id: str,
+    attempt: int,
+) -> Outcome:
+    """Record an attempt whose worker died before it recorded an outcome (killed, out of
+    memory, host gone) as a WorkerLostError failure: retried like any failure until
+    MAX_DELIVERIES attempts, then dead-lettered, so a step that kills its worker every time
+    cannot kill workers forever. A compare-and-set on the attempt: recorded once."""
+    capped = attempt >= settings.max_deliveries
+    message = f"the worker running attempt {attempt} died before recording an outcome"
+    if capped:
+        message += f"; the delivery cap MAX_DELIVERIES={settings.max_deliveries} is reached"
+    log.warning("run %s step %s: %s", run_id, step_id, message)
+    return fail_attempt(
+        session,
+        settings,
+        run_id,
+        step_id,
+        task_id=task_id,
+        attempt=attempt,
+        error_type="WorkerLostError",
+        message=message,
+        retryable=not capped,
+    )
+
+
+def fail_run(
+    session: Session, workflow: CompiledWorkflow, run_id: str, step_id: str, error: str
+) -> Work:
+    """Skip what depends on a dead step and fail the run, in the caller's transaction."""
+    downstream = descendants(workflow.children, step_id)
+    if downstream:
+        session.execute(
+            update(steps)
+            .where(
+                steps.c.run_id == run_id,
+                steps.c.step_id.in_(downstream),
+                steps.c.status == StepStatus.PENDING,
+            )
+            .values(status=StepStatus.SKIPPED)
+        )
+    failed = session.execute(
+        update(runs)
+        .where(runs.c.id == run_id, runs.c.status == RunStatus.RUNNING)
+        .values(status=RunStatus.FAILED, error=error, finished_at=utcnow())
+    ).rowcount
+    if failed:
+        metrics.runs_total.labels(workflow=workflow.name, status="failed").inc()
+    return Work()
+
+
+# A run has few steps running at once (one per worker process at most): they are filtered here.
+_SELECT_RUNNING = select(steps.c.step_id, steps.c.task_id, steps.c.attempts, steps.c.worker).where(
+    steps.c.run_id == B_RUN_ID, steps.c.status == StepStatus.RUNNING
+)
+
+
+def record_lost_inline(
+    session: Session, settings: Settings, run_id: str, carrier_task_id: str
+) -> Outcome | None:
+    """A redelivered message found its own work done: the step it was running inline when
+    its previous delivery died is still `running` under its name. Record that attempt lost
+    (retried, or dead-lettered at the delivery cap); None when there is none."""
+    outcome: Outcome | None = None
+    suffix = INLINE_MARK + carrier_task_id
+    for row in session.execute(_SELECT_RUNNING, {"b_run_id": run_id}).all():
+        if not (row.worker or "").endswith(suffix):
+            continue
+        recorded = record_lost_attempt(
+            session, settings, run_id, row.step_id, task_id=row.task_id, attempt=row.attempts
+        )
+        if outcome is None or outcome.status == "lost":
+            outcome = recorded
+        else:
+            outcome.work.extend(recorded.work)
+    return outcome
