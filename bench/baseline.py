@@ -5,6 +5,7 @@ a chord of no-ops. Completion is seen through the tasks' Redis counter."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from celery import chain, chord
@@ -54,9 +55,11 @@ class RawSide:
             self.app.send_task(raw_app.NOOP, ignore_result=True)
 
     def _wait_count(self, tasks: int, what: str, key: str | None = None) -> None:
-        wait_until(
-            lambda: self._count(key or self.counter) >= tasks, max(60, tasks / 20), what, POLL_S
-        )
+        self._wait(lambda: self._count(key or self.counter), tasks, what)
+
+    def _wait(self, done: Callable[[], int], tasks: int, what: str) -> None:
+        """Until `done()` (how many tasks have finished) reaches `tasks`."""
+        wait_until(lambda: done() >= tasks, max(60, tasks / 20), what, POLL_S)
 
     def end_to_end(self, tasks: int) -> dict[str, Any]:
         """Send `tasks` no-ops in a loop; time from the first send to the last completion."""
@@ -85,24 +88,18 @@ class RawSide:
     def latency(self, rate: float, seconds: float) -> dict[str, Any]:
         """Tasks sent at a steady rate; per task, its start minus the moment before its send
         (what the platform's figure is: first step started_at minus the run's created_at)."""
-        self.platform.redis.delete(self.delays)
+        self._reset()
         count = max(1, round(rate * seconds))
         pace = paced(
             count,
             rate,
             lambda: self.app.send_task(raw_app.STAMP, args=(time.time(),), ignore_result=True),
         )
-        self._wait_length(count)
+        self._wait(
+            lambda: self.platform.redis.llen(self.delays), count, f"{count} raw latency tasks"
+        )
         delays = [float(value) * 1000 for value in self.platform.redis.lrange(self.delays, 0, -1)]
         return {"tasks": count, **pace, **delay_figures(delays)}
-
-    def _wait_length(self, tasks: int) -> None:
-        wait_until(
-            lambda: self.platform.redis.llen(self.delays) >= tasks,
-            max(60, tasks / 20),
-            f"{tasks} raw latency tasks",
-            POLL_S,
-        )
 
     def chain(self, length: int) -> float:
         """A chain of immutable no-op signatures (each task sends the next; no backend)."""
