@@ -13,6 +13,7 @@ from cli.context import emit, operator, session, settings
 from engine import tokens
 from engine.auth import ALGORITHM, verification_keys
 from engine.db import make_engine, make_session_factory
+from engine.revocations import RevocationList
 
 SECRET_BYTES = 32
 
@@ -111,7 +112,7 @@ def revoke(jti: str, reason: str | None) -> None:
         revocation = tokens.revoke(current, operator(), jti, reason)
     db_engine = make_engine(settings())
     try:
-        revocations = tokens.RevocationList.for_settings(
+        revocations = RevocationList.for_settings(
             settings(), make_session_factory(db_engine, read_only=True)
         )
         revocations.publish(revocation)

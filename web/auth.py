@@ -16,7 +16,7 @@ from engine.auth import ALGORITHM, Caller, verification_keys
 from engine.cache import LRUCache
 from engine.config import Settings
 from engine.errors import PermissionDenied
-from engine.tokens import RevocationList
+from engine.revocations import RevocationList
 from web.errors import problem
 
 F = TypeVar("F", bound=Callable[..., Any])
