@@ -11,7 +11,7 @@ from cli.context import emit, operator, session, settings
 from cli.db_ops import COMMANDS as DB_COMMANDS
 from cli.dlq import dlq
 from cli.token_ops import COMMANDS as TOKEN_COMMANDS
-from engine import actions, auth, migrations, runs, workflows
+from engine import actions, auth, migrations, resume, runs, workflows
 from engine.config import Settings
 from engine.errors import EngineError
 
@@ -132,7 +132,7 @@ def runs_cancel(run_id: str) -> None:
 def runs_retry(run_id: str) -> None:
     """Resume a failed run from its failed steps."""
     with session() as current:
-        _, work = runs.retry_run(current, _with_actions(), run_id, operator())
+        _, work = resume.retry_run(current, _with_actions(), run_id, operator())
     _send(work)
     click.echo(f"retrying {run_id}")
 

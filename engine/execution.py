@@ -97,7 +97,7 @@ _SUCCEEDED = {
     "lease_expires_at": None,
 }
 # A step with children first takes a shared lock on its run row (PostgreSQL; SQLite runs one
-# writer at a time anyway): a resume of the run (runs.resume, bulk replay) updates that row
+# writer at a time anyway): a resume of the run (resume.resume, bulk replay) updates that row
 # before it reads which steps succeeded, so the two are ordered and a child that the resume
 # turns from skipped back to pending cannot miss this step's release. Shared, so the
 # branches of a fan-out do not wait for each other; leaves update the run row instead.

@@ -1,6 +1,6 @@
 """The dead-letter queue, operator side: replay one letter into its run, or discard it.
 
-A replay re-enters the dead letter's run at its step (engine.runs.resume). Who may act is
+A replay re-enters the dead letter's run at its step (engine.resume.resume). Who may act is
 checked by the caller (scopes); every change here is audited in the same transaction. Listing
 is engine.dlq_query; replaying many letters by filter is engine.bulk_replay.
 """
@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from engine import actions, audit, metrics, runs
+from engine import actions, audit, metrics, resume
 from engine.auth import Caller
 from engine.config import Settings
 from engine.dlq_query import DISCARDED, OPEN, REPLAYED, get_letter, letters
@@ -101,10 +101,10 @@ def replay(
     if run is None:
         raise InvalidTransition(f"run {letter.run_id} of dead letter {letter_id} is gone")
     if letter.step_id is None:
-        work = runs.requeue_plan(session, settings, run)
+        work = resume.requeue_plan(session, settings, run)
     else:
         override = {letter.step_id: inputs} if inputs is not None else None
-        work = runs.resume(session, settings, run, [letter.step_id], inputs_override=override)
+        work = resume.resume(session, settings, run, [letter.step_id], inputs_override=override)
     detail: dict[str, Any] = {"run_id": run.id, "step_id": letter.step_id}
     if inputs is not None:
         detail["inputs"] = inputs

@@ -1,7 +1,7 @@
 """One batch of a bulk replay in one transaction, with set-based statements.
 
 A handful of statements per batch instead of about eight per letter: resolve the open letters
-(a conditional UPDATE whose returned ids won), resume their steps as engine.runs.resume does
+(a conditional UPDATE whose returned ids won), resume their steps as engine.resume.resume does
 for one, audit each letter. Anything the batch cannot take as a whole raises Mismatch, and the
 caller (engine.bulk_replay) replays that batch one letter per transaction instead.
 """
@@ -19,7 +19,7 @@ from engine.auth import Caller
 from engine.config import Settings
 from engine.dlq_query import OPEN, REPLAYED, letters
 from engine.models import Run, Step, utcnow
-from engine.runs import RESUMABLE_STEP, requeued
+from engine.resume import RESUMABLE_STEP, requeued
 from engine.state import RunStatus, StepStatus
 from engine.work import Dispatch, Work, step_dispatch
 from engine.workflows import CompiledWorkflow
@@ -119,13 +119,13 @@ def replay_letters(
 def _resume_steps(
     session: Session, settings: Settings, targets: list[tuple[str, str]], now: datetime
 ) -> tuple[dict[tuple[str, str], Dispatch], dict[str, list[Dispatch]]]:
-    """engine.runs.resume for many (run, step) pairs in a few statements: runs running again,
+    """engine.resume.resume for many (run, step) pairs in a few statements: runs running again,
     the dead steps queued, skipped steps pending on their unmet parents, children whose
     parents all succeeded released. Raises Mismatch if any pair cannot be resumed (the
     caller's transaction is then rolled back). Returns each pair's dispatch and, per run, the
     released children's dispatches."""
     run_ids = sorted({run_id for run_id, _ in targets})
-    # Runs first, as runs.resume does: a step finishing concurrently updates its run too.
+    # Runs first, as resume.resume does: a step finishing concurrently updates its run too.
     resumed = session.execute(
         update(runs)
         .where(runs.c.id.in_(run_ids), runs.c.status.in_(RESUMABLE_RUN))

@@ -1,5 +1,5 @@
-"""Run use cases: submit, read, list, cancel, retry (planning is engine/planning.py). Callers
-commit, then dispatch."""
+"""Run use cases: submit, read, list, cancel. Planning is engine.planning; resuming or
+retrying a failed run is engine.resume. Callers commit, then dispatch."""
 
 from __future__ import annotations
 
@@ -20,13 +20,12 @@ from engine.attempts import INLINE_MARK
 from engine.auth import Caller
 from engine.config import Settings
 from engine.errors import Conflict, InvalidInput, InvalidTransition, NotFound
-from engine.models import DeadLetter, Run, Step, new_id, utcnow
+from engine.models import Run, Step, new_id, utcnow
 from engine.state import RUN_LIVE, STEP_LIVE, RunStatus, StepStatus
 from engine.work import (
     Work,
     plan_dispatch,
     plan_task_id,
-    step_dispatch,
 )
 from engine.workflows import CompiledWorkflow
 
@@ -50,7 +49,7 @@ class SubmitRun:
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def _first_step_timeout(workflow: CompiledWorkflow) -> float:
+def first_step_timeout(workflow: CompiledWorkflow) -> float:
     return max((s.timeout_s for s in workflow.steps.values() if not s.needs), default=0.0)
 
 
@@ -102,7 +101,7 @@ def submit(
         except IntegrityError:
             # Another request with the same key won the race; answer as a repeat would.
             return submit(session, settings, request, caller)
-    work = Work([plan_dispatch(run.id, _first_step_timeout(workflow), settings, run.priority)])
+    work = Work([plan_dispatch(run.id, first_step_timeout(workflow), settings, run.priority)])
     return run, work, True
 
 
@@ -222,189 +221,3 @@ def cancel(session: Session, run_id: str, caller: Caller) -> tuple[Run, Work]:
     ]
     revoke = [row.task_id for row in stopped if row.task_id] + carriers + [plan_task_id(run_id)]
     return run, Work(revoke=list(dict.fromkeys(revoke)))
-
-
-# A step in one of these states can be queued again for its next attempt.
-RESUMABLE_STEP = (StepStatus.DEAD, StepStatus.FAILED)
-
-
-def requeued(now: datetime) -> dict[str, Any]:
-    """The column values of a step queued again for its next attempt (resume, bulk replay)."""
-    return {
-        "status": StepStatus.QUEUED,
-        "dispatched_at": now,
-        "finished_at": None,
-        "error": None,
-        "error_type": None,
-        "lease_expires_at": None,
-        "next_attempt_at": None,
-    }
-
-
-def resume(
-    session: Session,
-    settings: Settings,
-    run: Run,
-    step_ids: list[str],
-    inputs_override: dict[str, Any] | None = None,
-) -> Work:
-    """Re-enter a failed run at the given dead steps (their next attempt): succeeded steps
-    stay done, skipped steps wait for their parents again, the run is running again.
-
-    Every move is a conditional UPDATE, so two callers resuming one step cannot both win:
-    the loser gets InvalidTransition and its transaction must be rolled back."""
-    if run.status not in (RunStatus.FAILED, RunStatus.RUNNING):
-        raise InvalidTransition(f"run {run.id} is {run.status}; only a failed run resumes")
-    workflow = workflows.compiled(session, settings, run.workflow, run.version)
-    now = utcnow()
-    # The run row first: a step finishing concurrently updates it too, so that step either
-    # committed before this statement (and is seen as succeeded below) or waits for us.
-    if not session.execute(
-        update(runs)
-        .where(runs.c.id == run.id, runs.c.status.in_((RunStatus.FAILED, RunStatus.RUNNING)))
-        .values(status=RunStatus.RUNNING, error=None, finished_at=None)
-    ).rowcount:
-        raise InvalidTransition(f"run {run.id} changed while it was being resumed; try again")
-    work = Work()
-    for step_id in step_ids:
-        values = requeued(now)
-        if inputs_override is not None and step_id in inputs_override:
-            values["inputs_override"] = inputs_override[step_id]
-        row = session.execute(
-            update(steps)
-            .where(
-                steps.c.run_id == run.id,
-                steps.c.step_id == step_id,
-                steps.c.status.in_(RESUMABLE_STEP),
-            )
-            .values(**values)
-            .returning(steps.c.attempts)
-        ).first()
-        spec = workflow.steps.get(step_id)
-        if row is None or spec is None:
-            raise InvalidTransition(f"step {step_id!r} of run {run.id} is not dead")
-        work.dispatches.append(
-            step_dispatch(
-                run.id,
-                step_id,
-                row.attempts + 1,
-                spec.queue,
-                spec.timeout_s,
-                settings,
-                priority=run.priority,
-            )
-        )
-    current = session.execute(
-        select(steps.c.step_id, steps.c.status, steps.c.depends_on).where(steps.c.run_id == run.id)
-    ).all()
-    succeeded = {row.step_id for row in current if row.status == StepStatus.SUCCEEDED}
-    waiting: dict[int, list[str]] = {}
-    for row in current:
-        if row.status == StepStatus.SKIPPED:
-            unmet = sum(1 for need in row.depends_on if need not in succeeded)
-            waiting.setdefault(unmet, []).append(row.step_id)
-    for unmet, skipped in waiting.items():
-        session.execute(
-            update(steps)
-            .where(
-                steps.c.run_id == run.id,
-                steps.c.step_id.in_(skipped),
-                steps.c.status == StepStatus.SKIPPED,
-            )
-            .values(status=StepStatus.PENDING, pending_deps=unmet)
-        )
-    # Children whose parents all succeeded while the run was failed were never released.
-    released = session.execute(
-        update(steps)
-        .where(
-            steps.c.run_id == run.id,
-            steps.c.status == StepStatus.PENDING,
-            steps.c.pending_deps == 0,
-        )
-        .values(status=StepStatus.QUEUED, dispatched_at=now)
-        .returning(steps.c.step_id, steps.c.attempts)
-    ).all()
-    for row in released:
-        spec = workflow.steps[row.step_id]
-        work.dispatches.append(
-            step_dispatch(
-                run.id,
-                row.step_id,
-                row.attempts + 1,
-                spec.queue,
-                spec.timeout_s,
-                settings,
-                priority=run.priority,
-            )
-        )
-    session.refresh(run)
-    return work
-
-
-def requeue_plan(session: Session, settings: Settings, run: Run) -> Work:
-    """Send a run whose planning failed back to the manager: queued again, with its count
-    of lost plan deliveries reset."""
-    if not session.execute(
-        update(runs)
-        .where(
-            runs.c.id == run.id,
-            runs.c.status == RunStatus.FAILED,
-            runs.c.started_at.is_(None),
-        )
-        .values(
-            status=RunStatus.QUEUED,
-            error=None,
-            finished_at=None,
-            plan_deliveries=0,
-            dispatched_at=utcnow(),
-        )
-    ).rowcount:
-        raise InvalidTransition(f"run {run.id} is not a failed run waiting to be planned")
-    session.refresh(run)
-    workflow = workflows.compiled(session, settings, run.workflow, run.version)
-    return Work([plan_dispatch(run.id, _first_step_timeout(workflow), settings, run.priority)])
-
-
-def retry_run(
-    session: Session, settings: Settings, run_id: str, caller: Caller
-) -> tuple[Run, Work]:
-    """Resume a failed run from its failed steps (or re-plan it if planning failed); its
-    open dead letters are resolved as replayed. Audited when the caller is not the owner
-    or dead letters were resolved."""
-    run = get_run(session, run_id, caller)
-    if run.status != RunStatus.FAILED:
-        raise InvalidTransition(f"run {run_id} is {run.status}; only a failed run is retried")
-    failed = [
-        step.step_id
-        for step in run_steps(session, run_id)
-        if step.status in (StepStatus.DEAD, StepStatus.FAILED)
-    ]
-    resolved = {
-        "status": "replayed",
-        "resolved_by": caller.sub,
-        "resolved_at": utcnow(),
-        "resolution": {"via": "run retry"},
-    }
-    letters = list(
-        session.scalars(
-            update(DeadLetter.__table__)
-            .where(DeadLetter.run_id == run_id, DeadLetter.status == "open")
-            .values(**resolved)
-            .returning(DeadLetter.id)
-        )
-    )
-    if caller.sub != run.created_by or letters:
-        audit.record(
-            session,
-            actor=caller.sub,
-            action="run.retry",
-            target=f"run:{run_id}",
-            detail={"owner": run.created_by, "steps": failed, "dead_letters": letters},
-        )
-    if not failed and run.started_at is None:
-        work = requeue_plan(session, settings, run)
-    else:
-        work = resume(session, settings, run, failed)
-    if letters:
-        metrics.dlq_events_total.labels(event="replayed").inc(len(letters))
-    return run, work

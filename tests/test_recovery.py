@@ -20,7 +20,7 @@ import pytest
 import redis
 from sqlalchemy import create_engine, func, select, text, update
 
-from engine import attempts, execution, planning, recovery, runs
+from engine import attempts, execution, planning, recovery, resume, runs
 from engine.auth import Caller
 from engine.models import DeadLetter, Run, Step, utcnow
 from engine.observe import QueueLayout
@@ -569,13 +569,13 @@ def test_a_resume_racing_a_finishing_step_still_sees_its_release(
     finishing.begin()
     execution.finish_attempt(finishing, offline.settings, claim, attempts.Result(output=1))
 
-    def resume() -> None:
+    def resume_d() -> None:
         with offline.sessions.begin() as session:
             run = session.get(Run, run_id)
             assert run is not None
-            runs.resume(session, offline.settings, run, ["d"])
+            resume.resume(session, offline.settings, run, ["d"])
 
-    resumer = threading.Thread(target=resume)
+    resumer = threading.Thread(target=resume_d)
     resumer.start()
     resumer.join(1.0)
     assert resumer.is_alive(), "the resume must wait for the finishing step's transaction"

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, request, url_for
 
-from engine import runs
+from engine import resume, runs
 from engine.errors import InvalidInput
 from web import schemas, serialize
 from web.auth import current_caller, require_scopes
@@ -86,7 +86,7 @@ def cancel_run(run_id: str) -> Any:
 @require_scopes("runs.write")
 def retry_run(run_id: str) -> Any:
     session = get_session()
-    run, work = runs.retry_run(session, current_app.config["SETTINGS"], run_id, current_caller())
+    run, work = resume.retry_run(session, current_app.config["SETTINGS"], run_id, current_caller())
     session.commit()
     send(work)
     return serialize.run(run), 202
