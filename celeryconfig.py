@@ -36,7 +36,7 @@ def build(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         # A step killed at its hard limit is recorded and retried by the engine
-        # (workers.tasks.StepRequest); its message is acknowledged, not requeued.
+        # (workers.limits.StepRequest); its message is acknowledged, not requeued.
         "task_acks_on_failure_or_timeout": True,
         # On a lost broker connection running steps finish and record their outcome in the
         # database; the reconciler re-sends whatever the broker lost meanwhile.

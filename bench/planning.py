@@ -13,7 +13,7 @@ from bench import specs
 from bench.harness import BenchError, Platform, Sizes, median
 from engine import planning
 from engine import runs as run_cases
-from engine import workflows as workflow_specs
+from engine import specs as workflow_specs
 
 
 def measure(platform: Platform, sizes: Sizes, prefix: str) -> dict[str, Any]:

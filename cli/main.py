@@ -11,7 +11,7 @@ from cli.context import emit, operator, session, settings
 from cli.db_ops import COMMANDS as DB_COMMANDS
 from cli.dlq import dlq
 from cli.token_ops import COMMANDS as TOKEN_COMMANDS
-from engine import actions, auth, migrations, resume, runs, workflows
+from engine import actions, auth, migrations, resume, runs, specs, workflows
 from engine.config import Settings
 from engine.errors import EngineError
 
@@ -143,7 +143,7 @@ def workflows_group() -> None:
 
 
 def _read_spec(path: str) -> object:
-    return workflows.parse_text(Path(path).read_text() if path != "-" else sys.stdin.read())
+    return specs.parse_text(Path(path).read_text() if path != "-" else sys.stdin.read())
 
 
 @workflows_group.command("validate")
@@ -151,7 +151,7 @@ def _read_spec(path: str) -> object:
 def workflows_validate(path: str) -> None:
     """Check a spec file (YAML or JSON) and print its stages."""
     try:
-        compiled = workflows.compile_spec(_read_spec(path), _with_actions())
+        compiled = specs.compile_spec(_read_spec(path), _with_actions())
     except EngineError as exc:
         for error in exc.errors or [{"field": "spec", "message": exc.detail}]:
             click.echo(f"{error['field']}: {error['message']}", err=True)

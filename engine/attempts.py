@@ -12,9 +12,9 @@ from sqlalchemy import and_, bindparam
 
 from engine.config import Settings
 from engine.models import Step
+from engine.specs import CompiledWorkflow, StepSpec
 from engine.state import StepStatus
 from engine.work import Work
-from engine.workflows import CompiledWorkflow, StepSpec
 
 steps = Step.__table__
 

@@ -17,9 +17,10 @@ from engine.attempts import B_NOW, B_RUN_ID, INLINE_MARK, MINE, Outcome
 from engine.config import Settings
 from engine.models import Run, Step, utcnow
 from engine.planner import descendants
+from engine.specs import CompiledWorkflow
 from engine.state import RunStatus, StepStatus
 from engine.work import STEP_TASK, Work, step_dispatch
-from engine.workflows import CompiledWorkflow, compiled
+from engine.workflows import compiled
 
 log = logging.getLogger(__name__)
 steps = Step.__table__

@@ -20,9 +20,9 @@ from engine.config import Settings
 from engine.dlq_query import OPEN, REPLAYED, letters
 from engine.models import Run, Step, utcnow
 from engine.resume import RESUMABLE_STEP, requeued
+from engine.specs import CompiledWorkflow
 from engine.state import RunStatus, StepStatus
 from engine.work import Dispatch, Work, step_dispatch
-from engine.workflows import CompiledWorkflow
 
 steps = Step.__table__
 runs = Run.__table__

@@ -21,13 +21,13 @@ from engine.auth import Caller
 from engine.config import Settings
 from engine.errors import Conflict, InvalidInput, InvalidTransition, NotFound
 from engine.models import Run, Step, new_id, utcnow
+from engine.specs import CompiledWorkflow
 from engine.state import RUN_LIVE, STEP_LIVE, RunStatus, StepStatus
 from engine.work import (
     Work,
     plan_dispatch,
     plan_task_id,
 )
-from engine.workflows import CompiledWorkflow
 
 steps = Step.__table__
 runs = Run.__table__

@@ -16,7 +16,7 @@ import redis
 from sqlalchemy import func, insert, select
 
 from engine.models import Run, utcnow
-from engine.observe import QueueLayout
+from engine.queues import QueueLayout
 from engine.work import MANAGER_QUEUE, PLAN_TASK, plan_task_id
 from tests.conftest import spec
 from tests.support import services

@@ -242,6 +242,18 @@ def test_a_process_that_accepted_a_token_refuses_it_once_another_process_revokes
     assert "revoked" in detail(get_runs(serving, token), 401)
 
 
+@pytest.fixture
+def private_redis(backend: str, tmp_path: Path) -> Iterator[tuple[services.RedisServer, Stack]]:
+    """A redis-server of the test's own (it is flushed or stopped) and a stack on it."""
+    server = services.RedisServer(tmp_path / "redis").start()
+    stack = Stack(backend, tmp_path / "stack", redis_url=server.url)
+    try:
+        yield server, stack
+    finally:
+        server.stop()
+        stack.close()
+
+
 def revoke(stack: Stack, token: str) -> None:
     jti = jwt.decode(token, options={"verify_signature": False})["jti"]
     admin = stack.headers("admin@example.com", ADMIN)
@@ -250,100 +262,87 @@ def revoke(stack: Stack, token: str) -> None:
 
 
 def test_a_revocation_survives_a_redis_flushall_and_a_redis_outage(
-    backend: str, tmp_path: Path, apps: list[Any]
+    private_redis: tuple[services.RedisServer, Stack], apps: list[Any]
 ) -> None:
-    server = services.RedisServer(tmp_path / "redis").start()
-    stack = Stack(backend, tmp_path / "stack", redis_url=server.url)
-    try:
-        revoked, kept, later = (
-            stack.token("gone@example.com", "runs.read"),
-            stack.token("kept", "runs.read"),
-            stack.token("later@example.com", "runs.read"),
-        )
-        serving = new_app(apps, stack.settings)
-        assert get_runs(serving, revoked).status_code == 200
-        revocations: RevocationList = serving.extensions["engine.revocations"]
-        assert revocations.live_copy()
-        revoke(stack, revoked)
-        # Announced to the serving process's copy: refused at once.
-        assert "revoked" in detail(get_runs(serving, revoked), 401)
+    server, stack = private_redis
+    revoked, kept, later = (
+        stack.token("gone@example.com", "runs.read"),
+        stack.token("kept", "runs.read"),
+        stack.token("later@example.com", "runs.read"),
+    )
+    serving = new_app(apps, stack.settings)
+    assert get_runs(serving, revoked).status_code == 200
+    revocations: RevocationList = serving.extensions["engine.revocations"]
+    assert revocations.live_copy()
+    revoke(stack, revoked)
+    # Announced to the serving process's copy: refused at once.
+    assert "revoked" in detail(get_runs(serving, revoked), 401)
 
-        server.client().flushall()
-        assert "revoked" in detail(get_runs(serving, revoked), 401)
-        # A fresh process loads its copy from the database.
-        app = new_app(apps, stack.settings)
-        assert "revoked" in detail(get_runs(app, revoked), 401)
-        assert get_runs(app, kept).status_code == 200
+    server.client().flushall()
+    assert "revoked" in detail(get_runs(serving, revoked), 401)
+    # A fresh process loads its copy from the database.
+    app = new_app(apps, stack.settings)
+    assert "revoked" in detail(get_runs(app, revoked), 401)
+    assert get_runs(app, kept).status_code == 200
 
-        server.stop()
-        # Redis is gone, and the announcement with it: the database answers, at once.
-        revoke(stack, later)
-        assert "revoked" in detail(get_runs(serving, later), 401)
-        assert not revocations.live_copy()
-        app = new_app(apps, stack.settings)
-        assert "revoked" in detail(get_runs(app, revoked), 401)
-        assert get_runs(app, kept).status_code == 200
-    finally:
-        server.stop()
-        stack.close()
+    server.stop()
+    # Redis is gone, and the announcement with it: the database answers, at once.
+    revoke(stack, later)
+    assert "revoked" in detail(get_runs(serving, later), 401)
+    assert not revocations.live_copy()
+    app = new_app(apps, stack.settings)
+    assert "revoked" in detail(get_runs(app, revoked), 401)
+    assert get_runs(app, kept).status_code == 200
 
 
 def test_the_revocation_check_asks_neither_redis_nor_the_database_once_the_copy_is_live(
-    backend: str, tmp_path: Path, apps: list[Any]
+    private_redis: tuple[services.RedisServer, Stack], apps: list[Any]
 ) -> None:
-    server = services.RedisServer(tmp_path / "redis").start()
-    stack = Stack(backend, tmp_path / "stack", redis_url=server.url)
-    try:
-        token = stack.token("reader@example.com", "runs.read")
-        app = new_app(apps, stack.settings)
+    server, stack = private_redis
+    token = stack.token("reader@example.com", "runs.read")
+    app = new_app(apps, stack.settings)
+    assert get_runs(app, token).status_code == 200
+    asked: list[str] = []
+    event.listen(
+        app.extensions["engine.db"],
+        "before_cursor_execute",
+        lambda _c, _k, statement, *_: asked.append(statement),
+    )
+    before = server.client().info("stats")["total_commands_processed"]
+    for _ in range(20):
         assert get_runs(app, token).status_code == 200
-        asked: list[str] = []
-        event.listen(
-            app.extensions["engine.db"],
-            "before_cursor_execute",
-            lambda _c, _k, statement, *_: asked.append(statement),
-        )
-        before = server.client().info("stats")["total_commands_processed"]
-        for _ in range(20):
-            assert get_runs(app, token).status_code == 200
-        # The INFO itself, and at most a ping on the subscription; no read of the table.
-        assert server.client().info("stats")["total_commands_processed"] - before <= 3
-        assert asked and not [statement for statement in asked if "revoked_tokens" in statement]
-        revoke(stack, token)
-        assert "revoked" in detail(get_runs(app, token), 401)
-    finally:
-        server.stop()
-        stack.close()
+    # The INFO itself, and at most a ping on the subscription; no read of the table.
+    assert server.client().info("stats")["total_commands_processed"] - before <= 3
+    assert asked and not [statement for statement in asked if "revoked_tokens" in statement]
+    revoke(stack, token)
+    assert "revoked" in detail(get_runs(app, token), 401)
 
 
 def test_after_a_redis_restart_the_copy_subscribes_again_and_loads_what_it_missed(
-    backend: str, tmp_path: Path, apps: list[Any], monkeypatch: pytest.MonkeyPatch
+    private_redis: tuple[services.RedisServer, Stack],
+    apps: list[Any],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    server, stack = private_redis
     monkeypatch.setattr(revocations_module, "REDIS_BACKOFF_S", 0.2)
-    server = services.RedisServer(tmp_path / "redis").start()
-    stack = Stack(backend, tmp_path / "stack", redis_url=server.url)
-    try:
-        fine, missed = (
-            stack.token("fine@example.com", "runs.read"),
-            stack.token("missed@example.com", "runs.read"),
-        )
-        app = new_app(apps, stack.settings)
-        revocations: RevocationList = app.extensions["engine.revocations"]
-        assert get_runs(app, fine).status_code == 200 and revocations.live_copy()
-        server.stop()
-        revoke(stack, missed)  # committed; its announcement cannot be made
-        server.start()
-        # The first check finds the old subscription closed and asks the database; one
-        # after the back-off subscribes again and loads the copy.
-        assert get_runs(app, fine).status_code == 200
-        time.sleep(0.3)
-        assert get_runs(app, fine).status_code == 200
-        assert revocations.live_copy()
-        # Asked for the first time, and answered by the copy: it has what it missed.
-        assert "revoked" in detail(get_runs(app, missed), 401)
-    finally:
-        server.stop()
-        stack.close()
+    fine, missed = (
+        stack.token("fine@example.com", "runs.read"),
+        stack.token("missed@example.com", "runs.read"),
+    )
+    app = new_app(apps, stack.settings)
+    revocations: RevocationList = app.extensions["engine.revocations"]
+    assert get_runs(app, fine).status_code == 200 and revocations.live_copy()
+    server.stop()
+    revoke(stack, missed)  # committed; its announcement cannot be made
+    server.start()
+    # The first check finds the old subscription closed and asks the database; one
+    # after the back-off subscribes again and loads the copy.
+    assert get_runs(app, fine).status_code == 200
+    time.sleep(0.3)
+    assert get_runs(app, fine).status_code == 200
+    assert revocations.live_copy()
+    # Asked for the first time, and answered by the copy: it has what it missed.
+    assert "revoked" in detail(get_runs(app, missed), 401)
 
 
 def test_the_cli_revokes_by_jti_and_inspect_shows_the_jti_and_the_verdict(

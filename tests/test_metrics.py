@@ -14,7 +14,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine import observe
+from engine import queues
 from engine.work import Dispatch, Work
 from tests.conftest import spec
 from tests.support import services
@@ -148,7 +148,7 @@ def test_the_api_counts_every_request_across_gunicorn_workers_even_recycled_ones
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[tuple[observe.QueueLayout, redis.Redis, object]]:
+def broker(tmp_path: Path) -> Iterator[tuple[queues.QueueLayout, redis.Redis, object]]:
     """A sender under a key prefix of its own (no worker consumes it); keys removed after."""
     if not services.redis_alive(services.REDIS_URL):
         services.unavailable(f"Redis at {services.REDIS_URL}")
@@ -162,7 +162,7 @@ def broker(tmp_path: Path) -> Iterator[tuple[observe.QueueLayout, redis.Redis, o
     from engine.config import Settings
 
     sender = make_celery(Settings.from_env(env))
-    layout = observe.QueueLayout.from_transport_options(sender.conf.broker_transport_options)
+    layout = queues.QueueLayout.from_transport_options(sender.conf.broker_transport_options)
     client = redis.Redis.from_url(services.REDIS_URL)
     yield layout, client, sender
     keys = list(client.scan_iter(f"{prefix}*"))
@@ -172,7 +172,7 @@ def broker(tmp_path: Path) -> Iterator[tuple[observe.QueueLayout, redis.Redis, o
 
 
 def test_queue_depth_counts_every_priority_list_and_lag_is_the_oldest_messages_age(
-    broker: tuple[observe.QueueLayout, redis.Redis, object],
+    broker: tuple[queues.QueueLayout, redis.Redis, object],
 ) -> None:
     layout, client, sender = broker
     sent = time.time()
@@ -196,7 +196,7 @@ def test_queue_depth_counts_every_priority_list_and_lag_is_the_oldest_messages_a
     later = time.time() + 90
     stats = {
         stat.name: stat
-        for stat in observe.queue_stats(client, layout, ["steps", "default", "manager"], now=later)
+        for stat in queues.queue_stats(client, layout, ["steps", "default", "manager"], now=later)
     }
     assert stats["steps"].depth == 3
     assert stats["steps"].lag_s is not None

@@ -23,7 +23,7 @@ from sqlalchemy import create_engine, func, select, text, update
 from engine import attempts, execution, planning, recovery, resume, runs
 from engine.auth import Caller
 from engine.models import DeadLetter, Run, Step, utcnow
-from engine.observe import QueueLayout
+from engine.queues import QueueLayout
 from engine.work import MANAGER_QUEUE, Work
 from tests.conftest import spec
 from tests.support import services

@@ -9,7 +9,7 @@ from jsonschema import Draft202012Validator
 from werkzeug.exceptions import BadRequest
 
 from engine.errors import InvalidInput
-from engine.workflows import error_path
+from engine.specs import error_path
 
 SUBMIT_RUN = {
     "type": "object",

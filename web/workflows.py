@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, request, url_for
 
-from engine import workflows
+from engine import specs, workflows
 from engine.errors import InvalidInput
 from web import schemas, serialize
 from web.auth import require_scopes
@@ -27,7 +27,7 @@ def list_workflows() -> Any:
 @require_scopes("workflows.write")
 def register_workflow() -> Any:
     if request.mimetype in YAML_TYPES:
-        spec = workflows.parse_text(request.get_data())
+        spec = specs.parse_text(request.get_data())
     else:
         spec = schemas.parse_json()
     if not isinstance(spec, dict):

@@ -11,7 +11,7 @@ import redis
 from celery import Celery
 
 from engine.config import Settings
-from engine.observe import QueueLayout, broker_client, queue_stats
+from engine.queues import QueueLayout, broker_client, queue_stats
 
 READ_TIMEOUT_S = 2.0
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from celery import Celery
 
-from engine.observe import SENT_AT_HEADER
+from engine.queues import SENT_AT_HEADER
 from engine.work import Dispatch, Work
 
 log = logging.getLogger(__name__)

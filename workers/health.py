@@ -26,7 +26,8 @@ from sqlalchemy.orm import Session
 from engine.config import Settings
 from engine.db import make_engine, make_session_factory
 from engine.metrics import exposition_registry
-from engine.observe import Observer, QueueLayout, broker_client, gather
+from engine.observe import Observer, gather
+from engine.queues import QueueLayout, broker_client
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import pytest
 from engine.config import Settings
 from engine.errors import InvalidInput, InvalidParams, InvalidSpec
 from engine.retry import RetryPolicy
-from engine.workflows import compile_spec, parse_text, spec_hash
+from engine.specs import compile_spec, parse_text, spec_hash
 
 SETTINGS = Settings(jwt_secret="unit-test-secret-" + "z" * 32)
 

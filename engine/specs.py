@@ -1,0 +1,238 @@
+"""What a workflow spec is: its JSON Schema, parsing (YAML or JSON), validation with errors that
+name the field, and the compiled form that planning and execution use. Registering and
+looking up versions is engine.workflows."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError, ValidationError
+
+from engine import actions, planner, templating
+from engine.config import Settings
+from engine.errors import InvalidInput, InvalidParams, InvalidSpec
+from engine.retry import RetryPolicy
+
+_NAME = r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$"
+_RETRY = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "max_attempts": {"type": "integer", "minimum": 1, "maximum": 100},
+        "backoff_s": {"type": "number", "minimum": 0},
+        "max_backoff_s": {"type": "number", "minimum": 0},
+    },
+}
+_TIMEOUT = {"type": "number", "exclusiveMinimum": 0}
+_QUEUE = {"type": "string", "pattern": r"^[A-Za-z0-9_.-]{1,100}$"}
+SPEC_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["name", "version", "steps"],
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string", "pattern": _NAME},
+        "version": {"type": "integer", "minimum": 1},
+        "description": {"type": "string"},
+        "params": {"type": "object"},
+        "defaults": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"retry": _RETRY, "timeout_s": _TIMEOUT, "queue": _QUEUE},
+        },
+        "steps": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["id", "action"],
+                "additionalProperties": False,
+                "properties": {
+                    "id": {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_-]{0,99}$"},
+                    "action": {"type": "string", "minLength": 1},
+                    "needs": {"type": "array", "items": {"type": "string"}},
+                    "with": {},
+                    "retry": _RETRY,
+                    "timeout_s": _TIMEOUT,
+                    "queue": _QUEUE,
+                    "description": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+_SPEC_VALIDATOR = Draft202012Validator(SPEC_SCHEMA)
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    id: str
+    action: str
+    needs: tuple[str, ...]
+    template: Any
+    retry: RetryPolicy
+    timeout_s: float
+    queue: str
+
+
+@dataclass(frozen=True)
+class CompiledWorkflow:
+    name: str
+    version: int
+    params_schema: dict[str, Any]
+    steps: dict[str, StepSpec]
+    children: dict[str, list[str]]
+
+    @cached_property
+    def params_validator(self) -> Draft202012Validator:
+        # Built once per compiled workflow: building it cost more than checking the params
+        # (check_params runs at every submit and every plan).
+        return Draft202012Validator(self.params_schema)
+
+    def check_params(self, params: Any) -> None:
+        """Validate run params against the workflow's JSON Schema; 422 names the field."""
+        validator = self.params_validator
+        if validator.is_valid(params):
+            return
+        errors = [
+            {
+                "field": ".".join(["params", *map(str, error_path(error))]),
+                "message": error.message,
+            }
+            for error in validator.iter_errors(params)
+        ]
+        if errors:
+            raise InvalidParams(f"params do not match workflow {self.name!r}", errors=errors)
+
+    @cached_property
+    def leaves(self) -> int:
+        """How many steps no other step needs."""
+        return sum(1 for step_id in self.steps if not self.children.get(step_id))
+
+    def stages(self) -> list[list[str]]:
+        return planner.stages({step.id: step.needs for step in self.steps.values()})
+
+
+def parse_text(text: str | bytes) -> Any:
+    """Parse a spec written as YAML or JSON (JSON is YAML)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"the spec is not valid YAML or JSON: {exc}") from exc
+
+
+def spec_hash(spec: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def _error(field: str, message: str) -> dict[str, str]:
+    return {"field": field, "message": message}
+
+
+def error_path(error: ValidationError) -> list[str | int]:
+    """The path of a JSON Schema error; a missing or unexpected key is named at its end."""
+    path: list[str | int] = list(error.absolute_path)
+    if error.validator == "required":
+        path += [k for k in error.validator_value if f"{k!r} is a required" in error.message][:1]
+    elif error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        known = error.schema.get("properties", {})
+        path += sorted(k for k in error.instance if k not in known)[:1]
+    return path
+
+
+def _field(error: ValidationError) -> str:
+    """Where a spec error is, as `steps[0].action`."""
+    text = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error_path(error))
+    return text.lstrip(".") or "spec"
+
+
+def compile_spec(spec: Any, settings: Settings) -> CompiledWorkflow:
+    """Check a spec completely and return its compiled form; InvalidSpec lists every problem."""
+    errors = [_error(_field(e), e.message) for e in _SPEC_VALIDATOR.iter_errors(spec)]
+    if errors:
+        raise InvalidSpec("the workflow spec is invalid", errors=errors)
+    defaults = spec.get("defaults", {})
+    default_retry = RetryPolicy.from_spec(
+        defaults.get("retry"),
+        RetryPolicy(
+            settings.retry_max_attempts, settings.retry_backoff_s, settings.retry_max_backoff_s
+        ),
+        "defaults.retry",
+        settings.retry_max_backoff_s,
+    )
+    default_timeout = defaults.get("timeout_s", settings.step_timeout_s)
+    params_schema = spec.get("params") or {"type": "object"}
+    try:
+        Draft202012Validator.check_schema(params_schema)
+    except SchemaError as exc:
+        errors.append(_error("params", f"not a valid JSON Schema: {exc.message}"))
+
+    steps: dict[str, StepSpec] = {}
+    for index, raw in enumerate(spec["steps"]):
+        where = f"steps[{index}]"
+        step_id = raw["id"]
+        if step_id in steps:
+            errors.append(_error(f"{where}.id", f"duplicate step id {step_id!r}"))
+            continue
+        needs = tuple(raw.get("needs", ()))
+        if step_id in needs:
+            errors.append(_error(f"{where}.needs", f"step {step_id!r} needs itself"))
+        if len(set(needs)) != len(needs):
+            errors.append(_error(f"{where}.needs", f"step {step_id!r} lists a need twice"))
+        if actions.get(raw["action"]) is None:
+            errors.append(
+                _error(f"{where}.action", f"step {step_id!r} uses unknown action {raw['action']!r}")
+            )
+        timeout = raw.get("timeout_s", default_timeout)
+        if timeout > settings.step_timeout_max_s:
+            errors.append(
+                _error(
+                    f"{where}.timeout_s",
+                    f"step {step_id!r}: timeout_s exceeds STEP_TIMEOUT_MAX_S "
+                    f"({settings.step_timeout_max_s:g})",
+                )
+            )
+        for problem in templating.check_syntax(raw.get("with")):
+            errors.append(_error(f"{where}.with", f"step {step_id!r}: template {problem}"))
+        try:
+            retry = RetryPolicy.from_spec(
+                raw.get("retry"), default_retry, f"{where}.retry", settings.retry_max_backoff_s
+            )
+        except InvalidSpec as exc:
+            errors.extend(exc.errors)
+            continue
+        steps[step_id] = StepSpec(
+            step_id,
+            raw["action"],
+            needs,
+            raw.get("with"),
+            retry,
+            float(timeout),
+            raw.get("queue", defaults.get("queue", "steps")),
+        )
+
+    for index, step in enumerate(steps.values()):
+        for need in step.needs:
+            if need not in steps and need != step.id:
+                errors.append(
+                    _error(f"steps[{index}].needs", f"step {step.id!r} needs unknown step {need!r}")
+                )
+    if not errors:
+        needs = {step.id: step.needs for step in steps.values()}
+        cycle = planner.find_cycle(needs)
+        if cycle:
+            errors.append(_error("steps", "the steps form a cycle: " + " -> ".join(cycle)))
+    if errors:
+        raise InvalidSpec("the workflow spec is invalid", errors=errors)
+    return CompiledWorkflow(
+        spec["name"],
+        spec["version"],
+        params_schema,
+        steps,
+        planner.dependents({step.id: step.needs for step in steps.values()}),
+    )
