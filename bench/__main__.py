@@ -28,9 +28,10 @@ import redis
 from sqlalchemy import create_engine, text
 
 from bench import report
-from bench.harness import SIZES, WORKER_LOGLEVEL
 from bench.load import Load, ensure_wrk
+from bench.processes import WORKER_LOGLEVEL
 from bench.runner import PHASES, run_backend
+from bench.sizes import SIZES
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"

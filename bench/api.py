@@ -8,8 +8,9 @@ import json
 from typing import Any
 
 from bench import specs
-from bench.harness import Platform, Sizes
+from bench.harness import Platform
 from bench.load import Load
+from bench.sizes import Sizes
 
 WARM_S = 1.0
 

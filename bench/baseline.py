@@ -11,7 +11,9 @@ from typing import Any
 from celery import chain, chord
 
 from bench import raw_app
-from bench.harness import Platform, Process, delay_figures, paced, pause, resume, wait_until
+from bench.harness import Platform
+from bench.measure import delay_figures, paced, wait_until
+from bench.processes import Process, pause, resume
 
 POLL_S = 0.002
 

@@ -10,8 +10,9 @@ from typing import Any
 
 from bench import dag, throughput
 from bench.baseline import RawSide
-from bench.harness import Platform, Sizes
+from bench.harness import Platform
 from bench.load import Load
+from bench.sizes import Sizes
 
 RAW_WORK = "one Redis INCR per task (the completion counter); platform steps run `noop`"
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import time
 
 from bench import specs
-from bench.harness import BenchError, Platform, wait_until
+from bench.harness import Platform
+from bench.measure import BenchError, wait_until
 
 
 def register_chain(platform: Platform, name: str, length: int) -> None:

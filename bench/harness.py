@@ -1,27 +1,25 @@
-"""The bench's own platform: a fresh database per backend, a private Redis key prefix, worker
-and gunicorn processes it starts and stops itself, and the measuring helpers scenarios share."""
+"""The bench's own platform: a fresh database per backend, a private Redis key prefix, the
+worker and gunicorn processes it starts and stops itself (bench.processes), and the engine
+in process for submitting runs and reading their times."""
 
 from __future__ import annotations
 
 import os
 import secrets
-import signal
 import socket
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import redis
 from sqlalchemy import create_engine, func, select, text
 
+from bench.measure import BenchError, wait_until
+from bench.processes import BIN, ROOT, WORKER_LOGLEVEL, WORKER_QUEUES, Process, free_port
 from engine import actions, migrations
 from engine import runs as run_cases
 from engine import workflows as workflow_specs
@@ -32,187 +30,7 @@ from engine.models import Run, Step
 from workers import dispatch
 from workers.factory import make_celery
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 USER = "bench@example.com"
-WORKER_QUEUES = "manager,steps,default"
-# The Procfile's worker log level: each task logs its receipt and success, for both apps.
-WORKER_LOGLEVEL = "INFO"
-T = TypeVar("T")
-
-
-class BenchError(Exception):
-    """A scenario could not be measured (a process died, a wait ran out)."""
-
-
-@dataclass(frozen=True)
-class Sizes:
-    # Raw and platform figures are measured in alternating rounds; the best round counts.
-    rounds: int
-    raw_tasks: int
-    runs: int
-    http_connections: int
-    latency_rate: float
-    latency_s: float
-    chain_length: int
-    chain_repeats: int
-    fanout_width: int
-    fanout_repeats: int
-    plan_sizes: tuple[int, int]
-    plan_repeats: int
-    api_connections: int
-    api_duration_s: float
-    memory_steps: int
-    memory_warmup_steps: int
-    dead_letters: int
-
-
-SIZES = {
-    "smoke": Sizes(
-        rounds=1,
-        raw_tasks=20,
-        runs=10,
-        http_connections=2,
-        latency_rate=20,
-        latency_s=0.5,
-        chain_length=5,
-        chain_repeats=1,
-        fanout_width=10,
-        fanout_repeats=1,
-        plan_sizes=(10, 100),
-        plan_repeats=1,
-        api_connections=5,
-        api_duration_s=1,
-        memory_steps=20,
-        memory_warmup_steps=10,
-        dead_letters=5,
-    ),
-    "quick": Sizes(
-        rounds=3,
-        raw_tasks=2000,
-        runs=400,
-        http_connections=8,
-        latency_rate=50,
-        latency_s=10,
-        chain_length=100,
-        chain_repeats=2,
-        fanout_width=1000,
-        fanout_repeats=1,
-        plan_sizes=(1000, 10000),
-        plan_repeats=3,
-        api_connections=50,
-        api_duration_s=5,
-        memory_steps=5000,
-        memory_warmup_steps=500,
-        dead_letters=1000,
-    ),
-    "full": Sizes(
-        rounds=3,
-        raw_tasks=20000,
-        runs=4000,
-        http_connections=8,
-        latency_rate=50,
-        latency_s=60,
-        chain_length=100,
-        chain_repeats=5,
-        fanout_width=1000,
-        fanout_repeats=3,
-        plan_sizes=(1000, 10000),
-        plan_repeats=5,
-        api_connections=50,
-        api_duration_s=20,
-        memory_steps=50000,
-        memory_warmup_steps=1000,
-        dead_letters=10000,
-    ),
-}
-
-
-def wait_until(check: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
-    """Poll `check` until it returns something truthy; BenchError at the deadline."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise BenchError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
-
-
-def paced(count: int, rate: float, send: Callable[[], object]) -> dict[str, float]:
-    """Call `send` `count` times at a steady `rate` per second (the latency scenario), and
-    say what rate was achieved and how many calls fell more than one interval behind."""
-    interval = 1 / rate
-    started = time.perf_counter()
-    late = 0
-    for index in range(count):
-        pause_s = started + index * interval - time.perf_counter()
-        if pause_s > 0:
-            time.sleep(pause_s)
-        elif pause_s < -interval:
-            late += 1
-        send()
-    return {"achieved_rate_per_s": count / (time.perf_counter() - started), "late": late}
-
-
-def delay_figures(delays_ms: list[float]) -> dict[str, float | None]:
-    return {
-        "p50_ms": percentile(delays_ms, 0.50),
-        "p95_ms": percentile(delays_ms, 0.95),
-        "p99_ms": percentile(delays_ms, 0.99),
-        "max_ms": max(delays_ms) if delays_ms else None,
-    }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def percentile(values: list[float], share: float) -> float:
-    """Linear interpolation between closest ranks; `share` in [0, 1]."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * share
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def median(values: list[float]) -> float:
-    return percentile(values, 0.5)
-
-
-def tree_rss_bytes(pid: int) -> int:
-    """Resident memory of a process plus all its descendants, read from /proc."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command name may hold spaces and parentheses: fields start after the last ')'.
-        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    family, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        family.append(current)
-        todo.extend(child for child, parent in parents.items() if parent == current)
-    total = 0
-    for member in family:
-        try:
-            status = Path(f"/proc/{member}/status").read_text()
-        except OSError:
-            continue
-        for line in status.splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1]) * 1024
-    return total
 
 
 def purge_redis_prefix(client: redis.Redis, prefix: str) -> int:
@@ -227,78 +45,6 @@ def purge_redis_prefix(client: redis.Redis, prefix: str) -> int:
     if batch:
         removed += client.unlink(*batch)
     return removed
-
-
-class Process:
-    """A child process in its own session, logging to a file; stopped by its own id."""
-
-    def __init__(
-        self, args: list[str], env: dict[str, str], log_path: Path, node: str = ""
-    ) -> None:
-        self.args = args
-        self.node = node  # a Celery worker's node name, for remote control
-        self.log_path = log_path
-        self.log = open(log_path, "ab")
-        self.popen = subprocess.Popen(
-            args,
-            cwd=ROOT,
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def tail(self, size: int = 2000) -> str:
-        try:
-            return self.log_path.read_bytes()[-size:].decode(errors="replace")
-        except OSError:
-            return ""
-
-    def wait_ready(self, ready: Callable[[], bool], what: str, timeout: float = 60) -> None:
-        def check() -> bool:
-            if not self.alive():
-                tail = self.tail()
-                print(f"bench: {what} exited; the end of {self.log_path}:\n{tail}", flush=True)
-                last = next((line for line in reversed(tail.splitlines()) if line.strip()), "")
-                raise BenchError(f"{what} exited: {last.strip()}")
-            return ready()
-
-        wait_until(check, timeout, what, 0.1)
-
-    def stop(self) -> None:
-        if self.alive():
-            os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(10)
-        self.log.close()
-
-
-def pause(app: Any, worker: Process) -> None:
-    """Stop a worker consuming (remote control), so work can pile up before a drain."""
-    for queue in WORKER_QUEUES.split(","):
-        replies = app.control.cancel_consumer(
-            queue, destination=[worker.node], reply=True, timeout=10
-        )
-        if not replies:
-            raise BenchError(f"worker {worker.node} did not answer cancel_consumer")
-
-
-def resume(app: Any, worker: Process) -> None:
-    for queue in WORKER_QUEUES.split(","):
-        replies = app.control.add_consumer(queue, destination=[worker.node], reply=True, timeout=10)
-        if not replies:
-            raise BenchError(f"worker {worker.node} did not answer add_consumer")
 
 
 def _http_ok(url: str) -> bool:

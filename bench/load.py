@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from bench.harness import BenchError, percentile
+from bench.measure import BenchError, percentile
 
 HERE = Path(__file__).resolve().parent
 POST_SCRIPT = HERE / "post.lua"

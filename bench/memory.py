@@ -7,7 +7,9 @@ import math
 from typing import Any
 
 from bench import specs
-from bench.harness import Platform, Sizes, tree_rss_bytes
+from bench.harness import Platform
+from bench.processes import tree_rss_bytes
+from bench.sizes import Sizes
 
 MB = 1024 * 1024
 

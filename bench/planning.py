@@ -10,7 +10,9 @@ import time
 from typing import Any
 
 from bench import specs
-from bench.harness import BenchError, Platform, Sizes, median
+from bench.harness import Platform
+from bench.measure import BenchError, median
+from bench.sizes import Sizes
 from engine import planning
 from engine import runs as run_cases
 from engine import specs as workflow_specs

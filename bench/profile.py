@@ -20,8 +20,9 @@ from collections import Counter
 from pathlib import Path
 
 from bench import specs
-from bench.harness import BIN, ROOT, Platform
+from bench.harness import Platform
 from bench.load import GET_SCRIPT, POST_SCRIPT, run_wrk
+from bench.processes import BIN, ROOT
 
 # First matching fragment of a frame's file path names its layer (order matters).
 LAYERS = (

@@ -10,7 +10,9 @@ from typing import Any
 import requests
 
 from bench import specs
-from bench.harness import BenchError, Platform, Sizes, wait_until
+from bench.harness import Platform
+from bench.measure import BenchError, wait_until
+from bench.sizes import Sizes
 
 REPLAY_PATH = "/admin/dlq/replay"
 MISSING = "n/a (DLQ admin API missing)"

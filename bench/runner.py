@@ -12,8 +12,9 @@ from typing import Any
 from sqlalchemy import select
 
 from bench import api, compare, memory, planning, replay, specs
-from bench.harness import Platform, Sizes
+from bench.harness import Platform
 from bench.load import Load
+from bench.sizes import Sizes
 from engine.models import Run
 
 SCENARIOS = (

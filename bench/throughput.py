@@ -10,8 +10,11 @@ import time
 from typing import Any
 
 from bench import specs
-from bench.harness import Platform, Process, Sizes, delay_figures, paced, pause, resume
+from bench.harness import Platform
 from bench.load import Load
+from bench.measure import delay_figures, paced
+from bench.processes import Process, pause, resume
+from bench.sizes import Sizes
 
 WARM_RUNS = 20
 

@@ -1,0 +1,89 @@
+"""The bench's sizes: `--smoke` checks the harness in seconds, quick is the default, `--full`
+takes tens of minutes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Sizes:
+    # Raw and platform figures are measured in alternating rounds; the best round counts.
+    rounds: int
+    raw_tasks: int
+    runs: int
+    http_connections: int
+    latency_rate: float
+    latency_s: float
+    chain_length: int
+    chain_repeats: int
+    fanout_width: int
+    fanout_repeats: int
+    plan_sizes: tuple[int, int]
+    plan_repeats: int
+    api_connections: int
+    api_duration_s: float
+    memory_steps: int
+    memory_warmup_steps: int
+    dead_letters: int
+
+
+SIZES = {
+    "smoke": Sizes(
+        rounds=1,
+        raw_tasks=20,
+        runs=10,
+        http_connections=2,
+        latency_rate=20,
+        latency_s=0.5,
+        chain_length=5,
+        chain_repeats=1,
+        fanout_width=10,
+        fanout_repeats=1,
+        plan_sizes=(10, 100),
+        plan_repeats=1,
+        api_connections=5,
+        api_duration_s=1,
+        memory_steps=20,
+        memory_warmup_steps=10,
+        dead_letters=5,
+    ),
+    "quick": Sizes(
+        rounds=3,
+        raw_tasks=2000,
+        runs=400,
+        http_connections=8,
+        latency_rate=50,
+        latency_s=10,
+        chain_length=100,
+        chain_repeats=2,
+        fanout_width=1000,
+        fanout_repeats=1,
+        plan_sizes=(1000, 10000),
+        plan_repeats=3,
+        api_connections=50,
+        api_duration_s=5,
+        memory_steps=5000,
+        memory_warmup_steps=500,
+        dead_letters=1000,
+    ),
+    "full": Sizes(
+        rounds=3,
+        raw_tasks=20000,
+        runs=4000,
+        http_connections=8,
+        latency_rate=50,
+        latency_s=60,
+        chain_length=100,
+        chain_repeats=5,
+        fanout_width=1000,
+        fanout_repeats=3,
+        plan_sizes=(1000, 10000),
+        plan_repeats=5,
+        api_connections=50,
+        api_duration_s=20,
+        memory_steps=50000,
+        memory_warmup_steps=1000,
+        dead_letters=10000,
+    ),
+}
