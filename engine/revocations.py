@@ -16,6 +16,7 @@ seen a jti revoked keeps it in memory until the token would have expired anyway.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -91,9 +92,7 @@ class RevocationList:
         if self._client is None:
             return
         try:
-            self._client.publish(
-                self.channel, f"{revocation.jti} {'' if expires is None else expires}"
-            )
+            self._client.publish(self.channel, json.dumps([revocation.jti, expires]))
         except redis.RedisError as exc:
             # The database holds it: the copies load it within RESYNC_S.
             log.warning(
@@ -203,13 +202,16 @@ class _Copy:
         return now - self._heard_at <= TRUST_S
 
     def _take(self, data: bytes | str) -> None:
-        text = data.decode() if isinstance(data, bytes) else data
-        jti, _, expires = text.partition(" ")
+        """One announcement: [jti, when its token expires (epoch seconds) or null]."""
         try:
-            until = float(expires) if expires else math.inf
-        except ValueError:
-            until = math.inf
-        if jti:
+            jti, expires = json.loads(data)
+            until = math.inf if expires is None else float(expires)
+        except (ValueError, TypeError):
+            # Something was revoked: the database says what.
+            log.warning("revocation announcement not understood, reloading: %r", data)
+            self._loaded_at = 0.0
+            return
+        if isinstance(jti, str) and jti:
             self._revoked[jti] = until
 
     def _load(self) -> None:

@@ -20,7 +20,8 @@ import pytest
 from sqlalchemy import event, select
 
 from engine import revocations as revocations_module
-from engine.auth import key_id, mint_token, parse_ttl
+from engine import tokens
+from engine.auth import Caller, key_id, mint_token, parse_ttl
 from engine.config import Settings
 from engine.models import AuditEvent, RevokedToken
 from engine.revocations import RevocationList
@@ -254,8 +255,12 @@ def private_redis(backend: str, tmp_path: Path) -> Iterator[tuple[services.Redis
         stack.close()
 
 
+def jti_of(token: str) -> str:
+    return str(jwt.decode(token, options={"verify_signature": False})["jti"])
+
+
 def revoke(stack: Stack, token: str) -> None:
-    jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+    jti = jti_of(token)
     admin = stack.headers("admin@example.com", ADMIN)
     response = stack.client().post("/admin/tokens/revoke", json={"jti": jti}, headers=admin)
     assert response.status_code == 204, response.get_data(as_text=True)
@@ -343,6 +348,26 @@ def test_after_a_redis_restart_the_copy_subscribes_again_and_loads_what_it_misse
     assert revocations.live_copy()
     # Asked for the first time, and answered by the copy: it has what it missed.
     assert "revoked" in detail(get_runs(app, missed), 401)
+
+
+def test_an_announcement_the_copy_cannot_read_makes_it_load_again_from_the_database(
+    private_redis: tuple[services.RedisServer, Stack], apps: list[Any]
+) -> None:
+    server, stack = private_redis
+    fine, lost = (
+        stack.token("fine@example.com", "runs.read"),
+        stack.token("lost@example.com", "runs.read"),
+    )
+    app = new_app(apps, stack.settings)
+    revocations: RevocationList = app.extensions["engine.revocations"]
+    assert get_runs(app, fine).status_code == 200 and revocations.live_copy()
+    # Revoked in the database only: its announcement never went out.
+    with stack.sessions.begin() as session:
+        tokens.revoke(session, Caller("admin@example.com", ("admin.tokens",)), jti_of(lost))
+    assert get_runs(app, lost).status_code == 200  # the copy does not know yet
+    server.client().publish(revocations.channel, "not an announcement")
+    assert "revoked" in detail(get_runs(app, lost), 401)
+    assert revocations.live_copy()
 
 
 def test_the_cli_revokes_by_jti_and_inspect_shows_the_jti_and_the_verdict(
