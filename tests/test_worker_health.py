@@ -11,6 +11,7 @@ from typing import Any
 
 from tests.support import services
 from tests.support.stack import Stack
+from workers import timers
 
 
 def get_json(url: str) -> tuple[int, dict[str, Any]]:
@@ -80,3 +81,29 @@ def test_a_worker_that_lost_its_broker_answers_503_naming_the_broker(tmp_path: P
     finally:
         stack.close()
         server.stop()
+
+
+def test_the_time_limit_timers_of_finished_tasks_do_not_pile_up_in_the_main_process(
+    tmp_path: Path,
+) -> None:
+    # Every message arms a timer for its soft limit (here plan_run's: 60 s plus the step's
+    # 300 s); cancelled when the task ends, it would stay in the heap until then.
+    stack = Stack("sqlite", tmp_path)
+    try:
+        stack.start_worker(concurrency=2)
+        url = f"http://127.0.0.1:{stack.env['WORKER_HEALTH_PORT']}/health"
+        idle = get_json(url)[1]["timers"]
+        assert isinstance(idle, int)
+        stack.register({"name": "tick", "version": 1, "steps": [{"id": "t", "action": "noop"}]})
+        headers = stack.headers()
+        run_ids = [stack.submit("tick", headers=headers) for _ in range(150)]
+        for run_id in run_ids:
+            assert stack.wait_finished(run_id)["status"] == "succeeded"
+
+        def swept() -> int | None:
+            count = get_json(url)[1]["timers"]
+            return count if count <= idle + 20 else None
+
+        services.wait_for(swept, timers.SWEEP_S + 15, 0.5, "the cancelled timers to be swept")
+    finally:
+        stack.close()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from workers.factory import make_celery
 from workers.runtime import settings
+from workers.timers import TimerSweep
 
 app = make_celery(settings())
 app.set_current()
+app.steps["worker"].add(TimerSweep)
 
 import workers.signals  # noqa: E402,F401  (connects handlers)
 import workers.tasks  # noqa: E402,F401  (registers tasks)

@@ -28,6 +28,7 @@ from engine.db import make_engine, make_session_factory
 from engine.metrics import exposition_registry
 from engine.observe import Observer, gather
 from engine.queues import QueueLayout, broker_client
+from workers import timers
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,7 @@ class HealthServer:
             "worker": getattr(self.worker, "hostname", None),
             "pid": os.getpid(),
             "checks": checks,
+            "timers": timers.pending(self.worker),
         }
         failing = {name: state for name, state in checks.items() if state != "ok"}
         if failing:
