@@ -266,6 +266,15 @@ def revoke(stack: Stack, token: str) -> None:
     assert response.status_code == 204, response.get_data(as_text=True)
 
 
+def process_that_accepted(apps: list[Any], stack: Stack, token: str) -> tuple[Any, RevocationList]:
+    """An API process that has accepted `token`, its revocation copy live."""
+    app = new_app(apps, stack.settings)
+    assert get_runs(app, token).status_code == 200
+    revocations: RevocationList = app.extensions["engine.revocations"]
+    assert revocations.live_copy()
+    return app, revocations
+
+
 def test_a_revocation_survives_a_redis_flushall_and_a_redis_outage(
     private_redis: tuple[services.RedisServer, Stack], apps: list[Any]
 ) -> None:
@@ -275,16 +284,13 @@ def test_a_revocation_survives_a_redis_flushall_and_a_redis_outage(
         stack.token("kept", "runs.read"),
         stack.token("later@example.com", "runs.read"),
     )
-    serving = new_app(apps, stack.settings)
-    assert get_runs(serving, revoked).status_code == 200
-    revocations: RevocationList = serving.extensions["engine.revocations"]
-    assert revocations.live_copy()
+    running, revocations = process_that_accepted(apps, stack, revoked)
     revoke(stack, revoked)
-    # Announced to the serving process's copy: refused at once.
-    assert "revoked" in detail(get_runs(serving, revoked), 401)
+    # Announced to the running process's copy: refused at once.
+    assert "revoked" in detail(get_runs(running, revoked), 401)
 
     server.client().flushall()
-    assert "revoked" in detail(get_runs(serving, revoked), 401)
+    assert "revoked" in detail(get_runs(running, revoked), 401)
     # A fresh process loads its copy from the database.
     app = new_app(apps, stack.settings)
     assert "revoked" in detail(get_runs(app, revoked), 401)
@@ -293,7 +299,7 @@ def test_a_revocation_survives_a_redis_flushall_and_a_redis_outage(
     server.stop()
     # Redis is gone, and the announcement with it: the database answers, at once.
     revoke(stack, later)
-    assert "revoked" in detail(get_runs(serving, later), 401)
+    assert "revoked" in detail(get_runs(running, later), 401)
     assert not revocations.live_copy()
     app = new_app(apps, stack.settings)
     assert "revoked" in detail(get_runs(app, revoked), 401)
@@ -334,9 +340,7 @@ def test_after_a_redis_restart_the_copy_subscribes_again_and_loads_what_it_misse
         stack.token("fine@example.com", "runs.read"),
         stack.token("missed@example.com", "runs.read"),
     )
-    app = new_app(apps, stack.settings)
-    revocations: RevocationList = app.extensions["engine.revocations"]
-    assert get_runs(app, fine).status_code == 200 and revocations.live_copy()
+    app, revocations = process_that_accepted(apps, stack, fine)
     server.stop()
     revoke(stack, missed)  # committed; its announcement cannot be made
     server.start()
@@ -358,9 +362,7 @@ def test_an_announcement_the_copy_cannot_read_makes_it_load_again_from_the_datab
         stack.token("fine@example.com", "runs.read"),
         stack.token("lost@example.com", "runs.read"),
     )
-    app = new_app(apps, stack.settings)
-    revocations: RevocationList = app.extensions["engine.revocations"]
-    assert get_runs(app, fine).status_code == 200 and revocations.live_copy()
+    app, revocations = process_that_accepted(apps, stack, fine)
     # Revoked in the database only: its announcement never went out.
     with stack.sessions.begin() as session:
         tokens.revoke(session, Caller("admin@example.com", ("admin.tokens",)), jti_of(lost))
