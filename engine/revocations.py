@@ -103,19 +103,17 @@ class RevocationList:
         """Whether this process's copy is answering the checks."""
         return self._copy is not None and self._copy.trusted()
 
-    def unexpired(self) -> dict[str, float]:
-        """jti -> when its token expires (inf: unknown) of every revocation in force."""
+    def unexpired(self) -> set[str]:
+        """The jtis of every revocation whose token has not expired."""
         now = datetime.now(UTC)
         with self._sessions() as session:
-            rows = session.execute(
-                select(RevokedToken.jti, RevokedToken.expires_at).where(
-                    or_(RevokedToken.expires_at.is_(None), RevokedToken.expires_at > now)
+            return set(
+                session.scalars(
+                    select(RevokedToken.jti).where(
+                        or_(RevokedToken.expires_at.is_(None), RevokedToken.expires_at > now)
+                    )
                 )
-            ).all()
-        return {
-            jti: expires_at.timestamp() if expires_at is not None else math.inf
-            for jti, expires_at in rows
-        }
+            )
 
     def _remember(self, jti: str, expires: float | None) -> None:
         with self._lock:
@@ -136,7 +134,8 @@ class _Copy:
         self._lock = threading.Lock()
         self._pubsub: redis.client.PubSub | None = None
         self._pid = 0
-        self._revoked: dict[str, float] = {}  # jti -> when its token expires (inf: unknown)
+        # Expired tokens are refused before this is asked; each load leaves theirs out.
+        self._revoked: set[str] = set()
         self._loaded_at = 0.0
         self._heard_at = 0.0
         self._pinged_at = 0.0
@@ -205,14 +204,15 @@ class _Copy:
         """One announcement: [jti, when its token expires (epoch seconds) or null]."""
         try:
             jti, expires = json.loads(data)
-            until = math.inf if expires is None else float(expires)
+            if expires is not None:
+                float(expires)  # the pair's second half is a time or null, or it is not ours
         except (ValueError, TypeError):
             # Something was revoked: the database says what.
             log.warning("revocation announcement not understood, reloading: %r", data)
             self._loaded_at = 0.0
             return
         if isinstance(jti, str) and jti:
-            self._revoked[jti] = until
+            self._revoked.add(jti)
 
     def _load(self) -> None:
         self._revoked = self._owner.unexpired()
