@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam
+from sqlalchemy import and_, bindparam, select
 
 from engine.config import Settings
-from engine.models import Step
+from engine.models import Run, Step
 from engine.specs import CompiledWorkflow, StepSpec
-from engine.state import StepStatus
+from engine.state import RunStatus, StepStatus
 from engine.work import Work
 
 steps = Step.__table__
@@ -35,6 +35,12 @@ MINE = and_(
     steps.c.status == StepStatus.RUNNING,
     steps.c.task_id == B_TASK_ID,
     steps.c.attempts == B_ATTEMPT,
+)
+_runs = Run.__table__
+# Whether the step's run is running: a claim and a release of children check it (a read, no
+# lock on the run row).
+RUN_IS_RUNNING = (
+    select(_runs.c.id).where(_runs.c.id == B_RUN_ID, _runs.c.status == RunStatus.RUNNING).exists()
 )
 
 

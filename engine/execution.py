@@ -1,5 +1,5 @@
-"""Step attempts: claim by compare-and-set, run the action, record a success and release what
-it unblocked. A failure goes to engine.failures.
+"""Step attempts: run the action of a claimed attempt (engine.claims), record its success
+and release what it unblocked. A failure goes to engine.failures.
 
 Each phase is one short transaction of Core statements whose WHERE clause states what the
 writer expects; the row count says whether it won. The action runs between transactions.
@@ -9,84 +9,32 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
-from sqlalchemy import Update, and_, bindparam, case, select, update
+from sqlalchemy import and_, bindparam, case, select, update
 from sqlalchemy.orm import Session
 
 from engine import actions, dlq, metrics, templating
 from engine.actions import ActionContext
 from engine.attempts import (
-    B_ATTEMPT,
     B_NOW,
     B_RUN_ID,
-    B_TASK_ID,
     MINE,
-    STEP_KEY,
+    RUN_IS_RUNNING,
     Claim,
     Outcome,
     Result,
-    attempt_number,
-    lease_for,
 )
-from engine.cache import LRUCache
 from engine.config import Settings
 from engine.errors import EngineError, InvalidInput, StepTimeout
-from engine.failures import fail_attempt, record_lost_attempt
+from engine.failures import fail_attempt
 from engine.models import Run, Step, utcnow
 from engine.state import RunStatus, StepStatus
 from engine.work import step_dispatch
-from engine.workflows import compiled
 
 log = logging.getLogger(__name__)
 steps = Step.__table__
 runs = Run.__table__
 
-# Statements built once (see engine.attempts).
-_SELECT_RUN = select(
-    runs.c.workflow, runs.c.version, runs.c.params, runs.c.status, runs.c.priority
-).where(runs.c.id == B_RUN_ID)
-
-
-# A run's workflow, version, params and priority never change, and a succeeded step's output
-# never changes (only dead steps run again): each worker process keeps the ones it read, so
-# the steps of a fan-out claim in one statement instead of three. Only a run's status
-# changes, and the claim checks it in its own WHERE clause.
-_RUN_FACTS: LRUCache[str, tuple[str, int, dict[str, Any], int]] = LRUCache(4096)
-_OUTPUTS: LRUCache[tuple[str, str], Any] = LRUCache(4096)
-_RUN_IS_RUNNING = (
-    select(runs.c.id).where(runs.c.id == B_RUN_ID, runs.c.status == RunStatus.RUNNING).exists()
-)
-
-
-def _claim_update(of_attempt: bool) -> Update:
-    waiting = and_(steps.c.status.in_((StepStatus.QUEUED, StepStatus.RETRYING)), _RUN_IS_RUNNING)
-    if of_attempt:
-        waiting = and_(waiting, steps.c.attempts == bindparam("b_previous", type_=B_ATTEMPT.type))
-    return (
-        update(steps)
-        .where(STEP_KEY, waiting)
-        .values(
-            status=StepStatus.RUNNING,
-            attempts=steps.c.attempts + 1,
-            task_id=B_TASK_ID,
-            worker=bindparam("b_worker", type_=steps.c.worker.type),
-            lease_expires_at=bindparam("b_lease", type_=steps.c.lease_expires_at.type),
-            started_at=B_NOW,
-            next_attempt_at=None,
-        )
-        .returning(steps.c.attempts, steps.c.inputs_override)
-    )
-
-
-# Keyed by whether the message names its attempt (a task id of the step form).
-_CLAIM = {True: _claim_update(True), False: _claim_update(False)}
-_SELECT_CLAIMED = select(
-    steps.c.status, steps.c.attempts, steps.c.task_id, steps.c.lease_expires_at
-).where(STEP_KEY)
-_SELECT_UPSTREAM = select(steps.c.step_id, steps.c.output).where(
-    steps.c.run_id == B_RUN_ID, steps.c.step_id.in_(bindparam("b_needs", expanding=True))
-)
 _SUCCEEDED = {
     "status": StepStatus.SUCCEEDED,
     "output": bindparam("b_output", type_=steps.c.output.type),
@@ -127,11 +75,8 @@ _SUCCEEDED_LEAF = (
 _SUCCEED_LEAF = _COUNT_DOWN_RUN.where(runs.c.id.in_(select(_SUCCEEDED_LEAF.c.run_id))).add_cte(
     _SUCCEEDED_LEAF
 )
-# Children are released only while the run is running (a read, no lock on the run row).
-_RUN_IS_LIVE = (
-    select(runs.c.id).where(runs.c.id == B_RUN_ID, runs.c.status == RunStatus.RUNNING).exists()
-)
-_RELEASE = and_(steps.c.pending_deps == 1, _RUN_IS_LIVE)
+# Children are released only while the run is running.
+_RELEASE = and_(steps.c.pending_deps == 1, RUN_IS_RUNNING)
 _RELEASE_CHILDREN = (
     update(steps)
     .where(
@@ -146,98 +91,6 @@ _RELEASE_CHILDREN = (
     )
     .returning(steps.c.step_id, steps.c.status, steps.c.attempts)
 )
-
-
-def claim_step(
-    session: Session,
-    settings: Settings,
-    run_id: str,
-    step_id: str,
-    *,
-    task_id: str,
-    worker: str,
-    redelivered: bool = False,
-) -> Claim | Outcome | None:
-    """Own the attempt a message carries, or None when it is not ours to run (ack and stop).
-
-    A message claims a step that waits for its next attempt (queued or retrying), and only
-    the message of that attempt: a stale or duplicate message finds the attempt count moved
-    on. A step found `running` under an attempt whose worker is gone (the broker redelivered
-    this very message, so its worker died; or the attempt's lease ran out) has lost that
-    attempt: it is recorded as WorkerLostError and retried as the step's policy says, or
-    dead-lettered at the delivery cap; the returned Outcome says which.
-    """
-    facts = _RUN_FACTS.get(run_id)
-    if facts is None:
-        run = session.execute(_SELECT_RUN, {"b_run_id": run_id}).first()
-        if run is None or run.status != RunStatus.RUNNING:
-            return None
-        facts = _RUN_FACTS[run_id] = (run.workflow, run.version, run.params, run.priority)
-    workflow_name, version, params, priority = facts
-    workflow = compiled(session, settings, workflow_name, version)
-    spec = workflow.steps.get(step_id)
-    if spec is None:
-        return None
-    now = utcnow()
-    number = attempt_number(task_id, run_id, step_id)
-    key = {"b_run_id": run_id, "b_step_id": step_id}
-    values = {
-        **key,
-        "b_task_id": task_id,
-        "b_worker": worker,
-        "b_lease": now + lease_for(settings, spec.timeout_s),
-        "b_now": now,
-    }
-    if number is not None:
-        values["b_previous"] = number - 1
-    claimed = session.execute(_CLAIM[number is not None], values).first()
-    if claimed is None:
-        run = session.execute(_SELECT_RUN, {"b_run_id": run_id}).first()
-        if run is None or run.status != RunStatus.RUNNING:
-            return None
-        current = session.execute(_SELECT_CLAIMED, key).first()
-        if (
-            current is not None
-            and current.status == StepStatus.RUNNING
-            and (
-                (redelivered and current.task_id == task_id)
-                or (current.lease_expires_at is not None and current.lease_expires_at < now)
-            )
-        ):
-            return record_lost_attempt(
-                session,
-                settings,
-                run_id,
-                step_id,
-                task_id=current.task_id,
-                attempt=current.attempts,
-            )
-        return None
-    upstream: dict[str, dict[str, Any]] = {}
-    missing = []
-    for need_id in spec.needs:
-        if (run_id, need_id) in _OUTPUTS:
-            upstream[need_id] = {"output": _OUTPUTS[(run_id, need_id)]}
-        else:
-            missing.append(need_id)
-    if missing:
-        for need_id, output in session.execute(
-            _SELECT_UPSTREAM, {"b_run_id": run_id, "b_needs": missing}
-        ):
-            upstream[need_id] = {"output": output}
-            _OUTPUTS[(run_id, need_id)] = output
-    return Claim(
-        run_id,
-        step_id,
-        task_id,
-        claimed.attempts,
-        workflow,
-        spec,
-        priority,
-        params,
-        upstream,
-        claimed.inputs_override,
-    )
 
 
 def attempt(claim: Claim, timeout_errors: tuple[type[BaseException], ...] = ()) -> Result:

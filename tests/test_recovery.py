@@ -20,7 +20,7 @@ import pytest
 import redis
 from sqlalchemy import create_engine, func, select, text, update
 
-from engine import attempts, execution, planning, recovery, resume, runs
+from engine import attempts, claims, execution, planning, recovery, resume, runs
 from engine.auth import Caller
 from engine.models import DeadLetter, Run, Step, utcnow
 from engine.queues import QueueLayout
@@ -464,7 +464,7 @@ def test_a_message_only_takes_the_attempt_it_carries(offline: Stack, unique: str
 
     def claim(attempt: int, redelivered: bool = False) -> object:
         with offline.sessions.begin() as session:
-            return execution.claim_step(
+            return claims.claim_step(
                 session,
                 offline.settings,
                 run_id,
@@ -553,7 +553,7 @@ def test_a_resume_racing_a_finishing_step_still_sees_its_release(
     )
     (run_id,) = planned_runs(offline, unique, 1)
     with offline.sessions.begin() as session:
-        claim = execution.claim_step(
+        claim = claims.claim_step(
             session, offline.settings, run_id, "x", task_id=f"{run_id}:x:1", worker="w"
         )
         assert isinstance(claim, attempts.Claim)

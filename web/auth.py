@@ -64,7 +64,7 @@ def init_app(app: Flask) -> None:
             "invalid token: missing claim " + ", ".join(missing_claims(payload))
         )
     )
-    # Revoked jtis: Redis first, the database when Redis lacks its copy or is down.
+    # Revoked jtis: this process's copy (engine.revocations), the database while it is not trusted.
     revocations = RevocationList.for_settings(settings, app.extensions["engine.read_sessions"])
     manager.token_in_blocklist_loader(
         lambda _h, payload: revocations.is_revoked(payload.get("jti"), payload.get("exp"))

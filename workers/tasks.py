@@ -10,7 +10,7 @@ from typing import Any
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from engine import execution, failures, logs, planning, recovery
+from engine import claims, execution, failures, logs, planning, recovery
 from engine.attempts import Claim, Outcome, inline_worker
 from engine.dlq import describe
 from engine.planning import INLINE_QUEUE
@@ -46,9 +46,9 @@ def _report(outcome: Outcome | None, task_id: str) -> None:
 def claim(
     run_id: str, step_id: str, task_id: str, worker: str, redelivered: bool = False
 ) -> Claim | Outcome | None:
-    """Claim a step attempt in a transaction of its own (see execution.claim_step)."""
+    """Claim a step attempt in a transaction of its own (see claims.claim_step)."""
     with sessions().begin() as session:
-        return execution.claim_step(
+        return claims.claim_step(
             session,
             settings(),
             run_id,
@@ -80,7 +80,7 @@ def perform(
         following = chain.next_step(outcome) if chain is not None else None
         if following is None:
             return outcome, None
-        claimed_next = execution.claim_step(
+        claimed_next = claims.claim_step(
             session,
             settings(),
             *following.args,
