@@ -8,7 +8,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from bench import dag, throughput
+from bench import cpu, dag, throughput
 from bench.baseline import RawSide
 from bench.harness import Platform
 from bench.load import Load
@@ -23,6 +23,12 @@ def _attempt(into: list[Any], measure: Callable[[], Any]) -> None:
     except Exception as exc:  # a failed round is recorded; the other rounds still count
         print(f"bench: a round failed: {exc}", flush=True)
         into.append({"error": f"{type(exc).__name__}: {exc}"})
+
+
+def _best_round(entries: list[Any], key: str) -> dict[str, Any] | None:
+    """The round whose `key` is highest (errors left out)."""
+    rounds = [entry for entry in entries if isinstance(entry, dict) and "error" not in entry]
+    return max(rounds, key=lambda entry: entry[key], default=None)
 
 
 def _best(entries: list[Any], key: str | None = None, *, highest: bool = True) -> Any:
@@ -67,6 +73,10 @@ def measure(
         server, base = platform.start_gunicorn("web:create_app()", "/health")
         dag.register_chain(platform, "bench_chain", sizes.chain_length)
         dag.register_fan_out(platform, "bench_fanout", sizes.fanout_width)
+        services = platform.service_pids()
+        assert raw.worker is not None
+        raw_trees = {"worker": raw.worker.pid, **services}
+        trees = {"worker": worker.pid, "api": server.pid, **services}
         rounds: dict[str, list[Any]] = {
             name: [] for name in ("raw", "raw_drain", "engine", "http", "drain")
         }
@@ -74,21 +84,32 @@ def measure(
         fans: dict[str, list[Any]] = {"raw": [], "platform": []}
         for index in range(sizes.rounds):
             say(f"{platform.backend}: round {index + 1}/{sizes.rounds}, raw Celery and platform")
-            _attempt(rounds["raw"], lambda: raw.end_to_end(sizes.raw_tasks))
+            _attempt(
+                rounds["raw"],
+                cpu.measured(lambda: raw.end_to_end(sizes.raw_tasks), raw_trees, "tasks"),
+            )
             _attempt(
                 rounds["engine"],
-                partial(throughput.end_to_end, platform, sizes.runs, f"bench_one_{index}"),
+                cpu.measured(
+                    partial(throughput.end_to_end, platform, sizes.runs, f"bench_one_{index}"),
+                    trees,
+                    "runs",
+                ),
             )
             _attempt(
                 rounds["http"],
-                partial(
-                    throughput.http,
-                    platform,
-                    sizes.runs,
-                    sizes.http_connections,
-                    f"bench_http_{index}",
-                    base,
-                    load,
+                cpu.measured(
+                    partial(
+                        throughput.http,
+                        platform,
+                        sizes.runs,
+                        sizes.http_connections,
+                        f"bench_http_{index}",
+                        base,
+                        load,
+                    ),
+                    trees,
+                    "runs",
                 ),
             )
             _attempt(rounds["raw_drain"], lambda: raw.drain(sizes.raw_tasks))
@@ -141,9 +162,12 @@ def _throughput(rounds: dict[str, list[Any]], sizes: Sizes) -> dict[str, Any]:
         drain_per_s=_best(rounds["raw_drain"], "per_s"),
     )
     raw["drain_rounds"] = rounds["raw_drain"]
+    raw["cpu"] = (_best_round(rounds["raw"], "per_s") or {}).get("cpu")
     raw["work_per_task"] = RAW_WORK
     engine = _section(rounds["engine"], runs_per_s=_best(rounds["engine"], "per_s"))
+    engine["cpu"] = (_best_round(rounds["engine"], "per_s") or {}).get("cpu")
     http = _section(rounds["http"], runs_per_s=_best(rounds["http"], "per_s"))
+    http["cpu"] = (_best_round(rounds["http"], "per_s") or {}).get("cpu")
     http["connections"] = sizes.http_connections
     drain = _section(rounds["drain"], runs_per_s=_best(rounds["drain"], "per_s"))
     return {

@@ -28,8 +28,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def tree_rss_bytes(pid: int) -> int:
-    """Resident memory of a process plus all its descendants, read from /proc."""
+def _parent(stat: str) -> int:
+    # The command name may hold spaces and parentheses: fields start after the last ')'.
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def parent_pid(pid: int) -> int:
+    return _parent(Path(f"/proc/{pid}/stat").read_text())
+
+
+def family(pid: int) -> list[int]:
+    """A process and all its living descendants, read from /proc."""
     parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -38,15 +47,19 @@ def tree_rss_bytes(pid: int) -> int:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        # The command name may hold spaces and parentheses: fields start after the last ')'.
-        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    family, todo = [], [pid]
+        parents[int(entry.name)] = _parent(stat)
+    members, todo = [], [pid]
     while todo:
         current = todo.pop()
-        family.append(current)
+        members.append(current)
         todo.extend(child for child, parent in parents.items() if parent == current)
+    return members
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Resident memory of a process plus all its descendants."""
     total = 0
-    for member in family:
+    for member in family(pid):
         try:
             status = Path(f"/proc/{member}/status").read_text()
         except OSError:

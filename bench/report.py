@@ -84,6 +84,20 @@ def _delays(figures: Any) -> str:
     )
 
 
+def _cpu(figures: Any) -> str:
+    """Each process tree's CPU ms per run (those that spent any), and how busy the cores were."""
+    if not isinstance(figures, dict):
+        return "–"
+    spent = [
+        f"{name} {_fmt(ms, 1)}"
+        for name, ms in figures.get("ms_per_unit", {}).items()
+        if _number(ms) and ms >= 0.05
+    ]
+    busy = figures.get("cores_busy")
+    cores = f" ({_fmt(busy * 100)} % busy)" if _number(busy) else ""
+    return " · ".join(spent) + cores
+
+
 def _rows(backend: dict[str, Any], sizes: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(label, figure, verdict key, target) rows for one backend."""
     marks = verdicts(backend)
@@ -118,6 +132,8 @@ def _rows(backend: dict[str, Any], sizes: dict[str, Any]) -> list[tuple[str, str
         "",
         "(no target)",
     )
+    for path, label in (("raw", "raw Celery"), ("engine", "engine submit"), ("http", "HTTP")):
+        add(f"  CPU ms per run by process, {label}", _cpu(throughput.get(path, {}).get("cpu")))
     latency = backend.get("latency", {})
     add(
         f"2 submit→first step ms @{_fmt(latency.get('rate_per_s'))}/s p50/p95/p99 (raw)",

@@ -47,6 +47,13 @@ def test_the_bench_harness_runs_every_scenario_at_tiny_sizes_and_records_each_on
     assert not broken, broken
     # The latency scenario measures raw Celery's send -> start beside the platform's.
     assert figures["latency"]["raw"]["p50_ms"] > 0
+    # Each 1-step round says how busy the cores were and what each process tree spent.
+    for path in ("raw", "engine", "http"):
+        cpu = figures["throughput"][path]["cpu"]
+        assert 0 < cpu["cores_busy"] <= 1, (path, cpu)
+        assert cpu["ms_per_unit"]["worker"] > 0, (path, cpu)
+        assert "redis" in cpu["ms_per_unit"], (path, cpu)
+    assert figures["throughput"]["http"]["cpu"]["ms_per_unit"]["api"] > 0
     assert "scenario" in done.stdout and "sqlite" in done.stdout
 
 
