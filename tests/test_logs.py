@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -137,3 +138,26 @@ def test_the_redactor_hides_credentials_and_leaves_the_rest() -> None:
     assert redactor.redact("key=my-very-secret-key-123;") == "key=[REDACTED];"
     plain = "run 1b2c: step fetch -> succeeded in 0.2s"
     assert redactor.redact(plain) == plain
+
+
+def test_the_redactor_finds_credentials_whatever_their_case_as_its_patterns_would() -> None:
+    """redact() runs a pattern only on a text holding its word; the case-blind patterns
+    alone, run on every text, must not find anything more."""
+    redactor = logs.Redactor(["my-very-secret-key-123"])
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJl"
+    texts = [
+        f"AUTHORIZATION: BEARER {jwt}",
+        "AuThOrIzAtIoN='Basic dXNlcjpwYXNz'",
+        # A case-blind regex takes the Turkish dotted and dotless i for an i.
+        "AUTHORİZATİON: abc123",
+        "authorızation=abc123",
+        "BeArEr abc.def",
+        f"{{'x': '{jwt}'}} and my-very-secret-key-123",
+        "nothing to hide, authorized bears",
+    ]
+    for text in texts:
+        expected = re.sub(re.escape("my-very-secret-key-123"), "[REDACTED]", text)
+        for _, pattern in logs.Redactor._PATTERNS:
+            expected = pattern.sub(lambda match: match.group(1) + "[REDACTED]", expected)
+        assert redactor.redact(text) == expected, text
+    assert redactor.redact("AUTHORİZATİON: abc123") == "AUTHORİZATİON: [REDACTED]"
