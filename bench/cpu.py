@@ -23,15 +23,16 @@ def _cores() -> tuple[int, int]:
     return busy, busy + idle + iowait
 
 
-def _process_s(pid: int) -> float:
-    """A process's CPU time with that of its children it has waited for."""
+def _process_s(pid: int, waited: bool = True) -> float:
+    """A process's CPU time, with that of the children it has waited for unless not
+    `waited`."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return 0.0  # gone since the family was read: what it spent is in its parent's
     # Fields after the command name: utime, stime, cutime, cstime are 14 to 17 of stat(5).
     after = stat.rsplit(")", 1)[1].split()
-    return sum(int(value) for value in after[11:15]) * TICK_S
+    return sum(int(value) for value in after[11 : 15 if waited else 13]) * TICK_S
 
 
 def tree_s(pid: int) -> float:
@@ -51,20 +52,27 @@ def measured(
 ) -> Callable[[], dict[str, Any]]:
     """`scenario`, returning its figures with `cpu` added: the share of the cores busy over
     its whole span and the CPU ms per unit (`count_key` of its figures: runs, tasks) of each
-    named process tree, and of this bench process ("bench": the sender, and its waiting)."""
+    named process tree, of this bench process ("bench": the sender, and its waiting) and of
+    the worker's main process alone ("worker main", part of "worker")."""
 
     def run() -> dict[str, Any]:
         before = {name: tree_s(pid) for name, pid in trees.items()}
+        worker_before = _process_s(trees["worker"], waited=False) if "worker" in trees else 0.0
         bench_before = own_s()
         cores_before = _cores()
         figures = scenario()
         cores_after = _cores()
         bench_after = own_s()
         after = {name: tree_s(pid) for name, pid in trees.items()}
+        worker_after = _process_s(trees["worker"], waited=False) if "worker" in trees else 0.0
         busy, total = (end - start for end, start in zip(cores_after, cores_before, strict=True))
         units = figures[count_key]
         spent = {name: after[name] - before[name] for name in trees}
         spent["bench"] = bench_after - bench_before
+        if "worker" in trees:
+            # The prefork pool's main process receives, hands out and acknowledges every
+            # message: when it is the busy one, it bounds the worker.
+            spent["worker main"] = worker_after - worker_before
         figures["cpu"] = {
             "cores_busy": busy / total if total else None,
             "ms_per_unit": {
