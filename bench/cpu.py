@@ -14,13 +14,13 @@ from bench.processes import family
 TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 
 
-def _cores() -> tuple[int, int]:
-    """(busy, all) clock ticks of every core since boot. Stolen time counts as neither busy
-    nor idle: the hypervisor gave it to someone else."""
+def _cores() -> tuple[int, int, int]:
+    """(busy, waiting for the disk, all) clock ticks of every core since boot. Stolen time
+    counts as none of them: the hypervisor gave it to someone else."""
     fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     user, nice, system, idle, iowait, irq, softirq = fields[:7]
     busy = user + nice + system + irq + softirq
-    return busy, busy + idle + iowait
+    return busy, iowait, busy + idle + iowait
 
 
 def _process_s(pid: int, waited: bool = True) -> float:
@@ -65,7 +65,9 @@ def measured(
         bench_after = own_s()
         after = {name: tree_s(pid) for name, pid in trees.items()}
         worker_after = _process_s(trees["worker"], waited=False) if "worker" in trees else 0.0
-        busy, total = (end - start for end, start in zip(cores_after, cores_before, strict=True))
+        busy, disk, total = (
+            end - start for end, start in zip(cores_after, cores_before, strict=True)
+        )
         units = figures[count_key]
         spent = {name: after[name] - before[name] for name in trees}
         spent["bench"] = bench_after - bench_before
@@ -75,6 +77,8 @@ def measured(
             spent["worker main"] = worker_after - worker_before
         figures["cpu"] = {
             "cores_busy": busy / total if total else None,
+            # Idle while a process waited for the disk (an fsync, a checkpoint).
+            "cores_waiting_for_disk": disk / total if total else None,
             "ms_per_unit": {
                 name: round(seconds * 1000 / units, 3) for name, seconds in spent.items()
             },

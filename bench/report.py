@@ -93,9 +93,12 @@ def _cpu(figures: Any) -> str:
         for name, ms in figures.get("ms_per_unit", {}).items()
         if _number(ms) and ms >= 0.05
     ]
-    busy = figures.get("cores_busy")
-    cores = f" ({_fmt(busy * 100)} % busy)" if _number(busy) else ""
-    return " · ".join(spent) + cores
+    shares = [
+        f"{_fmt(figures[key] * 100)} % {label}"
+        for key, label in (("cores_busy", "busy"), ("cores_waiting_for_disk", "disk wait"))
+        if _number(figures.get(key))
+    ]
+    return " · ".join(spent) + (f" ({', '.join(shares)})" if shares else "")
 
 
 def _rows(backend: dict[str, Any], sizes: dict[str, Any]) -> list[tuple[str, str, str, str]]:
