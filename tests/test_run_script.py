@@ -275,7 +275,15 @@ def test_run_serves_api_and_flower_and_sigint_stops_every_process(
 
         known = process_tree(script.pid)
         os.killpg(script.pid, signal.SIGINT)
-        assert script.wait(timeout=SHUTDOWN_TIMEOUT_S) == 0, log.read_text(errors="replace")
+        try:
+            status = script.wait(timeout=SHUTDOWN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            waiting = "\n".join(f"  {pid}: {cmd}" for pid, cmd in still_running(known).items())
+            pytest.fail(
+                f"still running {SHUTDOWN_TIMEOUT_S:g} s after SIGINT:\n{waiting}\n"
+                f"the script's output:\n{log.read_text(errors='replace')[-6000:]}"
+            )
+        assert status == 0, log.read_text(errors="replace")
 
         deadline = time.monotonic() + 15
         while still_running(known) and time.monotonic() < deadline:
