@@ -148,6 +148,10 @@ def still_running(processes: dict[int, str]) -> dict[int, str]:
     return alive
 
 
+def _sigint_as_in_a_terminal() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def stop_leftovers(process: subprocess.Popen[bytes], known: dict[int, str]) -> None:
     """After a failed test: stop the script and anything it started, by pid."""
     known = {**known, **process_tree(process.pid)}
@@ -238,6 +242,10 @@ def test_run_serves_api_and_flower_and_sigint_stops_every_process(
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # As from a terminal: a shell that starts a command in the background without
+            # job control (nohup ... &, some CI runners) ignores SIGINT in it, and bash
+            # cannot trap a signal that was ignored when it started.
+            preexec_fn=_sigint_as_in_a_terminal,
         )
     known: dict[int, str] = {}
     try:
