@@ -1,6 +1,8 @@
 """The raw Celery side of each comparison, on the platform's broker and worker settings
 (bench/raw_app.py): no-op tasks end to end and drained from a full queue, a chain of no-ops,
-a chord of no-ops. Completion is seen through the tasks' Redis counter."""
+a chord of no-ops. Completion is seen through the tasks' Redis counter, and timed by the end
+each task stamps beside it, so the bench polls as seldom as it does for the platform and
+takes no CPU from the raw worker while it waits."""
 
 from __future__ import annotations
 
@@ -12,10 +14,10 @@ from celery import chain, chord
 
 from bench import raw_app
 from bench.harness import Platform
-from bench.measure import delay_figures, paced, wait_until
+from bench.measure import BenchError, delay_figures, paced, wait_until
 from bench.processes import Process, pause, resume
 
-POLL_S = 0.002
+POLL_S = 0.05  # as for the platform's runs (bench.harness.wait_runs)
 
 
 class RawSide:
@@ -46,8 +48,21 @@ class RawSide:
     def _count(self, key: str) -> int:
         return int(self.platform.redis.get(key) or 0)
 
+    def _end(self, which: str, key: str | None = None) -> float:
+        """When the first or the last counted task ended (time.time() of its worker)."""
+        stamp = self.platform.redis.hget(raw_app.ends_key(key or self.counter), which)
+        if stamp is None:
+            raise BenchError(f"no raw task stamped its end under {key or self.counter}")
+        return float(stamp)
+
     def _reset(self) -> None:
-        self.platform.redis.delete(self.counter, self.joined, self.delays)
+        self.platform.redis.delete(
+            self.counter,
+            raw_app.ends_key(self.counter),
+            self.joined,
+            raw_app.ends_key(self.joined),
+            self.delays,
+        )
 
     def _send(self, tasks: int) -> None:
         for _ in range(tasks):
@@ -66,25 +81,24 @@ class RawSide:
     def end_to_end(self, tasks: int) -> dict[str, Any]:
         """Send `tasks` no-ops in a loop; time from the first send to the last completion."""
         self._reset()
-        started = time.perf_counter()
+        started = time.time()
         self._send(tasks)
-        sent = time.perf_counter() - started
+        sent = time.time() - started
         self._wait_count(tasks, f"{tasks} raw tasks")
-        elapsed = time.perf_counter() - started
+        elapsed = self._end("last") - started
         return {"tasks": tasks, "elapsed_s": elapsed, "submit_s": sent, "per_s": tasks / elapsed}
 
     def drain(self, tasks: int) -> dict[str, Any]:
         """Queue `tasks` no-ops while the worker does not consume, then time the drain from
-        the first completion to the last (resuming a consumer waits out a broker poll)."""
+        the first completion to the last (resuming a consumer waits out a broker poll), as
+        the platform's drain is timed."""
         assert self.worker is not None
         self._reset()
         pause(self.app, self.worker)
         self._send(tasks)
         resume(self.app, self.worker)
-        self._wait_count(1, "the first queued raw task")
-        started = time.perf_counter()
         self._wait_count(tasks, f"{tasks} queued raw tasks")
-        elapsed = time.perf_counter() - started
+        elapsed = self._end("last") - self._end("first")
         return {"tasks": tasks, "elapsed_s": elapsed, "per_s": (tasks - 1) / elapsed}
 
     def latency(self, rate: float, seconds: float) -> dict[str, Any]:
@@ -107,17 +121,17 @@ class RawSide:
         """A chain of immutable no-op signatures (each task sends the next; no backend)."""
         self._reset()
         links = chain(*(self.app.signature(raw_app.NOOP, immutable=True) for _ in range(length)))
-        started = time.perf_counter()
+        started = time.time()
         links.apply_async()
         self._wait_count(length, f"a raw chain of {length}")
-        return time.perf_counter() - started
+        return self._end("last") - started
 
     def chord(self, width: int) -> float:
         """A chord of `width` no-ops and a join; the Redis result backend counts members."""
         self._reset()
         header = [self.app.signature(raw_app.NOOP_KEPT, immutable=True) for _ in range(width)]
         body = self.app.signature(raw_app.JOIN, immutable=True)
-        started = time.perf_counter()
+        started = time.time()
         chord(header, body, app=self.app).apply_async()
         self._wait_count(1, f"a raw chord of {width}", self.joined)
-        return time.perf_counter() - started
+        return self._end("last", self.joined) - started

@@ -14,7 +14,10 @@ from bench.harness import Platform
 from bench.load import Load
 from bench.sizes import Sizes
 
-RAW_WORK = "one Redis INCR per task (the completion counter); platform steps run `noop`"
+RAW_WORK = (
+    "one Redis call per task (a script that counts it and stamps its end); "
+    "platform steps run `noop`"
+)
 
 
 def _attempt(into: list[Any], measure: Callable[[], Any]) -> None:

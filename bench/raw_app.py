@@ -1,11 +1,13 @@
 """The raw Celery baseline: the platform worker's own settings (celeryconfig.build), no
 database, no engine. `celery -A bench.raw_app worker` runs it.
 
-Every task does the same trivial work, one Redis INCR under the bench's private key prefix:
-that counter is how the bench sees raw tasks complete (platform runs are counted from the
-database instead, where the platform records them anyway). Chords need a result backend,
-so this app has one, a Redis backend under the same prefix; the plain no-op tasks keep
-`task_ignore_result` as the platform sets it and store nothing there.
+Every task does the same trivial work, one Redis call under the bench's private key prefix: a
+script that counts the task and stamps when it ended (the first and the last end). That is
+how the bench sees raw tasks complete and times them without polling fast (platform runs are
+counted and timed from the database instead, where the platform records them anyway).
+Chords need a result backend, so this app has one, a Redis backend under the same prefix;
+the plain no-op tasks keep `task_ignore_result` as the platform sets it and store nothing
+there.
 """
 
 from __future__ import annotations
@@ -28,6 +30,19 @@ STAMP = "bench.stamp"
 
 def counter_key(settings: Settings) -> str:
     return f"{settings.redis_key_prefix}raw-counter"
+
+
+def ends_key(counter: str) -> str:
+    """The hash of `first` and `last`: when the first and the last counted task ended."""
+    return f"{counter}:ends"
+
+
+# KEYS: the counter and its ends hash; ARGV: the time the task ended.
+_FINISH = """
+redis.call('INCR', KEYS[1])
+redis.call('HSETNX', KEYS[2], 'first', ARGV[1])
+redis.call('HSET', KEYS[2], 'last', ARGV[1])
+"""
 
 
 def joined_key(settings: Settings) -> str:
@@ -55,14 +70,21 @@ def make_app(settings: Settings) -> Celery:
         # Created on first use, so each prefork child opens its own connection.
         return redis.Redis.from_url(settings.redis_url)
 
+    @lru_cache(maxsize=1)
+    def finish_script() -> Any:
+        return client().register_script(_FINISH)
+
+    def finish(counter: str) -> None:
+        finish_script()(keys=[counter, ends_key(counter)], args=[repr(time.time())])
+
     @raw.task(name=NOOP, shared=False)
     def noop() -> None:
-        client().incr(counter_key(settings))
+        finish(counter_key(settings))
 
     @raw.task(name=NOOP_KEPT, ignore_result=False, shared=False)
     def noop_kept() -> None:
         """A chord member: its result is stored, which the chord's counting needs."""
-        client().incr(counter_key(settings))
+        finish(counter_key(settings))
 
     @raw.task(name=STAMP, shared=False)
     def stamp(sent_at: float) -> None:
@@ -71,7 +93,7 @@ def make_app(settings: Settings) -> Celery:
 
     @raw.task(name=JOIN, shared=False)
     def join() -> None:
-        client().incr(joined_key(settings))
+        finish(joined_key(settings))
 
     return raw
 
