@@ -76,7 +76,7 @@ def measure(
         server, base = platform.start_gunicorn("web:create_app()", "/health")
         dag.register_chain(platform, "bench_chain", sizes.chain_length)
         dag.register_fan_out(platform, "bench_fanout", sizes.fanout_width)
-        services = platform.service_pids()
+        services = cpu.service_pids(platform)
         assert raw.worker is not None
         raw_trees = {"worker": raw.worker.pid, **services}
         trees = {"worker": worker.pid, "api": server.pid, **services}

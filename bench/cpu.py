@@ -9,7 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.processes import family
+from sqlalchemy import text
+
+from bench.harness import Platform
+from bench.processes import family, parent_pid
 
 TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 
@@ -45,6 +48,26 @@ def own_s() -> float:
     """CPU seconds of this process alone (its threads, not the processes it started)."""
     times = os.times()
     return times.user + times.system
+
+
+def service_pids(platform: Platform) -> dict[str, int]:
+    """The local Redis server's and PostgreSQL server's process ids (PostgreSQL's main
+    process, whose children are the backends); a service that runs elsewhere is left out."""
+    pids = {"redis": int(platform.redis.info("server")["process_id"])}
+    if platform.backend == "postgres":
+        with platform.db_engine.connect() as connection:
+            backend = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        pids["postgres"] = parent_pid(backend)
+    return {name: pid for name, pid in pids.items() if _runs_here(pid, name)}
+
+
+def _runs_here(pid: int, name: str) -> bool:
+    """Whether process `pid` of this machine is a `name` server (not a stranger that happens
+    to have the id a remote server reported)."""
+    try:
+        return name in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
 
 
 def measured(

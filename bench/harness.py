@@ -19,15 +19,7 @@ import redis
 from sqlalchemy import create_engine, func, select, text
 
 from bench.measure import BenchError, wait_until
-from bench.processes import (
-    BIN,
-    ROOT,
-    WORKER_LOGLEVEL,
-    WORKER_QUEUES,
-    Process,
-    free_port,
-    parent_pid,
-)
+from bench.processes import BIN, ROOT, WORKER_LOGLEVEL, WORKER_QUEUES, Process, free_port
 from engine import actions, migrations
 from engine import runs as run_cases
 from engine import workflows as workflow_specs
@@ -53,15 +45,6 @@ def purge_redis_prefix(client: redis.Redis, prefix: str) -> int:
     if batch:
         removed += client.unlink(*batch)
     return removed
-
-
-def _runs_here(pid: int, name: str) -> bool:
-    """Whether process `pid` of this machine is a `name` server (not a stranger that happens
-    to have the id a remote server reported)."""
-    try:
-        return name in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return False
 
 
 def _http_ok(url: str) -> bool:
@@ -199,17 +182,6 @@ class Platform:
         base = f"http://127.0.0.1:{port}"
         server.wait_ready(lambda: _http_ok(base + health_path), f"gunicorn {app}")
         return server, base
-
-    def service_pids(self) -> dict[str, int]:
-        """The local Redis server's and PostgreSQL server's process ids (PostgreSQL's main
-        process, whose children are the backends), for CPU accounting; a service that runs
-        elsewhere is left out."""
-        pids = {"redis": int(self.redis.info("server")["process_id"])}
-        if self.backend == "postgres":
-            with self.db_engine.connect() as connection:
-                backend = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
-            pids["postgres"] = parent_pid(backend)
-        return {name: pid for name, pid in pids.items() if _runs_here(pid, name)}
 
     def stop(self, process: Process) -> None:
         """Stop a process this platform started."""
