@@ -28,10 +28,11 @@ def _attempt(into: list[Any], measure: Callable[[], Any]) -> None:
         into.append({"error": f"{type(exc).__name__}: {exc}"})
 
 
-def _best_round(entries: list[Any], key: str) -> dict[str, Any] | None:
-    """The round whose `key` is highest (errors left out)."""
+def _best_cpu(entries: list[Any]) -> dict[str, Any] | None:
+    """The CPU figures (bench.cpu) of the fastest round (errors left out)."""
     rounds = [entry for entry in entries if isinstance(entry, dict) and "error" not in entry]
-    return max(rounds, key=lambda entry: entry[key], default=None)
+    best = max(rounds, key=lambda entry: entry["per_s"], default=None)
+    return best and best.get("cpu")
 
 
 def _best(entries: list[Any], key: str | None = None, *, highest: bool = True) -> Any:
@@ -165,12 +166,12 @@ def _throughput(rounds: dict[str, list[Any]], sizes: Sizes) -> dict[str, Any]:
         drain_per_s=_best(rounds["raw_drain"], "per_s"),
     )
     raw["drain_rounds"] = rounds["raw_drain"]
-    raw["cpu"] = (_best_round(rounds["raw"], "per_s") or {}).get("cpu")
+    raw["cpu"] = _best_cpu(rounds["raw"])
     raw["work_per_task"] = RAW_WORK
     engine = _section(rounds["engine"], runs_per_s=_best(rounds["engine"], "per_s"))
-    engine["cpu"] = (_best_round(rounds["engine"], "per_s") or {}).get("cpu")
+    engine["cpu"] = _best_cpu(rounds["engine"])
     http = _section(rounds["http"], runs_per_s=_best(rounds["http"], "per_s"))
-    http["cpu"] = (_best_round(rounds["http"], "per_s") or {}).get("cpu")
+    http["cpu"] = _best_cpu(rounds["http"])
     http["connections"] = sizes.http_connections
     drain = _section(rounds["drain"], runs_per_s=_best(rounds["drain"], "per_s"))
     return {

@@ -64,20 +64,20 @@ def current_context() -> Mapping[str, str]:
 class Redactor:
     """Replaces credentials in text: Authorization values, bearer tokens, JWTs, secrets."""
 
-    # Each pattern with the words (lower case) one of which a text must hold for it to match:
-    # most lines hold none, and looking for a word costs far less than a case-blind regex.
+    # Each pattern with the word (lower case) a text must hold for it to match: most lines
+    # hold none, and looking for a word costs far less than a case-blind regex.
     _PATTERNS = (
         # "Authorization: Bearer x", authorization='Basic x', {"authorization": "x"}
         (
-            ("authorization",),
+            "authorization",
             re.compile(
                 r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?)(?:(?:bearer|basic|token)\s+)?"
                 r"[^\s\"',;}]+"
             ),
         ),
-        (("bearer",), re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9\-._~+/]+=*")),
+        ("bearer", re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9\-._~+/]+=*")),
         # header.payload.signature, the header being base64url JSON: `{"` is `eyJ`.
-        (("eyj",), re.compile(r"()\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")),
+        ("eyj", re.compile(r"()\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")),
     )
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
@@ -92,8 +92,8 @@ class Redactor:
             text = self._secrets.sub(REDACTED, text)
         # A regex with (?i) matches the Turkish dotted and dotless i for an i as well.
         words = text.lower().replace("\u0131", "i").replace("i\u0307", "i")
-        for needs, pattern in self._PATTERNS:
-            if any(word in words for word in needs):
+        for word, pattern in self._PATTERNS:
+            if word in words:
                 text = pattern.sub(lambda match: match.group(1) + REDACTED, text)
         return text
 
