@@ -9,12 +9,14 @@ from kombu import Queue
 
 from engine.config import Settings
 from engine.work import MANAGER_QUEUE, RECONCILE_TASK
+from workers import redis_transport
 
 QUEUES = (MANAGER_QUEUE, "steps", "default")
 
 
 def build(settings: Settings) -> dict[str, Any]:
     """The Celery configuration for these settings."""
+    redis_transport.install()
     return {
         "broker_url": settings.redis_url,
         "broker_connection_retry_on_startup": True,

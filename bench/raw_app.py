@@ -1,5 +1,5 @@
-"""The raw Celery baseline: the platform worker's own settings (celeryconfig.build), no
-database, no engine. `celery -A bench.raw_app worker` runs it.
+"""The raw Celery baseline: the platform worker's own settings (celeryconfig.build) on kombu's
+own Redis transport, no database, no engine. `celery -A bench.raw_app worker` runs it.
 
 Every task does the same trivial work, one Redis call under the bench's private key prefix: a
 script that counts the task and stamps when it ended (the first and the last end). That is
@@ -26,6 +26,8 @@ NOOP = "bench.noop"
 NOOP_KEPT = "bench.noop_kept"
 JOIN = "bench.join"
 STAMP = "bench.stamp"
+# Celery as shipped: kombu's own Redis transport.
+RAW_TRANSPORT = "kombu.transport.redis:Transport"
 
 
 def counter_key(settings: Settings) -> str:
@@ -58,6 +60,9 @@ def make_app(settings: Settings) -> Celery:
     raw = Celery("bench_raw", set_as_current=False)
     config = celeryconfig.build(settings)
     config.update(
+        # Not the platform's transport (workers/redis_transport.py, one Redis client per
+        # channel): that is the platform's own work.
+        broker_transport=RAW_TRANSPORT,
         result_backend=settings.redis_url,
         result_backend_transport_options={"global_keyprefix": settings.redis_key_prefix},
         result_expires=600,
