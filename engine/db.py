@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, Table, create_engine, event, insert, text
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -68,6 +68,32 @@ def durable(session: Session) -> None:
     else would find again if a database crash undid them, such as a dead letter."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(_SERVER_SYNCHRONOUS_COMMIT)
+
+
+def insert_rows(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Insert rows that all have the same keys, in the session's transaction. PostgreSQL takes
+    them as one COPY: 10,000 steps in a third of the time of as many INSERTs (which psycopg
+    pipelines). Each value goes through its column's type first, as in an INSERT."""
+    if not rows:
+        return
+    connection = session.connection()
+    dialect = connection.dialect
+    if dialect.name != "postgresql":
+        session.execute(insert(table), rows)
+        return
+    columns = [
+        (name, table.c[name].type.dialect_impl(dialect).bind_processor(dialect)) for name in rows[0]
+    ]
+    quote = dialect.identifier_preparer.quote
+    statement = (
+        f"COPY {dialect.identifier_preparer.format_table(table)} "
+        f"({', '.join(quote(name) for name, _ in columns)}) FROM STDIN"
+    )
+    with connection.connection.driver_connection.cursor() as cursor, cursor.copy(statement) as copy:
+        for row in rows:
+            copy.write_row(
+                [row[name] if process is None else process(row[name]) for name, process in columns]
+            )
 
 
 def _drop_closed_connections(db_engine: Engine) -> None:

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import bindparam, insert, update
+from sqlalchemy import bindparam, update
 from sqlalchemy.orm import Session
 
 from engine import dlq, metrics, workflows
 from engine.attempts import Claim, lease_for
 from engine.config import Settings
+from engine.db import insert_rows
 from engine.models import Run, Step, utcnow
 from engine.state import RunStatus, StepStatus
 from engine.work import MANAGER_QUEUE, PLAN_TASK, Work, plan_task_id, step_dispatch, step_task_id
@@ -108,7 +109,7 @@ def plan_and_claim(
                 run_id, spec.id, 1, spec.queue, spec.timeout_s, settings, priority=run.priority
             )
         )
-    session.execute(insert(steps), rows)
+    insert_rows(session, steps, rows)
     metrics.manager_planning_duration_seconds.observe(time.perf_counter() - started)
     return work, claim
 

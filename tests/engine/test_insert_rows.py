@@ -1,0 +1,104 @@
+"""engine.db.insert_rows, how a plan's steps are written (one COPY on PostgreSQL): the rows
+read back exactly as the same rows inserted by an INSERT do, on SQLite and PostgreSQL; and
+they are part of the caller's transaction."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import insert, select
+
+from engine import db
+from engine.models import Base, Run, Step
+
+steps = Step.__table__
+NOW = datetime(2026, 12, 6, 7, 30, 15, 123456, tzinfo=UTC)
+
+
+def run_row(run_id: str) -> dict[str, Any]:
+    return {
+        "id": run_id,
+        "workflow": "w",
+        "version": 1,
+        "params": {},
+        "status": "running",
+        "priority": 0,
+        "created_by": "alice",
+        "request_hash": "h",
+        "created_at": NOW,
+        "leaves_left": 1,
+        "plan_deliveries": 0,
+    }
+
+
+def step_rows(run_id: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "run_id": run_id,
+            "step_id": f"s{index}",
+            "position": index,
+            "action": "noop",
+            "queue": "steps",
+            "depends_on": [] if index == 0 else ["s0", 'quote"d\ttab'],
+            "pending_deps": 0 if index == 0 else 2,
+            "status": "queued" if index == 0 else "pending",
+            "attempts": 0,
+            "max_attempts": 3,
+            "timeout_s": 2.5,
+            # Another zone: stored as the same instant in UTC.
+            "dispatched_at": NOW.astimezone(timezone(timedelta(hours=5))) if index == 0 else None,
+            "task_id": None,
+            "worker": "w\\1 ünï",
+            "lease_expires_at": NOW + timedelta(seconds=index),
+            "started_at": None,
+        }
+        for index in range(3)
+    ]
+
+
+def stored(session: Any, run_id: str) -> list[dict[str, Any]]:
+    """The run's steps, every column but the run id."""
+    query = select(steps).where(steps.c.run_id == run_id).order_by(steps.c.position)
+    return [
+        {key: value for key, value in row.items() if key != "run_id"}
+        for row in session.execute(query).mappings()
+    ]
+
+
+def test_rows_read_back_as_an_inserts_rows_do(fresh_database: str) -> None:
+    engine = db.make_engine(fresh_database)
+    Base.metadata.create_all(engine)
+    try:
+        factory = db.make_session_factory(engine)
+        with factory.begin() as session:
+            session.execute(insert(Run.__table__), [run_row("copied"), run_row("inserted")])
+            db.insert_rows(session, steps, step_rows("copied"))
+            session.execute(insert(steps), step_rows("inserted"))
+        with factory() as session:
+            copied = stored(session, "copied")
+            assert copied == stored(session, "inserted")
+        assert len(copied) == 3
+        assert copied[0]["timeout_s"] == 2.5
+        assert [row["dispatched_at"] for row in copied] == [NOW, None, None]  # aware, UTC
+        assert copied[1]["depends_on"] == ["s0", 'quote"d\ttab']
+        assert copied[2]["worker"] == "w\\1 ünï"
+    finally:
+        engine.dispose()
+
+
+def test_rows_go_with_the_callers_transaction(fresh_database: str) -> None:
+    engine = db.make_engine(fresh_database)
+    Base.metadata.create_all(engine)
+    try:
+        factory = db.make_session_factory(engine)
+        with factory.begin() as session:
+            session.execute(insert(Run.__table__), [run_row("kept")])
+        with factory() as session:
+            db.insert_rows(session, steps, step_rows("kept"))
+            session.rollback()
+        with factory() as session:
+            assert stored(session, "kept") == []
+            db.insert_rows(session, steps, [])
+    finally:
+        engine.dispose()
