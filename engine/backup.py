@@ -2,38 +2,29 @@
 
 SQLite uses its online backup API both ways, so a backup is consistent while the platform
 writes, and a restore replaces the live file under SQLite's own locks. PostgreSQL uses
-pg_dump's custom format and pg_restore, with the client binaries that match the server's
-major version when the machine has several.
+pg_dump's custom format and pg_restore, run by engine.pg_client.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
-import subprocess
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import inspect, text
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from engine import migrations
+from engine import migrations, pg_client
 from engine.config import Settings
 from engine.db import make_engine, normalise_url
-from engine.errors import EngineError
+from engine.errors import DatabaseOperationError
 from engine.models import Base
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 SQLITE_TIMEOUT_S = 30.0
-# pg_restore gives up instead of waiting forever behind a session that holds a lock.
-PG_LOCK_TIMEOUT = "-c lock_timeout=30000"
-
-
-class DatabaseOperationError(EngineError):
-    code, status, title = "database_operation_failed", 500, "Database operation failed"
 
 
 @dataclass(frozen=True)
@@ -66,7 +57,7 @@ def backup(settings: Settings, path: Path | None = None) -> Path:
         if settings.is_sqlite:
             _sqlite_backup(sqlite_path(settings), partial)
         else:
-            _pg_run(settings, "pg_dump", ["--format=custom", "--file", str(partial)])
+            pg_client.run_tool(settings, "pg_dump", ["--format=custom", "--file", str(partial)])
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)
@@ -82,8 +73,8 @@ def restore(settings: Settings, path: Path) -> None:
         _sqlite_restore(path, sqlite_path(settings, must_exist=False))
     else:
         # --list reads the archive's table of contents: a wrong file fails here, untouched.
-        _pg_run(settings, "pg_restore", ["--list", str(path)], connect=False)
-        _pg_run(
+        pg_client.run_tool(settings, "pg_restore", ["--list", str(path)], connect=False)
+        pg_client.run_tool(
             settings,
             "pg_restore",
             ["--clean", "--if-exists", "--no-owner", "--single-transaction", str(path)],
@@ -104,7 +95,7 @@ def check(settings: Settings) -> list[CheckResult]:
             connection.execute(text("SELECT 1"))
             tables = set(inspect(connection).get_table_names())
     except SQLAlchemyError as exc:
-        return [*results, CheckResult("connection", False, _first_line(exc))]
+        return [*results, CheckResult("connection", False, pg_client.first_line(exc))]
     finally:
         db_engine.dispose()
     results.append(CheckResult("connection", True, "SELECT 1 answered"))
@@ -225,62 +216,3 @@ def _sqlite_checks(path: Path) -> list[CheckResult]:
     else:
         keys = CheckResult("foreign_keys", True, "ok")
     return [integrity, keys]
-
-
-# PostgreSQL -------------------------------------------------------------------------------
-
-
-def _pg_run(settings: Settings, tool: str, args: list[str], *, connect: bool = True) -> None:
-    url = make_url(normalise_url(settings.database_url))
-    command = [pg_tool(settings, tool), *args]
-    # The tools inherit this process's environment; only the password and the lock
-    # timeout are added, so the password stays out of `ps`.
-    env = dict(os.environ)
-    if connect:
-        command += ["--dbname", libpq_uri(url)]
-        if url.password is not None:
-            env["PGPASSWORD"] = str(url.password)
-        env["PGOPTIONS"] = f"{env.get('PGOPTIONS', '')} {PG_LOCK_TIMEOUT}".strip()
-    try:
-        result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    except OSError as exc:
-        raise DatabaseOperationError(f"{tool} could not run: {exc}") from exc
-    if result.returncode != 0:
-        raise DatabaseOperationError(f"{tool} failed: {result.stderr.strip()[-2000:]}")
-
-
-def libpq_uri(url: URL) -> str:
-    """The URL as libpq reads it, without the driver name and the password."""
-    return url.set(drivername="postgresql", password=None).render_as_string(hide_password=False)
-
-
-def server_major_version(settings: Settings) -> int:
-    db_engine = make_engine(settings)
-    try:
-        with db_engine.connect() as connection:
-            return int(connection.execute(text("SHOW server_version_num")).scalar_one()) // 10000
-    except SQLAlchemyError as exc:
-        raise DatabaseOperationError(f"cannot reach the database: {_first_line(exc)}") from exc
-    finally:
-        db_engine.dispose()
-
-
-def pg_tool(settings: Settings, name: str) -> str:
-    """`name` (pg_dump, pg_restore) built for the server's major version when installed
-    (Debian keeps each version under /usr/lib/postgresql/<major>/bin), else from PATH."""
-    major = server_major_version(settings)
-    versioned = Path(f"/usr/lib/postgresql/{major}/bin/{name}")
-    if versioned.is_file():
-        return str(versioned)
-    found = shutil.which(name)
-    if found is None:
-        raise DatabaseOperationError(
-            f"{name} not found: install the PostgreSQL {major} client "
-            f"(apt-get install postgresql-client-{major})"
-        )
-    return found
-
-
-def _first_line(error: Exception) -> str:
-    orig = getattr(error, "orig", None) or error
-    return (str(orig).strip().splitlines() or [type(orig).__name__])[0][:300]

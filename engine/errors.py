@@ -54,6 +54,12 @@ class ConfigError(EngineError):
     code, status, title = "config_error", 500, "Configuration error"
 
 
+class DatabaseOperationError(EngineError):
+    """A backup, restore, check or analyze of the database failed (engine.backup)."""
+
+    code, status, title = "database_operation_failed", 500, "Database operation failed"
+
+
 class TransientError(EngineError):
     """A failure worth retrying (database or broker briefly away)."""
 
