@@ -20,7 +20,7 @@ import celeryconfig
 from engine import logs
 from engine.config import Settings
 from engine.metrics import DURATION_BUCKETS, exposition_registry
-from workers.health import make_observer
+from workers.observer import make_observer
 
 access_log = logging.getLogger(logs.ACCESS_LOGGER)
 

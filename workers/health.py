@@ -14,49 +14,23 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from celery import Celery
 from celery.bootsteps import RUN
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy.orm import Session
 
 from engine.config import Settings
 from engine.db import make_engine, make_session_factory
 from engine.metrics import exposition_registry
 from engine.observe import Observer, gather
-from engine.queues import QueueLayout, broker_client
 from workers import timers
+from workers.observer import BROKER_TIMEOUT_S, make_observer
 
 log = logging.getLogger(__name__)
 
 PORT_SPAN = 20
-BROKER_TIMEOUT_S = 1.0
-
-
-def ping_workers(app: Celery, timeout: float) -> list[str]:
-    """Names of the workers that answer a ping within `timeout` seconds."""
-    replies = app.control.ping(timeout=timeout) or []
-    return sorted(name for reply in replies for name in reply)
-
-
-def make_observer(
-    settings: Settings,
-    app: Celery,
-    sessions: Callable[[], Session] | None,
-    queues: Sequence[str],
-) -> Observer:
-    """An observer of the broker this Celery app uses (same key prefix and priority lists)."""
-    layout = QueueLayout.from_transport_options(app.conf.broker_transport_options or {})
-    return Observer(
-        broker_client(settings, BROKER_TIMEOUT_S),
-        layout,
-        queues,
-        sessions=sessions,
-        ping=lambda timeout: ping_workers(app, timeout),
-    )
 
 
 class HealthServer:

@@ -1,0 +1,39 @@
+"""The engine's Observer (engine.observe) wired to a Celery app's broker: the same key prefix
+and priority lists as the app, and its workers' ping. The API's /metrics and /admin/status
+and each worker's /health read through one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from celery import Celery
+from sqlalchemy.orm import Session
+
+from engine.config import Settings
+from engine.observe import Observer
+from engine.queues import QueueLayout, broker_client
+
+BROKER_TIMEOUT_S = 1.0
+
+
+def ping_workers(app: Celery, timeout: float) -> list[str]:
+    """Names of the workers that answer a ping within `timeout` seconds."""
+    replies = app.control.ping(timeout=timeout) or []
+    return sorted(name for reply in replies for name in reply)
+
+
+def make_observer(
+    settings: Settings,
+    app: Celery,
+    sessions: Callable[[], Session] | None,
+    queues: Sequence[str],
+) -> Observer:
+    """An observer of the broker this Celery app uses (same key prefix and priority lists)."""
+    layout = QueueLayout.from_transport_options(app.conf.broker_transport_options or {})
+    return Observer(
+        broker_client(settings, BROKER_TIMEOUT_S),
+        layout,
+        queues,
+        sessions=sessions,
+        ping=lambda timeout: ping_workers(app, timeout),
+    )
