@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, Table, create_engine, event, insert, text
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.config import Settings
@@ -89,11 +89,28 @@ def insert_rows(session: Session, table: Table, rows: list[dict[str, Any]]) -> N
         f"COPY {dialect.identifier_preparer.format_table(table)} "
         f"({', '.join(quote(name) for name, _ in columns)}) FROM STDIN"
     )
-    with connection.connection.driver_connection.cursor() as cursor, cursor.copy(statement) as copy:
-        for row in rows:
-            copy.write_row(
-                [row[name] if process is None else process(row[name]) for name, process in columns]
-            )
+    dbapi_error = dialect.loaded_dbapi.Error
+    driver_connection = connection.connection.driver_connection
+    try:
+        with driver_connection.cursor() as cursor:
+            with cursor.copy(statement) as copy:
+                for row in rows:
+                    copy.write_row(
+                        [
+                            row[name] if process is None else process(row[name])
+                            for name, process in columns
+                        ]
+                    )
+    except dbapi_error as exc:
+        # As SQLAlchemy does for a statement: a lost connection is invalidated (the session's
+        # rollback then has nothing to send), and the error is raised as its OperationalError,
+        # IntegrityError..., so the callers' handling of a database that went away applies.
+        lost = dialect.is_disconnect(exc, driver_connection, None)
+        if lost:
+            connection.invalidate(exc)
+        raise DBAPIError.instance(
+            statement, None, exc, dbapi_error, connection_invalidated=lost, dialect=dialect
+        ) from exc
 
 
 def _drop_closed_connections(db_engine: Engine) -> None:

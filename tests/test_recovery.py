@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy import create_engine, func, select, text, update
+from sqlalchemy import func, select, update
 
 from engine import attempts, claims, execution, planning, recovery, resume, runs
 from engine.auth import Caller
@@ -257,30 +257,6 @@ def test_a_broker_restarted_without_its_data_mid_flight_loses_no_run(
         assert set(executed.values()) == {1}
 
 
-def end_every_session(database_url: str) -> int:
-    """Have PostgreSQL end every session of the database, as a restart or failover does, and
-    wait until they are gone (pg_terminate_backend only signals them)."""
-    name = database_url.rsplit("/", 1)[1]
-    admin = create_engine(services.POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    sessions = text(
-        "SELECT pid FROM pg_stat_activity WHERE datname = :name AND pid <> pg_backend_pid()"
-    )
-    try:
-        with admin.connect() as connection:
-            ended = set(connection.execute(sessions, {"name": name}).scalars())
-            for pid in ended:
-                connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-            wait_for(
-                lambda: not ended & set(connection.execute(sessions, {"name": name}).scalars()),
-                10,
-                0.05,
-                message="the ended sessions to be gone",
-            )
-            return len(ended)
-    finally:
-        admin.dispose()
-
-
 def test_the_database_server_ending_every_session_loses_no_run_and_fails_no_request(
     backend: str, tmp_path: Path, unique: str
 ) -> None:
@@ -297,7 +273,7 @@ def test_the_database_server_ending_every_session_loses_no_run_and_fails_no_requ
         for run_id in [stack.submit(unique) for _ in range(6)]:
             assert stack.wait_finished(run_id)["status"] == "succeeded"
         # The API's pool and each worker process hold idle connections the server has ended.
-        assert end_every_session(stack.database_url) >= 3
+        assert services.end_every_session(stack.database_url) >= 3
 
         run_ids = [stack.submit(unique) for _ in range(20)]
         for run_id in run_ids:

@@ -7,10 +7,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import pytest
 from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from engine import db
 from engine.models import Base, Run, Step
+from tests.support.services import end_every_session
 
 steps = Step.__table__
 NOW = datetime(2026, 12, 6, 7, 30, 15, 123456, tzinfo=UTC)
@@ -100,5 +103,47 @@ def test_rows_go_with_the_callers_transaction(fresh_database: str) -> None:
         with factory() as session:
             assert stored(session, "kept") == []
             db.insert_rows(session, steps, [])
+    finally:
+        engine.dispose()
+
+
+def test_a_failed_insert_raises_what_sqlalchemy_raises_for_a_statement(
+    fresh_database: str,
+) -> None:
+    engine = db.make_engine(fresh_database)
+    Base.metadata.create_all(engine)
+    try:
+        factory = db.make_session_factory(engine)
+        with factory.begin() as session:
+            session.execute(insert(Run.__table__), [run_row("twice")])
+            db.insert_rows(session, steps, step_rows("twice"))
+        with pytest.raises(IntegrityError), factory.begin() as session:
+            db.insert_rows(session, steps, step_rows("twice"))
+        with factory() as session:
+            assert len(stored(session, "twice")) == 3
+    finally:
+        engine.dispose()
+
+
+def test_a_session_the_server_ended_raises_sqlalchemys_operational_error(
+    backend: str, fresh_database: str
+) -> None:
+    """What the worker's plan_run takes for "the database went away" (the run stays queued),
+    not a planning failure (which would bury the run)."""
+    if backend != "postgres":
+        pytest.skip("PostgreSQL's COPY; SQLite has no server to end the session")
+    engine = db.make_engine(fresh_database)
+    Base.metadata.create_all(engine)
+    try:
+        factory = db.make_session_factory(engine)
+        with factory.begin() as session:
+            session.execute(insert(Run.__table__), [run_row("ended")])
+        with factory() as session:
+            session.execute(select(steps.c.step_id).limit(1)).all()  # in a transaction now
+            assert end_every_session(fresh_database) >= 1
+            with pytest.raises(OperationalError):
+                db.insert_rows(session, steps, step_rows("ended"))
+        with factory() as session:
+            assert stored(session, "ended") == []
     finally:
         engine.dispose()

@@ -226,3 +226,29 @@ class Worker:
                 os.killpg(self.process.pid, 9)
                 self.process.wait(10)
         self.log.close()
+
+
+def end_every_session(database_url: str) -> int:
+    """Have PostgreSQL end every session of the database, as a restart or failover does, and
+    wait until they are gone (pg_terminate_backend only signals them); how many there were."""
+    from sqlalchemy import create_engine, text
+
+    name = database_url.rsplit("/", 1)[1]
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    sessions = text(
+        "SELECT pid FROM pg_stat_activity WHERE datname = :name AND pid <> pg_backend_pid()"
+    )
+    try:
+        with admin.connect() as connection:
+            ended = set(connection.execute(sessions, {"name": name}).scalars())
+            for pid in ended:
+                connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            wait_for(
+                lambda: not ended & set(connection.execute(sessions, {"name": name}).scalars()),
+                10,
+                0.05,
+                message="the ended sessions to be gone",
+            )
+            return len(ended)
+    finally:
+        admin.dispose()
