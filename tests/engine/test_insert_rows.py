@@ -4,12 +4,14 @@ they are part of the caller's transaction."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
 
 from engine import db
 from engine.models import Base, Run, Step
@@ -69,81 +71,69 @@ def stored(session: Any, run_id: str) -> list[dict[str, Any]]:
     ]
 
 
-def test_rows_read_back_as_an_inserts_rows_do(fresh_database: str) -> None:
+@pytest.fixture
+def sessions(fresh_database: str) -> Iterator[sessionmaker[Session]]:
+    """Sessions on an empty database of the backend with the platform's tables."""
     engine = db.make_engine(fresh_database)
     Base.metadata.create_all(engine)
-    try:
-        factory = db.make_session_factory(engine)
-        with factory.begin() as session:
-            session.execute(insert(Run.__table__), [run_row("copied"), run_row("inserted")])
-            db.insert_rows(session, steps, step_rows("copied"))
-            session.execute(insert(steps), step_rows("inserted"))
-        with factory() as session:
-            copied = stored(session, "copied")
-            assert copied == stored(session, "inserted")
-        assert len(copied) == 3
-        assert copied[0]["timeout_s"] == 2.5
-        assert [row["dispatched_at"] for row in copied] == [NOW, None, None]  # aware, UTC
-        assert copied[1]["depends_on"] == ["s0", 'quote"d\ttab']
-        assert copied[2]["worker"] == "w\\1 ünï"
-    finally:
-        engine.dispose()
+    yield db.make_session_factory(engine)
+    engine.dispose()
 
 
-def test_rows_go_with_the_callers_transaction(fresh_database: str) -> None:
-    engine = db.make_engine(fresh_database)
-    Base.metadata.create_all(engine)
-    try:
-        factory = db.make_session_factory(engine)
-        with factory.begin() as session:
-            session.execute(insert(Run.__table__), [run_row("kept")])
-        with factory() as session:
-            db.insert_rows(session, steps, step_rows("kept"))
-            session.rollback()
-        with factory() as session:
-            assert stored(session, "kept") == []
-            db.insert_rows(session, steps, [])
-    finally:
-        engine.dispose()
+def add_runs(sessions: sessionmaker[Session], *run_ids: str) -> None:
+    with sessions.begin() as session:
+        session.execute(insert(Run.__table__), [run_row(run_id) for run_id in run_ids])
+
+
+def test_rows_read_back_as_an_inserts_rows_do(sessions: sessionmaker[Session]) -> None:
+    add_runs(sessions, "copied", "inserted")
+    with sessions.begin() as session:
+        db.insert_rows(session, steps, step_rows("copied"))
+        session.execute(insert(steps), step_rows("inserted"))
+    with sessions() as session:
+        copied = stored(session, "copied")
+        assert copied == stored(session, "inserted")
+    assert len(copied) == 3
+    assert copied[0]["timeout_s"] == 2.5
+    assert [row["dispatched_at"] for row in copied] == [NOW, None, None]  # aware, UTC
+    assert copied[1]["depends_on"] == ["s0", 'quote"d\ttab']
+    assert copied[2]["worker"] == "w\\1 ünï"
+
+
+def test_rows_go_with_the_callers_transaction(sessions: sessionmaker[Session]) -> None:
+    add_runs(sessions, "kept")
+    with sessions() as session:
+        db.insert_rows(session, steps, step_rows("kept"))
+        session.rollback()
+    with sessions() as session:
+        assert stored(session, "kept") == []
+        db.insert_rows(session, steps, [])
 
 
 def test_a_failed_insert_raises_what_sqlalchemy_raises_for_a_statement(
-    fresh_database: str,
+    sessions: sessionmaker[Session],
 ) -> None:
-    engine = db.make_engine(fresh_database)
-    Base.metadata.create_all(engine)
-    try:
-        factory = db.make_session_factory(engine)
-        with factory.begin() as session:
-            session.execute(insert(Run.__table__), [run_row("twice")])
-            db.insert_rows(session, steps, step_rows("twice"))
-        with pytest.raises(IntegrityError), factory.begin() as session:
-            db.insert_rows(session, steps, step_rows("twice"))
-        with factory() as session:
-            assert len(stored(session, "twice")) == 3
-    finally:
-        engine.dispose()
+    add_runs(sessions, "twice")
+    with sessions.begin() as session:
+        db.insert_rows(session, steps, step_rows("twice"))
+    with pytest.raises(IntegrityError), sessions.begin() as session:
+        db.insert_rows(session, steps, step_rows("twice"))
+    with sessions() as session:
+        assert len(stored(session, "twice")) == 3
 
 
 def test_a_session_the_server_ended_raises_sqlalchemys_operational_error(
-    backend: str, fresh_database: str
+    backend: str, fresh_database: str, sessions: sessionmaker[Session]
 ) -> None:
     """What the worker's plan_run takes for "the database went away" (the run stays queued),
     not a planning failure (which would bury the run)."""
     if backend != "postgres":
         pytest.skip("PostgreSQL's COPY; SQLite has no server to end the session")
-    engine = db.make_engine(fresh_database)
-    Base.metadata.create_all(engine)
-    try:
-        factory = db.make_session_factory(engine)
-        with factory.begin() as session:
-            session.execute(insert(Run.__table__), [run_row("ended")])
-        with factory() as session:
-            session.execute(select(steps.c.step_id).limit(1)).all()  # in a transaction now
-            assert end_every_session(fresh_database) >= 1
-            with pytest.raises(OperationalError):
-                db.insert_rows(session, steps, step_rows("ended"))
-        with factory() as session:
-            assert stored(session, "ended") == []
-    finally:
-        engine.dispose()
+    add_runs(sessions, "ended")
+    with sessions() as session:
+        session.execute(select(steps.c.step_id).limit(1)).all()  # in a transaction now
+        assert end_every_session(fresh_database) >= 1
+        with pytest.raises(OperationalError):
+            db.insert_rows(session, steps, step_rows("ended"))
+    with sessions() as session:
+        assert stored(session, "ended") == []
