@@ -33,10 +33,12 @@ def test_a_worker_sends_every_task_event_flower_shows_in_batches(tmp_path: Path)
     with private_stack("sqlite", tmp_path) as (stack, server):
         monitor = server.client().pubsub(ignore_subscribe_messages=True)
         monitor.psubscribe("*celeryev*")
-        stack.start_worker(concurrency=2)
         stack.register({"name": "tick", "version": 1, "steps": [{"id": "t", "action": "noop"}]})
         headers = stack.headers()
+        # Queued before the worker starts, so it drains them as fast as it can: the events of
+        # a busy worker, whatever the speed of this machine.
         run_ids = [stack.submit("tick", headers=headers) for _ in range(RUNS)]
+        stack.start_worker(concurrency=2)
         for run_id in run_ids:
             assert stack.wait_finished(run_id)["status"] == "succeeded"
 
