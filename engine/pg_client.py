@@ -22,6 +22,8 @@ PG_LOCK_TIMEOUT = "-c lock_timeout=30000"
 
 
 def run_tool(settings: Settings, tool: str, args: list[str], *, connect: bool = True) -> None:
+    """Run `tool` with `args`, given the database to connect to unless not `connect`; a
+    failure is a DatabaseOperationError carrying the end of what the tool wrote to stderr."""
     url = make_url(normalise_url(settings.database_url))
     command = [pg_tool(settings, tool), *args]
     # The tools inherit this process's environment; only the password and the lock
