@@ -1,6 +1,6 @@
 """The bench's own platform: a fresh database per backend, a private Redis key prefix, the
 worker and gunicorn processes it starts and stops itself (bench.processes), and the engine
-in process for submitting runs and reading their times."""
+in process for submitting runs; bench.readings reads what the runs did."""
 
 from __future__ import annotations
 
@@ -11,22 +11,20 @@ import sys
 import urllib.error
 import urllib.request
 import uuid
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import redis
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine, text
 
-from bench.measure import BenchError, wait_until
 from bench.processes import BIN, ROOT, WORKER_LOGLEVEL, WORKER_QUEUES, Process, free_port
+from bench.readings import RunReadings
 from engine import actions, migrations
 from engine import runs as run_cases
 from engine import workflows as workflow_specs
 from engine.auth import Caller, mint_token, parse_ttl
 from engine.config import Settings
 from engine.db import make_engine, make_session_factory
-from engine.models import Run, Step
 from workers import dispatch
 from workers.factory import make_celery
 
@@ -55,9 +53,10 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-class Platform:
+class Platform(RunReadings):
     """One backend's platform: a migrated database, settings with a private Redis prefix,
-    an in-process sender, and the worker and API processes the scenarios start."""
+    an in-process sender, and the worker and API processes the scenarios start; what its
+    runs did is read through RunReadings."""
 
     def __init__(
         self,
@@ -209,66 +208,6 @@ class Platform:
             run_id = run.id
         dispatch.send(work, self.sender)
         return run_id
-
-    def run_counts(self, workflow: str) -> dict[str, int]:
-        with self.reads() as session:
-            rows = session.execute(
-                select(Run.status, func.count())
-                .where(Run.workflow == workflow)
-                .group_by(Run.status)
-            ).all()
-        return {status: count for status, count in rows}
-
-    def wait_runs(self, workflow: str, expected: int, timeout: float) -> dict[str, int]:
-        """Wait until `expected` runs of a workflow finished; BenchError if any did not succeed."""
-
-        def finished() -> dict[str, int] | None:
-            counts = self.run_counts(workflow)
-            done = sum(counts.get(s, 0) for s in ("succeeded", "failed", "cancelled"))
-            return counts if done >= expected else None
-
-        counts = wait_until(finished, timeout, f"{expected} runs of {workflow}", 0.05)
-        if counts.get("succeeded", 0) < expected:
-            raise BenchError(f"runs of {workflow} did not all succeed: {counts}")
-        return counts
-
-    def run_status(self, run_id: str) -> str:
-        with self.reads() as session:
-            return session.execute(select(Run.status).where(Run.id == run_id)).scalar_one()
-
-    def run_times(self, run_id: str) -> tuple[datetime, datetime | None]:
-        with self.reads() as session:
-            row = session.execute(
-                select(Run.created_at, Run.finished_at).where(Run.id == run_id)
-            ).one()
-        return row.created_at, row.finished_at
-
-    def last_finished(self, workflow: str) -> datetime:
-        with self.reads() as session:
-            return session.execute(
-                select(func.max(Run.finished_at)).where(Run.workflow == workflow)
-            ).scalar_one()
-
-    def finished_span(self, workflow: str) -> tuple[datetime, datetime]:
-        """The first and the last finished_at among a workflow's runs."""
-        with self.reads() as session:
-            first, last = session.execute(
-                select(func.min(Run.finished_at), func.max(Run.finished_at)).where(
-                    Run.workflow == workflow
-                )
-            ).one()
-        return first, last
-
-    def first_step_delays_ms(self, workflow: str) -> list[float]:
-        """Per run: its first step's start minus the run's creation, in milliseconds."""
-        with self.reads() as session:
-            rows = session.execute(
-                select(Run.created_at, func.min(Step.started_at))
-                .join(Step, Step.run_id == Run.id)
-                .where(Run.workflow == workflow)
-                .group_by(Run.id, Run.created_at)
-            ).all()
-        return [(started - created).total_seconds() * 1000 for created, started in rows if started]
 
     def close(self) -> None:
         for process in list(self.processes):
