@@ -27,7 +27,7 @@ from typing import Any
 import redis
 from sqlalchemy import create_engine, text
 
-from bench import report
+from bench import report, targets
 from bench.load import Load, ensure_wrk
 from bench.processes import WORKER_LOGLEVEL
 from bench.runner import PHASES, run_backend
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             " with --reuse-port",
         },
         "sizes": asdict(sizes),
-        "targets": report.TARGETS,
+        "targets": targets.TARGETS,
         "backends": {},
     }
 
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     results["duration_s"] = time.time() - started
     results["machine"]["load_average_at_end"] = [round(value, 2) for value in os.getloadavg()]
     results["verdicts"] = {
-        name: report.verdicts(figures) for name, figures in results["backends"].items()
+        name: targets.verdicts(figures) for name, figures in results["backends"].items()
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
