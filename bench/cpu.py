@@ -75,29 +75,29 @@ def measured(
 ) -> Callable[[], dict[str, Any]]:
     """`scenario`, returning its figures with `cpu` added: the share of the cores busy over
     its whole span and the CPU ms per unit (`count_key` of its figures: runs, tasks) of each
-    named process tree, of this bench process ("bench": the sender, and its waiting) and of
-    the worker's main process alone ("worker main", part of "worker")."""
+    named process tree (`trees` names the "worker"), of this bench process ("bench": the
+    sender, and its waiting) and of the worker's main process alone ("worker main", part of
+    "worker": it receives, hands out and acknowledges every message, and bounds the worker
+    when it is the busy one)."""
+    worker = trees["worker"]
 
     def run() -> dict[str, Any]:
         before = {name: tree_s(pid) for name, pid in trees.items()}
-        worker_before = _process_s(trees["worker"], waited=False) if "worker" in trees else 0.0
+        main_before = _process_s(worker, waited=False)
         bench_before = own_s()
         cores_before = _cores()
         figures = scenario()
         cores_after = _cores()
         bench_after = own_s()
         after = {name: tree_s(pid) for name, pid in trees.items()}
-        worker_after = _process_s(trees["worker"], waited=False) if "worker" in trees else 0.0
+        main_after = _process_s(worker, waited=False)
         busy, disk, total = (
             end - start for end, start in zip(cores_after, cores_before, strict=True)
         )
         units = figures[count_key]
         spent = {name: after[name] - before[name] for name in trees}
         spent["bench"] = bench_after - bench_before
-        if "worker" in trees:
-            # The prefork pool's main process receives, hands out and acknowledges every
-            # message: when it is the busy one, it bounds the worker.
-            spent["worker main"] = worker_after - worker_before
+        spent["worker main"] = main_after - main_before
         figures["cpu"] = {
             "cores_busy": busy / total if total else None,
             # Idle while a process waited for the disk (an fsync, a checkpoint).
