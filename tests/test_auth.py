@@ -21,6 +21,7 @@ from engine.auth import (
 )
 from engine.errors import InvalidInput
 from tests.support.stack import JWT_SECRET, Stack
+from web import auth as web_auth
 
 OTHER_SECRET = "another-secret-" + "y" * 40
 
@@ -109,6 +110,31 @@ def test_a_token_accepted_before_is_refused_once_it_expires(database: Stack) -> 
     assert get_runs(database, "Bearer " + minted.token).status_code == 200
     time.sleep(max(0.0, minted.expires_at.timestamp() - time.time()) + 0.05)
     assert "expired" in unauthorized(get_runs(database, "Bearer " + minted.token))
+
+
+def test_a_token_verified_once_is_answered_from_memory_after(
+    database: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # flask-jwt-extended verifies a token the first time this process sees it; after that the
+    # token is answered from memory, its expiry and revocation checked again (the test above,
+    # and tests/test_keys.py).
+    verifications: list[str] = []
+    verify = web_auth.verify_jwt_in_request
+
+    def counted() -> Any:
+        verifications.append("verified")
+        return verify()
+
+    monkeypatch.setattr(web_auth, "verify_jwt_in_request", counted)
+    token = mint_token(database.settings, "alice@example.com", ["runs.read"], timedelta(hours=1))
+    for _ in range(3):
+        assert get_runs(database, "Bearer " + token.token).status_code == 200
+    assert len(verifications) == 1
+    # Another token, or the same one in a header of another form, goes the whole way.
+    other = mint_token(database.settings, "bob@example.com", ["runs.read"], timedelta(hours=1))
+    assert get_runs(database, "Bearer " + other.token).status_code == 200
+    assert get_runs(database, "Bearer  " + token.token).status_code == 200
+    assert len(verifications) == 3
 
 
 def test_a_token_altered_after_one_was_accepted_is_still_refused(database: Stack) -> None:

@@ -63,6 +63,23 @@ def test_a_request_with_a_token_is_logged_once_in_access_log_without_the_token(
         assert database.settings.jwt_secret not in text
 
 
+def test_a_request_refused_for_a_scope_is_logged_with_its_caller(
+    database: Stack, logged_app: tuple[Any, Path]
+) -> None:
+    app, log_dir = logged_app
+    token = database.token("reader@example.com", "runs.read")
+    client = app.test_client()
+    # The first request verifies the token, the second is answered from memory (web.auth).
+    for _ in range(2):
+        response = client.post("/workflows", json={}, headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 403
+    access = [line for line in json_lines(log_dir / "access.log") if line["path"] == "/workflows"]
+    assert [(line["status"], line["caller"]) for line in access] == [
+        (403, "reader@example.com"),
+        (403, "reader@example.com"),
+    ]
+
+
 def test_secrets_in_application_log_lines_are_redacted(
     database: Stack, logged_app: tuple[Any, Path]
 ) -> None:

@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask, Response, g, request
-from flask_jwt_extended import get_jwt
 from prometheus_client import Counter, Histogram
 from prometheus_client.exposition import choose_encoder
 from prometheus_flask_exporter import PrometheusMetrics
@@ -74,16 +73,6 @@ def _start() -> None:
     g.log_token = logs.bind(request_id=g.request_id)
 
 
-def _caller_sub() -> str | None:
-    caller = g.get("caller")
-    if caller is not None:
-        return str(caller.sub)
-    try:
-        return str(get_jwt().get("sub") or "") or None
-    except RuntimeError:  # no verified token in this request
-        return None
-
-
 def _finish(response: Response) -> Response:
     request_id = g.get("request_id")
     if request_id:
@@ -105,9 +94,9 @@ def _finish(response: Response) -> Response:
         "duration_ms": round(elapsed * 1000, 2),
         "remote_addr": request.remote_addr,
     }
-    caller = _caller_sub()
-    if caller:
-        fields["caller"] = caller
+    caller = g.get("caller")  # set once the token was verified (web.auth)
+    if caller is not None:
+        fields["caller"] = caller.sub
     access_log.info(
         "%s %s %s %.1fms",
         request.method,
