@@ -149,17 +149,23 @@ def _tune_sqlite(db_engine: Engine) -> None:
     @event.listens_for(db_engine, "begin")
     def _on_begin(connection: Any) -> None:
         # Writers take the write lock up front, so two writers never deadlock on the
-        # upgrade from a read lock; read-only sessions keep the cheap deferred begin.
-        if connection.get_execution_options().get("engine_read_only"):
-            connection.exec_driver_sql("BEGIN")
-        else:
+        # upgrade from a read lock. Read-only sessions begin nothing: each statement is its
+        # own transaction (the driver's isolation_level None), as on PostgreSQL.
+        if not connection.get_execution_options().get("engine_read_only"):
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def make_session_factory(db_engine: Engine, *, read_only: bool = False) -> sessionmaker[Session]:
-    """A session factory; read-only sessions avoid SQLite's write lock."""
-    bind = db_engine.execution_options(**READ_ONLY) if read_only else db_engine
-    return sessionmaker(bind=bind, expire_on_commit=False)
+    """A session factory. Read-only sessions run each statement in autocommit: no BEGIN or
+    ROLLBACK to send, and no write lock on SQLite. Each statement sees the database as of
+    its own start, as every statement does under PostgreSQL's READ COMMITTED anyway; a
+    reader that needs several statements to agree must ask for one transaction."""
+    if not read_only:
+        return sessionmaker(bind=db_engine, expire_on_commit=False)
+    options: dict[str, Any] = dict(READ_ONLY)
+    if db_engine.dialect.name == "postgresql":
+        options["isolation_level"] = "AUTOCOMMIT"
+    return sessionmaker(bind=db_engine.execution_options(**options), expire_on_commit=False)
 
 
 @contextmanager

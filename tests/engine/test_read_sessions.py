@@ -1,0 +1,62 @@
+"""engine.db's read-only sessions run each statement on its own: no transaction is begun or
+left open (no BEGIN or ROLLBACK to send). The sessions that write, on the same pooled
+connections, stay transactional."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine, delete, func, insert, select
+from sqlalchemy.orm import Session
+
+from engine import db
+from engine.models import Base, Run
+from tests.engine.test_insert_rows import run_row
+
+runs = Run.__table__
+
+
+@pytest.fixture
+def engine(fresh_database: str) -> Iterator[Engine]:
+    """An empty database of the backend with the platform's tables, on one pooled connection
+    (so the read and the write below share it)."""
+    engine = db.make_engine(fresh_database, pool_size=1, max_overflow=0)
+    Base.metadata.create_all(engine)
+    yield engine
+    engine.dispose()
+
+
+def in_transaction(session: Session) -> bool:
+    """Whether the driver's connection under the session is inside a transaction."""
+    driver = session.connection().connection.dbapi_connection
+    if session.get_bind().dialect.name == "sqlite":
+        return bool(driver.in_transaction)
+    return driver.info.transaction_status != driver.info.transaction_status.IDLE
+
+
+def count_runs(session: Session) -> int:
+    return int(session.execute(select(func.count()).select_from(runs)).scalar_one())
+
+
+def test_a_read_only_session_leaves_no_transaction_open(engine: Engine) -> None:
+    with db.make_session_factory(engine, read_only=True)() as session:
+        assert count_runs(session) == 0
+        assert not in_transaction(session)
+        assert count_runs(session) == 0
+        assert not in_transaction(session)
+
+
+def test_a_session_that_writes_after_a_read_only_one_is_still_one_transaction(
+    engine: Engine,
+) -> None:
+    with db.make_session_factory(engine, read_only=True)() as session:
+        count_runs(session)
+    writes = db.make_session_factory(engine)
+    with writes() as session:
+        session.execute(insert(runs), [run_row("undone")])
+        assert in_transaction(session)
+        session.execute(delete(runs).where(runs.c.id == "nothing"))
+        session.rollback()
+    with writes() as session:
+        assert count_runs(session) == 0
