@@ -34,6 +34,21 @@ runs = Run.__table__
 
 _RUN_COLUMNS = tuple(column.key for column in runs.columns)
 _INSERT_RUN = insert(runs)
+# A run of the latest version, inserted only while its version is still the latest: the
+# submitting process takes the latest version from memory (engine.workflows), and this one
+# statement replaces the read of it.
+_RUN_VALUES = {column.key: bindparam(column.key, type_=column.type) for column in runs.columns}
+_INSERT_RUN_OF_LATEST = (
+    insert(runs)
+    .from_select(
+        list(_RUN_VALUES),
+        select(*_RUN_VALUES.values()).where(
+            workflows.latest_version_is(_RUN_VALUES["workflow"], _RUN_VALUES["version"])
+        ),
+    )
+    # SQLAlchemy keeps an INSERT's rowcount only when asked (psycopg's would be lost).
+    .execution_options(preserve_rowcount=True)
+)
 
 
 @dataclass(frozen=True)
@@ -54,10 +69,17 @@ def first_step_timeout(workflow: CompiledWorkflow) -> float:
 
 
 def submit(
-    session: Session, settings: Settings, request: SubmitRun, caller: Caller
+    session: Session,
+    settings: Settings,
+    request: SubmitRun,
+    caller: Caller,
+    *,
+    remembered: bool = True,
 ) -> tuple[Run, Work, bool]:
     """Insert a queued run. With an idempotency key, a repeat returns the first run
-    (created=False); the same key with another body is a Conflict."""
+    (created=False); the same key with another body is a Conflict. Without a version, the
+    latest this process remembers is tried first (`remembered`), then read again when a
+    newer one was registered since."""
     if request.idempotency_key:
         existing = session.scalars(
             select(Run).where(
@@ -68,7 +90,10 @@ def submit(
             if existing.request_hash != request.digest():
                 raise Conflict("this Idempotency-Key was used with another request body")
             return existing, Work(), False
-    workflow = workflows.compiled_for_submit(session, settings, request.workflow, request.version)
+    remembered = remembered and request.version is None and request.idempotency_key is None
+    workflow = workflows.compiled_for_submit(
+        session, settings, request.workflow, request.version, remembered=remembered
+    )
     workflow.check_params(request.params)
     now = utcnow()
     run = Run(
@@ -93,7 +118,12 @@ def submit(
         # Nothing unique to race on: no SAVEPOINT, and a Core INSERT of the values instead of
         # the ORM's flush (the unit of work cost about a third of a submit). The returned run
         # is not in the session; it holds every column as inserted.
-        session.execute(_INSERT_RUN, {column: getattr(run, column) for column in _RUN_COLUMNS})
+        values = {column: getattr(run, column) for column in _RUN_COLUMNS}
+        if not remembered:
+            session.execute(_INSERT_RUN, values)
+        elif session.execute(_INSERT_RUN_OF_LATEST, values).rowcount != 1:
+            # A newer version was registered since this process read the latest.
+            return submit(session, settings, request, caller, remembered=False)
     else:
         try:
             with session.begin_nested():

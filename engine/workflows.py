@@ -9,7 +9,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import ColumnElement, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -112,17 +112,41 @@ _LATEST_VERSION = select(func.max(_WORKFLOWS.c.version)).where(
 )
 
 
+# The latest version of each workflow as this process last read it, per database. Only a
+# guard in the same statement makes it safe to use: see latest_version_is.
+_LATEST: dict[tuple[str, str], int] = {}
+
+
 def compiled_for_submit(
-    session: Session, settings: Settings, name: str, version: int | None = None
+    session: Session,
+    settings: Settings,
+    name: str,
+    version: int | None = None,
+    *,
+    remembered: bool = False,
 ) -> CompiledWorkflow:
     """The compiled form of a version (the latest when `version` is None), NotFound when it
-    does not exist. A cached version needs no read; the latest costs one indexed read."""
+    does not exist. A cached version needs no read; the latest costs one indexed read, or
+    none with `remembered`: then it is the latest this process last read, which the caller
+    must check where it writes (latest_version_is)."""
     if version is None:
-        latest = session.execute(_LATEST_VERSION, {"b_name": name}).scalar()
-        if latest is None:
-            raise NotFound(f"workflow {name!r} does not exist")
-        version = latest
+        key = (_database(session), name)
+        version = _LATEST.get(key) if remembered else None
+        if version is None:
+            version = session.execute(_LATEST_VERSION, {"b_name": name}).scalar()
+            if version is None:
+                raise NotFound(f"workflow {name!r} does not exist")
+            _LATEST[key] = version
     return compiled(session, settings, name, version)
+
+
+def latest_version_is(name: Any, version: Any) -> ColumnElement[bool]:
+    """A condition, true while `version` is the latest registered version of `name` (the
+    arguments are SQL expressions, such as bound parameters)."""
+    return (
+        select(func.max(_WORKFLOWS.c.version)).where(_WORKFLOWS.c.name == name).scalar_subquery()
+        == version
+    )
 
 
 def plan_stages(

@@ -123,6 +123,28 @@ def test_params_that_break_the_workflow_schema_are_rejected_and_no_run_is_writte
     assert run_count(stack, workflow=unique) == 0
 
 
+def test_a_run_without_a_version_takes_the_latest_even_one_registered_since(
+    database: Stack, unique: str
+) -> None:
+    # An API process remembers the latest version it read, and inserts a run of it only while
+    # it is still the latest: one registered since (here by another session) is taken.
+    only = [{"id": "only", "action": "noop"}]
+    database.register(spec(unique, only))
+    client, headers = database.client(), database.headers(caller(unique))
+    first = client.post("/runs", json={"workflow": unique}, headers=headers)
+    assert (first.status_code, first.get_json()["version"]) == (202, 1)
+    database.register({**spec(unique, only, params=PARAMS), "version": 2})
+    # Checked against version 2's params.
+    missing = client.post("/runs", json={"workflow": unique}, headers=headers)
+    assert fields(problem(missing, 422)) == ["params.count"]
+    second = client.post(
+        "/runs", json={"workflow": unique, "params": {"count": 1}}, headers=headers
+    )
+    assert (second.status_code, second.get_json()["version"]) == (202, 2)
+    assert run_count(database, workflow=unique, version=1) == 1
+    assert run_count(database, workflow=unique, version=2) == 1
+
+
 def test_a_malformed_submission_names_the_field(stack: Stack, unique: str) -> None:
     client, headers = stack.client(), stack.headers(caller(unique))
     no_workflow = client.post("/runs", json={"params": {}}, headers=headers)
