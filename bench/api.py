@@ -1,15 +1,19 @@
 """API requests per second and latency at many connections (wrk), against a bare Flask app
-under the same gunicorn settings (web/gunicorn_conf.py). No worker runs meanwhile: submitted
-runs wait in the queue, so the figures are the API's alone."""
+under the same gunicorn settings (web/gunicorn_conf.py), and the CPU each request cost the
+server (gunicorn's processes). No worker runs meanwhile: submitted runs wait in the queue, so
+the figures are the API's alone."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from bench import specs
+from bench.cpu import tree_s
 from bench.harness import Platform
 from bench.load import Load
+from bench.processes import Process
 from bench.sizes import Sizes
 
 WARM_S = 1.0
@@ -23,9 +27,17 @@ def measure(platform: Platform, sizes: Sizes, load: Load, name: str, run_id: str
     server, base = platform.start_gunicorn("web:create_app()", "/health")
     try:
         load.get(base + f"/runs/{run_id}", token, connections=connections, duration_s=WARM_S)
-        post = load.post(base + "/runs", body, token, connections=connections, duration_s=duration)
-        get = load.get(
-            base + f"/runs/{run_id}", token, connections=connections, duration_s=duration
+        post = _served(
+            server,
+            lambda: load.post(
+                base + "/runs", body, token, connections=connections, duration_s=duration
+            ),
+        )
+        get = _served(
+            server,
+            lambda: load.get(
+                base + f"/runs/{run_id}", token, connections=connections, duration_s=duration
+            ),
         )
     finally:
         platform.stop(server)
@@ -33,10 +45,16 @@ def measure(platform: Platform, sizes: Sizes, load: Load, name: str, run_id: str
     try:
         # The same body and Authorization header, which the bare app ignores.
         load.get(base + "/", token, connections=connections, duration_s=WARM_S)
-        hello_post = load.post(
-            base + "/", body, token, connections=connections, duration_s=duration
+        hello_post = _served(
+            server,
+            lambda: load.post(
+                base + "/", body, token, connections=connections, duration_s=duration
+            ),
         )
-        hello_get = load.get(base + "/", token, connections=connections, duration_s=duration)
+        hello_get = _served(
+            server,
+            lambda: load.get(base + "/", token, connections=connections, duration_s=duration),
+        )
     finally:
         platform.stop(server)
     return {
@@ -50,3 +68,13 @@ def measure(platform: Platform, sizes: Sizes, load: Load, name: str, run_id: str
         "post_ratio": post["requests_per_s"] / hello_post["requests_per_s"],
         "get_ratio": get["requests_per_s"] / hello_get["requests_per_s"],
     }
+
+
+def _served(server: Process, send: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """`send`'s figures, with the CPU the server spent per request answered meanwhile
+    (`server_cpu_ms`)."""
+    before = tree_s(server.pid)
+    figures = send()
+    spent = tree_s(server.pid) - before
+    figures["server_cpu_ms"] = spent * 1000 / figures["requests"] if figures["requests"] else None
+    return figures
