@@ -81,6 +81,8 @@ class VerifyingOnceJWTManager(JWTManager):
 
     def __init__(self, app: Flask | None = None) -> None:
         self._verified: LRUCache[str, dict[str, Any]] = LRUCache(VERIFIED_TOKENS)
+        # Tokens that passed every check of a request (type, required claims too).
+        self._accepted: LRUCache[str, dict[str, Any]] = LRUCache(VERIFIED_TOKENS)
         self._lock = threading.Lock()
         super().__init__(app)
 
@@ -89,7 +91,7 @@ class VerifyingOnceJWTManager(JWTManager):
     ) -> dict[str, Any]:
         if csrf_value is not None or allow_expired:
             return super()._decode_jwt_from_config(encoded_token, csrf_value, allow_expired)
-        claims = self.verified(encoded_token)
+        claims = self._unexpired(self._verified, encoded_token)
         if claims is not None:
             return dict(claims)
         claims = super()._decode_jwt_from_config(encoded_token)
@@ -98,11 +100,22 @@ class VerifyingOnceJWTManager(JWTManager):
                 self._verified[encoded_token] = dict(claims)
         return claims
 
-    def verified(self, encoded_token: str) -> dict[str, Any] | None:
-        """The claims of a token this process verified before, while it has not expired;
-        None otherwise. The caller must not change them."""
+    def accepted(self, encoded_token: str) -> dict[str, Any] | None:
+        """The claims of a token a request of this process was allowed with, while it has
+        not expired; None otherwise. The caller must not change them."""
+        return self._unexpired(self._accepted, encoded_token)
+
+    def accept(self, encoded_token: str, claims: dict[str, Any]) -> None:
+        """Remember a token that passed every check (see request_claims)."""
+        if isinstance(claims.get("exp"), int | float):
+            with self._lock:
+                self._accepted[encoded_token] = dict(claims)
+
+    def _unexpired(
+        self, tokens: LRUCache[str, dict[str, Any]], encoded_token: str
+    ) -> dict[str, Any] | None:
         with self._lock:
-            claims = self._verified.get(encoded_token)
+            claims = tokens.get(encoded_token)
         if claims is not None and claims["exp"] > time.time():
             return claims
         return None
@@ -118,20 +131,25 @@ def current_caller() -> Caller:
 
 
 def request_claims() -> dict[str, Any]:
-    """The claims of the request's bearer token, verified. A token this process verified
-    before is answered from memory, its expiry and revocation checked again: flask-jwt-extended
-    would decode its header and payload once more on each request. Anything else (a token
-    not seen yet, expired, revoked, or a header not of the plain `Bearer <token>` form) goes
-    through flask-jwt-extended, which verifies it or answers the error."""
+    """The claims of the request's bearer token, verified. A token that passed every check
+    of an earlier request in this process is answered from memory, its expiry and revocation
+    checked again: flask-jwt-extended would decode its header and payload once more on each
+    request. Anything else (a token not accepted yet, expired, revoked, refused before)
+    goes through flask-jwt-extended, which verifies it or answers the error."""
+    manager: VerifyingOnceJWTManager = current_app.extensions["engine.jwt"]
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme == "Bearer" and token:
-        claims = current_app.extensions["engine.jwt"].verified(token)
+    token = token if scheme == "Bearer" else ""
+    if token:
+        claims = manager.accepted(token)
         if claims is not None and not current_app.extensions["engine.revocations"].is_revoked(
             claims["jti"], claims["exp"]
         ):
             return claims
     verify_jwt_in_request()
-    return get_jwt()
+    claims = get_jwt()
+    if token:
+        manager.accept(token, claims)
+    return claims
 
 
 def require_scopes(*required: str) -> Callable[[F], F]:
