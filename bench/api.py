@@ -23,43 +23,23 @@ def measure(platform: Platform, sizes: Sizes, load: Load, name: str, run_id: str
     platform.register(specs.one_step(name))
     token = platform.token()
     body = json.dumps({"workflow": name, "params": {}})
-    connections, duration = sizes.api_connections, sizes.api_duration_s
-    server, base = platform.start_gunicorn("web:create_app()", "/health")
-    try:
-        load.get(base + f"/runs/{run_id}", token, connections=connections, duration_s=WARM_S)
-        post = _served(
-            server,
-            lambda: load.post(
-                base + "/runs", body, token, connections=connections, duration_s=duration
-            ),
-        )
-        get = _served(
-            server,
-            lambda: load.get(
-                base + f"/runs/{run_id}", token, connections=connections, duration_s=duration
-            ),
-        )
-    finally:
-        platform.stop(server)
-    server, base = platform.start_gunicorn("bench.hello_app:app", "/")
-    try:
-        # The same body and Authorization header, which the bare app ignores.
-        load.get(base + "/", token, connections=connections, duration_s=WARM_S)
-        hello_post = _served(
-            server,
-            lambda: load.post(
-                base + "/", body, token, connections=connections, duration_s=duration
-            ),
-        )
-        hello_get = _served(
-            server,
-            lambda: load.get(base + "/", token, connections=connections, duration_s=duration),
-        )
-    finally:
-        platform.stop(server)
+    post, get = _post_and_get(
+        platform,
+        sizes,
+        load,
+        ("web:create_app()", "/health"),
+        "/runs",
+        f"/runs/{run_id}",
+        body,
+        token,
+    )
+    # The same body and Authorization header, which the bare app ignores.
+    hello_post, hello_get = _post_and_get(
+        platform, sizes, load, ("bench.hello_app:app", "/"), "/", "/", body, token
+    )
     return {
-        "connections": connections,
-        "duration_s": duration,
+        "connections": sizes.api_connections,
+        "duration_s": sizes.api_duration_s,
         "load_generator": load.name,
         "post_runs": post,
         "get_run": get,
@@ -68,6 +48,37 @@ def measure(platform: Platform, sizes: Sizes, load: Load, name: str, run_id: str
         "post_ratio": post["requests_per_s"] / hello_post["requests_per_s"],
         "get_ratio": get["requests_per_s"] / hello_get["requests_per_s"],
     }
+
+
+def _post_and_get(
+    platform: Platform,
+    sizes: Sizes,
+    load: Load,
+    app: tuple[str, str],
+    post_path: str,
+    get_path: str,
+    body: str,
+    token: str,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """gunicorn serving `app` (its import string and health path): warmed with GETs, then
+    POSTs and GETs for the bench's duration."""
+    connections, duration = sizes.api_connections, sizes.api_duration_s
+    server, base = platform.start_gunicorn(*app)
+    try:
+        load.get(base + get_path, token, connections=connections, duration_s=WARM_S)
+        post = _served(
+            server,
+            lambda: load.post(
+                base + post_path, body, token, connections=connections, duration_s=duration
+            ),
+        )
+        get = _served(
+            server,
+            lambda: load.get(base + get_path, token, connections=connections, duration_s=duration),
+        )
+    finally:
+        platform.stop(server)
+    return post, get
 
 
 def _served(server: Process, send: Callable[[], dict[str, Any]]) -> dict[str, Any]:
