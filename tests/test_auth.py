@@ -114,12 +114,12 @@ def test_a_token_accepted_before_is_refused_once_it_expires(database: Stack) -> 
     assert "expired" in unauthorized(get_runs(database, "Bearer " + minted.token))
 
 
-def test_a_token_verified_once_is_answered_from_memory_after(
+def test_a_token_accepted_once_is_answered_from_memory_after(
     database: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # flask-jwt-extended verifies a token the first time this process sees it; after that the
-    # token is answered from memory, its expiry and revocation checked again (the test above,
-    # and tests/test_keys.py).
+    # flask-jwt-extended checks a token the first time a request of this process brings it;
+    # after that the token is answered from memory, its expiry and revocation checked again
+    # (the test above, and tests/test_keys.py).
     verifications: list[str] = []
     verify = web_auth.verify_jwt_in_request
 
