@@ -113,8 +113,7 @@ def runs_show(run_id: str) -> None:
     from web import serialize
 
     with session() as current:
-        run = runs.read_run(current, run_id, operator())
-        emit(serialize.run(run, runs.run_steps(current, run_id)))
+        emit(serialize.run(*runs.read_run_with_steps(current, run_id, operator())))
 
 
 @runs_group.command("cancel")

@@ -7,6 +7,7 @@ import base64
 import binascii
 import hashlib
 import json
+from collections import namedtuple
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -147,7 +148,18 @@ def _visible(run: Any, run_id: str, caller: Caller) -> Any:
 
 
 # Reads for answers: Core rows (attribute access like the models) cost a third of the ORM's.
-_READ_RUN = select(runs).where(runs.c.id == bindparam("b_run_id", type_=runs.c.id.type))
+# A run with its steps is one statement: both as of one moment, and on PostgreSQL one round
+# trip where two cost about 0.2 ms of CPU more.
+_READ_RUN_WITH_STEPS = (
+    select(*runs.columns, *[column.label(f"step_{column.key}") for column in steps.columns])
+    .select_from(runs.outerjoin(steps, steps.c.run_id == runs.c.id))
+    .where(runs.c.id == bindparam("b_run_id", type_=runs.c.id.type))
+    .order_by(steps.c.position)
+)
+# Its rows split in two, each with attribute access like the models'.
+_RunRow = namedtuple("_RunRow", [column.key for column in runs.columns])  # type: ignore[misc]
+_StepRow = namedtuple("_StepRow", [column.key for column in steps.columns])  # type: ignore[misc]
+_RUN_WIDTH = len(runs.columns)
 _READ_STEPS = (
     select(steps)
     .where(steps.c.run_id == bindparam("b_run_id", type_=steps.c.run_id.type))
@@ -155,9 +167,13 @@ _READ_STEPS = (
 )
 
 
-def read_run(session: Session, run_id: str, caller: Caller) -> Row[Any]:
-    """get_run, read-only: the run's row, NotFound under the same rule."""
-    return _visible(session.execute(_READ_RUN, {"b_run_id": run_id}).first(), run_id, caller)
+def read_run_with_steps(session: Session, run_id: str, caller: Caller) -> tuple[Any, list[Any]]:
+    """get_run and its steps in plan order, read-only: their rows (attributes named as the
+    models' are), NotFound under the same rule."""
+    rows = session.execute(_READ_RUN_WITH_STEPS, {"b_run_id": run_id}).all()
+    run = _visible(_RunRow._make(rows[0][:_RUN_WIDTH]) if rows else None, run_id, caller)
+    # A run without steps (not planned yet) has one row, its step columns all NULL.
+    return run, [_StepRow._make(row[_RUN_WIDTH:]) for row in rows if row.step_step_id is not None]
 
 
 def run_steps(session: Session, run_id: str) -> list[Row[Any]]:

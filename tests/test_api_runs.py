@@ -287,6 +287,16 @@ def test_a_bad_limit_or_cursor_is_a_problem_naming_it(database: Stack) -> None:
         assert fields(body) == [field], query
 
 
+def test_a_run_not_planned_yet_reads_with_no_steps(database: Stack, unique: str) -> None:
+    # No worker here: the run stays queued, without step rows.
+    database.register(spec(unique, [{"id": "only", "action": "noop"}]))
+    client, headers = database.client(), database.headers(caller(unique))
+    submitted = client.post("/runs", json={"workflow": unique}, headers=headers)
+    read = client.get(submitted.headers["Location"], headers=headers)
+    assert read.status_code == 200, read.get_json()
+    assert read.get_json() == {**submitted.get_json(), "steps": []}
+
+
 def test_another_callers_run_is_not_found_exactly_like_a_missing_one(
     stack: Stack, unique: str
 ) -> None:

@@ -67,9 +67,7 @@ def list_runs() -> Any:
 @bp.get("/<run_id>")
 @require_scopes("runs.read")
 def get_run(run_id: str) -> Any:
-    session = get_session()
-    run = runs.read_run(session, run_id, current_caller())
-    return serialize.run(run, runs.run_steps(session, run_id))
+    return serialize.run(*runs.read_run_with_steps(get_session(), run_id, current_caller()))
 
 
 @bp.post("/<run_id>/cancel")
