@@ -22,7 +22,7 @@ from web.errors import problem
 F = TypeVar("F", bound=Callable[..., Any])
 BEARER = {"WWW-Authenticate": 'Bearer realm="engine"'}
 REQUIRED_CLAIMS = ("sub", "jti", "exp")
-# Verified tokens each API process keeps (VerifyingOnceJWTManager).
+# Accepted tokens each API process remembers (VerifyingOnceJWTManager).
 VERIFIED_TOKENS = 4096
 
 
@@ -74,51 +74,30 @@ def init_app(app: Flask) -> None:
 
 
 class VerifyingOnceJWTManager(JWTManager):
-    """Checks each distinct token's signature, issuer and claims once per process: a client
+    """Remembers the tokens that passed every check of a request in this process: a client
     sends the same token on request after request, and the same string verifies the same
     way against this process's keys, which never change while it runs. Whether it has
-    expired is checked on every request, and revocation too (the blocklist loader)."""
+    expired is checked on every request, and revocation too (request_claims)."""
 
     def __init__(self, app: Flask | None = None) -> None:
-        self._verified: LRUCache[str, dict[str, Any]] = LRUCache(VERIFIED_TOKENS)
-        # Tokens that passed every check of a request (type, required claims too).
         self._accepted: LRUCache[str, dict[str, Any]] = LRUCache(VERIFIED_TOKENS)
         self._lock = threading.Lock()
         super().__init__(app)
 
-    def _decode_jwt_from_config(
-        self, encoded_token: str, csrf_value: Any = None, allow_expired: bool = False
-    ) -> dict[str, Any]:
-        if csrf_value is not None or allow_expired:
-            return super()._decode_jwt_from_config(encoded_token, csrf_value, allow_expired)
-        claims = self._unexpired(self._verified, encoded_token)
-        if claims is not None:
-            return dict(claims)
-        claims = super()._decode_jwt_from_config(encoded_token)
-        if isinstance(claims.get("exp"), int | float):
-            with self._lock:
-                self._verified[encoded_token] = dict(claims)
-        return claims
-
     def accepted(self, encoded_token: str) -> dict[str, Any] | None:
         """The claims of a token a request of this process was allowed with, while it has
         not expired; None otherwise. The caller must not change them."""
-        return self._unexpired(self._accepted, encoded_token)
+        with self._lock:
+            claims = self._accepted.get(encoded_token)
+        if claims is not None and claims["exp"] > time.time():
+            return claims
+        return None
 
     def accept(self, encoded_token: str, claims: dict[str, Any]) -> None:
         """Remember a token that passed every check (see request_claims)."""
         if isinstance(claims.get("exp"), int | float):
             with self._lock:
                 self._accepted[encoded_token] = dict(claims)
-
-    def _unexpired(
-        self, tokens: LRUCache[str, dict[str, Any]], encoded_token: str
-    ) -> dict[str, Any] | None:
-        with self._lock:
-            claims = tokens.get(encoded_token)
-        if claims is not None and claims["exp"] > time.time():
-            return claims
-        return None
 
 
 def missing_claims(payload: dict[str, Any]) -> list[str]:
