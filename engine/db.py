@@ -160,12 +160,17 @@ def make_session_factory(db_engine: Engine, *, read_only: bool = False) -> sessi
     ROLLBACK to send, and no write lock on SQLite. Each statement sees the database as of
     its own start, as every statement does under PostgreSQL's READ COMMITTED anyway; a
     reader that needs several statements to agree must ask for one transaction."""
-    if not read_only:
-        return sessionmaker(bind=db_engine, expire_on_commit=False)
+    bind = read_only_engine(db_engine) if read_only else db_engine
+    return sessionmaker(bind=bind, expire_on_commit=False)
+
+
+def read_only_engine(db_engine: Engine) -> Engine:
+    """`db_engine` for reads: each statement in autocommit (see make_session_factory). Its
+    connections serve a read of Core statements without a session around them."""
     options: dict[str, Any] = dict(READ_ONLY)
     if db_engine.dialect.name == "postgresql":
         options["isolation_level"] = "AUTOCOMMIT"
-    return sessionmaker(bind=db_engine.execution_options(**options), expire_on_commit=False)
+    return db_engine.execution_options(**options)
 
 
 @contextmanager

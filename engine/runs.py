@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, bindparam, insert, or_, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -167,10 +167,12 @@ _READ_STEPS = (
 )
 
 
-def read_run_with_steps(session: Session, run_id: str, caller: Caller) -> tuple[Any, list[Any]]:
+def read_run_with_steps(
+    db: Session | Connection, run_id: str, caller: Caller
+) -> tuple[Any, list[Any]]:
     """get_run and its steps in plan order, read-only: their rows (attributes named as the
-    models' are), NotFound under the same rule."""
-    rows = session.execute(_READ_RUN_WITH_STEPS, {"b_run_id": run_id}).all()
+    models' are), NotFound under the same rule. A session or a bare connection will do."""
+    rows = db.execute(_READ_RUN_WITH_STEPS, {"b_run_id": run_id}).all()
     run = _visible(_RunRow._make(rows[0][:_RUN_WIDTH]) if rows else None, run_id, caller)
     # A run without steps (not planned yet) has one row, its step columns all NULL.
     return run, [_StepRow._make(row[_RUN_WIDTH:]) for row in rows if row.step_step_id is not None]

@@ -1,11 +1,13 @@
-"""One database session per request, created lazily and closed on teardown."""
+"""One database session per request, created lazily and closed on teardown; or, for a read
+of Core statements, a pooled connection for just that read."""
 
 from __future__ import annotations
 
 from flask import Flask, current_app, g, request
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
-from engine.db import make_engine, make_session_factory
+from engine.db import make_engine, make_session_factory, read_only_engine
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -15,6 +17,7 @@ def init_app(app: Flask) -> None:
     app.extensions["engine.db"] = db_engine
     app.extensions["engine.sessions"] = make_session_factory(db_engine)
     app.extensions["engine.read_sessions"] = make_session_factory(db_engine, read_only=True)
+    app.extensions["engine.read_db"] = read_only_engine(db_engine)
     app.teardown_appcontext(_close)
 
 
@@ -24,6 +27,12 @@ def get_session() -> Session:
         kind = "engine.read_sessions" if request.method in READ_METHODS else "engine.sessions"
         g.db_session = current_app.extensions[kind]()
     return g.db_session
+
+
+def read_connection() -> Connection:
+    """A connection for one read, to use as a context manager: a session would add its own
+    bookkeeping (its transaction, its close) to a one-statement GET for nothing."""
+    return current_app.extensions["engine.read_db"].connect()  # type: ignore[no-any-return]
 
 
 def _close(_error: BaseException | None) -> None:

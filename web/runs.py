@@ -10,7 +10,7 @@ from engine import resume, runs
 from engine.errors import InvalidInput
 from web import schemas, serialize
 from web.auth import current_caller, require_scopes
-from web.db import get_session
+from web.db import get_session, read_connection
 from web.dispatch import send
 
 bp = Blueprint("runs", __name__, url_prefix="/runs")
@@ -67,7 +67,9 @@ def list_runs() -> Any:
 @bp.get("/<run_id>")
 @require_scopes("runs.read")
 def get_run(run_id: str) -> Any:
-    return serialize.run(*runs.read_run_with_steps(get_session(), run_id, current_caller()))
+    with read_connection() as connection:
+        run, steps = runs.read_run_with_steps(connection, run_id, current_caller())
+    return serialize.run(run, steps)
 
 
 @bp.post("/<run_id>/cancel")
