@@ -230,3 +230,36 @@ def test_the_api_metrics_expose_live_gauges_and_dead_letter_events_from_zero(
     assert value(text, "dlq_open") == open_letters
     # No worker consumes this stack's prefix.
     assert value(text, "workers_online") == 0
+
+
+def test_every_answer_counts_once_and_a_5xx_counts_as_an_error_too(database: Stack) -> None:
+    from web import create_app
+
+    app = create_app(database.settings)
+
+    def fail() -> None:
+        raise RuntimeError("a bug")
+
+    app.add_url_rule("/metrics-test-failure", "metrics_test_failure", fail)
+    client = app.test_client()
+    failed = {"method": "GET", "endpoint": "/metrics-test-failure", "status": "500"}
+    answered = {"method": "GET", "endpoint": "/health", "status": "200"}
+    series = [
+        ("api_requests_total", failed),
+        ("api_errors_total", failed),
+        ("api_request_latency_seconds_count", failed),
+        ("api_requests_total", answered),
+        ("api_errors_total", answered),
+    ]
+
+    def counts() -> list[float]:
+        # The counters are the process's: earlier tests' requests are in them too.
+        text = client.get("/metrics").get_data(as_text=True)
+        return [value(text, name, **labels) or 0.0 for name, labels in series]
+
+    before = counts()
+    for _ in range(3):
+        assert client.get("/metrics-test-failure").status_code == 500
+        assert client.get("/health").status_code == 200
+    added = [after - earlier for after, earlier in zip(counts(), before, strict=True)]
+    assert added == [3, 3, 3, 3, 0]

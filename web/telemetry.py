@@ -34,6 +34,7 @@ REQUEST_ID_HEADER = "X-Request-ID"
 # A caller's id is kept when it is plain enough to log and echo back; else we make one.
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 UNTRACKED_PATHS = frozenset({"/metrics"})
+_SERIES: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
 
 
 class EngineMetrics(PrometheusMetrics):
@@ -68,7 +69,7 @@ def init_app(app: Flask) -> None:
 
 def _start() -> None:
     g.request_started = time.perf_counter()
-    incoming = request.headers.get(REQUEST_ID_HEADER, "")
+    incoming = request.environ.get("HTTP_X_REQUEST_ID", "")
     g.request_id = incoming if _VALID_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
     g.log_token = logs.bind(request_id=g.request_id)
 
@@ -77,35 +78,48 @@ def _finish(response: Response) -> Response:
     request_id = g.get("request_id")
     if request_id:
         response.headers[REQUEST_ID_HEADER] = request_id
-    if request.path in UNTRACKED_PATHS:
+    current = request._get_current_object()  # type: ignore[attr-defined]
+    path = current.path
+    if path in UNTRACKED_PATHS:
         return response
     started = g.get("request_started")
     elapsed = time.perf_counter() - started if started is not None else 0.0
-    endpoint = request.url_rule.rule if request.url_rule else "unmatched"
-    labels = {"method": request.method, "endpoint": endpoint, "status": str(response.status_code)}
-    api_requests_total.labels(**labels).inc()
-    if response.status_code >= 500:
-        api_errors_total.labels(**labels).inc()
-    api_request_latency_seconds.labels(**labels).observe(elapsed)
+    method, status = current.method, response.status_code
+    rule = current.url_rule
+    requests, latency, errors = _series(method, rule.rule if rule else "unmatched", status)
+    requests.inc()
+    latency.observe(elapsed)
+    if errors is not None:
+        errors.inc()
     fields: dict[str, Any] = {
-        "method": request.method,
-        "path": request.path,
-        "status": response.status_code,
+        "method": method,
+        "path": path,
+        "status": status,
         "duration_ms": round(elapsed * 1000, 2),
-        "remote_addr": request.remote_addr,
+        "remote_addr": current.remote_addr,
     }
     caller = g.get("caller")  # set once the token was verified (web.auth)
     if caller is not None:
         fields["caller"] = caller.sub
     access_log.info(
-        "%s %s %s %.1fms",
-        request.method,
-        request.path,
-        response.status_code,
-        elapsed * 1000,
-        extra={"fields": fields},
+        "%s %s %s %.1fms", method, path, status, elapsed * 1000, extra={"fields": fields}
     )
     return response
+
+
+def _series(method: str, endpoint: str, status: int) -> tuple[Any, Any, Any]:
+    """The request's counter, latency and (for a 5xx) error series: looked up by their
+    labels once per process, then kept (there are as many as routes × methods × statuses)."""
+    key = (method, endpoint, status)
+    series = _SERIES.get(key)
+    if series is None:
+        labels = (method, endpoint, str(status))
+        series = _SERIES[key] = (
+            api_requests_total.labels(*labels),
+            api_request_latency_seconds.labels(*labels),
+            api_errors_total.labels(*labels) if status >= 500 else None,
+        )
+    return series
 
 
 def _unbind(_error: BaseException | None) -> None:
