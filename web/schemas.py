@@ -27,6 +27,8 @@ PLAN = {
     "additionalProperties": False,
     "properties": {"params": {"type": "object"}, "version": {"type": "integer", "minimum": 1}},
 }
+# Each schema's validator (see _validator).
+_VALIDATORS: dict[int, tuple[dict[str, Any], Draft202012Validator]] = {}
 
 
 def check(schema: dict[str, Any], body: Any, what: str = "body") -> dict[str, Any]:
@@ -36,11 +38,20 @@ def check(schema: dict[str, Any], body: Any, what: str = "body") -> dict[str, An
             "field": ".".join(map(str, error_path(error))) or what,
             "message": error.message,
         }
-        for error in Draft202012Validator(schema).iter_errors(body)
+        for error in _validator(schema).iter_errors(body)
     ]
     if errors:
         raise InvalidInput(f"the request {what} is invalid", errors=errors)
     return body
+
+
+def _validator(schema: dict[str, Any]) -> Draft202012Validator:
+    """The schema's validator, made once: the schemas are module constants, each kept here
+    beside its validator (so its id is never another's)."""
+    kept = _VALIDATORS.get(id(schema))
+    if kept is None or kept[0] is not schema:
+        kept = _VALIDATORS[id(schema)] = (schema, Draft202012Validator(schema))
+    return kept[1]
 
 
 def parse_json(default: Any = None) -> Any:
