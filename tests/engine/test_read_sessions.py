@@ -1,13 +1,13 @@
-"""engine.db's read-only sessions run each statement on its own: no transaction is begun or
-left open (no BEGIN or ROLLBACK to send). The sessions that write, on the same pooled
-connections, stay transactional."""
+"""engine.db's read-only sessions, and the bare connections of its read-only engine, run
+each statement on its own: no transaction is begun or left open (no BEGIN or ROLLBACK to
+send). The sessions that write, on the same pooled connections, stay transactional."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Engine, func, insert, select
+from sqlalchemy import Connection, Engine, func, insert, select
 from sqlalchemy.orm import Session
 
 from engine import db
@@ -27,16 +27,17 @@ def engine(fresh_database: str) -> Iterator[Engine]:
     engine.dispose()
 
 
-def in_transaction(session: Session) -> bool:
-    """Whether the driver's connection under the session is inside a transaction."""
-    driver = session.connection().connection.dbapi_connection
-    if session.get_bind().dialect.name == "sqlite":
+def in_transaction(db_or_session: Session | Connection) -> bool:
+    """Whether the driver's connection under a session or connection is in a transaction."""
+    connection = db_or_session.connection() if isinstance(db_or_session, Session) else db_or_session
+    driver = connection.connection.dbapi_connection
+    if connection.dialect.name == "sqlite":
         return bool(driver.in_transaction)
     return driver.info.transaction_status != driver.info.transaction_status.IDLE
 
 
-def count_runs(session: Session) -> int:
-    return int(session.execute(select(func.count()).select_from(runs)).scalar_one())
+def count_runs(db_or_session: Session | Connection) -> int:
+    return int(db_or_session.execute(select(func.count()).select_from(runs)).scalar_one())
 
 
 def test_a_read_only_session_leaves_no_transaction_open(engine: Engine) -> None:
@@ -45,6 +46,14 @@ def test_a_read_only_session_leaves_no_transaction_open(engine: Engine) -> None:
         assert not in_transaction(session)
         assert count_runs(session) == 0
         assert not in_transaction(session)
+
+
+def test_a_connection_of_the_read_only_engine_leaves_no_transaction_open(engine: Engine) -> None:
+    with db.read_only_engine(engine).connect() as connection:
+        assert count_runs(connection) == 0
+        assert not in_transaction(connection)
+        assert count_runs(connection) == 0
+        assert not in_transaction(connection)
 
 
 def test_a_session_that_writes_after_a_read_only_one_is_still_one_transaction(
