@@ -263,3 +263,19 @@ def test_every_answer_counts_once_and_a_5xx_counts_as_an_error_too(database: Sta
         assert client.get("/health").status_code == 200
     added = [after - earlier for after, earlier in zip(counts(), before, strict=True)]
     assert added == [3, 3, 3, 3, 0]
+
+
+def test_a_method_of_the_clients_own_counts_as_other(database: Stack) -> None:
+    from web import create_app
+
+    client = create_app(database.settings).test_client()
+    made_up = [f"BREW{n}" for n in range(3)]
+    for method in made_up:
+        assert client.open("/health", method=method).status_code == 405
+    text = client.get("/metrics").get_data(as_text=True)
+    assert value(text, "api_requests_total", method="other", endpoint="unmatched", status="405")
+    for method in made_up:
+        assert (
+            value(text, "api_requests_total", method=method, endpoint="/health", status="405")
+            is None
+        )

@@ -34,6 +34,9 @@ REQUEST_ID_HEADER = "X-Request-ID"
 # A caller's id is kept when it is plain enough to log and echo back; else we make one.
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 UNTRACKED_PATHS = frozenset({"/metrics"})
+# Any other method a client sends is counted as "other": a label value per made-up method
+# would let clients add series without end.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _SERIES: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
 
 
@@ -110,10 +113,10 @@ def _finish(response: Response) -> Response:
 def _series(method: str, endpoint: str, status: int) -> tuple[Any, Any, Any]:
     """The request's counter, latency and (for a 5xx) error series: looked up by their
     labels once per process, then kept (there are as many as routes × methods × statuses)."""
-    key = (method, endpoint, status)
+    key = (method if method in METHODS else "other", endpoint, status)
     series = _SERIES.get(key)
     if series is None:
-        labels = (method, endpoint, str(status))
+        labels = (key[0], endpoint, str(status))
         series = _SERIES[key] = (
             api_requests_total.labels(*labels),
             api_request_latency_seconds.labels(*labels),
