@@ -200,32 +200,35 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 def list_runs(
-    session: Session,
+    db: Session | Connection,
     caller: Caller,
     *,
     limit: int,
     cursor: str | None = None,
     status: str | None = None,
     workflow: str | None = None,
-) -> tuple[list[Run], str | None]:
-    """The caller's runs (all runs for an admin), newest first, one page at a time."""
-    query = select(Run)
+) -> tuple[list[Row[Any]], str | None]:
+    """The caller's runs (all runs for an admin), newest first, one page at a time: their
+    rows (attributes named as the models' are). A session or a bare connection will do."""
+    query = select(*runs.columns)
     if not caller.sees_all_runs:
-        query = query.where(Run.created_by == caller.sub)
+        query = query.where(runs.c.created_by == caller.sub)
     if status:
         if status not in RunStatus.__members__.values():
             raise InvalidInput(
                 "unknown status",
                 errors=[{"field": "status", "message": f"one of {', '.join(RunStatus)}"}],
             )
-        query = query.where(Run.status == status)
+        query = query.where(runs.c.status == status)
     if workflow:
-        query = query.where(Run.workflow == workflow)
+        query = query.where(runs.c.workflow == workflow)
     if cursor:
         at, row_id = decode_cursor(cursor)
-        query = query.where(or_(Run.created_at < at, and_(Run.created_at == at, Run.id < row_id)))
+        query = query.where(
+            or_(runs.c.created_at < at, and_(runs.c.created_at == at, runs.c.id < row_id))
+        )
     rows = list(
-        session.scalars(query.order_by(Run.created_at.desc(), Run.id.desc()).limit(limit + 1))
+        db.execute(query.order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit + 1))
     )
     following = (
         encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None

@@ -53,14 +53,15 @@ def list_runs() -> Any:
     limit = schemas.query_int(
         "limit", settings.page_limit_default, minimum=1, maximum=settings.page_limit_max
     )
-    items, following = runs.list_runs(
-        get_session(),
-        current_caller(),
-        limit=limit,
-        cursor=request.args.get("cursor"),
-        status=request.args.get("status"),
-        workflow=request.args.get("workflow"),
-    )
+    with read_connection() as connection:
+        items, following = runs.list_runs(
+            connection,
+            current_caller(),
+            limit=limit,
+            cursor=request.args.get("cursor"),
+            status=request.args.get("status"),
+            workflow=request.args.get("workflow"),
+        )
     return serialize.page([serialize.run(item) for item in items], following)
 
 
