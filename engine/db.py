@@ -173,6 +173,18 @@ def read_only_engine(db_engine: Engine) -> Engine:
     return db_engine.execution_options(**options)
 
 
+def statement_by_statement(session: Session) -> None:
+    """On PostgreSQL, let a session that has not begun run each statement as its own
+    transaction (autocommit): for a use case that writes with one statement, it saves the
+    BEGIN and COMMIT round trips, and its write is committed when the statement returns. A
+    session already in a transaction keeps it. SQLite's writers keep BEGIN IMMEDIATE: a
+    write outside it can fail at once when another writer committed since it began reading.
+    """
+    if session.in_transaction() or session.get_bind().dialect.name != "postgresql":
+        return
+    session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+
+
 @contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """One short transaction: commit on success, roll back on error."""

@@ -20,6 +20,7 @@ from engine import audit, metrics, workflows
 from engine.attempts import INLINE_MARK
 from engine.auth import Caller
 from engine.config import Settings
+from engine.db import statement_by_statement
 from engine.errors import Conflict, InvalidInput, InvalidTransition, NotFound
 from engine.models import Run, Step, new_id, utcnow
 from engine.specs import CompiledWorkflow
@@ -80,7 +81,9 @@ def submit(
     """Insert a queued run. With an idempotency key, a repeat returns the first run
     (created=False); the same key with another body is a Conflict. Without a version, the
     latest this process remembers is tried first (`remembered`), then read again when a
-    newer one was registered since."""
+    newer one was registered since. Without a key, in a session that has not begun, the
+    run's INSERT is a transaction of its own on PostgreSQL (engine.db.statement_by_statement):
+    the run is committed when this returns."""
     if request.idempotency_key:
         existing = session.scalars(
             select(Run).where(
@@ -91,6 +94,9 @@ def submit(
             if existing.request_hash != request.digest():
                 raise Conflict("this Idempotency-Key was used with another request body")
             return existing, Work(), False
+    if request.idempotency_key is None:
+        # Reads, then one INSERT: the INSERT can be a transaction of its own.
+        statement_by_statement(session)
     remembered = remembered and request.version is None and request.idempotency_key is None
     workflow = workflows.compiled_for_submit(
         session, settings, request.workflow, request.version, remembered=remembered
