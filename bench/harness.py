@@ -197,14 +197,16 @@ class Platform(RunReadings):
             workflow_specs.register(session, spec, self.settings)
 
     def submit(self, workflow: str, params: dict[str, Any] | None = None) -> str:
-        """Submit a run the way the API does: one use case, commit, then send its work."""
-        with self.sessions.begin() as session:
+        """Submit a run the way the API does: one use case in a session of its own, commit,
+        then send its work."""
+        with self.sessions() as session:
             run, work, _ = run_cases.submit(
                 session,
                 self.settings,
                 run_cases.SubmitRun(workflow, params or {}),
                 self.caller,
             )
+            session.commit()
             run_id = run.id
         dispatch.send(work, self.sender)
         return run_id
