@@ -31,6 +31,8 @@ api_request_latency_seconds = Histogram(
 )
 
 REQUEST_ID_HEADER = "X-Request-ID"
+# The same header as WSGI names it in the environ.
+_REQUEST_ID_ENVIRON = "HTTP_" + REQUEST_ID_HEADER.upper().replace("-", "_")
 # A caller's id is kept when it is plain enough to log and echo back; else we make one.
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 UNTRACKED_PATHS = frozenset({"/metrics"})
@@ -72,7 +74,7 @@ def init_app(app: Flask) -> None:
 
 def _start() -> None:
     g.request_started = time.perf_counter()
-    incoming = request.environ.get("HTTP_X_REQUEST_ID", "")
+    incoming = request.environ.get(_REQUEST_ID_ENVIRON, "")
     g.request_id = incoming if _VALID_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
     g.log_token = logs.bind(request_id=g.request_id)
 
