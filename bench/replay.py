@@ -15,18 +15,6 @@ from bench.measure import BenchError, wait_until
 from bench.sizes import Sizes
 
 REPLAY_PATH = "/admin/dlq/replay"
-MISSING = "n/a (DLQ admin API missing)"
-
-
-def api_present(platform: Platform) -> bool:
-    """True when the API in this tree routes the bulk replay endpoint."""
-    from web import create_app
-
-    app = create_app(platform.settings)
-    try:
-        return any(rule.rule == REPLAY_PATH for rule in app.url_map.iter_rules())
-    finally:
-        app.extensions["engine.db"].dispose()
 
 
 def _dead_letters(platform: Platform, name: str, count: int) -> None:
@@ -46,8 +34,6 @@ def _dead_letters(platform: Platform, name: str, count: int) -> None:
 
 
 def measure(platform: Platform, sizes: Sizes, name: str) -> dict[str, Any]:
-    if not api_present(platform):
-        return {"status": "n/a", "note": MISSING}
     _dead_letters(platform, name, sizes.dead_letters)
     server, base = platform.start_gunicorn("web:create_app()", "/health")
     try:
