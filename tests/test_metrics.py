@@ -276,6 +276,6 @@ def test_a_method_of_the_clients_own_counts_as_other(database: Stack) -> None:
     assert value(text, "api_requests_total", method="other", endpoint="unmatched", status="405")
     for method in made_up:
         assert (
-            value(text, "api_requests_total", method=method, endpoint="/health", status="405")
+            value(text, "api_requests_total", method=method, endpoint="unmatched", status="405")
             is None
         )

@@ -22,8 +22,8 @@ from web.errors import problem
 F = TypeVar("F", bound=Callable[..., Any])
 BEARER = {"WWW-Authenticate": 'Bearer realm="engine"'}
 REQUIRED_CLAIMS = ("sub", "jti", "exp")
-# Accepted tokens each API process remembers (VerifyingOnceJWTManager).
-VERIFIED_TOKENS = 4096
+# Accepted tokens each API process remembers (RememberingJWTManager).
+ACCEPTED_TOKENS = 4096
 
 
 def init_app(app: Flask) -> None:
@@ -38,7 +38,7 @@ def init_app(app: Flask) -> None:
         JWT_IDENTITY_CLAIM="sub",
         JWT_ERROR_MESSAGE_KEY="detail",
     )
-    manager = VerifyingOnceJWTManager(app)
+    manager = RememberingJWTManager(app)
     keys = verification_keys(settings)
 
     @manager.decode_key_loader
@@ -73,14 +73,14 @@ def init_app(app: Flask) -> None:
     app.extensions["engine.jwt"] = manager
 
 
-class VerifyingOnceJWTManager(JWTManager):
+class RememberingJWTManager(JWTManager):
     """Remembers the tokens that passed every check of a request in this process: a client
     sends the same token on request after request, and the same string verifies the same
     way against this process's keys, which never change while it runs. Whether it has
     expired is checked on every request, and revocation too (request_claims)."""
 
     def __init__(self, app: Flask | None = None) -> None:
-        self._accepted: LRUCache[str, dict[str, Any]] = LRUCache(VERIFIED_TOKENS)
+        self._accepted: LRUCache[str, dict[str, Any]] = LRUCache(ACCEPTED_TOKENS)
         self._lock = threading.Lock()
         super().__init__(app)
 
@@ -115,7 +115,7 @@ def request_claims() -> dict[str, Any]:
     checked again: flask-jwt-extended would decode its header and payload once more on each
     request. Anything else (a token not accepted yet, expired, revoked, refused before)
     goes through flask-jwt-extended, which verifies it or answers the error."""
-    manager: VerifyingOnceJWTManager = current_app.extensions["engine.jwt"]
+    manager: RememberingJWTManager = current_app.extensions["engine.jwt"]
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     token = token if scheme == "Bearer" else ""
     if token:

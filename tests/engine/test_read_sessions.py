@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from engine import db
 from engine.models import Base, Run
 from tests.engine.test_insert_rows import run_row
+from tests.support.transactions import in_transaction
 
 runs = Run.__table__
 
@@ -25,15 +26,6 @@ def engine(fresh_database: str) -> Iterator[Engine]:
     Base.metadata.create_all(engine)
     yield engine
     engine.dispose()
-
-
-def in_transaction(db_or_session: Session | Connection) -> bool:
-    """Whether the driver's connection under a session or connection is in a transaction."""
-    connection = db_or_session.connection() if isinstance(db_or_session, Session) else db_or_session
-    driver = connection.connection.dbapi_connection
-    if connection.dialect.name == "sqlite":
-        return bool(driver.in_transaction)
-    return driver.info.transaction_status != driver.info.transaction_status.IDLE
 
 
 def count_runs(db_or_session: Session | Connection) -> int:

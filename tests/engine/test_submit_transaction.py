@@ -7,7 +7,6 @@ the run stays in the caller's transaction until it commits."""
 from __future__ import annotations
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from engine import runs
 from engine.auth import Caller
@@ -15,6 +14,7 @@ from engine.db import make_session_factory
 from engine.models import Run
 from tests.conftest import spec
 from tests.support.stack import Stack
+from tests.support.transactions import in_transaction
 
 SUBMITTER = Caller("submitter@example.com", ())
 
@@ -23,13 +23,6 @@ def visible_elsewhere(database: Stack, run_id: str) -> bool:
     """Whether another connection sees the run (a reader: it waits for no writer)."""
     with make_session_factory(database.db_engine, read_only=True)() as other:
         return other.scalar(select(Run.id).where(Run.id == run_id)) is not None
-
-
-def driver_in_transaction(session: Session) -> bool:
-    driver = session.connection().connection.dbapi_connection
-    if session.get_bind().dialect.name == "sqlite":
-        return bool(driver.in_transaction)
-    return driver.info.transaction_status != driver.info.transaction_status.IDLE
 
 
 def test_a_submission_without_a_key_is_its_own_transaction_on_postgresql(
@@ -43,7 +36,7 @@ def test_a_submission_without_a_key_is_its_own_transaction_on_postgresql(
         )
         assert created
         # PostgreSQL: committed by the INSERT itself. SQLite: in the caller's transaction.
-        assert driver_in_transaction(session) is not postgres
+        assert in_transaction(session) is not postgres
         assert visible_elsewhere(database, run.id) is postgres
         session.commit()
     assert visible_elsewhere(database, run.id)
@@ -56,7 +49,7 @@ def test_a_submission_with_a_key_or_in_a_begun_session_waits_for_the_callers_com
     keyed = runs.SubmitRun(unique, {}, idempotency_key=f"{unique}-key")
     with database.sessions() as session:
         run, _work, _created = runs.submit(session, database.settings, keyed, SUBMITTER)
-        assert driver_in_transaction(session)
+        assert in_transaction(session)
         assert not visible_elsewhere(database, run.id)
         session.rollback()
     assert not visible_elsewhere(database, run.id)
@@ -66,6 +59,6 @@ def test_a_submission_with_a_key_or_in_a_begun_session_waits_for_the_callers_com
         run, _work, _created = runs.submit(
             session, database.settings, runs.SubmitRun(unique, {}), SUBMITTER
         )
-        assert driver_in_transaction(session)
+        assert in_transaction(session)
         assert not visible_elsewhere(database, run.id)
     assert visible_elsewhere(database, run.id)
