@@ -1,11 +1,14 @@
 """gunicorn settings for the API (environment: API_PORT, WEB_CONCURRENCY, WEB_THREADS,
-PROMETHEUS_MULTIPROC_DIR)."""
+PROMETHEUS_MULTIPROC_DIR). Threaded workers (gthread) at any WEB_THREADS, so connections are
+kept alive."""
 
 import os
 
 bind = f"{os.environ.get('API_BIND', '0.0.0.0')}:{os.environ.get('API_PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = int(os.environ.get("WEB_THREADS", "4"))
+# gthread even with one thread: the sync worker would close every keep-alive connection.
+worker_class = "gthread"
 timeout = 30
 graceful_timeout = 10
 
