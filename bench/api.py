@@ -9,7 +9,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from bench import specs
+from bench import in_process, specs
 from bench.cpu import tree_s
 from bench.harness import Platform
 from bench.load import Load
@@ -36,6 +36,22 @@ def measure(platform: Platform, sizes: Sizes, load: Load, name: str, run_id: str
     # The same body and Authorization header, which the bare app ignores.
     hello_post, hello_get = _post_and_get(
         platform, sizes, load, ("bench.hello_app:app", "/"), "/", "/", body, token
+    )
+    _add_app_cpu(
+        platform,
+        sizes,
+        token,
+        "web:create_app()",
+        {"post_runs": ("POST", "/runs", body), "get_run": ("GET", f"/runs/{run_id}", "")},
+        {"post_runs": post, "get_run": get},
+    )
+    _add_app_cpu(
+        platform,
+        sizes,
+        token,
+        "bench.hello_app:app",
+        {"hello_post": ("POST", "/", body), "hello_get": ("GET", "/", "")},
+        {"hello_post": hello_post, "hello_get": hello_get},
     )
     return {
         "connections": sizes.api_connections,
@@ -89,3 +105,20 @@ def _served(server: Process, send: Callable[[], dict[str, Any]]) -> dict[str, An
     spent = tree_s(server.pid) - before
     figures["server_cpu_ms"] = spent * 1000 / figures["requests"] if figures["requests"] else None
     return figures
+
+
+def _add_app_cpu(
+    platform: Platform,
+    sizes: Sizes,
+    token: str,
+    app: str,
+    requests: dict[str, tuple[str, str, str]],
+    figures: dict[str, dict[str, Any]],
+) -> None:
+    """Each request's CPU in the app alone (`app_cpu_us`): the rest of `server_cpu_ms` is the
+    server's."""
+    spent = in_process.app_cpu_us(
+        platform.env, app, requests, token, sizes.in_process_calls, platform.directory
+    )
+    for name, us in spent.items():
+        figures[name]["app_cpu_us"] = us

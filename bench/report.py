@@ -157,18 +157,22 @@ def _rows(backend: dict[str, Any], sizes: dict[str, Any]) -> list[tuple[str, str
             target_key,
             TARGETS[target_key],
         )
-    add(
-        "  server CPU ms per request (bare app)",
-        _error(api)
-        or " · ".join(
-            f"{method} {_fmt(api.get(key, {}).get('server_cpu_ms'), 2)} "
-            f"({_fmt(api.get(hello, {}).get('server_cpu_ms'), 2)})"
-            for method, key, hello in (
-                ("POST", "post_runs", "hello_post"),
-                ("GET", "get_run", "hello_get"),
-            )
-        ),
-    )
+    for label, field, digits in (
+        ("  server CPU ms per request (bare app)", "server_cpu_ms", 2),
+        ("  app CPU µs per request, in process (bare app)", "app_cpu_us", 0),
+    ):
+        add(
+            label,
+            _error(api)
+            or " · ".join(
+                f"{method} {_fmt(api.get(key, {}).get(field), digits)} "
+                f"({_fmt(api.get(hello, {}).get(field), digits)})"
+                for method, key, hello in (
+                    ("POST", "post_runs", "hello_post"),
+                    ("GET", "get_run", "hello_get"),
+                )
+            ),
+        )
     memory = backend.get("memory", {})
     add(
         f"7 worker RSS MB after {_fmt(memory.get('steps'))} steps",

@@ -23,6 +23,8 @@ class Sizes:
     plan_repeats: int
     api_connections: int
     api_duration_s: float
+    # Direct WSGI calls per round for the app's own CPU per request (bench.in_process).
+    in_process_calls: int
     memory_steps: int
     memory_warmup_steps: int
     dead_letters: int
@@ -44,6 +46,7 @@ SIZES = {
         plan_repeats=1,
         api_connections=5,
         api_duration_s=1,
+        in_process_calls=20,
         memory_steps=20,
         memory_warmup_steps=10,
         dead_letters=5,
@@ -63,6 +66,7 @@ SIZES = {
         plan_repeats=3,
         api_connections=50,
         api_duration_s=5,
+        in_process_calls=1000,
         memory_steps=5000,
         memory_warmup_steps=500,
         dead_letters=1000,
@@ -82,6 +86,7 @@ SIZES = {
         plan_repeats=5,
         api_connections=50,
         api_duration_s=20,
+        in_process_calls=3000,
         memory_steps=50000,
         memory_warmup_steps=1000,
         dead_letters=10000,

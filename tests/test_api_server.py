@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import http.client
-import subprocess
-import sys
 from pathlib import Path
 
 from tests.support import services
@@ -16,21 +14,8 @@ def test_one_thread_per_worker_still_keeps_connections_alive(tmp_path: Path) -> 
     with `Connection: close`: each client would pay for a new connection per request."""
     stack = Stack("sqlite", tmp_path)
     port = services.free_port()
-    log = open(tmp_path / "gunicorn.log", "ab")
-    process = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "gunicorn"),
-            "-c",
-            "web/gunicorn_conf.py",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "web:create_app()",
-        ],
-        cwd=services.ROOT,
-        env={**stack.env, "WEB_CONCURRENCY": "1", "WEB_THREADS": "1"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+    process = services.start_gunicorn(
+        {**stack.env, "WEB_CONCURRENCY": "1", "WEB_THREADS": "1"}, tmp_path / "gunicorn.log", port
     )
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
@@ -60,5 +45,4 @@ def test_one_thread_per_worker_still_keeps_connections_alive(tmp_path: Path) -> 
         connection.close()
         process.terminate()
         process.wait(20)
-        log.close()
         stack.close()

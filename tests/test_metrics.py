@@ -3,8 +3,6 @@ workers of the API (multiprocess mode), and the live gauges read what Redis real
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -92,31 +90,20 @@ def test_the_api_counts_every_request_across_gunicorn_workers_even_recycled_ones
 ) -> None:
     metrics_dir = tmp_path / "api-metrics"
     port = services.free_port()
-    log = open(tmp_path / "gunicorn.log", "ab")
     # --max-requests recycles each worker after a few requests: the counts of workers that
     # have exited must still be in the total.
-    process = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "gunicorn"),
-            "-c",
-            "web/gunicorn_conf.py",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "2",
-            "--threads",
-            "1",
-            "--max-requests",
-            "7",
-            "--control-socket",
-            str(tmp_path / "gunicorn.ctl"),
-            "web:create_app()",
-        ],
-        cwd=services.ROOT,
-        env={**multiprocess_stack.env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+    process = services.start_gunicorn(
+        {**multiprocess_stack.env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
+        tmp_path / "gunicorn.log",
+        port,
+        "--workers",
+        "2",
+        "--threads",
+        "1",
+        "--max-requests",
+        "7",
+        "--control-socket",
+        str(tmp_path / "gunicorn.ctl"),
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -144,7 +131,6 @@ def test_the_api_counts_every_request_across_gunicorn_workers_even_recycled_ones
     finally:
         process.terminate()
         process.wait(20)
-        log.close()
 
 
 @pytest.fixture

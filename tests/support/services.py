@@ -65,6 +65,30 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def start_gunicorn(
+    env: dict[str, str], log_path: Path, port: int, *options: str
+) -> subprocess.Popen[bytes]:
+    """The API under gunicorn with its own settings (web/gunicorn_conf.py) on 127.0.0.1:`port`,
+    in a session of its own, logging to `log_path`; `options` go before the app."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "gunicorn"),
+                "-c",
+                "web/gunicorn_conf.py",
+                "--bind",
+                f"127.0.0.1:{port}",
+                *options,
+                "web:create_app()",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 def redis_alive(url: str) -> bool:
     try:
         return bool(redis.Redis.from_url(url, socket_timeout=1).ping())
