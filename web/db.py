@@ -16,8 +16,10 @@ def init_app(app: Flask) -> None:
     db_engine = make_engine(app.config["SETTINGS"])
     app.extensions["engine.db"] = db_engine
     app.extensions["engine.sessions"] = make_session_factory(db_engine)
-    app.extensions["engine.read_sessions"] = make_session_factory(db_engine, read_only=True)
-    app.extensions["engine.read_db"] = read_only_engine(db_engine)
+    # One read-only view of the pool, for read sessions and for reads of Core statements.
+    read_db = read_only_engine(db_engine)
+    app.extensions["engine.read_sessions"] = make_session_factory(read_db)
+    app.extensions["engine.read_db"] = read_db
     app.teardown_appcontext(_close)
 
 
