@@ -37,22 +37,6 @@ def measure(platform: Platform, sizes: Sizes, load: Load, name: str, run_id: str
     hello_post, hello_get = _post_and_get(
         platform, sizes, load, ("bench.hello_app:app", "/"), "/", "/", body, token
     )
-    _add_app_cpu(
-        platform,
-        sizes,
-        token,
-        "web:create_app()",
-        {"post_runs": ("POST", "/runs", body), "get_run": ("GET", f"/runs/{run_id}", "")},
-        {"post_runs": post, "get_run": get},
-    )
-    _add_app_cpu(
-        platform,
-        sizes,
-        token,
-        "bench.hello_app:app",
-        {"hello_post": ("POST", "/", body), "hello_get": ("GET", "/", "")},
-        {"hello_post": hello_post, "hello_get": hello_get},
-    )
     return {
         "connections": sizes.api_connections,
         "duration_s": sizes.api_duration_s,
@@ -77,7 +61,9 @@ def _post_and_get(
     token: str,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """gunicorn serving `app` (its import string and health path): warmed with GETs, then
-    POSTs and GETs for the bench's duration."""
+    POSTs and GETs for the bench's duration. Then the same requests by direct WSGI calls
+    give the app's own CPU per request (`app_cpu_us`); the rest of `server_cpu_ms` is the
+    server's."""
     connections, duration = sizes.api_connections, sizes.api_duration_s
     server, base = platform.start_gunicorn(*app)
     try:
@@ -94,6 +80,15 @@ def _post_and_get(
         )
     finally:
         platform.stop(server)
+    spent = in_process.app_cpu_us(
+        platform.env,
+        app[0],
+        {"post": ("POST", post_path, body), "get": ("GET", get_path, "")},
+        token,
+        sizes.in_process_calls,
+        platform.directory,
+    )
+    post["app_cpu_us"], get["app_cpu_us"] = spent["post"], spent["get"]
     return post, get
 
 
@@ -105,20 +100,3 @@ def _served(server: Process, send: Callable[[], dict[str, Any]]) -> dict[str, An
     spent = tree_s(server.pid) - before
     figures["server_cpu_ms"] = spent * 1000 / figures["requests"] if figures["requests"] else None
     return figures
-
-
-def _add_app_cpu(
-    platform: Platform,
-    sizes: Sizes,
-    token: str,
-    app: str,
-    requests: dict[str, tuple[str, str, str]],
-    figures: dict[str, dict[str, Any]],
-) -> None:
-    """Each request's CPU in the app alone (`app_cpu_us`): the rest of `server_cpu_ms` is the
-    server's."""
-    spent = in_process.app_cpu_us(
-        platform.env, app, requests, token, sizes.in_process_calls, platform.directory
-    )
-    for name, us in spent.items():
-        figures[name]["app_cpu_us"] = us
