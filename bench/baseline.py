@@ -6,6 +6,7 @@ takes no CPU from the raw worker while it waits."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +15,7 @@ from celery import chain, chord
 
 from bench import raw_app
 from bench.harness import Platform
-from bench.measure import BenchError, delay_figures, paced, wait_until
+from bench.measure import BenchError, latency_figures, paced, wait_until
 from bench.processes import Process, pause, resume
 
 POLL_S = 0.05  # as for the platform's runs (bench.harness.wait_runs)
@@ -30,7 +31,7 @@ class RawSide:
         self.app = raw_app.make_app(self.settings)
         self.counter = raw_app.counter_key(self.settings)
         self.joined = raw_app.joined_key(self.settings)
-        self.delays = raw_app.delays_key(self.settings)
+        self.starts = raw_app.starts_key(self.settings)
         self.worker: Process | None = None
 
     def start(self, warm: int = 50) -> None:
@@ -61,7 +62,7 @@ class RawSide:
             raw_app.ends_key(self.counter),
             self.joined,
             raw_app.ends_key(self.joined),
-            self.delays,
+            self.starts,
         )
 
     def _send(self, tasks: int) -> None:
@@ -103,19 +104,27 @@ class RawSide:
 
     def latency(self, rate: float, seconds: float) -> dict[str, Any]:
         """Tasks sent at a steady rate; per task, its start minus the moment before its send
-        (what the platform's figure is: first step started_at minus the run's created_at)."""
+        (what the platform's figure is: first step started_at minus the run's created_at),
+        split where its send returned."""
         self._reset()
         count = max(1, round(rate * seconds))
-        pace = paced(
-            count,
-            rate,
-            lambda: self.app.send_task(raw_app.STAMP, args=(time.time(),), ignore_result=True),
-        )
+        sent: dict[float, float] = {}
+
+        def send() -> None:
+            begun = time.time()
+            self.app.send_task(raw_app.STAMP, args=(begun,), ignore_result=True)
+            sent[begun] = time.time()
+
+        pace = paced(count, rate, send)
         self._wait(
-            lambda: self.platform.redis.llen(self.delays), count, f"{count} raw latency tasks"
+            lambda: self.platform.redis.llen(self.starts), count, f"{count} raw latency tasks"
         )
-        delays = [float(value) * 1000 for value in self.platform.redis.lrange(self.delays, 0, -1)]
-        return {"tasks": count, **pace, **delay_figures(delays)}
+        # Each task's argument comes back as it went out (JSON keeps a float exactly).
+        times = [
+            (begun, sent[begun], started)
+            for begun, started in map(json.loads, self.platform.redis.lrange(self.starts, 0, -1))
+        ]
+        return {"tasks": count, **pace, **latency_figures(times)}
 
     def chain(self, length: int) -> float:
         """A chain of immutable no-op signatures (each task sends the next; no backend)."""

@@ -42,12 +42,18 @@ def paced(count: int, rate: float, send: Callable[[], object]) -> dict[str, floa
     return {"achieved_rate_per_s": count / (time.perf_counter() - started), "late": late}
 
 
-def delay_figures(delays_ms: list[float]) -> dict[str, float | None]:
+def latency_figures(times: list[tuple[float, float, float]]) -> dict[str, float | None]:
+    """Per item, (begun, sent, started) in epoch seconds: the begun -> started delay's
+    percentiles, and the medians of its two parts: the sender's, until its publish returned
+    (`send_p50_ms`), and the rest, until the work started (`start_p50_ms`)."""
+    delays_ms = [(started - begun) * 1000 for begun, _, started in times]
     return {
         "p50_ms": percentile(delays_ms, 0.50),
         "p95_ms": percentile(delays_ms, 0.95),
         "p99_ms": percentile(delays_ms, 0.99),
         "max_ms": max(delays_ms) if delays_ms else None,
+        "send_p50_ms": median([(sent - begun) * 1000 for begun, sent, _ in times]),
+        "start_p50_ms": median([(started - sent) * 1000 for _, sent, started in times]),
     }
 
 

@@ -12,6 +12,7 @@ there.
 
 from __future__ import annotations
 
+import json
 import time
 from functools import lru_cache
 from typing import Any
@@ -51,8 +52,9 @@ def joined_key(settings: Settings) -> str:
     return f"{settings.redis_key_prefix}raw-joined"
 
 
-def delays_key(settings: Settings) -> str:
-    return f"{settings.redis_key_prefix}raw-delays"
+def starts_key(settings: Settings) -> str:
+    """The list of the latency scenario's [sent_at, started] pairs."""
+    return f"{settings.redis_key_prefix}raw-starts"
 
 
 def make_app(settings: Settings) -> Celery:
@@ -93,8 +95,8 @@ def make_app(settings: Settings) -> Celery:
 
     @raw.task(name=STAMP, shared=False)
     def stamp(sent_at: float) -> None:
-        """Records how long after its sending this task started (the latency scenario)."""
-        client().rpush(delays_key(settings), time.time() - sent_at)
+        """Records when this task started beside when it was sent (the latency scenario)."""
+        client().rpush(starts_key(settings), json.dumps([sent_at, time.time()]))
 
     @raw.task(name=JOIN, shared=False)
     def join() -> None:

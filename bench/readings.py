@@ -67,13 +67,17 @@ class RunReadings:
             ).one()
         return first, last
 
-    def first_step_delays_ms(self, workflow: str) -> list[float]:
-        """Per run: its first step's start minus the run's creation, in milliseconds."""
+    def first_step_times(self, workflow: str) -> dict[str, tuple[float, float]]:
+        """Per run whose first step started: its creation and that start, in epoch seconds."""
         with self.reads() as session:
             rows = session.execute(
-                select(Run.created_at, func.min(Step.started_at))
+                select(Run.id, Run.created_at, func.min(Step.started_at))
                 .join(Step, Step.run_id == Run.id)
                 .where(Run.workflow == workflow)
                 .group_by(Run.id, Run.created_at)
             ).all()
-        return [(started - created).total_seconds() * 1000 for created, started in rows if started]
+        return {
+            run_id: (created.timestamp(), started.timestamp())
+            for run_id, created, started in rows
+            if started
+        }

@@ -44,6 +44,15 @@ def _delays(figures: Any) -> str:
     )
 
 
+def _split(figures: Any) -> str:
+    """The delay's median in two: until the sender's publish returned, and after it."""
+    if not isinstance(figures, dict):
+        return "–"
+    return _error(figures) or (
+        f"{_fmt(figures.get('send_p50_ms'), 1)} + {_fmt(figures.get('start_p50_ms'), 1)}"
+    )
+
+
 def _cpu(figures: Any) -> str:
     """Each process tree's CPU ms per run (those that spent any), and how busy the cores were."""
     if not isinstance(figures, dict):
@@ -103,6 +112,10 @@ def _rows(backend: dict[str, Any], sizes: dict[str, Any]) -> list[tuple[str, str
         _error(latency) or f"{_delays(latency)} ({_delays(latency.get('raw'))})",
         "latency",
         TARGETS["latency"],
+    )
+    add(
+        "  p50 ms until the publish returned + after (raw)",
+        _error(latency) or f"{_split(latency)} ({_split(latency.get('raw'))})",
     )
     chain = backend.get("chain", {})
     platform_chain, raw_chain = chain.get("platform", {}), chain.get("raw", {})

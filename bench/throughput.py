@@ -12,7 +12,7 @@ from typing import Any
 from bench import specs
 from bench.harness import Platform
 from bench.load import Load
-from bench.measure import delay_figures, paced
+from bench.measure import latency_figures, paced
 from bench.processes import Process, pause, resume
 from bench.sizes import Sizes
 
@@ -91,15 +91,26 @@ def http(
 
 
 def latency(platform: Platform, sizes: Sizes, name: str) -> dict[str, Any]:
-    """Runs submitted at a steady rate; per run, first step started_at minus created_at."""
+    """Runs submitted at a steady rate; per run, first step started_at minus created_at,
+    split where the submission's publish returned."""
     platform.register(specs.one_step(name))
     count = max(1, round(sizes.latency_rate * sizes.latency_s))
-    pace = paced(count, sizes.latency_rate, lambda: platform.submit(name))
+    sent: dict[str, float] = {}
+
+    def submit() -> None:
+        run_id = platform.submit(name)
+        sent[run_id] = time.time()
+
+    pace = paced(count, sizes.latency_rate, submit)
     platform.wait_runs(name, count, _timeout(count))
+    times = [
+        (created, sent[run_id], started)
+        for run_id, (created, started) in platform.first_step_times(name).items()
+    ]
     return {
         "rate_per_s": sizes.latency_rate,
         "achieved_rate_per_s": pace["achieved_rate_per_s"],
         "late_submissions": pace["late"],
         "runs": count,
-        **delay_figures(platform.first_step_delays_ms(name)),
+        **latency_figures(times),
     }
