@@ -46,11 +46,11 @@ def test_the_bench_harness_runs_every_scenario_at_tiny_sizes_and_records_each_on
     broken = {name: figures[name] for name in SCENARIOS if _errors(figures[name])}
     assert not broken, broken
     # The latency scenario measures raw Celery's send -> start beside the platform's, each
-    # split where the sender's publish returned.
+    # split where the sender's publish returned (a worker may start before the sender notes
+    # the time, so the part after it is only bounded by the whole).
     for side in (figures["latency"], figures["latency"]["raw"]):
-        assert side["p50_ms"] > 0, side
-        assert 0 < side["send_p50_ms"] < side["p50_ms"], side
-        assert 0 < side["start_p50_ms"] < side["p50_ms"], side
+        assert side["p50_ms"] > 0 and side["send_p50_ms"] > 0, side
+        assert side["start_p50_ms"] < side["p50_ms"], side
     # Each 1-step round says how busy the cores were and what each process tree spent.
     for path in ("raw", "engine", "http"):
         cpu = figures["throughput"][path]["cpu"]
