@@ -35,22 +35,11 @@ def _error(section: Any) -> str | None:
     return None
 
 
-def _delays(figures: Any) -> str:
-    """p50/p95/p99 in ms, or the error that stood in their way."""
+def _milliseconds(figures: Any, keys: tuple[str, ...], separator: str) -> str:
+    """The named figures in ms, or the error that stood in their way."""
     if not isinstance(figures, dict):
         return "–"
-    return _error(figures) or "/".join(
-        _fmt(figures.get(k), 1) for k in ("p50_ms", "p95_ms", "p99_ms")
-    )
-
-
-def _split(figures: Any) -> str:
-    """The delay's median in two: until the sender's publish returned, and after it."""
-    if not isinstance(figures, dict):
-        return "–"
-    return _error(figures) or (
-        f"{_fmt(figures.get('send_p50_ms'), 1)} + {_fmt(figures.get('start_p50_ms'), 1)}"
-    )
+    return _error(figures) or separator.join(_fmt(figures.get(k), 1) for k in keys)
 
 
 def _cpu(figures: Any) -> str:
@@ -107,16 +96,29 @@ def _rows(backend: dict[str, Any], sizes: dict[str, Any]) -> list[tuple[str, str
     for path, label in (("raw", "raw Celery"), ("engine", "engine submit"), ("http", "HTTP")):
         add(f"  CPU ms per run by process, {label}", _cpu(throughput.get(path, {}).get("cpu")))
     latency = backend.get("latency", {})
-    add(
-        f"2 submit→first step ms @{_fmt(latency.get('rate_per_s'))}/s p50/p95/p99 (raw)",
-        _error(latency) or f"{_delays(latency)} ({_delays(latency.get('raw'))})",
-        "latency",
-        TARGETS["latency"],
-    )
-    add(
-        "  p50 ms until the publish returned + after (raw)",
-        _error(latency) or f"{_split(latency)} ({_split(latency.get('raw'))})",
-    )
+    for label, keys, separator, target_key in (
+        (
+            f"2 submit→first step ms @{_fmt(latency.get('rate_per_s'))}/s p50/p95/p99 (raw)",
+            ("p50_ms", "p95_ms", "p99_ms"),
+            "/",
+            "latency",
+        ),
+        # The median in two: until the sender's publish returned, and after it.
+        (
+            "  p50 ms until the publish returned + after (raw)",
+            ("send_p50_ms", "start_p50_ms"),
+            " + ",
+            "",
+        ),
+    ):
+        add(
+            label,
+            _error(latency)
+            or f"{_milliseconds(latency, keys, separator)}"
+            f" ({_milliseconds(latency.get('raw'), keys, separator)})",
+            target_key,
+            TARGETS.get(target_key, ""),
+        )
     chain = backend.get("chain", {})
     platform_chain, raw_chain = chain.get("platform", {}), chain.get("raw", {})
     add(
