@@ -12,6 +12,7 @@ from typing import Any
 import click
 from sqlalchemy.orm import Session
 
+from engine import nesting
 from engine.auth import Caller
 from engine.config import Settings
 from engine.db import make_engine, make_session_factory
@@ -40,6 +41,17 @@ def session() -> Iterator[Session]:
 def operator() -> Caller:
     """The CLI acts as the local operator, who sees every run."""
     return Caller(f"cli:{getpass.getuser()}", ("admin.*", "runs.*", "workflows.*"))
+
+
+def json_option(text: str, hint: str) -> Any:
+    """An option's JSON value; text that is not JSON, or nests too deep (engine.nesting), is
+    a usage error naming the option."""
+    try:
+        return nesting.loads(text, hint.lstrip("-"))
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint=hint) from exc
+    except EngineError as exc:
+        raise click.BadParameter(exc.detail, param_hint=hint) from exc
 
 
 def emit(data: Any) -> None:

@@ -5,7 +5,6 @@ The CLI acts as `cli:<user>` (cli.context.operator()); every change is audited u
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -13,7 +12,7 @@ from typing import Any
 
 import click
 
-from cli.context import emit, operator, session, settings
+from cli.context import emit, json_option, operator, session, settings
 from engine import bulk_replay, dlq_query, replay
 from engine.db import make_engine, make_session_factory
 from engine.work import Work
@@ -124,10 +123,7 @@ def dlq_replay(
         return
     replacement = None
     if inputs is not None:
-        try:
-            replacement = json.loads(inputs)
-        except ValueError as exc:
-            raise click.BadParameter(f"not JSON: {exc}", param_hint="--inputs") from exc
+        replacement = json_option(inputs, "--inputs")
         if not isinstance(replacement, dict):
             raise click.BadParameter("must be a JSON object", param_hint="--inputs")
     with session() as current:

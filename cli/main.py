@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cli.context import emit, operator, session, settings
+from cli.context import emit, json_option, operator, session, settings
 from cli.db_ops import COMMANDS as DB_COMMANDS
 from cli.dlq import dlq
 from cli.token_ops import COMMANDS as TOKEN_COMMANDS
@@ -71,12 +71,7 @@ def runs_group() -> None:
 @click.option("--priority", type=click.IntRange(0, 9), default=0)
 def runs_submit(workflow: str, params: str, version: int | None, priority: int) -> None:
     """Submit a run of WORKFLOW."""
-    import json
-
-    try:
-        parsed = json.loads(params)
-    except ValueError as exc:
-        raise click.BadParameter(f"not JSON: {exc}", param_hint="--params") from exc
+    parsed = json_option(params, "--params")
     with session() as current:
         run, work, _ = runs.submit(
             current,

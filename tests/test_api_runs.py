@@ -15,6 +15,7 @@ from typing import Any
 import redis
 from sqlalchemy import func, insert, select
 
+from engine import nesting
 from engine.models import Run, utcnow
 from engine.queues import QueueLayout
 from engine.work import MANAGER_QUEUE, PLAN_TASK, plan_task_id
@@ -153,6 +154,42 @@ def test_a_malformed_submission_names_the_field(stack: Stack, unique: str) -> No
     assert fields(problem(bad_priority, 422)) == ["priority"]
     unknown = client.post("/runs", json={"workflow": unique, "colour": "red"}, headers=headers)
     assert fields(problem(unknown, 422)) == ["colour"]
+
+
+def nested(depth: int) -> Any:
+    """A value of `depth` levels of arrays around a number, built without recursion."""
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_params_nested_beyond_the_limit_are_refused_and_the_limit_itself_runs(
+    stack: Stack, unique: str
+) -> None:
+    # Python's JSON parser recurses once a level, with less stack left in the worker that
+    # plans a run than in the API: a value the API parsed could strand its run. Values are
+    # refused at the door beyond MAX_DEPTH levels, and MAX_DEPTH itself goes all the way.
+    echo = [{"id": "only", "action": "echo", "with": {"value": "{{ params.a }}"}}]
+    stack.register(spec(unique, echo))
+    client, headers = stack.client(), stack.headers(caller(unique))
+    deepest = {"a": nested(nesting.MAX_DEPTH - 1)}  # params: MAX_DEPTH levels
+    run_id = stack.submit(unique, deepest, headers=headers)
+    finished = stack.wait_finished(run_id)
+    assert finished["status"] == "succeeded", finished
+    assert finished["steps"][0]["output"] == {"value": deepest["a"]}
+
+    too_deep = {"workflow": unique, "params": {"a": nested(nesting.MAX_DEPTH)}}
+    body = problem(client.post("/runs", json=too_deep, headers=headers), 422)
+    assert (fields(body), body["code"]) == (["params"], "invalid_input")
+    # Too deep for the parser itself: the same answer, never a 500.
+    text = json.dumps({"workflow": unique, "params": {"a": "X"}}).replace(
+        '"X"', "[" * 5000 + "1" + "]" * 5000
+    )
+    json_type = {**headers, "Content-Type": "application/json"}
+    body = problem(client.post("/runs", data=text, headers=json_type), 422)
+    assert "nested more than 64 levels" in body["detail"] and fields(body) == ["body"]
+    assert run_count(stack, workflow=unique) == 1
 
 
 def test_a_run_of_an_unknown_workflow_or_version_is_not_found(stack: Stack, unique: str) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 import yaml
 from sqlalchemy import func, select
 
+from engine import nesting
 from engine.models import Run, Workflow
 from tests.conftest import spec
 from tests.support.http import fields, problem
@@ -171,6 +173,24 @@ def test_a_body_that_is_not_a_spec_object_is_a_problem(database: Stack) -> None:
     )
     problem(bad_yaml, 422)
     assert fields(problem(client.post("/workflows", json=[1], headers=headers), 422)) == ["body"]
+
+
+def test_a_spec_nested_beyond_the_limit_is_refused_as_json_and_as_yaml(
+    database: Stack, unique: str
+) -> None:
+    client, headers = database.client(), writer(database)
+    before = count(database, Workflow)
+    value: Any = 1
+    for _ in range(nesting.MAX_DEPTH):
+        value = [value]
+    step = {"id": "only", "action": "echo", "with": {"value": value}}
+    deep = problem(client.post("/workflows", json=spec(unique, [step]), headers=headers), 422)
+    assert fields(deep) == ["steps"] and "nested more than" in deep["errors"][0]["message"]
+    # Beyond what the YAML parser can descend: a 422, not a 500.
+    text = f"name: {unique}\nversion: 1\nsteps: {'[' * 5000}{']' * 5000}\n"
+    yaml_type = {**headers, "Content-Type": "application/yaml"}
+    assert fields(problem(client.post("/workflows", data=text, headers=yaml_type), 422)) == ["body"]
+    assert count(database, Workflow) == before
 
 
 def test_workflows_are_listed_and_read_by_version(database: Stack, unique: str) -> None:

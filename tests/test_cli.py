@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from click.testing import Result
 
-from engine import migrations
+from engine import migrations, nesting
 from tests.conftest import spec
 from tests.support import services
 from tests.support.cli import failed, ok, run_engine
@@ -113,6 +113,15 @@ def test_a_run_submitted_from_the_cli_is_executed_and_can_be_listed_and_shown(
     assert "params.n" in failed(engine_cli(stack, "runs", "submit", unique, "--params", "{}"))
     bad_json = engine_cli(stack, "runs", "submit", unique, "--params", "{n")
     assert bad_json.exit_code == 2 and "--params" in bad_json.output
+    # Nested deeper than the API takes (engine.nesting), or than the parser can descend.
+    levels = nesting.MAX_DEPTH
+    beyond_the_parser = "[" * 5000 + "]" * 5000
+    for deep in (
+        json.dumps({"n": "X"}).replace('"X"', "[" * levels + "]" * levels),
+        beyond_the_parser,
+    ):
+        refused = engine_cli(stack, "runs", "submit", unique, "--params", deep)
+        assert refused.exit_code == 2 and f"nested more than {levels} levels" in refused.output
     assert "does not exist" in failed(engine_cli(stack, "runs", "show", "no-such-run"))
 
 

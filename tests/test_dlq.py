@@ -7,17 +7,22 @@ import threading
 from collections import Counter
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import update
 
 from cli import context as cli_context
 from cli.main import main as cli
-from engine import bulk_replay, planning
+from engine import bulk_replay, nesting, planning, replay
+from engine.auth import Caller
 from engine.config import Settings
+from engine.errors import InvalidInput
 from engine.models import Run, Step
 from tests.conftest import spec
 from tests.support.stack import Stack
+
+OPERATOR = Caller("operator@example.com", ("admin.*",))
 
 OPS = "ops@example.com"
 QUICK_RETRY = {"max_attempts": 3, "backoff_s": 0.05, "max_backoff_s": 0.1}
@@ -131,6 +136,18 @@ def test_replaying_a_dead_letter_with_fixed_inputs_resumes_its_run_at_that_step(
     )
     assert invalid.status_code == 422, invalid.get_json()
     assert [error["field"] for error in invalid.get_json()["errors"]] == ["inputs.fail"]
+    too_deep: Any = False
+    for _ in range(nesting.MAX_DEPTH):
+        too_deep = [too_deep]
+    deep = client.post(
+        f"/admin/dlq/{letter['id']}/replay",
+        json={"reason": "fixed", "inputs": {"fail": too_deep}},
+        headers=admin(stack),
+    )
+    assert deep.status_code == 422 and deep.get_json()["errors"][0]["field"] == "inputs"
+    with stack.sessions.begin() as session, pytest.raises(InvalidInput) as raised:
+        replay.replay(session, stack.settings, letter["id"], OPERATOR, "fixed", {"f": too_deep})
+    assert raised.value.errors[0]["field"] == "inputs"
     no_reason = client.post(
         f"/admin/dlq/{letter['id']}/replay", json={"reason": " "}, headers=admin(stack)
     )

@@ -8,6 +8,7 @@ from flask import request
 from jsonschema import Draft202012Validator
 from werkzeug.exceptions import BadRequest
 
+from engine import nesting
 from engine.errors import InvalidInput
 from engine.specs import error_path
 
@@ -55,12 +56,14 @@ def _validator(schema: dict[str, Any]) -> Draft202012Validator:
 
 
 def parse_json(default: Any = None) -> Any:
-    """The request body as JSON, whatever its content type; malformed JSON is a 400."""
-    if not request.get_data():
+    """The request body as JSON, whatever its content type; malformed JSON is a 400, JSON
+    nested too deep (engine.nesting) a 422 naming the member."""
+    data = request.get_data()
+    if not data:
         return default
     try:
-        return request.get_json(force=True)
-    except BadRequest as exc:
+        return nesting.loads(data)
+    except ValueError as exc:
         raise BadRequest("the request body is not valid JSON") from exc
 
 

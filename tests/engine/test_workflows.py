@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from engine import nesting
 from engine.config import Settings
 from engine.errors import InvalidInput, InvalidParams, InvalidSpec
 from engine.retry import RetryPolicy
@@ -159,3 +160,29 @@ def test_a_retry_backoff_above_the_configured_cap_is_refused_naming_the_field() 
         spec([{"id": "ok", "action": "noop", "retry": {"max_backoff_s": cap}}]), SETTINGS
     )
     assert compiled.steps["ok"].retry.max_backoff_s == cap
+
+
+def nested(depth: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(depth):
+        value = {"next": value}
+    return value
+
+
+def test_values_nested_beyond_the_limit_are_refused_wherever_they_enter() -> None:
+    limit = nesting.MAX_DEPTH
+    assert not nesting.too_deep(nested(limit)) and nesting.too_deep(nested(limit + 1))
+    # The walk itself does not recurse: far beyond any parser's depth, it still answers.
+    assert nesting.too_deep(nested(200_000))
+    compiled = compile_spec(spec([{"id": "a", "action": "noop"}]), SETTINGS)
+    compiled.check_params(nested(limit))
+    with pytest.raises(InvalidParams) as raised:
+        compiled.check_params(nested(limit + 1))
+    assert [error["field"] for error in raised.value.errors] == ["params"]
+    # A spec names the member that nests too deep, as its other errors do.
+    deep_step = {"id": "a", "action": "echo", "with": nested(limit)}
+    assert list(errors_of(spec([deep_step]))) == ["steps"]
+    # Text too deep for the parser itself is refused as too deep, not a crash.
+    with pytest.raises(InvalidInput) as raised:
+        parse_text("steps: " + "[" * 5000 + "]" * 5000)
+    assert "nested more than" in raised.value.detail
