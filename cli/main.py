@@ -67,7 +67,7 @@ def runs_group() -> None:
 @runs_group.command("submit")
 @click.argument("workflow")
 @click.option("--params", default="{}", help="JSON object of run params.")
-@click.option("--version", type=int, default=None)
+@click.option("--version", type=click.IntRange(1, specs.MAX_VERSION), default=None)
 @click.option("--priority", type=click.IntRange(0, 9), default=0)
 def runs_submit(workflow: str, params: str, version: int | None, priority: int) -> None:
     """Submit a run of WORKFLOW."""

@@ -19,6 +19,9 @@ ADMIN_RUNS_SCOPE = "admin.runs"
 _SCOPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*(\.\*)?$")
 _TTL = re.compile(r"^(?P<amount>\d+)(?P<unit>[smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+# No token outlives this (a much longer one would overflow its expiry's datetime); the API
+# has its own, shorter limit (Settings.token_max_ttl_s).
+_LONGEST_TTL_S = 100 * 365 * 86400
 
 
 def has_scope(granted: Iterable[str], required: str) -> bool:
@@ -71,11 +74,13 @@ def parse_scopes(scopes: str | Iterable[str]) -> tuple[str, ...]:
 def parse_ttl(ttl: str | int) -> timedelta:
     """'90', '90s', '15m', '1h', '7d' -> a timedelta."""
     match = _TTL.match(str(ttl).strip())
-    if not match or int(match["amount"]) <= 0:
+    seconds = int(match["amount"]) * _UNITS[match["unit"]] if match else 0
+    if not 0 < seconds <= _LONGEST_TTL_S:
         raise InvalidInput(
-            "invalid ttl", errors=[{"field": "ttl", "message": "use e.g. 900, 15m, 1h or 7d"}]
+            "invalid ttl",
+            errors=[{"field": "ttl", "message": "use e.g. 900, 15m, 1h or 7d (at most 100 years)"}],
         )
-    return timedelta(seconds=int(match["amount"]) * _UNITS[match["unit"]])
+    return timedelta(seconds=seconds)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,9 @@ _RETRY = {
     },
 }
 _TIMEOUT = {"type": "number", "exclusiveMinimum": 0}
+# Versions are a 32-bit INTEGER column on PostgreSQL.
+MAX_VERSION = 2**31 - 1
+VERSION = {"type": "integer", "minimum": 1, "maximum": MAX_VERSION}
 _QUEUE = {"type": "string", "pattern": r"^[A-Za-z0-9_.-]{1,100}$"}
 SPEC_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -37,7 +40,7 @@ SPEC_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "properties": {
         "name": {"type": "string", "pattern": _NAME},
-        "version": {"type": "integer", "minimum": 1},
+        "version": VERSION,
         "description": {"type": "string"},
         "params": {"type": "object"},
         "defaults": {

@@ -154,6 +154,9 @@ def test_a_malformed_submission_names_the_field(stack: Stack, unique: str) -> No
     assert fields(problem(bad_priority, 422)) == ["priority"]
     unknown = client.post("/runs", json={"workflow": unique, "colour": "red"}, headers=headers)
     assert fields(problem(unknown, 422)) == ["colour"]
+    for version in (2**31, 10**30):  # beyond any version the database can hold
+        body = {"workflow": unique, "version": version}
+        assert fields(problem(client.post("/runs", json=body, headers=headers), 422)) == ["version"]
 
 
 def nested(depth: int) -> Any:

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from sqlalchemy import func, select
 
-from engine import nesting
+from engine import nesting, specs
 from engine.models import Run, Workflow
 from tests.conftest import spec
 from tests.support.http import fields, problem
@@ -131,6 +131,12 @@ INVALID = {
         "JSON Schema",
     ),
     "a step without an action": ([{"id": "a"}], {}, "steps[0].action", "required"),
+    "a version beyond the database's integers": (
+        [{"id": "a", "action": "noop"}],
+        {"version": 2**31},
+        "version",
+        "maximum",
+    ),
     "an unknown top-level key": (
         [{"id": "a", "action": "noop"}],
         {"schedule": "daily"},
@@ -213,6 +219,11 @@ def test_workflows_are_listed_and_read_by_version(database: Stack, unique: str) 
     assert fields(problem(client.get(f"/workflows/{unique}?version=x", headers=headers), 422)) == [
         "version"
     ]
+    # Numbers no version can have, and digits int() refuses, name the field too (not a 500).
+    for version in ("0", str(specs.MAX_VERSION + 1), "9" * 30, "²"):
+        query = {"version": version}
+        answer = client.get(f"/workflows/{unique}", query_string=query, headers=headers)
+        assert fields(problem(answer, 422)) == ["version"], version
 
 
 def test_a_dry_run_plan_gives_parallel_stages_and_creates_no_run(

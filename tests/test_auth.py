@@ -254,7 +254,9 @@ def test_a_ttl_is_read_in_seconds_minutes_hours_or_days(text: str, seconds: int)
     assert parse_ttl(text) == timedelta(seconds=seconds)
 
 
-@pytest.mark.parametrize("text", ["", "0", "-5", "1w", "h", "1.5h", "soon"])
+@pytest.mark.parametrize(
+    "text", ["", "0", "-5", "1w", "h", "1.5h", "soon", "36501d", "99999999999d", "9" * 40]
+)
 def test_a_bad_ttl_is_refused_naming_the_field(text: str) -> None:
     with pytest.raises(InvalidInput) as raised:
         parse_ttl(text)

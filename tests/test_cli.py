@@ -113,6 +113,8 @@ def test_a_run_submitted_from_the_cli_is_executed_and_can_be_listed_and_shown(
     assert "params.n" in failed(engine_cli(stack, "runs", "submit", unique, "--params", "{}"))
     bad_json = engine_cli(stack, "runs", "submit", unique, "--params", "{n")
     assert bad_json.exit_code == 2 and "--params" in bad_json.output
+    too_high = engine_cli(stack, "runs", "submit", unique, "--version", str(2**31))
+    assert too_high.exit_code == 2 and "--version" in too_high.output
     # Nested deeper than the API takes (engine.nesting), or than the parser can descend.
     levels = nesting.MAX_DEPTH
     beyond_the_parser = "[" * 5000 + "]" * 5000

@@ -10,7 +10,7 @@ from werkzeug.exceptions import BadRequest
 
 from engine import nesting
 from engine.errors import InvalidInput
-from engine.specs import error_path
+from engine.specs import VERSION, error_path
 
 SUBMIT_RUN = {
     "type": "object",
@@ -18,7 +18,7 @@ SUBMIT_RUN = {
     "additionalProperties": False,
     "properties": {
         "workflow": {"type": "string", "minLength": 1, "maxLength": 100},
-        "version": {"type": "integer", "minimum": 1},
+        "version": VERSION,
         "params": {"type": "object"},
         "priority": {"type": "integer", "minimum": 0, "maximum": 9},
     },
@@ -26,7 +26,7 @@ SUBMIT_RUN = {
 PLAN = {
     "type": "object",
     "additionalProperties": False,
-    "properties": {"params": {"type": "object"}, "version": {"type": "integer", "minimum": 1}},
+    "properties": {"params": {"type": "object"}, "version": VERSION},
 }
 # Each schema's validator (see _validator).
 _VALIDATORS: dict[int, tuple[dict[str, Any], Draft202012Validator]] = {}

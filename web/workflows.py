@@ -45,11 +45,13 @@ def register_workflow() -> Any:
 @bp.get("/<name>")
 @require_scopes("workflows.read")
 def get_workflow(name: str) -> Any:
-    version = request.args.get("version")
-    if version is not None and not version.isdigit():
+    version = request.args.get("version") or None
+    if version is not None and not (
+        version.isascii() and version.isdigit() and 1 <= int(version) <= specs.MAX_VERSION
+    ):
         raise InvalidInput(
-            "version must be a positive integer",
-            errors=[{"field": "version", "message": "not an integer"}],
+            f"version must be an integer from 1 to {specs.MAX_VERSION}",
+            errors=[{"field": "version", "message": "not a version number"}],
         )
     session = get_session()
     row = workflows.get(session, name, int(version) if version else None)
