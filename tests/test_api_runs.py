@@ -195,6 +195,33 @@ def test_params_nested_beyond_the_limit_are_refused_and_the_limit_itself_runs(
     assert run_count(stack, workflow=unique) == 1
 
 
+def test_text_with_a_nul_character_is_refused_naming_where_it_is(
+    database: Stack, unique: str
+) -> None:
+    # PostgreSQL's text cannot hold U+0000: it used to reach a statement and fail there as a
+    # 500. It is refused at the door on both backends, wherever it comes: body, path, query.
+    database.register(spec(unique, [{"id": "only", "action": "noop"}]))
+    client, headers = database.client(), database.headers(caller(unique), ADMIN + ",runs.write")
+    nul = "\x00"
+    for response, field in [
+        (client.post("/runs", json={"workflow": unique + nul}, headers=headers), "workflow"),
+        (
+            client.post("/runs", json={"workflow": unique, "params": {nul: 1}}, headers=headers),
+            "params",
+        ),
+        (client.get("/runs/a%00b", headers=headers), "path"),
+        (client.get("/runs", query_string={"workflow": nul}, headers=headers), "workflow"),
+        (
+            client.get("/admin/dlq", query_string={"fingerprint": nul}, headers=headers),
+            "fingerprint",
+        ),
+        (client.post("/admin/dlq/x%00/replay", json={"reason": "r"}, headers=headers), "path"),
+    ]:
+        body = problem(response, 422)
+        assert fields(body) == [field] and "NUL" in body["detail"], body
+    assert run_count(database, workflow=unique) == 0
+
+
 def test_a_run_of_an_unknown_workflow_or_version_is_not_found(stack: Stack, unique: str) -> None:
     client, headers = stack.client(), stack.headers(caller(unique))
     problem(client.post("/runs", json={"workflow": unique}, headers=headers), 404)

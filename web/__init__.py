@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from engine import actions, logs
 from engine import workflows as workflow_specs
 from engine.config import Settings
-from web import admin, auth, db, errors, health, openapi, runs, status, telemetry
+from web import admin, auth, db, errors, health, openapi, runs, schemas, status, telemetry
 from web import tokens as token_views
 from web import workflows as workflow_views
 from workers.factory import make_celery
@@ -28,6 +28,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     actions.load_plugins(settings.action_modules)
     errors.register(app)
+    app.before_request(schemas.refuse_nul_in_url)
     app.extensions["engine.celery"] = make_celery(settings)
     db.init_app(app)
     auth.init_app(app)

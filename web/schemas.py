@@ -28,6 +28,7 @@ PLAN = {
     "additionalProperties": False,
     "properties": {"params": {"type": "object"}, "version": VERSION},
 }
+NUL = "\x00"
 # Each schema's validator (see _validator).
 _VALIDATORS: dict[int, tuple[dict[str, Any], Draft202012Validator]] = {}
 
@@ -57,14 +58,53 @@ def _validator(schema: dict[str, Any]) -> Draft202012Validator:
 
 def parse_json(default: Any = None) -> Any:
     """The request body as JSON, whatever its content type; malformed JSON is a 400, JSON
-    nested too deep (engine.nesting) a 422 naming the member."""
+    nested too deep (engine.nesting) or text with a NUL character a 422 naming the member."""
     data = request.get_data()
     if not data:
         return default
     try:
-        return nesting.loads(data)
+        body = nesting.loads(data)
     except ValueError as exc:
         raise BadRequest("the request body is not valid JSON") from exc
+    members = body.items() if isinstance(body, dict) else [("body", body)]
+    for name, member in members:
+        if _holds_nul(name) or _holds_nul(member):
+            raise _nul_refused(str(name))
+    return body
+
+
+def refuse_nul_in_url() -> None:
+    """(before each request) PostgreSQL's text cannot hold a NUL character, so a path or a
+    query string with one is refused, on SQLite alike, before it reaches a statement."""
+    if NUL in request.path:
+        raise _nul_refused("path")
+    for name, value in request.args.items(multi=True):
+        if NUL in name or NUL in value:
+            raise _nul_refused(name)
+
+
+def _holds_nul(value: Any) -> bool:
+    """Whether a JSON value has a NUL character in any of its strings or keys (no recursion:
+    see engine.nesting)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if NUL in item:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
+
+
+def _nul_refused(field: str) -> InvalidInput:
+    return InvalidInput(
+        f"{field} contains a NUL character (U+0000), which the API does not accept",
+        errors=[{"field": field, "message": "holds a NUL character"}],
+    )
 
 
 def json_body(schema: dict[str, Any], *, default: Any = None) -> dict[str, Any]:
