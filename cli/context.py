@@ -12,7 +12,7 @@ from typing import Any
 import click
 from sqlalchemy.orm import Session
 
-from engine import nesting
+from engine import payloads
 from engine.auth import Caller
 from engine.config import Settings
 from engine.db import make_engine, make_session_factory
@@ -44,10 +44,10 @@ def operator() -> Caller:
 
 
 def json_option(text: str, hint: str) -> Any:
-    """An option's JSON value; text that is not JSON, or nests too deep (engine.nesting), is
+    """An option's JSON value; text that is not JSON, or nests too deep (engine.payloads), is
     a usage error naming the option."""
     try:
-        return nesting.loads(text, hint.lstrip("-"))
+        return payloads.loads(text, hint.lstrip("-"))
     except ValueError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint=hint) from exc
     except EngineError as exc:

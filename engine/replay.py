@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from engine import actions, audit, metrics, nesting, resume
+from engine import actions, audit, metrics, payloads, resume
 from engine.auth import Caller
 from engine.config import Settings
 from engine.dlq_query import DISCARDED, OPEN, REPLAYED, get_letter, letters
@@ -85,7 +85,7 @@ def replay(
     if letter.run_id is None:
         raise InvalidTransition(f"dead letter {letter_id} belongs to no run; discard it")
     if inputs is not None:
-        nesting.check(inputs, "inputs")
+        payloads.check(inputs, "inputs")
         _check_inputs(session, settings, letter, inputs)
     resolution: dict[str, Any] = {"reason": reason, "inputs": inputs}
     if batch:

@@ -14,7 +14,7 @@ import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, ValidationError
 
-from engine import actions, nesting, planner, templating
+from engine import actions, payloads, planner, templating
 from engine.config import Settings
 from engine.errors import InvalidInput, InvalidParams, InvalidSpec
 from engine.retry import RetryPolicy
@@ -99,7 +99,7 @@ class CompiledWorkflow:
 
     def check_params(self, params: Any) -> None:
         """Validate run params against the workflow's JSON Schema; 422 names the field."""
-        nesting.check(params, "params", InvalidParams)
+        payloads.check(params, "params", InvalidParams)
         validator = self.params_validator
         if validator.is_valid(params):
             return
@@ -129,7 +129,7 @@ def parse_text(text: str | bytes) -> Any:
     except yaml.YAMLError as exc:
         raise InvalidInput(f"the spec is not valid YAML or JSON: {exc}") from exc
     except RecursionError:
-        raise nesting.too_deep_to_parse() from None
+        raise payloads.too_deep_to_parse() from None
 
 
 def spec_hash(spec: dict[str, Any]) -> str:
@@ -159,7 +159,7 @@ def _field(error: ValidationError) -> str:
 
 def compile_spec(spec: Any, settings: Settings) -> CompiledWorkflow:
     """Check a spec completely and return its compiled form; InvalidSpec lists every problem."""
-    nesting.check(spec, error=InvalidSpec)
+    payloads.check(spec, error=InvalidSpec)
     errors = [_error(_field(e), e.message) for e in _SPEC_VALIDATOR.iter_errors(spec)]
     if errors:
         raise InvalidSpec("the workflow spec is invalid", errors=errors)

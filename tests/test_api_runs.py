@@ -15,7 +15,7 @@ from typing import Any
 import redis
 from sqlalchemy import func, insert, select
 
-from engine import nesting
+from engine import payloads
 from engine.models import Run, utcnow
 from engine.queues import QueueLayout
 from engine.work import MANAGER_QUEUE, PLAN_TASK, plan_task_id
@@ -176,13 +176,13 @@ def test_params_nested_beyond_the_limit_are_refused_and_the_limit_itself_runs(
     echo = [{"id": "only", "action": "echo", "with": {"value": "{{ params.a }}"}}]
     stack.register(spec(unique, echo))
     client, headers = stack.client(), stack.headers(caller(unique))
-    deepest = {"a": nested(nesting.MAX_DEPTH - 1)}  # params: MAX_DEPTH levels
+    deepest = {"a": nested(payloads.MAX_DEPTH - 1)}  # params: MAX_DEPTH levels
     run_id = stack.submit(unique, deepest, headers=headers)
     finished = stack.wait_finished(run_id)
     assert finished["status"] == "succeeded", finished
     assert finished["steps"][0]["output"] == {"value": deepest["a"]}
 
-    too_deep = {"workflow": unique, "params": {"a": nested(nesting.MAX_DEPTH)}}
+    too_deep = {"workflow": unique, "params": {"a": nested(payloads.MAX_DEPTH)}}
     body = problem(client.post("/runs", json=too_deep, headers=headers), 422)
     assert (fields(body), body["code"]) == (["params"], "invalid_input")
     # Too deep for the parser itself: the same answer, never a 500.

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from sqlalchemy import func, select
 
-from engine import nesting, specs
+from engine import payloads, specs
 from engine.models import Run, Workflow
 from tests.conftest import spec
 from tests.support.http import fields, problem
@@ -187,7 +187,7 @@ def test_a_spec_nested_beyond_the_limit_is_refused_as_json_and_as_yaml(
     client, headers = database.client(), writer(database)
     before = count(database, Workflow)
     value: Any = 1
-    for _ in range(nesting.MAX_DEPTH):
+    for _ in range(payloads.MAX_DEPTH):
         value = [value]
     step = {"id": "only", "action": "echo", "with": {"value": value}}
     deep = problem(client.post("/workflows", json=spec(unique, [step]), headers=headers), 422)

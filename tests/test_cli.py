@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from click.testing import Result
 
-from engine import migrations, nesting
+from engine import migrations, payloads
 from tests.conftest import spec
 from tests.support import services
 from tests.support.cli import failed, ok, run_engine
@@ -115,8 +115,8 @@ def test_a_run_submitted_from_the_cli_is_executed_and_can_be_listed_and_shown(
     assert bad_json.exit_code == 2 and "--params" in bad_json.output
     too_high = engine_cli(stack, "runs", "submit", unique, "--version", str(2**31))
     assert too_high.exit_code == 2 and "--version" in too_high.output
-    # Nested deeper than the API takes (engine.nesting), or than the parser can descend.
-    levels = nesting.MAX_DEPTH
+    # Nested deeper than the API takes (engine.payloads), or than the parser can descend.
+    levels = payloads.MAX_DEPTH
     beyond_the_parser = "[" * 5000 + "]" * 5000
     for deep in (
         json.dumps({"n": "X"}).replace('"X"', "[" * levels + "]" * levels),

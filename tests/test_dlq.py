@@ -14,7 +14,7 @@ from sqlalchemy import update
 
 from cli import context as cli_context
 from cli.main import main as cli
-from engine import bulk_replay, nesting, planning, replay
+from engine import bulk_replay, payloads, planning, replay
 from engine.auth import Caller
 from engine.config import Settings
 from engine.errors import InvalidInput
@@ -137,7 +137,7 @@ def test_replaying_a_dead_letter_with_fixed_inputs_resumes_its_run_at_that_step(
     assert invalid.status_code == 422, invalid.get_json()
     assert [error["field"] for error in invalid.get_json()["errors"]] == ["inputs.fail"]
     too_deep: Any = False
-    for _ in range(nesting.MAX_DEPTH):
+    for _ in range(payloads.MAX_DEPTH):
         too_deep = [too_deep]
     deep = client.post(
         f"/admin/dlq/{letter['id']}/replay",

@@ -8,7 +8,7 @@ from flask import request
 from jsonschema import Draft202012Validator
 from werkzeug.exceptions import BadRequest
 
-from engine import nesting
+from engine import payloads
 from engine.errors import InvalidInput
 from engine.specs import VERSION, error_path
 
@@ -58,12 +58,12 @@ def _validator(schema: dict[str, Any]) -> Draft202012Validator:
 
 def parse_json(default: Any = None) -> Any:
     """The request body as JSON, whatever its content type; malformed JSON is a 400, JSON
-    nested too deep (engine.nesting) or text with a NUL character a 422 naming the member."""
+    nested too deep (engine.payloads) or text with a NUL character a 422 naming the member."""
     data = request.get_data()
     if not data:
         return default
     try:
-        body = nesting.loads(data)
+        body = payloads.loads(data)
     except ValueError as exc:
         raise BadRequest("the request body is not valid JSON") from exc
     members = body.items() if isinstance(body, dict) else [("body", body)]
@@ -85,7 +85,7 @@ def refuse_nul_in_url() -> None:
 
 def _holds_nul(value: Any) -> bool:
     """Whether a JSON value has a NUL character in any of its strings or keys (no recursion:
-    see engine.nesting)."""
+    see engine.payloads)."""
     pending = [value]
     while pending:
         item = pending.pop()

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from engine import nesting
+from engine import payloads
 from engine.config import Settings
 from engine.errors import InvalidInput, InvalidParams, InvalidSpec
 from engine.retry import RetryPolicy
@@ -170,10 +170,11 @@ def nested(depth: int) -> Any:
 
 
 def test_values_nested_beyond_the_limit_are_refused_wherever_they_enter() -> None:
-    limit = nesting.MAX_DEPTH
-    assert not nesting.too_deep(nested(limit)) and nesting.too_deep(nested(limit + 1))
+    limit = payloads.MAX_DEPTH
+    assert payloads.excess(nested(limit)) is None
+    assert payloads.excess(nested(limit + 1)) == payloads.TOO_DEEP
     # The walk itself does not recurse: far beyond any parser's depth, it still answers.
-    assert nesting.too_deep(nested(200_000))
+    assert payloads.excess(nested(200_000)) == payloads.TOO_DEEP
     compiled = compile_spec(spec([{"id": "a", "action": "noop"}]), SETTINGS)
     compiled.check_params(nested(limit))
     with pytest.raises(InvalidParams) as raised:
@@ -186,3 +187,21 @@ def test_values_nested_beyond_the_limit_are_refused_wherever_they_enter() -> Non
     with pytest.raises(InvalidInput) as raised:
         parse_text("steps: " + "[" * 5000 + "]" * 5000)
     assert "nested more than" in raised.value.detail
+
+
+def test_a_yaml_spec_whose_aliases_expand_beyond_the_limit_is_refused_at_once() -> None:
+    # 600 bytes of YAML, 9 ** 9 values once its aliases are followed: compiling it took
+    # minutes and storing it all the memory there is. Aliases within the limit still work.
+    anchors = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    for level in range(1, 9):
+        anchors.append(f"a{level}: &a{level} [" + ", ".join([f"*a{level - 1}"] * 9) + "]")
+    text = "name: unit\nversion: 1\nsteps:\n  - id: a\n    action: echo\n    with:\n"
+    text += "".join(f"      {line}\n" for line in anchors)
+    assert errors_of(parse_text(text)) == {"steps": payloads.TOO_LARGE}
+    # One budget for the whole spec: members each under it are not under it together.
+    text = "\n".join(anchors[:6]) + "\nname: unit\nversion: 1\nsteps: [*a5]\n"
+    assert payloads.TOO_LARGE in errors_of(parse_text(text)).values()
+    steps = "  - {id: a, action: noop, retry: &twice {max_attempts: 2}}\n"
+    steps += "  - {id: b, action: noop, retry: *twice}\n"
+    compiled = compile_spec(parse_text(f"name: unit\nversion: 1\nsteps:\n{steps}"), SETTINGS)
+    assert compiled.steps["b"].retry.max_attempts == 2
