@@ -66,13 +66,19 @@ def _walk(pending: list[tuple[Any, int, str]]) -> tuple[str | None, str]:
 
 def loads(text: str | bytes, field: str = "") -> Any:
     """json.loads, refusing a value beyond the limits (`field` as for check), also one too
-    deep for the parser itself; text that is not JSON raises ValueError, as json.loads does."""
+    deep for the parser itself; text that is not JSON (NaN and Infinity included) raises
+    ValueError, as json.loads does."""
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_not_json)
     except RecursionError:
         raise too_deep_to_parse(field) from None
     check(value, field)
     return value
+
+
+def _not_json(name: str) -> Any:
+    """Python's parser takes NaN and Infinity; JSON (and PostgreSQL's json type) does not."""
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def too_deep_to_parse(field: str = "") -> InvalidInput:

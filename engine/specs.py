@@ -123,13 +123,40 @@ class CompiledWorkflow:
 
 
 def parse_text(text: str | bytes) -> Any:
-    """Parse a spec written as YAML or JSON (JSON is YAML)."""
+    """Parse a spec written as YAML or JSON (JSON is YAML). What YAML has and JSON has not
+    (dates, binary, sets, NaN) is refused: a spec is stored and served as JSON."""
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise InvalidInput(f"the spec is not valid YAML or JSON: {exc}") from exc
     except RecursionError:
         raise payloads.too_deep_to_parse() from None
+    payloads.check(value, error=InvalidSpec)  # before anything follows its aliases
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise InvalidSpec(
+            "the spec holds a value JSON cannot: quote it to make it a string",
+            errors=[{"field": "body", "message": str(exc)}],
+        ) from None
+
+
+def _remote_refs(schema: Any) -> list[str]:
+    """The $ref and $dynamicRef of a params schema that point outside it: validating against
+    one would make the API fetch a URL (the spec is already within engine.payloads' limits)."""
+    found, pending = [], [schema]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            for key, value in item.items():
+                if key in ("$ref", "$dynamicRef") and isinstance(value, str):
+                    if not value.startswith("#"):
+                        found.append(value)
+                else:
+                    pending.append(value)
+        elif isinstance(item, list):
+            pending.extend(item)
+    return found
 
 
 def spec_hash(spec: dict[str, Any]) -> str:
@@ -178,6 +205,8 @@ def compile_spec(spec: Any, settings: Settings) -> CompiledWorkflow:
         Draft202012Validator.check_schema(params_schema)
     except SchemaError as exc:
         errors.append(_error("params", f"not a valid JSON Schema: {exc.message}"))
+    if _remote_refs(params_schema):
+        errors.append(_error("params", "a $ref must point into the schema itself (#...)"))
 
     steps: dict[str, StepSpec] = {}
     for index, raw in enumerate(spec["steps"]):

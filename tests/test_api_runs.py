@@ -192,6 +192,11 @@ def test_params_nested_beyond_the_limit_are_refused_and_the_limit_itself_runs(
     json_type = {**headers, "Content-Type": "application/json"}
     body = problem(client.post("/runs", data=text, headers=json_type), 422)
     assert "nested more than 64 levels" in body["detail"] and fields(body) == ["body"]
+    # NaN and Infinity: Python's parser takes them, JSON and PostgreSQL's json do not.
+    for constant in ("NaN", "-Infinity"):
+        text = json.dumps({"workflow": unique, "params": {"a": "X"}}).replace('"X"', constant)
+        body = problem(client.post("/runs", data=text, headers=json_type), 400)
+        assert f"{constant.lstrip('-')} is not a JSON value" in body["detail"]
     assert run_count(stack, workflow=unique) == 1
 
 

@@ -131,6 +131,12 @@ INVALID = {
         "JSON Schema",
     ),
     "a step without an action": ([{"id": "a"}], {}, "steps[0].action", "required"),
+    "a $ref to a schema elsewhere": (
+        [{"id": "a", "action": "noop"}],
+        {"params": {"$ref": "https://example.com/params.json"}},
+        "params",
+        "$ref",
+    ),
     "a version beyond the database's integers": (
         [{"id": "a", "action": "noop"}],
         {"version": 2**31},
@@ -196,6 +202,22 @@ def test_a_spec_nested_beyond_the_limit_is_refused_as_json_and_as_yaml(
     text = f"name: {unique}\nversion: 1\nsteps: {'[' * 5000}{']' * 5000}\n"
     yaml_type = {**headers, "Content-Type": "application/yaml"}
     assert fields(problem(client.post("/workflows", data=text, headers=yaml_type), 422)) == ["body"]
+    assert count(database, Workflow) == before
+
+
+@pytest.mark.parametrize(
+    "value", ["2026-01-01", ".nan", "!!binary aGVsbG8=", "!!set {a, b}", "{2026-01-01: x}"]
+)
+def test_a_yaml_value_json_cannot_hold_is_refused_naming_it(
+    database: Stack, unique: str, value: str
+) -> None:
+    # A spec is stored and served as JSON: a date, NaN, binary or a set was a 500.
+    text = f"name: {unique}\nversion: 1\nsteps:\n  - id: a\n    action: echo\n"
+    text += f"    with: {{v: {value}}}\n"
+    yaml_type = {**writer(database), "Content-Type": "application/yaml"}
+    before = count(database, Workflow)
+    body = problem(database.client().post("/workflows", data=text, headers=yaml_type), 422)
+    assert body["code"] == "invalid_spec" and "quote it" in body["detail"], body
     assert count(database, Workflow) == before
 
 

@@ -65,7 +65,7 @@ def parse_json(default: Any = None) -> Any:
     try:
         body = payloads.loads(data)
     except ValueError as exc:
-        raise BadRequest("the request body is not valid JSON") from exc
+        raise BadRequest(f"the request body is not valid JSON: {exc}") from exc
     members = body.items() if isinstance(body, dict) else [("body", body)]
     for name, member in members:
         if _holds_nul(name) or _holds_nul(member):

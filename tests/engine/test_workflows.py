@@ -197,10 +197,14 @@ def test_a_yaml_spec_whose_aliases_expand_beyond_the_limit_is_refused_at_once() 
         anchors.append(f"a{level}: &a{level} [" + ", ".join([f"*a{level - 1}"] * 9) + "]")
     text = "name: unit\nversion: 1\nsteps:\n  - id: a\n    action: echo\n    with:\n"
     text += "".join(f"      {line}\n" for line in anchors)
-    assert errors_of(parse_text(text)) == {"steps": payloads.TOO_LARGE}
+    with pytest.raises(InvalidSpec) as raised:
+        parse_text(text)
+    assert raised.value.errors == [{"field": "steps", "message": payloads.TOO_LARGE}]
     # One budget for the whole spec: members each under it are not under it together.
     text = "\n".join(anchors[:6]) + "\nname: unit\nversion: 1\nsteps: [*a5]\n"
-    assert payloads.TOO_LARGE in errors_of(parse_text(text)).values()
+    with pytest.raises(InvalidSpec) as raised:
+        parse_text(text)
+    assert raised.value.errors[0]["message"] == payloads.TOO_LARGE
     steps = "  - {id: a, action: noop, retry: &twice {max_attempts: 2}}\n"
     steps += "  - {id: b, action: noop, retry: *twice}\n"
     compiled = compile_spec(parse_text(f"name: unit\nversion: 1\nsteps:\n{steps}"), SETTINGS)
