@@ -44,8 +44,8 @@ def operator() -> Caller:
 
 
 def json_option(text: str, hint: str) -> Any:
-    """An option's JSON value; text that is not JSON, or nests too deep (engine.payloads), is
-    a usage error naming the option."""
+    """An option's JSON value; text that is not JSON, or a value beyond engine.payloads'
+    limits, is a usage error naming the option."""
     try:
         return payloads.loads(text, hint.lstrip("-"))
     except ValueError as exc:

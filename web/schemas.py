@@ -1,4 +1,5 @@
-"""Request bodies and query strings, checked with JSON Schema; 422 names the field."""
+"""Request bodies and query strings, checked with JSON Schema, engine.payloads' limits and
+for NUL characters; 422 names the field."""
 
 from __future__ import annotations
 
