@@ -46,7 +46,7 @@ def backup(path: Path | None) -> None:
 
 
 @click.command("restore")
-@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="Restore even while workers answer a ping.")
 @click.option(
     "--no-safety-copy",

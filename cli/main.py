@@ -137,7 +137,11 @@ def workflows_group() -> None:
 
 
 def _read_spec(path: str) -> object:
-    return specs.parse_text(Path(path).read_text() if path != "-" else sys.stdin.read())
+    try:
+        text = Path(path).read_text() if path != "-" else sys.stdin.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc}", param_hint="PATH") from exc
+    return specs.parse_text(text)
 
 
 @workflows_group.command("validate")

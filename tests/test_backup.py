@@ -88,7 +88,11 @@ def test_a_file_that_is_not_a_backup_is_refused_and_nothing_changes(
     bogus = tmp_path / "bogus.bak"
     bogus.write_text("not a backup\n")
     failed(engine_cli(platform, "db", "restore", "--force", str(bogus)))
-    failed(engine_cli(platform, "db", "restore", "--force", str(tmp_path / "missing.bak")))
+    # A missing file is a usage error, found before the current database is copied aside.
+    copies = set((platform.settings.var_dir / "backups").glob("pre-restore-*"))
+    missing = engine_cli(platform, "db", "restore", "--force", str(tmp_path / "missing.bak"))
+    assert missing.exit_code == 2 and "does not exist" in missing.output, missing.output
+    assert set((platform.settings.var_dir / "backups").glob("pre-restore-*")) == copies
     assert unique in workflow_names(platform)
 
 

@@ -73,6 +73,9 @@ def test_workflows_are_validated_registered_and_listed(
     not_yaml = tmp_path / "not.yaml"
     not_yaml.write_text("steps: [")
     failed(engine_cli(database, "workflows", "validate", str(not_yaml)))
+    for command in ("validate", "register"):  # a usage error, not a traceback
+        missing = engine_cli(database, "workflows", command, str(tmp_path / "missing.yaml"))
+        assert missing.exit_code == 2 and "cannot read" in missing.output, missing.output
 
     assert f"registered {unique}@1" in ok(engine_cli(database, "workflows", "register", str(good)))
     assert f"already registered {unique}@1" in ok(
