@@ -89,6 +89,9 @@ REFUSED = {
     "no sub": ("Bearer " + craft(claims(sub=None)), "sub"),
     "not yet valid": ("Bearer " + craft(claims(nbf=int(time.time()) + 600)), "invalid token"),
     "a refresh token": ("Bearer " + craft(claims(type="refresh")), "invalid token"),
+    # Signed with the right key, but PostgreSQL's text cannot hold them: a 500 before.
+    "a NUL in sub": ("Bearer " + craft(claims(sub="a\x00b")), "NUL"),
+    "a NUL in jti": ("Bearer " + craft(claims(jti="a\x00b")), "NUL"),
 }
 
 

@@ -18,6 +18,7 @@ from engine.config import Settings
 from engine.errors import PermissionDenied
 from engine.revocations import RevocationList
 from web.errors import problem
+from web.schemas import NUL
 
 F = TypeVar("F", bound=Callable[..., Any])
 BEARER = {"WWW-Authenticate": 'Bearer realm="engine"'}
@@ -42,7 +43,11 @@ def init_app(app: Flask) -> None:
     keys = verification_keys(settings)
 
     @manager.decode_key_loader
-    def _key_for(header: dict[str, Any], _payload: dict[str, Any]) -> str:
+    def _key_for(header: dict[str, Any], payload: dict[str, Any]) -> str:
+        # The first hook that sees the claims, before the revocation check queries by jti:
+        # PostgreSQL's text cannot hold a NUL character (see web.schemas).
+        if any(NUL in str(payload.get(claim, "")) for claim in ("sub", "jti")):
+            raise InvalidTokenError("a claim holds a NUL character")
         key = keys.get(header.get("kid", ""))
         if key is None:
             raise InvalidTokenError("the token was signed with an unknown key")
