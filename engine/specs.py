@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+import regex
 import yaml
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import SchemaError, ValidationError
 
 from engine import actions, payloads, planner, templating
@@ -20,6 +25,13 @@ from engine.errors import InvalidInput, InvalidParams, InvalidSpec
 from engine.retry import RetryPolicy
 
 _NAME = r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$"
+# A params schema's `pattern` and `patternProperties` are the workflow author's regular
+# expressions, run on every submitter's params, in the API and in the worker that plans the
+# run. Python's re backtracks without bound: `(a|aa)+$` against a crafted string pins a
+# thread for hours. They run on the regex module, and all the searches of one check of a
+# run's params share this much time (each thread its own deadline).
+PATTERN_BUDGET_S = 0.25
+_deadline = threading.local()
 _RETRY = {
     "type": "object",
     "additionalProperties": False,
@@ -95,21 +107,22 @@ class CompiledWorkflow:
     def params_validator(self) -> Draft202012Validator:
         # Built once per compiled workflow: building it cost more than checking the params
         # (check_params runs at every submit and every plan).
-        return Draft202012Validator(self.params_schema)
+        return ParamsValidator(self.params_schema)
 
     def check_params(self, params: Any) -> None:
         """Validate run params against the workflow's JSON Schema; 422 names the field."""
         payloads.check(params, "params", InvalidParams)
         validator = self.params_validator
-        if validator.is_valid(params):
-            return
-        errors = [
-            {
-                "field": ".".join(["params", *map(str, error_path(error))]),
-                "message": error.message,
-            }
-            for error in validator.iter_errors(params)
-        ]
+        with _pattern_budget():
+            if validator.is_valid(params):
+                return
+            errors = [
+                {
+                    "field": ".".join(["params", *map(str, error_path(error))]),
+                    "message": error.message,
+                }
+                for error in validator.iter_errors(params)
+            ]
         if errors:
             raise InvalidParams(f"params do not match workflow {self.name!r}", errors=errors)
 
@@ -120,6 +133,58 @@ class CompiledWorkflow:
 
     def stages(self) -> list[list[str]]:
         return planner.stages({step.id: step.needs for step in self.steps.values()})
+
+
+@contextmanager
+def _pattern_budget() -> Iterator[None]:
+    _deadline.at = time.monotonic() + PATTERN_BUDGET_S
+    try:
+        yield
+    finally:
+        _deadline.at = None
+
+
+def _search(pattern: str, text: str) -> bool | str:
+    """Whether `pattern` matches in `text`, or why it could not be told (a message)."""
+    at = getattr(_deadline, "at", None)
+    left = PATTERN_BUDGET_S if at is None else at - time.monotonic()
+    try:
+        if left <= 0:
+            raise TimeoutError
+        return regex.search(pattern, text, timeout=left) is not None
+    except TimeoutError:
+        return f"the params' patterns took longer than {PATTERN_BUDGET_S:g} s to match"
+    except regex.error as exc:
+        return f"{pattern!r} is not a pattern this platform can run: {exc}"
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, _schema: Any) -> Iterator[Any]:
+    if validator.is_type(instance, "string"):
+        matched = _search(pattern, instance)
+        if isinstance(matched, str):
+            yield ValidationError(matched)
+        elif not matched:
+            yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+def _pattern_properties(
+    validator: Any, patterns: dict[str, Any], instance: Any, _schema: Any
+) -> Iterator[Any]:
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in patterns.items():
+        for key, value in instance.items():
+            matched = _search(pattern, key)
+            if isinstance(matched, str):
+                yield ValidationError(matched, path=[key])
+            elif matched:
+                yield from validator.descend(value, subschema, path=key, schema_path=pattern)
+
+
+# Draft 2020-12, its two regular-expression keywords run within PATTERN_BUDGET_S.
+ParamsValidator = validators.extend(
+    Draft202012Validator, {"pattern": _pattern, "patternProperties": _pattern_properties}
+)
 
 
 def parse_text(text: str | bytes) -> Any:

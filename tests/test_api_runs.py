@@ -200,6 +200,23 @@ def test_params_nested_beyond_the_limit_are_refused_and_the_limit_itself_runs(
     assert run_count(stack, workflow=unique) == 1
 
 
+def test_a_params_pattern_that_backtracks_without_end_is_cut_off_and_refused(
+    database: Stack, unique: str
+) -> None:
+    # With Python's re, this pattern against this string would take hours of an API thread.
+    slow = {"type": "string", "pattern": "(a|aa)+$"}
+    params = {"type": "object", "properties": {"code": slow}}
+    database.register(spec(unique, [{"id": "only", "action": "noop"}], params=params))
+    client, headers = database.client(), database.headers(caller(unique))
+    crafted = {"workflow": unique, "params": {"code": "a" * 100 + "!"}}
+    body = problem(client.post("/runs", json=crafted, headers=headers), 422)
+    assert body["code"] == "invalid_params" and fields(body) == ["params.code"], body
+    assert "took longer than" in body["errors"][0]["message"]
+    fine = {"workflow": unique, "params": {"code": "aaaa"}}
+    assert client.post("/runs", json=fine, headers=headers).status_code == 202
+    assert run_count(database, workflow=unique) == 1
+
+
 def test_text_with_a_nul_character_is_refused_naming_where_it_is(
     database: Stack, unique: str
 ) -> None:
