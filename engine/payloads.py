@@ -14,6 +14,7 @@ is judged quickly.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from engine.errors import InvalidInput
@@ -40,7 +41,19 @@ def check(value: Any, field: str = "", error: type[InvalidInput] = InvalidInput)
         start = [(member, 0, str(key)) for key, member in value.items()]
     problem, where = _walk(start)
     if problem:
-        raise error(f"{where}: {problem}", errors=[{"field": where, "message": problem}])
+        raise _refusal(where, problem, error)
+
+
+def values_within(value: Any) -> Iterator[Any]:
+    """`value` and every value inside it (not the keys), depth first, without recursion."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        yield item
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
 
 
 def _walk(pending: list[tuple[Any, int, str]]) -> tuple[str | None, str]:
@@ -83,5 +96,8 @@ def _not_json(name: str) -> Any:
 
 def too_deep_to_parse(field: str = "") -> InvalidInput:
     """The error for text whose parser ran out of stack: it nests far beyond MAX_DEPTH."""
-    where = field or "body"
-    return InvalidInput(f"{where}: {TOO_DEEP}", errors=[{"field": where, "message": TOO_DEEP}])
+    return _refusal(field or "body", TOO_DEEP)
+
+
+def _refusal(field: str, problem: str, error: type[InvalidInput] = InvalidInput) -> InvalidInput:
+    return error(f"{field}: {problem}", errors=[{"field": field, "message": problem}])

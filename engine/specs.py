@@ -209,19 +209,13 @@ def parse_text(text: str | bytes) -> Any:
 def _remote_refs(schema: Any) -> list[str]:
     """The $ref and $dynamicRef of a params schema that point outside it: validating against
     one would make the API fetch a URL (the spec is already within engine.payloads' limits)."""
-    found, pending = [], [schema]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, dict):
-            for key, value in item.items():
-                if key in ("$ref", "$dynamicRef") and isinstance(value, str):
-                    if not value.startswith("#"):
-                        found.append(value)
-                else:
-                    pending.append(value)
-        elif isinstance(item, list):
-            pending.extend(item)
-    return found
+    return [
+        item[key]
+        for item in payloads.values_within(schema)
+        if isinstance(item, dict)
+        for key in ("$ref", "$dynamicRef")
+        if isinstance(item.get(key), str) and not item[key].startswith("#")
+    ]
 
 
 def spec_hash(spec: dict[str, Any]) -> str:

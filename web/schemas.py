@@ -85,20 +85,12 @@ def refuse_nul_in_url() -> None:
 
 
 def _holds_nul(value: Any) -> bool:
-    """Whether a JSON value has a NUL character in any of its strings or keys (no recursion:
-    see engine.payloads)."""
-    pending = [value]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, str):
-            if NUL in item:
-                return True
-        elif isinstance(item, dict):
-            pending.extend(item.keys())
-            pending.extend(item.values())
-        elif isinstance(item, list):
-            pending.extend(item)
-    return False
+    """Whether a JSON value has a NUL character in any of its strings or keys (a JSON
+    object's keys are strings)."""
+    return any(
+        NUL in item if isinstance(item, str) else isinstance(item, dict) and NUL in "".join(item)
+        for item in payloads.values_within(value)
+    )
 
 
 def _nul_refused(field: str) -> InvalidInput:
