@@ -4,16 +4,34 @@ cannot be planned is buried with a dead letter. Callers commit, then dispatch.""
 
 from __future__ import annotations
 
+import json
 import time
+from datetime import datetime
+from typing import Any
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import (
+    JSON,
+    Text,
+    bindparam,
+    case,
+    cast,
+    delete,
+    func,
+    insert,
+    literal_column,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from engine import dlq, metrics, workflows
 from engine.attempts import Claim, lease_for
 from engine.config import Settings
-from engine.db import insert_rows
+from engine.db import COPY_MIN_ROWS, insert_rows, statement_by_statement
+from engine.errors import NotFound
 from engine.models import Run, Step, utcnow
+from engine.specs import CompiledWorkflow, StepSpec
 from engine.state import RunStatus, StepStatus
 from engine.work import MANAGER_QUEUE, PLAN_TASK, Work, plan_task_id, step_dispatch, step_task_id
 
@@ -42,6 +60,80 @@ _COUNT_LEAVES = (
     .values(leaves_left=bindparam("b_leaves_left", type_=runs.c.leaves_left.type))
 )
 
+# PostgreSQL: a queued run of the expected workflow and version is started and its steps are
+# written in one statement (one round trip, and no BEGIN and COMMIT of its own), the rows
+# passed as one JSON document. The steps are written only if the run was started; the
+# statement returns the run's params and priority, or no row when the run was not queued so.
+_STARTED = (
+    update(runs)
+    .where(
+        runs.c.id == _B_RUN_ID,
+        runs.c.status == RunStatus.QUEUED,
+        runs.c.workflow == bindparam("b_workflow", type_=runs.c.workflow.type),
+        runs.c.version == bindparam("b_version", type_=runs.c.version.type),
+    )
+    .values(
+        status=RunStatus.RUNNING,
+        started_at=bindparam("b_now", type_=runs.c.started_at.type),
+        leaves_left=case(
+            (runs.c.leaves_left == 0, bindparam("b_leaves_left", type_=runs.c.leaves_left.type)),
+            else_=runs.c.leaves_left,
+        ),
+    )
+    .returning(runs.c.params, runs.c.priority)
+    .cte("started")
+)
+_PLANNED_COLUMNS = [
+    "run_id",
+    "step_id",
+    "position",
+    "action",
+    "queue",
+    "depends_on",
+    "pending_deps",
+    "status",
+    "attempts",
+    "max_attempts",
+    "timeout_s",
+    "dispatched_at",
+    "task_id",
+    "worker",
+    "lease_expires_at",
+    "started_at",
+]
+# The rows as the steps table's own row type, so each value takes its column's type.
+_PLANNED = (
+    func.json_populate_recordset(
+        literal_column(f"NULL::{steps.name}"), cast(bindparam("b_rows", type_=Text), JSON)
+    )
+    .table_valued(*_PLANNED_COLUMNS)
+    .alias("planned")
+)
+_WRITTEN = (
+    insert(steps)
+    .from_select(
+        _PLANNED_COLUMNS,
+        select(*[_PLANNED.c[name] for name in _PLANNED_COLUMNS]).join_from(
+            _STARTED, _PLANNED, true()
+        ),
+    )
+    .cte("written")
+)
+_START_AND_PLAN = select(_STARTED.c.params, _STARTED.c.priority).add_cte(_WRITTEN)
+# What a run not started by _START_AND_PLAN is, while it is still queued.
+_QUEUED_AS = select(runs.c.workflow, runs.c.version).where(
+    runs.c.id == _B_RUN_ID, runs.c.status == RunStatus.QUEUED
+)
+# A plan written, then refused (its params): the run back to queued, its steps gone.
+_REQUEUED = (
+    update(runs)
+    .where(runs.c.id == _B_RUN_ID, runs.c.status == RunStatus.RUNNING)
+    .values(status=RunStatus.QUEUED, started_at=None)
+    .returning(runs.c.id)
+    .cte("requeued")
+)
+_UNPLAN = delete(steps).where(steps.c.run_id.in_(select(_REQUEUED.c.id))).add_cte(_REQUEUED)
+
 
 def plan_run(session: Session, settings: Settings, run_id: str) -> Work:
     """Expand a queued run into its steps and release the roots. A second delivery finds the
@@ -50,12 +142,47 @@ def plan_run(session: Session, settings: Settings, run_id: str) -> Work:
 
 
 def plan_and_claim(
-    session: Session, settings: Settings, run_id: str, worker: str | None = None
+    session: Session,
+    settings: Settings,
+    run_id: str,
+    worker: str | None = None,
+    expected: tuple[str, int] | None = None,
 ) -> tuple[Work, Claim | None]:
     """plan_run; with a `worker`, the first root step on the inline queue is inserted already
     claimed by it (running, attempt 1, its own task id and lease) and returned as a Claim
-    instead of a message: the caller runs it (two statements fewer than claiming it after)."""
+    instead of a message: the caller runs it (two statements fewer than claiming it after).
+    `expected` is the run's workflow and version as its plan message names them: on
+    PostgreSQL a plan of fewer than COPY_MIN_ROWS steps is then one statement that starts
+    the run and writes its steps, outside any transaction in a session that has not begun
+    one (engine.db.statement_by_statement). Otherwise the run is started, then its steps
+    are written (by COPY from COPY_MIN_ROWS steps on), in the caller's transaction."""
     started = time.perf_counter()
+    workflow = _one_statement_plan(session, settings, expected)
+    if workflow is not None:
+        planned = _start_and_plan(session, settings, run_id, worker, workflow)
+    else:
+        planned = _start_then_plan(session, settings, run_id, worker)
+    metrics.manager_planning_duration_seconds.observe(time.perf_counter() - started)
+    return planned
+
+
+def _one_statement_plan(
+    session: Session, settings: Settings, expected: tuple[str, int] | None
+) -> CompiledWorkflow | None:
+    """The workflow `expected` names, when the run can be planned by _start_and_plan."""
+    if expected is None or session.get_bind().dialect.name != "postgresql":
+        return None
+    try:
+        workflow = workflows.compiled(session, settings, *expected)
+    except NotFound:  # a message naming a version that does not exist: go by the run
+        return None
+    return workflow if len(workflow.steps) < COPY_MIN_ROWS else None
+
+
+def _start_then_plan(
+    session: Session, settings: Settings, run_id: str, worker: str | None
+) -> tuple[Work, Claim | None]:
+    """Start the run (reading what planning needs), then insert its steps."""
     now = utcnow()
     run = session.execute(_START_RUN, {"b_run_id": run_id, "b_now": now}).first()
     if run is None:  # planned already, cancelled, or gone
@@ -64,9 +191,81 @@ def plan_and_claim(
     workflow.check_params(run.params)
     if run.leaves_left == 0:
         session.execute(_COUNT_LEAVES, {"b_run_id": run_id, "b_leaves_left": workflow.leaves})
+    rows, inline = _step_rows(settings, workflow, run_id, now, worker)
+    insert_rows(session, steps, rows)
+    return _released(settings, workflow, run_id, inline, run.priority, run.params)
+
+
+def _start_and_plan(
+    session: Session,
+    settings: Settings,
+    run_id: str,
+    worker: str | None,
+    workflow: CompiledWorkflow,
+) -> tuple[Work, Claim | None]:
+    """PostgreSQL: start the run, if still queued as a run of `workflow`, and write its steps
+    in one statement (_START_AND_PLAN). From here on every write is one statement, so the
+    session may run each outside a transaction."""
+    statement_by_statement(session)
+    planned = _plan_as(session, settings, run_id, worker, workflow)
+    if planned is not None:
+        return planned
+    actual = session.execute(_QUEUED_AS, {"b_run_id": run_id}).first()
+    if actual is None or (actual.workflow, actual.version) == (workflow.name, workflow.version):
+        return Work(), None  # planned already, cancelled, or gone
+    # The message named another workflow than the run's: plan the run's own.
+    own = workflows.compiled(session, settings, actual.workflow, actual.version)
+    return _plan_as(session, settings, run_id, worker, own) or (Work(), None)
+
+
+def _plan_as(
+    session: Session,
+    settings: Settings,
+    run_id: str,
+    worker: str | None,
+    workflow: CompiledWorkflow,
+) -> tuple[Work, Claim | None] | None:
+    """_START_AND_PLAN; None when the run is not queued as a run of `workflow`."""
+    now = utcnow()
+    rows, inline = _step_rows(settings, workflow, run_id, now, worker)
+    values = {
+        "b_run_id": run_id,
+        "b_workflow": workflow.name,
+        "b_version": workflow.version,
+        "b_now": now,
+        "b_leaves_left": workflow.leaves,
+        "b_rows": json.dumps(rows, default=_json_time),
+    }
+    run = session.execute(_START_AND_PLAN, values).first()
+    if run is None:
+        return None
+    try:
+        workflow.check_params(run.params)
+    except Exception:
+        # The plan is written already: take it back, so the run is buried as one that never
+        # started (and can be planned again on replay).
+        session.execute(_UNPLAN, {"b_run_id": run_id})
+        raise
+    return _released(settings, workflow, run_id, inline, run.priority, run.params)
+
+
+def _json_time(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def _step_rows(
+    settings: Settings,
+    workflow: CompiledWorkflow,
+    run_id: str,
+    now: datetime,
+    worker: str | None,
+) -> tuple[list[dict[str, Any]], StepSpec | None]:
+    """The rows of a run's steps, the roots queued; with a `worker`, the first root on the
+    inline queue already claimed by it (returned too)."""
     rows = []
-    work = Work()
-    claim: Claim | None = None
+    inline: StepSpec | None = None
     for position, spec in enumerate(workflow.steps.values()):
         ready = not spec.needs
         row = {
@@ -88,30 +287,41 @@ def plan_and_claim(
             "started_at": None,
         }
         rows.append(row)
-        if not ready:
-            continue
-        if claim is None and worker is not None and spec.queue == INLINE_QUEUE:
-            task_id = step_task_id(run_id, spec.id, 1)
+        if ready and inline is None and worker is not None and spec.queue == INLINE_QUEUE:
+            inline = spec
             row.update(
                 status=StepStatus.RUNNING,
                 attempts=1,
-                task_id=task_id,
+                task_id=step_task_id(run_id, spec.id, 1),
                 worker=worker,
                 lease_expires_at=now + lease_for(settings, spec.timeout_s),
                 started_at=now,
             )
-            claim = Claim(
-                run_id, spec.id, task_id, 1, workflow, spec, run.priority, run.params, {}, None
-            )
+    return rows, inline
+
+
+def _released(
+    settings: Settings,
+    workflow: CompiledWorkflow,
+    run_id: str,
+    inline: StepSpec | None,
+    priority: int,
+    params: dict[str, Any],
+) -> tuple[Work, Claim | None]:
+    """The messages of the planned run's root steps, and the claim of the inline one."""
+    work = Work()
+    for spec in workflow.steps.values():
+        if spec.needs or spec is inline:
             continue
         work.dispatches.append(
             step_dispatch(
-                run_id, spec.id, 1, spec.queue, spec.timeout_s, settings, priority=run.priority
+                run_id, spec.id, 1, spec.queue, spec.timeout_s, settings, priority=priority
             )
         )
-    insert_rows(session, steps, rows)
-    metrics.manager_planning_duration_seconds.observe(time.perf_counter() - started)
-    return work, claim
+    if inline is None:
+        return work, None
+    task_id = step_task_id(run_id, inline.id, 1)
+    return work, Claim(run_id, inline.id, task_id, 1, workflow, inline, priority, params, {}, None)
 
 
 def count_plan_redelivery(session: Session, settings: Settings, run_id: str) -> bool:

@@ -67,8 +67,7 @@ def reconcile(
         ).first()
         if run is not None:
             workflow = workflows.compiled(session, settings, run.workflow, run.version)
-            first = max((s.timeout_s for s in workflow.steps.values() if not s.needs), default=0)
-            work.dispatches.append(plan_dispatch(run_id, first, settings, run.priority))
+            work.dispatches.append(plan_dispatch(run_id, workflow, settings, run.priority))
 
     # A step's message carries its next attempt; only steps of running runs are claimable.
     waiting = or_(

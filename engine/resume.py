@@ -16,7 +16,7 @@ from engine.auth import Caller
 from engine.config import Settings
 from engine.errors import InvalidTransition
 from engine.models import DeadLetter, Run, Step, utcnow
-from engine.runs import first_step_timeout, get_run, run_steps
+from engine.runs import get_run, run_steps
 from engine.state import RunStatus, StepStatus
 from engine.work import Work, plan_dispatch, step_dispatch
 
@@ -162,7 +162,7 @@ def requeue_plan(session: Session, settings: Settings, run: Run) -> Work:
         raise InvalidTransition(f"run {run.id} is not a failed run waiting to be planned")
     session.refresh(run)
     workflow = workflows.compiled(session, settings, run.workflow, run.version)
-    return Work([plan_dispatch(run.id, first_step_timeout(workflow), settings, run.priority)])
+    return Work([plan_dispatch(run.id, workflow, settings, run.priority)])
 
 
 def retry_run(

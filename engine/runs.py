@@ -23,7 +23,6 @@ from engine.config import Settings
 from engine.db import statement_by_statement
 from engine.errors import Conflict, InvalidInput, InvalidTransition, NotFound
 from engine.models import Run, Step, new_id, utcnow
-from engine.specs import CompiledWorkflow
 from engine.state import RUN_LIVE, STEP_LIVE, RunStatus, StepStatus
 from engine.work import (
     Work,
@@ -64,10 +63,6 @@ class SubmitRun:
     def digest(self) -> str:
         body = [self.workflow, self.version, self.params, self.priority]
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-def first_step_timeout(workflow: CompiledWorkflow) -> float:
-    return max((s.timeout_s for s in workflow.steps.values() if not s.needs), default=0.0)
 
 
 def submit(
@@ -138,7 +133,7 @@ def submit(
         except IntegrityError:
             # Another request with the same key won the race; answer as a repeat would.
             return submit(session, settings, request, caller)
-    work = Work([plan_dispatch(run.id, first_step_timeout(workflow), settings, run.priority)])
+    work = Work([plan_dispatch(run.id, workflow, settings, run.priority)])
     return run, work, True
 
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from engine.config import Settings
+
+if TYPE_CHECKING:
+    from engine.specs import CompiledWorkflow
 
 PLAN_TASK = "manager.plan_run"
 STEP_TASK = "steps.execute"
@@ -18,7 +22,7 @@ class Dispatch:
     """One Celery message to send, by task name (so the web never imports the tasks)."""
 
     task: str
-    args: tuple[str, ...]
+    args: tuple[str | int, ...]
     queue: str
     task_id: str
     countdown: float | None = None
@@ -57,13 +61,18 @@ def message_priority(run_priority: int) -> int:
 
 
 def plan_dispatch(
-    run_id: str, first_step_timeout_s: float, settings: Settings, priority: int = 0
+    run_id: str, workflow: CompiledWorkflow, settings: Settings, priority: int = 0
 ) -> Dispatch:
-    """plan_run may execute a first step itself, so its limits leave room for that step."""
+    """The run's plan message. It names the run's workflow and version too (Flower shows
+    them), so the planner knows the plan before it reads the run. plan_run may execute a
+    first step itself, so its limits leave room for the longest root step."""
+    first_step_timeout_s = max(
+        (spec.timeout_s for spec in workflow.steps.values() if not spec.needs), default=0.0
+    )
     soft = PLAN_BUDGET_S + first_step_timeout_s
     return Dispatch(
         PLAN_TASK,
-        (run_id,),
+        (run_id, workflow.name, workflow.version),
         MANAGER_QUEUE,
         plan_task_id(run_id),
         soft_time_limit=soft,

@@ -625,5 +625,6 @@ def test_a_submission_sends_one_plan_message_named_for_flower(database: Stack, u
     [newest] = [m for m in (client.lindex(k, 0) for k in layout.keys(MANAGER_QUEUE)) if m]
     headers = json.loads(newest)["headers"]
     assert (headers["task"], headers["id"]) == (PLAN_TASK, plan_task_id(run_id))
-    assert (headers["argsrepr"], headers["kwargsrepr"]) == (repr((run_id,)), "{}")
+    # The run, and the workflow and version it runs (the planner's plan without a read).
+    assert (headers["argsrepr"], headers["kwargsrepr"]) == (repr((run_id, unique, 1)), "{}")
     assert before <= headers["sent_at"] <= time.time()

@@ -83,10 +83,27 @@ def plan_log_count(stack: Stack, run_id: str, outcome: str) -> int:
     return text.count(f"Task {PLAN_TASK}[{plan_task_id(run_id)}] {outcome}")
 
 
-def send_plan(stack: Stack, run_id: str) -> None:
+def send_plan(stack: Stack, run_id: str, *names: str | int) -> None:
+    """A plan message naming the run alone (as messages did before they named its workflow
+    and version), or with the given names."""
     stack.app.extensions["engine.celery"].send_task(
-        PLAN_TASK, args=[run_id], queue="manager", task_id=plan_task_id(run_id)
+        PLAN_TASK, args=[run_id, *names], queue="manager", task_id=plan_task_id(run_id)
     )
+
+
+def test_a_plan_message_naming_the_run_alone_or_another_workflow_plans_the_run_it_names(
+    stack: Stack, unique: str
+) -> None:
+    stack.register(spec(unique, DIAMOND))
+    stack.register(spec(f"{unique}_other", [{"id": "x", "action": "record"}]))
+    for names in ((), (f"{unique}_other", 1), (unique, 2)):
+        run_id = queued_run(stack, unique)  # no message sent for it
+        send_plan(stack, run_id, *names)
+        run = stack.wait_finished(run_id)
+        assert run["status"] == "succeeded", (names, run)
+        assert sorted(step["step_id"] for step in run["steps"]) == ["a", "b", "c", "d"], names
+        executed = Counter(step for _, step, _ in stack.executions(run_id))
+        assert executed == {"a": 1, "b": 1, "c": 1, "d": 1}, names
 
 
 def test_a_plan_message_delivered_again_after_the_run_finished_changes_nothing(

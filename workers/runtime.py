@@ -31,6 +31,12 @@ def sessions() -> sessionmaker[Session]:
     return make_session_factory(db_engine())
 
 
+def unbegun_session() -> Session:
+    """A session that has not begun a transaction, for a use case that may write with one
+    statement outside any (engine.db.statement_by_statement); the caller commits."""
+    return sessions()()
+
+
 def after_fork() -> None:
     """A forked child must not share its parent's database connections."""
     if db_engine.cache_info().currsize:

@@ -18,7 +18,7 @@ from engine.work import PLAN_TASK, RECONCILE_TASK, STEP_TASK, Dispatch, step_tas
 from workers import broker, dispatch
 from workers.celery_app import app
 from workers.limits import CHAIN_MARGIN_S, InlineTimeLimits, StepRequest
-from workers.runtime import sessions, settings
+from workers.runtime import sessions, settings, unbegun_session
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +75,12 @@ def perform(
             logs.reset(bound)
     else:
         result = execution.attempt(claimed, timeout_errors=(SoftTimeLimitExceeded,))
-    with sessions().begin() as session:
+    # Not begun: on PostgreSQL a leaf's success is one statement, committed as it returns.
+    with unbegun_session() as session:
         outcome = execution.finish_attempt(session, settings(), claimed, result)
         following = chain.next_step(outcome) if chain is not None else None
         if following is None:
+            session.commit()
             return outcome, None
         claimed_next = claims.claim_step(
             session,
@@ -87,6 +89,7 @@ def perform(
             task_id=following.task_id,
             worker=chain.worker,  # type: ignore[union-attr]
         )
+        session.commit()
     if not isinstance(claimed_next, Claim):
         return outcome, None  # not ours to run here: its message goes out as usual
     outcome.work.dispatches.remove(following)
@@ -169,10 +172,12 @@ def execute_step(self, run_id: str, step_id: str) -> None:
 
 
 @app.task(name=PLAN_TASK, bind=True)
-def plan_run(self, run_id: str) -> None:
-    """Plan a run into steps and start its ready steps; one of them runs right here, claimed
-    in the planning transaction, which saves a message and a transaction per run (that step
-    keeps its own row, attempt and task id), and the chain it releases runs on (Chain)."""
+def plan_run(self, run_id: str, workflow: str | None = None, version: int | None = None) -> None:
+    """Plan a run into steps and start its ready steps; one of them runs right here, written
+    already claimed by this task as the run is planned, which saves a message and a
+    transaction per run (that step keeps its own row, attempt and task id), and the chain it
+    releases runs on (Chain). The message names the run's workflow and version, so the plan
+    is known before the run is read (a message naming the run alone still plans it)."""
     if _redelivered(self):
         with sessions().begin() as session:
             if planning.count_plan_redelivery(session, settings(), run_id):
@@ -180,8 +185,13 @@ def plan_run(self, run_id: str) -> None:
     chain = Chain(self)
     claimed: Claim | Outcome | None = None
     try:
-        with sessions().begin() as session:
-            work, claimed = planning.plan_and_claim(session, settings(), run_id, chain.worker)
+        expected = (workflow, version) if workflow is not None and version is not None else None
+        # Not begun: on PostgreSQL planning is one statement, committed as it returns.
+        with unbegun_session() as session:
+            work, claimed = planning.plan_and_claim(
+                session, settings(), run_id, chain.worker, expected
+            )
+            session.commit()
         # Planned by this delivery: every plan has at least one root step.
         planned = bool(work.dispatches) or claimed is not None
     except (OperationalError, InterfaceError):
