@@ -358,7 +358,7 @@ def bury_plan(
         task_name=PLAN_TASK,
         task_id=plan_task_id(run_id),
         queue=MANAGER_QUEUE,
-        args=[run_id],
+        args=[run_id, run.workflow, run.version],  # as its plan message names them
         run_id=run_id,
         step_id=None,
         workflow=run.workflow,

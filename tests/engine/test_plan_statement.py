@@ -122,4 +122,5 @@ def test_params_refused_at_planning_leave_the_run_queued_without_steps_to_be_bur
     assert letter_id is not None
     assert seen_elsewhere(database, run_id) == ("failed", [])
     with database.sessions() as session:
-        assert session.get(DeadLetter, letter_id).run_id == run_id
+        letter = session.get(DeadLetter, letter_id)
+        assert (letter.run_id, letter.args) == (run_id, [run_id, unique, 1])
