@@ -157,11 +157,12 @@ def plan_and_claim(
     one (engine.db.statement_by_statement). Otherwise the run is started, then its steps
     are written (by COPY from COPY_MIN_ROWS steps on), in the caller's transaction."""
     started = time.perf_counter()
+    now = utcnow()  # the run's and its first steps' start
     workflow = _one_statement_plan(session, settings, expected)
     if workflow is not None:
-        planned = _start_and_plan(session, settings, run_id, worker, workflow)
+        planned = _start_and_plan(session, settings, run_id, now, worker, workflow)
     else:
-        planned = _start_then_plan(session, settings, run_id, worker)
+        planned = _start_then_plan(session, settings, run_id, now, worker)
     metrics.manager_planning_duration_seconds.observe(time.perf_counter() - started)
     return planned
 
@@ -180,10 +181,9 @@ def _one_statement_plan(
 
 
 def _start_then_plan(
-    session: Session, settings: Settings, run_id: str, worker: str | None
+    session: Session, settings: Settings, run_id: str, now: datetime, worker: str | None
 ) -> tuple[Work, Claim | None]:
     """Start the run (reading what planning needs), then insert its steps."""
-    now = utcnow()
     run = session.execute(_START_RUN, {"b_run_id": run_id, "b_now": now}).first()
     if run is None:  # planned already, cancelled, or gone
         return Work(), None
@@ -200,6 +200,7 @@ def _start_and_plan(
     session: Session,
     settings: Settings,
     run_id: str,
+    now: datetime,
     worker: str | None,
     workflow: CompiledWorkflow,
 ) -> tuple[Work, Claim | None]:
@@ -207,7 +208,7 @@ def _start_and_plan(
     in one statement (_START_AND_PLAN). From here on every write is one statement, so the
     session may run each outside a transaction."""
     statement_by_statement(session)
-    planned = _plan_as(session, settings, run_id, worker, workflow)
+    planned = _plan_as(session, settings, run_id, now, worker, workflow)
     if planned is not None:
         return planned
     actual = session.execute(_QUEUED_AS, {"b_run_id": run_id}).first()
@@ -215,18 +216,18 @@ def _start_and_plan(
         return Work(), None  # planned already, cancelled, or gone
     # The message named another workflow than the run's: plan the run's own.
     own = workflows.compiled(session, settings, actual.workflow, actual.version)
-    return _plan_as(session, settings, run_id, worker, own) or (Work(), None)
+    return _plan_as(session, settings, run_id, now, worker, own) or (Work(), None)
 
 
 def _plan_as(
     session: Session,
     settings: Settings,
     run_id: str,
+    now: datetime,
     worker: str | None,
     workflow: CompiledWorkflow,
 ) -> tuple[Work, Claim | None] | None:
     """_START_AND_PLAN; None when the run is not queued as a run of `workflow`."""
-    now = utcnow()
     rows, inline = _step_rows(settings, workflow, run_id, now, worker)
     values = {
         "b_run_id": run_id,
