@@ -83,6 +83,7 @@ _STARTED = (
     .returning(runs.c.params, runs.c.priority)
     .cte("started")
 )
+# The keys of _step_rows' rows.
 _PLANNED_COLUMNS = [
     "run_id",
     "step_id",
