@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Row,
     Text,
     bindparam,
     case,
@@ -209,38 +210,18 @@ def _start_and_plan(
     in one statement (_START_AND_PLAN). From here on every write is one statement, so the
     session may run each outside a transaction."""
     statement_by_statement(session)
-    planned = _plan_as(session, settings, run_id, now, worker, workflow)
-    if planned is not None:
-        return planned
-    actual = session.execute(_QUEUED_AS, {"b_run_id": run_id}).first()
-    if actual is None or (actual.workflow, actual.version) == (workflow.name, workflow.version):
-        return Work(), None  # planned already, cancelled, or gone
-    # The message named another workflow than the run's: plan the run's own.
-    own = workflows.compiled(session, settings, actual.workflow, actual.version)
-    return _plan_as(session, settings, run_id, now, worker, own) or (Work(), None)
-
-
-def _plan_as(
-    session: Session,
-    settings: Settings,
-    run_id: str,
-    now: datetime,
-    worker: str | None,
-    workflow: CompiledWorkflow,
-) -> tuple[Work, Claim | None] | None:
-    """_START_AND_PLAN; None when the run is not queued as a run of `workflow`."""
     rows, inline = _step_rows(settings, workflow, run_id, now, worker)
-    values = {
-        "b_run_id": run_id,
-        "b_workflow": workflow.name,
-        "b_version": workflow.version,
-        "b_now": now,
-        "b_leaves_left": workflow.leaves,
-        "b_rows": json.dumps(rows, default=_json_time),
-    }
-    run = session.execute(_START_AND_PLAN, values).first()
+    run = _write_plan(session, run_id, now, workflow, rows)
     if run is None:
-        return None
+        actual = session.execute(_QUEUED_AS, {"b_run_id": run_id}).first()
+        if actual is None or (actual.workflow, actual.version) == (workflow.name, workflow.version):
+            return Work(), None  # planned already, cancelled, or gone
+        # The message named another workflow than the run's: plan the run's own.
+        workflow = workflows.compiled(session, settings, actual.workflow, actual.version)
+        rows, inline = _step_rows(settings, workflow, run_id, now, worker)
+        run = _write_plan(session, run_id, now, workflow, rows)
+        if run is None:
+            return Work(), None
     try:
         workflow.check_params(run.params)
     except Exception:
@@ -249,6 +230,26 @@ def _plan_as(
         session.execute(_UNPLAN, {"b_run_id": run_id})
         raise
     return _released(settings, workflow, run_id, inline, run.priority, run.params)
+
+
+def _write_plan(
+    session: Session,
+    run_id: str,
+    now: datetime,
+    workflow: CompiledWorkflow,
+    rows: list[dict[str, Any]],
+) -> Row[Any] | None:
+    """_START_AND_PLAN: the run's params and priority, or None when the run is not queued as
+    a run of `workflow`."""
+    values = {
+        "b_run_id": run_id,
+        "b_workflow": workflow.name,
+        "b_version": workflow.version,
+        "b_now": now,
+        "b_leaves_left": workflow.leaves,
+        "b_rows": json.dumps(rows, default=_json_time),
+    }
+    return session.execute(_START_AND_PLAN, values).first()
 
 
 def _json_time(value: Any) -> str:
