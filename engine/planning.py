@@ -84,25 +84,8 @@ _STARTED = (
     .returning(runs.c.params, runs.c.priority)
     .cte("started")
 )
-# The keys of _step_rows' rows.
-_PLANNED_COLUMNS = [
-    "run_id",
-    "step_id",
-    "position",
-    "action",
-    "queue",
-    "depends_on",
-    "pending_deps",
-    "status",
-    "attempts",
-    "max_attempts",
-    "timeout_s",
-    "dispatched_at",
-    "task_id",
-    "worker",
-    "lease_expires_at",
-    "started_at",
-]
+# Every column of the steps table: a key _step_rows leaves out (the outcome's columns) is NULL.
+_PLANNED_COLUMNS = [column.key for column in steps.columns]
 # The rows as the steps table's own row type, so each value takes its column's type.
 _PLANNED = (
     func.json_populate_recordset(
