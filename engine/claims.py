@@ -1,6 +1,8 @@
 """Claiming a step attempt: a message owns the attempt it carries, by compare-and-set on its
-step row, in a short transaction of its own (or in the transaction that recorded the step
-before it, in an inline chain). engine.execution runs what was claimed.
+step row. On PostgreSQL, in a session that has not begun, that is one statement outside any
+transaction; otherwise it runs in the caller's transaction (on SQLite a short one of its
+own; in an inline chain, the one that recorded the step before). engine.execution runs what
+was claimed.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from engine.attempts import (
 )
 from engine.cache import LRUCache
 from engine.config import Settings
+from engine.db import one_transaction_from_here, statement_by_statement
 from engine.failures import record_lost_attempt
 from engine.models import Run, Step, utcnow
 from engine.state import RunStatus, StepStatus
@@ -94,7 +97,12 @@ def claim_step(
     this very message, so its worker died; or the attempt's lease ran out) has lost that
     attempt: it is recorded as WorkerLostError and retried as the step's policy says, or
     dead-lettered at the delivery cap; the returned Outcome says which.
+
+    On PostgreSQL, in a session that has not begun, the claim is one statement, committed as
+    it returns (engine.db.statement_by_statement); a lost attempt is then recorded in a
+    transaction of its own. The caller commits either way.
     """
+    statement_by_statement(session)
     facts = _RUN_FACTS.get(run_id)
     if facts is None:
         run = session.execute(_SELECT_RUN, {"b_run_id": run_id}).first()
@@ -132,6 +140,7 @@ def claim_step(
                 or (current.lease_expires_at is not None and current.lease_expires_at < now)
             )
         ):
+            one_transaction_from_here(session)  # the failure writes several rows
             return record_lost_attempt(
                 session,
                 settings,

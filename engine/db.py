@@ -17,6 +17,7 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 # For this transaction only: the value the session would have without any SET.
 _SERVER_SYNCHRONOUS_COMMIT = text("SET LOCAL synchronous_commit TO DEFAULT")
 READ_ONLY = {"engine_read_only": True}
+_AUTOCOMMIT = "AUTOCOMMIT"
 # Below this, a COPY costs more than the INSERT it replaces (its extra round trip, and the
 # column types looked up on each call): the one step of most plans takes the INSERT.
 COPY_MIN_ROWS = 10
@@ -169,7 +170,7 @@ def read_only_engine(db_engine: Engine) -> Engine:
     connections serve a read of Core statements without a session around them."""
     options: dict[str, Any] = dict(READ_ONLY)
     if db_engine.dialect.name == "postgresql":
-        options["isolation_level"] = "AUTOCOMMIT"
+        options["isolation_level"] = _AUTOCOMMIT
     return db_engine.execution_options(**options)
 
 
@@ -182,7 +183,18 @@ def statement_by_statement(session: Session) -> None:
     """
     if session.in_transaction() or session.get_bind().dialect.name != "postgresql":
         return
-    session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    session.connection(execution_options={"isolation_level": _AUTOCOMMIT})
+
+
+def one_transaction_from_here(session: Session) -> None:
+    """After statement_by_statement, when what follows writes more than one statement: the
+    statements so far are already committed (each was a transaction of its own), and those
+    that follow run in one transaction again, on a connection checked out anew, which the
+    caller commits. A session whose transaction began as usual keeps it."""
+    if not session.in_transaction():
+        return
+    if session.connection().get_execution_options().get("isolation_level") == _AUTOCOMMIT:
+        session.commit()
 
 
 @contextmanager

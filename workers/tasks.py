@@ -46,9 +46,10 @@ def _report(outcome: Outcome | None, task_id: str) -> None:
 def claim(
     run_id: str, step_id: str, task_id: str, worker: str, redelivered: bool = False
 ) -> Claim | Outcome | None:
-    """Claim a step attempt in a transaction of its own (see claims.claim_step)."""
-    with sessions().begin() as session:
-        return claims.claim_step(
+    """Claim a step attempt (see claims.claim_step). Not begun: on PostgreSQL the claim is
+    one statement, committed as it returns."""
+    with unbegun_session() as session:
+        claimed = claims.claim_step(
             session,
             settings(),
             run_id,
@@ -57,6 +58,8 @@ def claim(
             worker=worker,
             redelivered=redelivered,
         )
+        session.commit()
+        return claimed
 
 
 def perform(
