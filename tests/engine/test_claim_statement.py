@@ -6,7 +6,10 @@ stays in the caller's transaction."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from engine import claims, planning, runs
 from engine.attempts import Claim, Outcome
@@ -46,7 +49,10 @@ def seen_elsewhere(database: Stack, run_id: str, step_id: str) -> tuple[str, int
         return row.status, row.attempts, row.task_id
 
 
-def claim(session, database: Stack, run_id: str, step_id: str, attempt: int, **options):
+def claim(
+    session: Session, database: Stack, run_id: str, step_id: str, attempt: int, **options: Any
+) -> Claim | Outcome | None:
+    """claim_step for the message of `attempt`, as the worker's task calls it."""
     return claims.claim_step(
         session,
         database.settings,
