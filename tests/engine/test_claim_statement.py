@@ -15,7 +15,7 @@ from engine import claims, planning, runs
 from engine.attempts import Claim, Outcome
 from engine.auth import Caller
 from engine.db import make_session_factory
-from engine.models import Step
+from engine.models import Run, Step
 from engine.work import step_task_id
 from tests.conftest import spec
 from tests.support.stack import Stack
@@ -118,17 +118,14 @@ def test_an_attempt_found_lost_is_recorded_in_one_transaction(database: Stack, u
 
 
 def test_a_claim_waits_for_its_run_to_run(database: Stack, unique: str) -> None:
-    """The claim's own WHERE clause checks the run: a cancelled run's step is not claimed."""
+    """A queued step of a run that is not running (another step died and failed it) is not
+    claimed: the claim checks the run, not only the step."""
     database.register(spec(unique, [{"id": "a", "action": "noop"}, {"id": "b", "action": "noop"}]))
     run_id = planned(database, unique)
     with database.sessions.begin() as session:
-        session.execute(
-            update(Step)
-            .where(Step.run_id == run_id, Step.step_id == "a")
-            .values(status="succeeded")
-        )
-        runs.cancel(session, run_id, SUBMITTER)
+        session.execute(update(Run).where(Run.id == run_id).values(status="failed"))
+    assert seen_elsewhere(database, run_id, "b") == ("queued", 0, None)
     with database.sessions() as session:
         assert claim(session, database, run_id, "b", 1) is None
         session.commit()
-    assert seen_elsewhere(database, run_id, "b")[0] != "running"
+    assert seen_elsewhere(database, run_id, "b") == ("queued", 0, None)
