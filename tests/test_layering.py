@@ -1,8 +1,10 @@
-"""Imports point down: engine knows no framework, and no layer imports the one above it."""
+"""Imports point down: engine knows no framework, and no layer imports the one above it.
+README's map of where things live names every module of each layer."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -63,3 +65,33 @@ def test_the_layering_check_sees_imports_hidden_in_functions(tmp_path: Path) -> 
     ]
     assert not is_forbidden("flasket", FORBIDDEN["engine"])
     assert not is_forbidden("webcolors", FORBIDDEN["engine"])
+
+
+def readme_map() -> dict[str, str]:
+    """README's "Where things live" block: each top-level folder's entry, by folder."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Where things live", 1)[1].split("```", 2)[1]
+    entries: dict[str, str] = {}
+    folder = None
+    for line in block.splitlines():
+        if line and not line[0].isspace():
+            folder, _, line = line.partition("/")
+            entries[folder] = ""
+        if folder is not None:
+            entries[folder] += " " + line.strip()
+    return entries
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_the_readme_map_names_every_module(package: str) -> None:
+    """A newcomer finds where a behaviour lives from README's map: every module and
+    subpackage of the layer is named in its entry."""
+    entry = readme_map()[package]
+    modules = sorted(
+        path.stem if path.suffix == ".py" else path.name
+        for path in (ROOT / package).iterdir()
+        if (path.suffix == ".py" and path.stem != "__init__") or (path / "__init__.py").exists()
+    )
+    assert modules
+    missing = [name for name in modules if re.search(rf"\b{re.escape(name)}\b", entry) is None]
+    assert not missing, f"README's map of {package}/ does not name: {missing}"
