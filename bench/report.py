@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.targets import TARGETS, verdicts
+from bench.targets import TARGETS, TRACKED, verdicts
 
 
 def _number(value: Any) -> bool:
@@ -119,6 +119,12 @@ def _rows(backend: dict[str, Any], sizes: dict[str, Any]) -> list[tuple[str, str
             target_key,
             TARGETS.get(target_key, ""),
         )
+    add(
+        "  raw Celery alone against the same target",
+        _error(latency) or _milliseconds(latency.get("raw"), ("p50_ms", "p99_ms"), "/"),
+        "latency_raw",
+        "(p50/p99: the machine's own share)",
+    )
     chain = backend.get("chain", {})
     platform_chain, raw_chain = chain.get("platform", {}), chain.get("raw", {})
     add(
@@ -171,6 +177,16 @@ def _rows(backend: dict[str, Any], sizes: dict[str, Any]) -> list[tuple[str, str
             figure,
             target_key,
             TARGETS[target_key],
+        )
+    for key, label, floor in (
+        ("post_runs", "POST /runs", "api_post_floor"),
+        ("get_run", "GET /runs/{id}", "api_get_floor"),
+    ):
+        add(
+            f"  {label} req/s against the tracked floor",
+            _error(api) or _fmt(api.get(key, {}).get("requests_per_s")),
+            floor,
+            f"{TRACKED[floor]} (tracked instead)",
         )
     for label, field, digits in (
         ("  server CPU ms per request (bare app)", "server_cpu_ms", 2),
