@@ -51,23 +51,43 @@ def send(work: Work, app: Celery | None = None) -> None:
 
 
 def _send_one(app: Celery, producer: Any, dispatch: Dispatch) -> None:
+    """One message, built and published by Celery's own message layer (`app.amqp`) with
+    what `send_task` would give it here. `send_task` itself resolves options for any task,
+    any broker and any result backend on every call, which cost a quarter of a publish; the
+    platform's messages name their queue and have no result to wait for."""
     try:
-        app.send_task(
+        # A message sent from inside a task carries that task as its parent and root, as
+        # send_task would set them: Flower shows the tree.
+        parent = app.current_worker_task
+        root_id = parent_id = None
+        if parent is not None:
+            root_id = parent.request.root_id or parent.request.id
+            parent_id = parent.request.id
+        message = app.amqp.create_task_message(
+            dispatch.task_id,
             dispatch.task,
-            args=dispatch.args,
-            queue=dispatch.queue,
-            task_id=dispatch.task_id,
+            dispatch.args,
             countdown=dispatch.countdown,
-            soft_time_limit=dispatch.soft_time_limit,
+            reply_to=app.thread_oid,
             time_limit=dispatch.time_limit,
-            priority=dispatch.priority,
-            producer=producer,
-            # queue_lag_seconds reads how long a message has waited from this.
-            headers={SENT_AT_HEADER: time.time()},
+            soft_time_limit=dispatch.soft_time_limit,
+            root_id=root_id,
+            parent_id=parent_id,
             # What Flower shows as the task's arguments: a run id and a step id, whose plain
             # repr costs a tenth of the generic one Celery would compute for every message.
             argsrepr=repr(dispatch.args),
             kwargsrepr="{}",
+            # As send_task leaves it: the task's own setting decides.
+            ignore_result=None,
+        )
+        app.amqp.send_task_message(
+            producer,
+            dispatch.task,
+            message,
+            queue=dispatch.queue,
+            priority=dispatch.priority,
+            # queue_lag_seconds reads how long a message has waited from this.
+            headers={SENT_AT_HEADER: time.time()},
             # Nothing to declare per message: Celery publishes to a direct queue through the
             # default exchange, which on Redis is a push onto the queue's own list, whatever
             # bindings exist. The workers declare their queues when they start consuming.
