@@ -71,6 +71,8 @@ def _send_one(app: Celery, producer: Any, dispatch: Dispatch) -> None:
             reply_to=app.thread_oid,
             time_limit=dispatch.time_limit,
             soft_time_limit=dispatch.soft_time_limit,
+            # Off in celeryconfig: Flower learns of a task when a worker receives it.
+            create_sent_event=app.conf.task_send_sent_event,
             root_id=root_id,
             parent_id=parent_id,
             # What Flower shows as the task's arguments: a run id and a step id, whose plain
