@@ -23,6 +23,7 @@ from tests.conftest import spec
 from tests.support import services
 from tests.support.http import fields, problem
 from tests.support.stack import Stack
+from web import db as web_db
 
 PARAMS = {
     "type": "object",
@@ -539,7 +540,7 @@ def test_a_body_over_the_size_limit_is_refused_with_413(database: Stack, unique:
         problem(client.post("/workflows", json=big_spec, headers=database.headers()), 413)
         assert run_count(database, workflow=unique) == 0
     finally:
-        app.extensions["engine.db"].dispose()
+        web_db.dispose(app)
 
 
 def openapi_path(rule: str) -> str:
@@ -590,7 +591,7 @@ def readiness_with(database: Stack, **changes: Any) -> dict[str, Any]:
     try:
         return problem(app.test_client().get("/readyz"), 503)
     finally:
-        app.extensions["engine.db"].dispose()
+        web_db.dispose(app)
 
 
 def test_readiness_is_503_naming_the_broker_when_redis_is_unreachable(database: Stack) -> None:

@@ -22,6 +22,7 @@ from engine.auth import (
 from engine.errors import InvalidInput
 from tests.support.stack import JWT_SECRET, Stack
 from web import auth as web_auth
+from web import db as web_db
 
 OTHER_SECRET = "another-secret-" + "y" * 40
 
@@ -247,7 +248,7 @@ def test_a_previous_secret_still_verifies_until_it_is_dropped(database: Stack) -
             response = client.get("/runs", headers={"Authorization": f"Bearer {fresh.token}"})
             assert response.status_code == 200
         finally:
-            app.extensions["engine.db"].dispose()
+            web_db.dispose(app)
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ from engine.errors import InvalidInput
 from engine.models import Run, Step
 from tests.conftest import spec
 from tests.support.stack import Stack
+from web import db as web_db
 
 OPERATOR = Caller("operator@example.com", ("admin.*",))
 
@@ -478,7 +479,7 @@ def test_a_bulk_replay_matching_more_than_the_cap_is_refused(database: Stack, un
             headers=admin(database),
         )
     finally:
-        app.extensions["engine.db"].dispose()
+        web_db.dispose(app)
     assert response.status_code == 422, response.get_json()
     assert response.get_json()["detail"].startswith("2 dead letters match")
     assert response.get_json()["errors"][0]["field"] == "filter"
@@ -543,7 +544,7 @@ def test_a_bulk_replay_goes_in_batches_and_one_letter_that_cannot_resume_spares_
         assert response.status_code == 202, response.get_json()
         assert replayed_count(client) - before == 4
     finally:
-        app.extensions["engine.db"].dispose()
+        web_db.dispose(app)
     outcome = {item["id"]: item for item in response.get_json()["results"]}
     assert set(outcome) == set(letter_of.values())
     stuck = outcome[letter_of[stuck_run]]

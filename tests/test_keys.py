@@ -28,6 +28,7 @@ from engine.revocations import RevocationList
 from tests.support import services
 from tests.support.cli import run_engine as engine_cli
 from tests.support.stack import JWT_SECRET, Stack
+from web import db as web_db
 
 ADMIN = "admin.tokens,runs.read"
 
@@ -66,7 +67,7 @@ def apps() -> Iterator[list[Any]]:
     created: list[Any] = []
     yield created
     for app in created:
-        app.extensions["engine.db"].dispose()
+        web_db.dispose(app)
 
 
 def new_app(apps: list[Any], settings: Settings) -> Any:
@@ -328,11 +329,12 @@ def test_the_revocation_check_asks_neither_redis_nor_the_database_once_the_copy_
     app = new_app(apps, stack.settings)
     assert get_runs(app, token).status_code == 200
     asked: list[str] = []
-    event.listen(
-        app.extensions["engine.db"],
-        "before_cursor_execute",
-        lambda _c, _k, statement, *_: asked.append(statement),
-    )
+    for engine in (app.extensions["engine.db"], app.extensions["engine.read_db"]):
+        event.listen(
+            engine,
+            "before_cursor_execute",
+            lambda _c, _k, statement, *_: asked.append(statement),
+        )
     before = server.client().info("stats")["total_commands_processed"]
     for _ in range(20):
         assert get_runs(app, token).status_code == 200

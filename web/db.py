@@ -7,7 +7,7 @@ from flask import Flask, current_app, g, request
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
-from engine.db import make_engine, make_session_factory, read_only_engine
+from engine.db import make_engine, make_session_factory, read_engine
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -16,8 +16,8 @@ def init_app(app: Flask) -> None:
     db_engine = make_engine(app.config["SETTINGS"])
     app.extensions["engine.db"] = db_engine
     app.extensions["engine.sessions"] = make_session_factory(db_engine)
-    # One read-only view of the pool, for read sessions and for reads of Core statements.
-    read_db = read_only_engine(db_engine)
+    # For read sessions and for reads of Core statements: each statement in autocommit.
+    read_db = read_engine(db_engine)
     app.extensions["engine.read_sessions"] = make_session_factory(read_db)
     app.extensions["engine.read_db"] = read_db
     app.teardown_appcontext(_close)
@@ -35,6 +35,13 @@ def read_connection() -> Connection:
     """A connection for one read, to use as a context manager: a session would add its own
     bookkeeping (its transaction, its close) to a one-statement GET for nothing."""
     return current_app.extensions["engine.read_db"].connect()  # type: ignore[no-any-return]
+
+
+def dispose(app: Flask) -> None:
+    """Close the app's pooled connections, its writers' and its readers' (which on
+    PostgreSQL are a pool of their own): for tests and tools that make apps of their own."""
+    app.extensions["engine.db"].dispose()
+    app.extensions["engine.read_db"].dispose()
 
 
 def _close(_error: BaseException | None) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Connection, Engine, func, insert, select
+from sqlalchemy import Connection, Engine, event, func, insert, select
 from sqlalchemy.orm import Session
 
 from engine import db
@@ -60,3 +60,34 @@ def test_a_session_that_writes_after_a_read_only_one_is_still_one_transaction(
         session.rollback()
     with writes() as session:
         assert count_runs(session) == 0
+
+
+def test_the_api_read_engine_keeps_its_connections_in_autocommit_on_postgresql(
+    engine: Engine,
+) -> None:
+    """web.db's reads (engine.db.read_engine): on PostgreSQL a pool of its own whose
+    connections are made in autocommit and stay so between checkouts (a view of the writers'
+    pool switched each one at checkout and back at its return); on SQLite, that view. Either
+    way a read sees what writers committed, and leaves no transaction open."""
+    reads = db.read_engine(engine)
+    returned: list[bool] = []
+    if engine.dialect.name == "postgresql":
+        event.listen(
+            reads, "checkin", lambda driver, _record: returned.append(bool(driver.autocommit))
+        )
+    try:
+        with Session(engine) as session:
+            session.execute(insert(runs), [run_row("committed")])
+            session.commit()
+        for _ in range(2):
+            with reads.connect() as connection:
+                assert count_runs(connection) == 1
+                assert not in_transaction(connection)
+        if engine.dialect.name == "postgresql":
+            assert returned == [True, True]
+            assert reads.pool is not engine.pool
+        else:
+            assert reads.pool is engine.pool
+    finally:
+        if reads.pool is not engine.pool:
+            reads.dispose()

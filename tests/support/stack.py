@@ -20,6 +20,7 @@ from engine.db import make_engine, make_session_factory
 from engine.models import DeadLetter
 from tests.support import services
 from tests.support.actions import executions_log
+from web import db as web_db
 
 JWT_SECRET = "test-secret-" + "x" * 40
 
@@ -166,7 +167,7 @@ class Stack:
             worker.stop()
         self.db_engine.dispose()
         if self._app is not None:
-            self._app.extensions["engine.db"].dispose()
+            web_db.dispose(self._app)
         if self.backend == "postgres":
             services.drop_postgres_database(self.database_url)
         self._forget_redis_keys()
