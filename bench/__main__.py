@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "sizes": asdict(sizes),
         "targets": targets.TARGETS,
+        "tracked": targets.TRACKED,
         "backends": {},
     }
 

@@ -30,14 +30,15 @@ def send(work: Work, app: Celery | None = None) -> None:
             # One producer (one pooled connection) for every message, and its messages go
             # out together (kombu's publish batch: a Redis pipeline per BATCH), so a
             # fan-out of a thousand steps costs a third of sending them one by one.
+            lineage = _lineage(app)
             with app.producer_or_acquire() as producer:
                 if len(work.dispatches) == 1:
                     # A batch of one would cost a pipeline for nothing.
-                    _send_one(app, producer, work.dispatches[0])
+                    _send_one(app, producer, work.dispatches[0], lineage)
                 else:
                     with producer.batch(BATCH):
                         for dispatch in work.dispatches:
-                            _send_one(app, producer, dispatch)
+                            _send_one(app, producer, dispatch, lineage)
         except Exception:
             log.exception(
                 "%d message(s) not sent; the reconciler will send them again",
@@ -50,19 +51,25 @@ def send(work: Work, app: Celery | None = None) -> None:
             log.exception("revoking %d task(s) failed", len(work.revoke))
 
 
-def _send_one(app: Celery, producer: Any, dispatch: Dispatch) -> None:
+def _lineage(app: Celery) -> tuple[str | None, str | None]:
+    """(root id, parent id) of the messages sent from here: a message sent from inside a
+    task carries that task as its parent, and its root, as send_task would set them (Flower
+    shows the tree)."""
+    parent = app.current_worker_task
+    if parent is None:
+        return None, None
+    return parent.request.root_id or parent.request.id, parent.request.id
+
+
+def _send_one(
+    app: Celery, producer: Any, dispatch: Dispatch, lineage: tuple[str | None, str | None]
+) -> None:
     """One message, built and published by Celery's own message layer (`app.amqp`) with
     what `send_task` would give it here. `send_task` itself resolves options for any task,
     any broker and any result backend on every call, which cost a quarter of a publish; the
     platform's messages name their queue and have no result to wait for."""
+    root_id, parent_id = lineage
     try:
-        # A message sent from inside a task carries that task as its parent and root, as
-        # send_task would set them: Flower shows the tree.
-        parent = app.current_worker_task
-        root_id = parent_id = None
-        if parent is not None:
-            root_id = parent.request.root_id or parent.request.id
-            parent_id = parent.request.id
         message = app.amqp.create_task_message(
             dispatch.task_id,
             dispatch.task,
