@@ -4,6 +4,7 @@ Starts its own workers and API against the local Redis (under a private key pref
 at the end) on a fresh SQLite file and a fresh PostgreSQL database (created, then dropped),
 prints a table and writes every figure with the machine's description to bench/results.json.
 `--profile worker|api` samples the worker or the API with py-spy instead (bench/profile.py).
+`--show FILE [FILE ...]` prints the table of results written before, one after another.
 """
 
 from __future__ import annotations
@@ -65,7 +66,31 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         help="instead of the bench, sample the worker or the API with py-spy",
     )
     parser.add_argument("--profile-seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--show",
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        help="instead of the bench, print the table of results files written before",
+    )
     return parser.parse_args(argv)
+
+
+def show(paths: list[Path]) -> str:
+    """The table of each results file, under its name, its mode and when it ran."""
+    parts = []
+    for path in paths:
+        try:
+            results = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"{path}: not a results file ({exc})") from exc
+        took = results.get("duration_s")
+        parts.append(
+            f"== {path}: {results.get('mode')} run of {results.get('started_at')}"
+            + (f", {took:.0f} s" if isinstance(took, int | float) else "")
+            + f"\n{report.table(results)}"
+        )
+    return "\n\n".join(parts)
 
 
 def _cpu_model() -> str:
@@ -127,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
     mode = "smoke" if args.smoke else "full" if args.full else "quick"
     sizes = SIZES[mode]
+    if args.show:
+        print(show(args.show))
+        return 0
     if args.profile:
         from bench.profile import profile
 

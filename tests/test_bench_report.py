@@ -3,9 +3,14 @@ figures written here: a miss must be readable as the platform's or the machine's
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
+import pytest
+
+from bench import __main__ as bench_main
 from bench import report, targets
 from bench.sizes import SIZES
 
@@ -50,16 +55,18 @@ def test_a_figure_not_measured_has_no_verdict() -> None:
     assert marks["latency_raw"] is None and marks["api_post_floor"] is None
 
 
-def test_the_table_prints_each_tracked_verdict_beside_its_target() -> None:
-    sizes = asdict(SIZES["quick"])
-    results = {
+def _results(post: float, get: float) -> dict[str, Any]:
+    return {
         "mode": "quick",
         "machine": {"nproc": 2, "cpu_model": "cpu", "python": "3.11", "celery": "5.7"},
         "settings": {"concurrency": 2},
-        "sizes": sizes,
-        "backends": {"sqlite": _backend(5.9, 5.2, 404.0, 1190.0)},
+        "sizes": asdict(SIZES["quick"]),
+        "backends": {"sqlite": _backend(5.9, 5.2, post, get)},
     }
-    lines = report.table(results).splitlines()
+
+
+def test_the_table_prints_each_tracked_verdict_beside_its_target() -> None:
+    lines = report.table(_results(404.0, 1190.0)).splitlines()
 
     def line(label: str) -> str:
         [found] = [text for text in lines if text.lstrip().startswith(label)]
@@ -71,3 +78,21 @@ def test_the_table_prints_each_tracked_verdict_beside_its_target() -> None:
     assert "≥ 500 req/s" in line("POST /runs req/s against the tracked floor")
     assert "1,190 PASS" in line("GET /runs/{id} req/s against the tracked floor")
     assert "≥ 1,000 req/s" in line("GET /runs/{id} req/s against the tracked floor")
+
+
+def test_show_prints_the_table_of_each_results_file_written_before(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before, after = tmp_path / "before.json", tmp_path / "after.json"
+    before.write_text(
+        json.dumps({**_results(404.0, 1190.0), "started_at": "T1", "duration_s": 330})
+    )
+    after.write_text(json.dumps({**_results(612.0, 1050.0), "started_at": "T2"}))
+    assert bench_main.main(["--show", str(before), str(after)]) == 0
+    shown = capsys.readouterr().out
+    first, second = shown.split(f"== {after}: quick run of T2\n")
+    assert first.startswith(f"== {before}: quick run of T1, 330 s\n")
+    assert "404 MISS" in first and "612 PASS" not in first
+    assert "612 PASS" in second and "1,050 PASS" in second
+    with pytest.raises(SystemExit, match="missing.json: not a results file"):
+        bench_main.main(["--show", str(tmp_path / "missing.json")])
