@@ -82,13 +82,14 @@ def show(paths: list[Path]) -> str:
     for path in paths:
         try:
             results = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise SystemExit(f"{path}: not a results file ({exc})") from exc
+            table = report.table(results)
+        except (OSError, ValueError, LookupError, TypeError, AttributeError) as exc:
+            raise SystemExit(f"{path}: not a results file ({type(exc).__name__}: {exc})") from exc
         took = results.get("duration_s")
         parts.append(
             f"== {path}: {results.get('mode')} run of {results.get('started_at')}"
             + (f", {took:.0f} s" if isinstance(took, int | float) else "")
-            + f"\n{report.table(results)}"
+            + f"\n{table}"
         )
     return "\n\n".join(parts)
 

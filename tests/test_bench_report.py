@@ -96,3 +96,8 @@ def test_show_prints_the_table_of_each_results_file_written_before(
     assert "612 PASS" in second and "1,050 PASS" in second
     with pytest.raises(SystemExit, match="missing.json: not a results file"):
         bench_main.main(["--show", str(tmp_path / "missing.json")])
+    other = tmp_path / "other.json"
+    for text in ('{"mode": "quick"}', "[1, 2]", "{not json"):
+        other.write_text(text)
+        with pytest.raises(SystemExit, match="other.json: not a results file"):
+            bench_main.main(["--show", str(before), str(other)])
