@@ -38,8 +38,8 @@ def read_connection() -> Connection:
 
 
 def dispose(app: Flask) -> None:
-    """Close the app's pooled connections, its writers' and its readers' (which on
-    PostgreSQL are a pool of their own): for tests and tools that make apps of their own."""
+    """Close the app's pooled connections, its writers' and its readers' (a pool of their
+    own, engine.db.read_engine): for tests and tools that make apps of their own."""
     app.extensions["engine.db"].dispose()
     app.extensions["engine.read_db"].dispose()
 

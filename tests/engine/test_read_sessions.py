@@ -62,13 +62,15 @@ def test_a_session_that_writes_after_a_read_only_one_is_still_one_transaction(
         assert count_runs(session) == 0
 
 
-def test_the_api_read_engine_keeps_its_connections_in_autocommit_on_postgresql(
+def test_the_api_read_engine_is_an_engine_of_its_own_that_pays_for_no_write(
     engine: Engine,
 ) -> None:
-    """web.db's reads (engine.db.read_engine): on PostgreSQL a pool of its own whose
+    """web.db's reads (engine.db.read_engine): a pool of their own. On PostgreSQL its
     connections are made in autocommit and stay so between checkouts (a view of the writers'
-    pool switched each one at checkout and back at its return); on SQLite, that view. Either
-    way a read sees what writers committed, and leaves no transaction open."""
+    pool switched each one at checkout and back at its return); on SQLite it has no `begin`
+    listener, so SQLAlchemy dispatches no connection events around each read (the writers'
+    BEGIN IMMEDIATE listener made it do so for every statement). Either way a read sees what
+    writers committed, and leaves no transaction open."""
     reads = db.read_engine(engine)
     returned: list[bool] = []
     if engine.dialect.name == "postgresql":
@@ -76,6 +78,7 @@ def test_the_api_read_engine_keeps_its_connections_in_autocommit_on_postgresql(
             reads, "checkin", lambda driver, _record: returned.append(bool(driver.autocommit))
         )
     try:
+        assert reads.pool is not engine.pool
         with Session(engine) as session:
             session.execute(insert(runs), [run_row("committed")])
             session.commit()
@@ -85,9 +88,18 @@ def test_the_api_read_engine_keeps_its_connections_in_autocommit_on_postgresql(
                 assert not in_transaction(connection)
         if engine.dialect.name == "postgresql":
             assert returned == [True, True]
-            assert reads.pool is not engine.pool
         else:
-            assert reads.pool is engine.pool
+            assert engine.dispatch.begin and not reads.dispatch.begin
     finally:
-        if reads.pool is not engine.pool:
-            reads.dispose()
+        reads.dispose()
+
+
+def test_an_sqlite_database_in_memory_is_read_through_the_writers_engine() -> None:
+    """Another engine on `sqlite://` would open a database of its own, empty."""
+    memory = db.make_engine("sqlite://")
+    try:
+        reads = db.read_engine(memory)
+        assert reads.pool is memory.pool
+        assert reads.get_execution_options()["engine_read_only"]
+    finally:
+        memory.dispose()
