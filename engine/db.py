@@ -142,7 +142,8 @@ def _drop_closed_connections(db_engine: Engine) -> None:
 def _tune_sqlite(db_engine: Engine, *, writes: bool) -> None:
     @event.listens_for(db_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Let SQLAlchemy's "begin" event below decide how a transaction starts.
+        # Let SQLAlchemy's "begin" event below (writers' engines only) decide how a
+        # transaction starts; without it, each statement is its own transaction.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
