@@ -193,12 +193,14 @@ def read_engine(db_engine: Engine) -> Engine:
     read. The price is a second pool: up to as many more connections as the process reads
     at once. A database in memory, which another engine would not see, keeps the view."""
     url = db_engine.url
+    options: dict[str, Any]
     if db_engine.dialect.name == "postgresql":
-        own = make_engine(url.render_as_string(hide_password=False), isolation_level=_AUTOCOMMIT)
+        options = {"isolation_level": _AUTOCOMMIT}
     elif url.database and url.database != ":memory:" and not url.database.startswith("file:"):
-        own = make_engine(url.render_as_string(hide_password=False), writes=False)
+        options = {"writes": False}
     else:
         return read_only_engine(db_engine)
+    own = make_engine(url.render_as_string(hide_password=False), **options)
     return own.execution_options(**READ_ONLY)
 
 
