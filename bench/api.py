@@ -1,12 +1,16 @@
 """API requests per second and latency at many connections (wrk), against a bare Flask app
 under the same gunicorn settings (web/gunicorn_conf.py), and the CPU each request cost the
-server (gunicorn's processes). No worker runs meanwhile: submitted runs wait in the queue, so
+server (gunicorn's processes). Both servers stay up, each idle while the other is measured,
+and they alternate round by round, so load from outside the bench falls on both alike; the
+best round of each counts. No worker runs meanwhile: submitted runs wait in the queue, so
 the figures are the API's alone."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from bench import in_process, specs
@@ -19,77 +23,92 @@ from bench.sizes import Sizes
 WARM_S = 1.0
 
 
+@dataclass(frozen=True)
+class _Served:
+    """An app as gunicorn serves it, and the paths its POSTs and GETs go to."""
+
+    app: str  # gunicorn's form: `module:variable` or `module:factory()`
+    health_path: str
+    post_path: str
+    get_path: str
+
+
+# The figures' keys: the platform's requests and the bare app's, which ignores the same
+# body and Authorization header.
+_KEYS = {
+    ("platform", "post"): "post_runs",
+    ("platform", "get"): "get_run",
+    ("hello", "post"): "hello_post",
+    ("hello", "get"): "hello_get",
+}
+
+
 def measure(platform: Platform, sizes: Sizes, load: Load, name: str, run_id: str) -> dict[str, Any]:
     platform.register(specs.one_step(name))
     token = platform.token()
     body = json.dumps({"workflow": name, "params": {}})
-    post, get = _post_and_get(
-        platform,
-        sizes,
-        load,
-        ("web:create_app()", "/health"),
-        "/runs",
-        f"/runs/{run_id}",
-        body,
-        token,
-    )
-    # The same body and Authorization header, which the bare app ignores.
-    hello_post, hello_get = _post_and_get(
-        platform, sizes, load, ("bench.hello_app:app", "/"), "/", "/", body, token
-    )
+    apps = {
+        "platform": _Served("web:create_app()", "/health", "/runs", f"/runs/{run_id}"),
+        "hello": _Served("bench.hello_app:app", "/", "/", "/"),
+    }
+    # wrk counts whole seconds.
+    seconds = max(1, round(sizes.api_duration_s / sizes.rounds))
+    rounds: dict[str, list[dict[str, Any]]] = {key: [] for key in _KEYS.values()}
+    servers: dict[str, tuple[Process, str]] = {}
+    try:
+        for label, served in apps.items():
+            server, base = servers[label] = platform.start_gunicorn(served.app, served.health_path)
+            load.get(
+                base + served.get_path, token, connections=sizes.api_connections, duration_s=WARM_S
+            )
+        for _ in range(sizes.rounds):
+            for method in ("post", "get"):
+                for label, served in apps.items():
+                    server, base = servers[label]
+                    send = (
+                        partial(load.post, base + served.post_path, body)
+                        if method == "post"
+                        else partial(load.get, base + served.get_path)
+                    )
+                    measured = _served(
+                        server,
+                        partial(send, token, connections=sizes.api_connections, duration_s=seconds),
+                    )
+                    rounds[_KEYS[label, method]].append(measured)
+    finally:
+        for server, _ in servers.values():
+            platform.stop(server)
+    figures = {key: _best(entries) for key, entries in rounds.items()}
+    for label, served in apps.items():
+        spent = in_process.app_cpu_us(
+            platform.env,
+            served.app,
+            {
+                "post": ("POST", served.post_path, body),
+                "get": ("GET", served.get_path, ""),
+            },
+            token,
+            sizes.in_process_calls,
+            platform.directory,
+        )
+        for method in ("post", "get"):
+            figures[_KEYS[label, method]]["app_cpu_us"] = spent[method]
     return {
         "connections": sizes.api_connections,
-        "duration_s": sizes.api_duration_s,
+        "duration_s": seconds,
+        "method": f"best of {sizes.rounds} alternating round(s) of {seconds} s",
         "load_generator": load.name,
-        "post_runs": post,
-        "get_run": get,
-        "hello_post": hello_post,
-        "hello_get": hello_get,
-        "post_ratio": post["requests_per_s"] / hello_post["requests_per_s"],
-        "get_ratio": get["requests_per_s"] / hello_get["requests_per_s"],
+        **figures,
+        "post_ratio": figures["post_runs"]["requests_per_s"]
+        / figures["hello_post"]["requests_per_s"],
+        "get_ratio": figures["get_run"]["requests_per_s"] / figures["hello_get"]["requests_per_s"],
     }
 
 
-def _post_and_get(
-    platform: Platform,
-    sizes: Sizes,
-    load: Load,
-    app: tuple[str, str],
-    post_path: str,
-    get_path: str,
-    body: str,
-    token: str,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """gunicorn serving `app` (its import string and health path): warmed with GETs, then
-    POSTs and GETs for the bench's duration. Then the same requests by direct WSGI calls
-    give the app's own CPU per request (`app_cpu_us`); the rest of `server_cpu_ms` is the
-    server's."""
-    connections, duration = sizes.api_connections, sizes.api_duration_s
-    server, base = platform.start_gunicorn(*app)
-    try:
-        load.get(base + get_path, token, connections=connections, duration_s=WARM_S)
-        post = _served(
-            server,
-            lambda: load.post(
-                base + post_path, body, token, connections=connections, duration_s=duration
-            ),
-        )
-        get = _served(
-            server,
-            lambda: load.get(base + get_path, token, connections=connections, duration_s=duration),
-        )
-    finally:
-        platform.stop(server)
-    spent = in_process.app_cpu_us(
-        platform.env,
-        app[0],
-        {"post": ("POST", post_path, body), "get": ("GET", get_path, "")},
-        token,
-        sizes.in_process_calls,
-        platform.directory,
-    )
-    post["app_cpu_us"], get["app_cpu_us"] = spent["post"], spent["get"]
-    return post, get
+def _best(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round with the most requests answered per second, every round beside it."""
+    best = max(entries, key=lambda entry: entry["requests_per_s"])
+    return {**best, "rounds": entries}
 
 
 def _served(server: Process, send: Callable[[], dict[str, Any]]) -> dict[str, Any]:

@@ -116,7 +116,8 @@ def measure(
                     "runs",
                 ),
             )
-            _attempt(rounds["raw_drain"], lambda: raw.drain(sizes.raw_tasks))
+            # As many tasks as the platform's drain has runs: the same queue depth on both sides.
+            _attempt(rounds["raw_drain"], lambda: raw.drain(sizes.runs))
             _attempt(
                 rounds["drain"],
                 partial(throughput.drain, platform, worker, sizes.runs, f"bench_drain_{index}"),

@@ -58,8 +58,10 @@ def test_the_bench_harness_runs_every_scenario_at_tiny_sizes_and_records_each_on
         assert cpu["ms_per_unit"]["worker"] > 0, (path, cpu)
         assert "redis" in cpu["ms_per_unit"], (path, cpu)
     assert figures["throughput"]["http"]["cpu"]["ms_per_unit"]["api"] > 0
-    # The API phase says what each request cost the server, and the app alone in process.
+    # The API phase says what each request cost the server, and the app alone in process,
+    # keeping every round it alternated.
     for scenario in ("post_runs", "get_run", "hello_post", "hello_get"):
+        assert len(figures["api"][scenario]["rounds"]) == results["sizes"]["rounds"]
         assert figures["api"][scenario]["server_cpu_ms"] > 0, figures["api"][scenario]
         assert figures["api"][scenario]["app_cpu_us"] > 0, figures["api"][scenario]
     assert "scenario" in done.stdout and "sqlite" in done.stdout
