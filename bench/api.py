@@ -53,6 +53,45 @@ def measure(platform: Platform, sizes: Sizes, load: Load, name: str, run_id: str
     }
     # wrk counts whole seconds.
     seconds = max(1, round(sizes.api_duration_s / sizes.rounds))
+    rounds = _alternate(platform, sizes, load, apps, body, token, seconds)
+    figures = {key: _best(entries) for key, entries in rounds.items()}
+    # The same requests by direct WSGI calls give each app's own CPU per request
+    # (`app_cpu_us`); the rest of `server_cpu_ms` is the server's.
+    for label, served in apps.items():
+        spent = in_process.app_cpu_us(
+            platform.env,
+            served.app,
+            {"post": ("POST", served.post_path, body), "get": ("GET", served.get_path, "")},
+            token,
+            sizes.in_process_calls,
+            platform.directory,
+        )
+        for method in ("post", "get"):
+            figures[_KEYS[label, method]]["app_cpu_us"] = spent[method]
+    return {
+        "connections": sizes.api_connections,
+        "duration_s": seconds,
+        "method": f"best of {sizes.rounds} alternating round(s) of {seconds} s",
+        "load_generator": load.name,
+        **figures,
+        "post_ratio": figures["post_runs"]["requests_per_s"]
+        / figures["hello_post"]["requests_per_s"],
+        "get_ratio": figures["get_run"]["requests_per_s"] / figures["hello_get"]["requests_per_s"],
+    }
+
+
+def _alternate(
+    platform: Platform,
+    sizes: Sizes,
+    load: Load,
+    apps: dict[str, _Served],
+    body: str,
+    token: str,
+    seconds: int,
+) -> dict[str, list[dict[str, Any]]]:
+    """Every app served by a gunicorn of its own, all up at once and warmed with GETs; then,
+    round after round, POSTs to each app in turn, then GETs. Each round's figures under
+    its key (`_KEYS`)."""
     rounds: dict[str, list[dict[str, Any]]] = {key: [] for key in _KEYS.values()}
     servers: dict[str, tuple[Process, str]] = {}
     try:
@@ -70,39 +109,18 @@ def measure(platform: Platform, sizes: Sizes, load: Load, name: str, run_id: str
                         if method == "post"
                         else partial(load.get, base + served.get_path)
                     )
-                    measured = _served(
-                        server,
-                        partial(send, token, connections=sizes.api_connections, duration_s=seconds),
+                    rounds[_KEYS[label, method]].append(
+                        _served(
+                            server,
+                            partial(
+                                send, token, connections=sizes.api_connections, duration_s=seconds
+                            ),
+                        )
                     )
-                    rounds[_KEYS[label, method]].append(measured)
     finally:
         for server, _ in servers.values():
             platform.stop(server)
-    figures = {key: _best(entries) for key, entries in rounds.items()}
-    for label, served in apps.items():
-        spent = in_process.app_cpu_us(
-            platform.env,
-            served.app,
-            {
-                "post": ("POST", served.post_path, body),
-                "get": ("GET", served.get_path, ""),
-            },
-            token,
-            sizes.in_process_calls,
-            platform.directory,
-        )
-        for method in ("post", "get"):
-            figures[_KEYS[label, method]]["app_cpu_us"] = spent[method]
-    return {
-        "connections": sizes.api_connections,
-        "duration_s": seconds,
-        "method": f"best of {sizes.rounds} alternating round(s) of {seconds} s",
-        "load_generator": load.name,
-        **figures,
-        "post_ratio": figures["post_runs"]["requests_per_s"]
-        / figures["hello_post"]["requests_per_s"],
-        "get_ratio": figures["get_run"]["requests_per_s"] / figures["hello_get"]["requests_per_s"],
-    }
+    return rounds
 
 
 def _best(entries: list[dict[str, Any]]) -> dict[str, Any]:
