@@ -72,8 +72,10 @@ def submit(
     caller: Caller,
     *,
     remembered: bool = True,
-) -> tuple[Run, Work, bool]:
-    """Insert a queued run. With an idempotency key, a repeat returns the first run
+) -> tuple[Any, Work, bool]:
+    """Insert a queued run: returns it (a Run with an idempotency key, else a row of the
+    values inserted, its attributes named as the model's), its work, and whether it was
+    created. With an idempotency key, a repeat returns the first run
     (created=False); the same key with another body is a Conflict. Without a version, the
     latest this process remembers is tried first (`remembered`), then read again when a
     newer one was registered since. Without a key, in a session that has not begun, the
@@ -98,35 +100,37 @@ def submit(
     )
     workflow.check_params(request.params)
     now = utcnow()
-    run = Run(
-        id=new_id(),
-        workflow=workflow.name,
-        version=workflow.version,
-        params=request.params,
-        status=RunStatus.QUEUED,
-        priority=request.priority,
-        created_by=caller.sub,
-        idempotency_key=request.idempotency_key,
-        request_hash=request.digest(),
-        created_at=now,
-        dispatched_at=now,
-        leaves_left=workflow.leaves,
-        plan_deliveries=0,
-        error=None,
-        started_at=None,
-        finished_at=None,
-    )
+    values = {
+        "id": new_id(),
+        "workflow": workflow.name,
+        "version": workflow.version,
+        "params": request.params,
+        "status": RunStatus.QUEUED,
+        "priority": request.priority,
+        "created_by": caller.sub,
+        "idempotency_key": request.idempotency_key,
+        "request_hash": request.digest(),
+        "created_at": now,
+        "dispatched_at": now,
+        "leaves_left": workflow.leaves,
+        "plan_deliveries": 0,
+        "error": None,
+        "started_at": None,
+        "finished_at": None,
+    }
     if request.idempotency_key is None:
         # Nothing unique to race on: no SAVEPOINT, and a Core INSERT of the values instead of
-        # the ORM's flush (the unit of work cost about a third of a submit). The returned run
-        # is not in the session; it holds every column as inserted.
-        values = {column: getattr(run, column) for column in _RUN_COLUMNS}
+        # the ORM's flush (the unit of work cost about a third of a submit). The run returned
+        # is a row of the values as inserted (attributes named as the model's), not in the
+        # session.
         if not remembered:
             session.execute(_INSERT_RUN, values)
         elif session.execute(_INSERT_RUN_OF_LATEST, values).rowcount != 1:
             # A newer version was registered since this process read the latest.
             return submit(session, settings, request, caller, remembered=False)
+        run: Any = _RunRow(**values)
     else:
+        run = Run(**values)
         try:
             with session.begin_nested():
                 session.add(run)

@@ -239,10 +239,23 @@ def test_text_with_a_nul_character_is_refused_naming_where_it_is(
             "fingerprint",
         ),
         (client.post("/admin/dlq/x%00/replay", json={"reason": "r"}, headers=headers), "path"),
+        # JSON in UTF-16, which the parser reads too: the escape is not there byte for byte.
+        (
+            client.post(
+                "/runs",
+                data=json.dumps({"workflow": unique, "params": {"a": nul}}).encode("utf-16"),
+                content_type="application/json",
+                headers=headers,
+            ),
+            "params",
+        ),
     ]:
         body = problem(response, 422)
         assert fields(body) == [field] and "NUL" in body["detail"], body
     assert run_count(database, workflow=unique) == 0
+    # A backslash followed by "u0000" is only text.
+    text = {"workflow": unique, "params": {"a": "\\u0000"}}
+    assert client.post("/runs", json=text, headers=headers).status_code == 202
 
 
 def test_a_run_of_an_unknown_workflow_or_version_is_not_found(stack: Stack, unique: str) -> None:
