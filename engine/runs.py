@@ -33,7 +33,6 @@ from engine.work import (
 steps = Step.__table__
 runs = Run.__table__
 
-_RUN_COLUMNS = tuple(column.key for column in runs.columns)
 _INSERT_RUN = insert(runs)
 # A run of the latest version, inserted only while its version is still the latest: the
 # submitting process takes the latest version from memory (engine.workflows), and this one
