@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import itertools
 import json
 import re
 import subprocess
@@ -312,8 +313,10 @@ def test_a_revocation_survives_a_redis_flushall_and_a_redis_outage(
     assert get_runs(app, kept).status_code == 200
 
     server.stop()
-    # Redis is gone, and the announcement with it: the database answers, at once.
+    # Redis is gone, and the announcement with it: the database answers from the first check
+    # that reads the subscription (READ_EVERY_S after the last read) and finds it closed.
     revoke(stack, later)
+    time.sleep(revocations_module.READ_EVERY_S)
     assert "revoked" in detail(get_runs(running, later), 401)
     assert not revocations.live_copy()
     app = new_app(apps, stack.settings)
@@ -345,6 +348,37 @@ def test_the_revocation_check_asks_neither_redis_nor_the_database_once_the_copy_
     assert "revoked" in refused_once_announced(app, token)
 
 
+def test_a_burst_of_checks_reads_the_subscription_once_per_read_interval(
+    private_redis: tuple[services.RedisServer, Stack],
+    apps: list[Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _server, stack = private_redis
+    token = stack.token("reader@example.com", "runs.read")
+    app, revocations = process_that_accepted(apps, stack, token)
+    subscription = revocations._copy._pubsub  # type: ignore[union-attr]
+    reads: list[float] = []
+    read = subscription.get_message
+
+    def counted(**options: Any) -> Any:
+        reads.append(time.monotonic())
+        return read(**options)
+
+    monkeypatch.setattr(subscription, "get_message", counted)
+    started = time.monotonic()
+    for _ in range(40):
+        assert get_runs(app, token).status_code == 200
+    elapsed = time.monotonic() - started
+    # One read (one call, nothing having arrived) per READ_EVERY_S at most, not per check.
+    assert len(reads) <= elapsed / revocations_module.READ_EVERY_S + 1
+    assert all(b - a >= revocations_module.READ_EVERY_S for a, b in itertools.pairwise(reads))
+    # A check after the interval reads it again.
+    time.sleep(revocations_module.READ_EVERY_S)
+    count = len(reads)
+    assert get_runs(app, token).status_code == 200
+    assert len(reads) == count + 1
+
+
 def test_after_a_redis_restart_the_copy_subscribes_again_and_loads_what_it_missed(
     private_redis: tuple[services.RedisServer, Stack],
     apps: list[Any],
@@ -360,9 +394,12 @@ def test_after_a_redis_restart_the_copy_subscribes_again_and_loads_what_it_misse
     server.stop()
     revoke(stack, missed)  # committed; its announcement cannot be made
     server.start()
-    # The first check finds the old subscription closed and asks the database; one
-    # after the back-off subscribes again and loads the copy.
+    # The first check that reads the subscription (READ_EVERY_S after the last read) finds
+    # it closed and asks the database; one after the back-off subscribes again and loads
+    # the copy.
+    time.sleep(revocations_module.READ_EVERY_S)
     assert get_runs(app, fine).status_code == 200
+    assert not revocations.live_copy()
     time.sleep(0.3)
     assert get_runs(app, fine).status_code == 200
     assert revocations.live_copy()

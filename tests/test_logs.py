@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from engine import logs
 from tests.conftest import spec
 from tests.support import services
 from tests.support.stack import Stack
-from web import create_app
+from web import create_app, telemetry
 
 
 def json_lines(path: Path) -> list[dict[str, Any]]:
@@ -115,6 +116,22 @@ def test_a_request_id_is_made_when_none_or_an_unusable_one_is_given(database: St
     assert replaced != "x" * 200 and len(replaced) == 32
     odd = client.get("/health", headers={"X-Request-ID": 'a b"c'}).headers["X-Request-ID"]
     assert odd != 'a b"c'
+
+
+def test_forked_processes_make_different_request_ids() -> None:
+    # gunicorn's workers are forks of one process: each must draw its own ids.
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(reader)
+        os.write(writer, telemetry._new_request_id().encode())
+        os._exit(0)
+    os.close(writer)
+    os.waitpid(child, 0)
+    with os.fdopen(reader, "rb") as pipe:
+        drawn_by_child = pipe.read().decode()
+    assert len(drawn_by_child) == 32
+    assert drawn_by_child != telemetry._new_request_id()
 
 
 def test_a_runs_worker_log_lines_carry_its_run_id_and_step_id(stack: Stack, unique: str) -> None:
