@@ -110,7 +110,7 @@ def _alternate(
                         else partial(load.get, base + served.get_path)
                     )
                     rounds[_KEYS[label, method]].append(
-                        _served(
+                        served_with_cpu(
                             server,
                             partial(
                                 send, token, connections=sizes.api_connections, duration_s=seconds
@@ -129,7 +129,7 @@ def _best(entries: list[dict[str, Any]]) -> dict[str, Any]:
     return {**best, "rounds": entries}
 
 
-def _served(server: Process, send: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def served_with_cpu(server: Process, send: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """`send`'s figures, with the CPU the server spent per request answered meanwhile
     (`server_cpu_ms`)."""
     before = tree_s(server.pid)

@@ -160,10 +160,17 @@ class Platform(RunReadings):
         worker.wait_ready(lambda: b"ready." in log_path.read_bytes(), f"worker {name}")
         return worker
 
-    def start_gunicorn(self, app: str, health_path: str) -> tuple[Process, str]:
-        """gunicorn with the API's settings file (web/gunicorn_conf.py); returns its base URL."""
+    def start_gunicorn(self, app: str, health_path: str, root: Path = ROOT) -> tuple[Process, str]:
+        """gunicorn with the API's settings file (web/gunicorn_conf.py); returns its base URL.
+        It serves this checkout's code, or that of the checkout at `root` (bench.versions):
+        started there, since gunicorn puts its working directory first on the path."""
         port = free_port()
-        env = {**self.env, "API_BIND": "127.0.0.1", "API_PORT": str(port)}
+        env = {
+            **self.env,
+            "API_BIND": "127.0.0.1",
+            "API_PORT": str(port),
+            "PYTHONPATH": str(root),
+        }
         # --reuse-port: each worker listens on its own socket and the kernel spreads the load
         # generator's keep-alive connections evenly. On one shared socket, whichever worker
         # woke first often took most of them and served them alone while the other idled,
@@ -171,12 +178,12 @@ class Platform(RunReadings):
         args = [
             str(BIN / "gunicorn"),
             "-c",
-            str(ROOT / "web" / "gunicorn_conf.py"),
+            str(root / "web" / "gunicorn_conf.py"),
             "--reuse-port",
             app,
         ]
         log_path = self.directory / f"gunicorn-{port}.log"
-        server = Process(args, env, log_path)
+        server = Process(args, env, log_path, cwd=root)
         self.processes.append(server)
         base = f"http://127.0.0.1:{port}"
         server.wait_ready(lambda: _http_ok(base + health_path), f"gunicorn {app}")

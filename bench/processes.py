@@ -71,10 +71,16 @@ def tree_rss_bytes(pid: int) -> int:
 
 
 class Process:
-    """A child process in its own session, logging to a file; stopped by its own id."""
+    """A child process in its own session, logging to a file; stopped by its own id. It
+    starts in this checkout's root, or in `cwd`."""
 
     def __init__(
-        self, args: list[str], env: dict[str, str], log_path: Path, node: str = ""
+        self,
+        args: list[str],
+        env: dict[str, str],
+        log_path: Path,
+        node: str = "",
+        cwd: Path = ROOT,
     ) -> None:
         self.args = args
         self.node = node  # a Celery worker's node name, for remote control
@@ -82,7 +88,7 @@ class Process:
         self.log = open(log_path, "ab")
         self.popen = subprocess.Popen(
             args,
-            cwd=ROOT,
+            cwd=cwd,
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
