@@ -29,14 +29,13 @@ import redis
 from sqlalchemy import create_engine, text
 
 from bench import report, targets
+from bench.harness import DEFAULT_POSTGRES, DEFAULT_REDIS
 from bench.load import Load, ensure_wrk
 from bench.processes import WORKER_LOGLEVEL
 from bench.runner import PHASES, run_backend
 from bench.sizes import SIZES
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
-DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:

@@ -29,6 +29,10 @@ from workers import dispatch
 from workers.factory import make_celery
 
 USER = "bench@example.com"
+# The local services the bench uses unless told otherwise (a PostgreSQL login that may
+# create databases: each platform makes its own and drops it at the end).
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
 def purge_redis_prefix(client: redis.Redis, prefix: str) -> int:

@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 
 from bench import specs
-from bench.harness import Platform
+from bench.harness import DEFAULT_POSTGRES, Platform
 from bench.load import GET_SCRIPT, POST_SCRIPT, run_wrk
 from bench.processes import BIN
 from bench.samples import summarise
@@ -136,7 +136,7 @@ def profile(
         backend,
         directory / backend,
         redis_url=redis_url,
-        postgres_admin_url="postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+        postgres_admin_url=DEFAULT_POSTGRES,
         concurrency=concurrency,
         prefix=f"bench-profile-{uuid.uuid4().hex[:8]}:",
     )

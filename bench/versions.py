@@ -28,12 +28,10 @@ from typing import Any
 
 from bench import specs
 from bench.api import served_with_cpu
-from bench.harness import Platform
+from bench.harness import DEFAULT_POSTGRES, DEFAULT_REDIS, Platform
 from bench.load import Load, ensure_wrk
 from bench.processes import Process
 
-DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
-DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 BARE = "bare"
 WORKFLOW = "versions_one_step"
 
