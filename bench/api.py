@@ -11,26 +11,28 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from bench import in_process, specs
 from bench.cpu import tree_s
 from bench.harness import Platform
 from bench.load import Load
-from bench.processes import Process
+from bench.processes import ROOT, Process
 from bench.sizes import Sizes
 
 WARM_S = 1.0
 
 
 @dataclass(frozen=True)
-class _Served:
+class Served:
     """An app as gunicorn serves it, and the paths its POSTs and GETs go to."""
 
     app: str  # gunicorn's form: `module:variable` or `module:factory()`
     health_path: str
     post_path: str
     get_path: str
+    root: Path = ROOT  # the checkout it is served from (bench.versions compares several)
 
 
 # The figures' keys: the platform's requests and the bare app's, which ignores the same
@@ -48,13 +50,23 @@ def measure(platform: Platform, sizes: Sizes, load: Load, name: str, run_id: str
     token = platform.token()
     body = json.dumps({"workflow": name, "params": {}})
     apps = {
-        "platform": _Served("web:create_app()", "/health", "/runs", f"/runs/{run_id}"),
-        "hello": _Served("bench.hello_app:app", "/", "/", "/"),
+        "platform": Served("web:create_app()", "/health", "/runs", f"/runs/{run_id}"),
+        "hello": Served("bench.hello_app:app", "/", "/", "/"),
     }
     # wrk counts whole seconds.
     seconds = max(1, round(sizes.api_duration_s / sizes.rounds))
-    rounds = _alternate(platform, sizes, load, apps, body, token, seconds)
-    figures = {key: _best(entries) for key, entries in rounds.items()}
+    rounds = alternate(
+        platform,
+        load,
+        apps,
+        ("post", "get"),
+        body=body,
+        token=token,
+        rounds=sizes.rounds,
+        seconds=seconds,
+        connections=sizes.api_connections,
+    )
+    figures = {key: _best(rounds[served_method]) for served_method, key in _KEYS.items()}
     # The same requests by direct WSGI calls give each app's own CPU per request
     # (`app_cpu_us`); the rest of `server_cpu_ms` is the server's.
     for label, served in apps.items():
@@ -80,47 +92,53 @@ def measure(platform: Platform, sizes: Sizes, load: Load, name: str, run_id: str
     }
 
 
-def _alternate(
+def alternate(
     platform: Platform,
-    sizes: Sizes,
     load: Load,
-    apps: dict[str, _Served],
+    apps: dict[str, Served],
+    methods: tuple[str, ...],
+    *,
     body: str,
     token: str,
+    rounds: int,
     seconds: int,
-) -> dict[str, list[dict[str, Any]]]:
+    connections: int,
+    reverse: bool = False,
+) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """Every app served by a gunicorn of its own, all up at once and warmed with GETs; then,
-    round after round, POSTs to each app in turn, then GETs. Each round's figures under
-    its key (`_KEYS`)."""
-    rounds: dict[str, list[dict[str, Any]]] = {key: [] for key in _KEYS.values()}
+    round after round, each method ("post", "get") in turn to each app in turn, the apps in
+    reverse order every other round with `reverse`. Each round's figures by (app, method)."""
+    figures: dict[tuple[str, str], list[dict[str, Any]]] = {
+        (label, method): [] for label in apps for method in methods
+    }
     servers: dict[str, tuple[Process, str]] = {}
     try:
         for label, served in apps.items():
-            server, base = servers[label] = platform.start_gunicorn(served.app, served.health_path)
-            load.get(
-                base + served.get_path, token, connections=sizes.api_connections, duration_s=WARM_S
+            server, base = servers[label] = platform.start_gunicorn(
+                served.app, served.health_path, root=served.root
             )
-        for _ in range(sizes.rounds):
-            for method in ("post", "get"):
-                for label, served in apps.items():
+            load.get(base + served.get_path, token, connections=connections, duration_s=WARM_S)
+        for index in range(rounds):
+            order = list(reversed(apps)) if reverse and index % 2 else list(apps)
+            for method in methods:
+                for label in order:
+                    served = apps[label]
                     server, base = servers[label]
                     send = (
                         partial(load.post, base + served.post_path, body)
                         if method == "post"
                         else partial(load.get, base + served.get_path)
                     )
-                    rounds[_KEYS[label, method]].append(
-                        served_with_cpu(
+                    figures[label, method].append(
+                        _served_with_cpu(
                             server,
-                            partial(
-                                send, token, connections=sizes.api_connections, duration_s=seconds
-                            ),
+                            partial(send, token, connections=connections, duration_s=seconds),
                         )
                     )
     finally:
         for server, _ in servers.values():
             platform.stop(server)
-    return rounds
+    return figures
 
 
 def _best(entries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -129,7 +147,7 @@ def _best(entries: list[dict[str, Any]]) -> dict[str, Any]:
     return {**best, "rounds": entries}
 
 
-def served_with_cpu(server: Process, send: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def _served_with_cpu(server: Process, send: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """`send`'s figures, with the CPU the server spent per request answered meanwhile
     (`server_cpu_ms`)."""
     before = tree_s(server.pid)

@@ -22,15 +22,13 @@ import statistics
 import sys
 import tempfile
 import uuid
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 from bench import specs
-from bench.api import served_with_cpu
+from bench.api import Served, alternate
 from bench.harness import DEFAULT_POSTGRES, DEFAULT_REDIS, Platform
 from bench.load import Load, ensure_wrk
-from bench.processes import Process
 
 BARE = "bare"
 WORKFLOW = "versions_one_step"
@@ -69,42 +67,26 @@ def compare(
     """Every round's figures, by request ("get", "post") and version."""
     platform.register(specs.one_step(WORKFLOW))
     run_id = platform.submit(WORKFLOW)
-    token = platform.token()
-    body = json.dumps({"workflow": WORKFLOW, "params": {}})
-    paths = {"get": f"/runs/{run_id}", "post": "/runs"}
-    servers: dict[str, tuple[Process, str]] = {}
-    for name, root in args.checkouts.items():
-        servers[name] = platform.start_gunicorn("web:create_app()", "/health", root=root)
-    if args.bare:
-        servers[BARE] = platform.start_gunicorn("bench.hello_app:app", "/")
-    requests = ["get", "post"] if args.post else ["get"]
-    rounds: dict[str, dict[str, list[dict[str, Any]]]] = {
-        request: {name: [] for name in servers} for request in requests
+    apps = {
+        name: Served("web:create_app()", "/health", "/runs", f"/runs/{run_id}", root)
+        for name, root in args.checkouts.items()
     }
-    for name, (_, base) in servers.items():  # warm each: connections, caches, forked children
-        load.get(
-            base + _path(name, paths["get"]), token, connections=args.connections, duration_s=1
-        )
-    for index in range(args.rounds):
-        order = list(servers) if index % 2 == 0 else list(reversed(servers))
-        for request in requests:
-            for name in order:
-                server, base = servers[name]
-                url = base + _path(name, paths[request])
-                send = (
-                    partial(load.post, url, body) if request == "post" else partial(load.get, url)
-                )
-                rounds[request][name].append(
-                    served_with_cpu(
-                        server,
-                        partial(send, token, connections=args.connections, duration_s=args.seconds),
-                    )
-                )
-    return rounds
-
-
-def _path(name: str, path: str) -> str:
-    return "/" if name == BARE else path
+    if args.bare:
+        apps[BARE] = Served("bench.hello_app:app", "/", "/", "/")
+    requests = ("get", "post") if args.post else ("get",)
+    rounds = alternate(
+        platform,
+        load,
+        apps,
+        requests,
+        body=json.dumps({"workflow": WORKFLOW, "params": {}}),
+        token=platform.token(),
+        rounds=args.rounds,
+        seconds=args.seconds,
+        connections=args.connections,
+        reverse=True,
+    )
+    return {request: {name: rounds[name, request] for name in apps} for request in requests}
 
 
 def table(rounds: dict[str, dict[str, list[dict[str, Any]]]], args: argparse.Namespace) -> str:
