@@ -90,7 +90,7 @@ def measure(
             say(f"{platform.backend}: round {index + 1}/{sizes.rounds}, raw Celery and platform")
             _attempt(
                 rounds["raw"],
-                cpu.measured(lambda: raw.end_to_end(sizes.raw_tasks), raw_trees, "tasks"),
+                cpu.measured(lambda: raw.end_to_end(sizes.runs), raw_trees, "tasks"),
             )
             _attempt(
                 rounds["engine"],

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 class Sizes:
     # Raw and platform figures are measured in alternating rounds; the best round counts.
     rounds: int
-    raw_tasks: int
+    # 1-step runs per round of each platform path, and as many raw tasks: the same work
+    # on both sides, so a round's fixed costs (starting wrk, the first connections, the
+    # last run's tail) weigh alike.
     runs: int
     http_connections: int
     latency_rate: float
@@ -33,7 +35,6 @@ class Sizes:
 SIZES = {
     "smoke": Sizes(
         rounds=1,
-        raw_tasks=20,
         runs=10,
         http_connections=2,
         latency_rate=20,
@@ -53,8 +54,7 @@ SIZES = {
     ),
     "quick": Sizes(
         rounds=3,
-        raw_tasks=2000,
-        runs=400,
+        runs=1000,
         http_connections=8,
         latency_rate=50,
         latency_s=10,
@@ -73,8 +73,7 @@ SIZES = {
     ),
     "full": Sizes(
         rounds=3,
-        raw_tasks=20000,
-        runs=4000,
+        runs=5000,
         http_connections=8,
         latency_rate=50,
         latency_s=60,
