@@ -35,7 +35,9 @@ class Sizes:
 SIZES = {
     "smoke": Sizes(
         rounds=1,
-        runs=10,
+        # Enough for each worker's CPU over a round to span several of /proc's 10 ms ticks
+        # (the smoke test asks that it be above nought): at 10 runs it was one tick or none.
+        runs=50,
         http_connections=2,
         latency_rate=20,
         latency_s=0.5,
