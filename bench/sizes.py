@@ -36,7 +36,7 @@ SIZES = {
     "smoke": Sizes(
         rounds=1,
         # Enough for each worker's CPU over a round to span several of /proc's 10 ms ticks
-        # (the smoke test asks that it be above nought): at 10 runs it was one tick or none.
+        # (the smoke test asks that it be above nought): at 10 runs it was as little as one.
         runs=50,
         http_connections=2,
         latency_rate=20,
