@@ -174,16 +174,10 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
         api_port, flower_port = services.free_port(), services.free_port()
         # The API logs to files, as under `make run`; the worker keeps stdout (its readiness).
         env = {**stack.env, "FLOWER_BASIC_AUTH": flower_auth, "LOG_DIR": str(log_dir)}
-        python = sys.executable
-        gunicorn = [python, "-m", "gunicorn", "-c", "web/gunicorn_conf.py"]
         processes.append(
-            _start(
-                [*gunicorn, "--bind", f"127.0.0.1:{api_port}", "-w", "1", "web:create_app()"],
-                env,
-                log_dir / "gunicorn.out",
-            )
+            services.start_gunicorn(env, log_dir / "gunicorn.out", api_port, "-w", "1")
         )
-        celery = [python, "-m", "celery", "-A", "workers.celery_app"]
+        celery = [sys.executable, "-m", "celery", "-A", "workers.celery_app"]
         processes.append(
             _start(
                 [*celery, "flower", "--address=127.0.0.1", f"--port={flower_port}"],
