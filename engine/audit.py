@@ -9,32 +9,34 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from engine.errors import InvalidInput
-from engine.models import AuditEvent, utcnow
+from engine.models import AuditEvent, in_utc, utcnow
 
 events = AuditEvent.__table__
+# Event ids are 64-bit integers on both backends; a larger number in a cursor is not ours.
+MAX_EVENT_ID = 2**63 - 1
 # A "+" left unescaped in a query string arrives as a space: "...T12:00:00 00:00".
 _OFFSET_AS_SPACE = re.compile(r"(T[\d:.]+) (\d{2}:?\d{2})$")
 
 
 def parse_time(value: str | None, field: str) -> datetime | None:
-    """An ISO 8601 time (a missing offset means UTC); InvalidInput names `field`."""
+    """An ISO 8601 time in UTC (a missing offset means UTC); InvalidInput names `field`,
+    also for a time that has no UTC within the years 1 to 9999 (0001-01-01T00:00+05:00)."""
     if value is None or value == "":
         return None
     try:
-        parsed = datetime.fromisoformat(_OFFSET_AS_SPACE.sub(r"\1+\2", value.strip()))
-    except ValueError as exc:
+        return in_utc(datetime.fromisoformat(_OFFSET_AS_SPACE.sub(r"\1+\2", value.strip())))
+    except (ValueError, OverflowError) as exc:
         raise InvalidInput(
-            f"{field} is not an ISO 8601 time",
+            f"{field} is not an ISO 8601 time within the years 1 to 9999",
             errors=[{"field": field, "message": "expected ISO 8601, e.g. 2024-05-01T12:00:00Z"}],
         ) from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def record(
@@ -98,9 +100,10 @@ def _decode_cursor(cursor: str) -> int:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         kind, _, event_id = raw.partition(":")
-        if kind != "audit":
+        number = int(event_id)
+        if kind != "audit" or not 0 < number <= MAX_EVENT_ID:
             raise ValueError(raw)
-        return int(event_id)
+        return number
     except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
         raise InvalidInput(
             "invalid cursor", errors=[{"field": "cursor", "message": "not a cursor we issued"}]

@@ -14,6 +14,8 @@ is judged quickly.
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +26,10 @@ MAX_DEPTH = 64
 MAX_VALUES = 1_000_000
 TOO_DEEP = f"nested more than {MAX_DEPTH} levels deep"
 TOO_LARGE = f"more than {MAX_VALUES:,} values"
+# Text no column can store: a NUL character (PostgreSQL's text and jsonb refuse it, so it is
+# refused on SQLite alike), and a lone UTF-16 surrogate, which is not a character at all
+# (JSON's "\ud800" escape makes one) and which UTF-8, so either driver, cannot encode.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def excess(value: Any) -> str | None:
@@ -56,6 +62,30 @@ def values_within(value: Any) -> Iterator[Any]:
             pending.extend(item)
 
 
+def unstorable(text: str) -> str | None:
+    """What makes `text` impossible to store (see _UNSTORABLE), or None."""
+    found = _UNSTORABLE.search(text)
+    if found is None:
+        return None
+    if found.group() == "\x00":
+        return "holds a NUL character (U+0000)"
+    return f"holds a lone surrogate (U+{ord(found.group()):04X}), which is not a character"
+
+
+def unstorable_within(value: Any) -> str | None:
+    """unstorable for the first string or object key within a JSON value that fails it."""
+    for item in values_within(value):
+        if isinstance(item, str):
+            problem = unstorable(item)
+        elif isinstance(item, dict):
+            problem = unstorable("".join(map(str, item)))
+        else:
+            continue
+        if problem:
+            return problem
+    return None
+
+
 def _walk(pending: list[tuple[Any, int, str]]) -> tuple[str | None, str]:
     """The first excess among these (value, depth, member) and the member it is in. One
     budget of MAX_VALUES for them all; no recursion."""
@@ -80,9 +110,9 @@ def _walk(pending: list[tuple[Any, int, str]]) -> tuple[str | None, str]:
 def loads(text: str | bytes, field: str = "") -> Any:
     """json.loads, refusing a value beyond the limits (`field` as for check), also one too
     deep for the parser itself; text that is not JSON (NaN and Infinity included) raises
-    ValueError, as json.loads does."""
+    ValueError, as json.loads does, and so does a number beyond a float's range."""
     try:
-        value = json.loads(text, parse_constant=_not_json)
+        value = json.loads(text, parse_constant=_not_json, parse_float=_finite)
     except RecursionError:
         raise too_deep_to_parse(field) from None
     check(value, field)
@@ -92,6 +122,14 @@ def loads(text: str | bytes, field: str = "") -> Any:
 def _not_json(name: str) -> Any:
     """Python's parser takes NaN and Infinity; JSON (and PostgreSQL's json type) does not."""
     raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite(text: str) -> float:
+    """A JSON number as a float; 1e400 would be infinity, served back as `Infinity`."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"the number {text[:40]} is beyond the range of a 64-bit float")
+    return value
 
 
 def too_deep_to_parse(field: str = "") -> InvalidInput:

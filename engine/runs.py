@@ -3,8 +3,6 @@ retrying a failed run is engine.resume. Callers commit, then dispatch."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 from collections import namedtuple
@@ -16,13 +14,13 @@ from sqlalchemy import Connection, Row, and_, bindparam, insert, or_, select, up
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from engine import audit, metrics, workflows
+from engine import audit, cursors, metrics, workflows
 from engine.attempts import INLINE_MARK
 from engine.auth import Caller
 from engine.config import Settings
 from engine.db import statement_by_statement
 from engine.errors import Conflict, InvalidInput, InvalidTransition, NotFound
-from engine.models import Run, Step, new_id, utcnow
+from engine.models import Run, Step, in_utc, new_id, utcnow
 from engine.state import RUN_LIVE, STEP_LIVE, RunStatus, StepStatus
 from engine.work import (
     Work,
@@ -188,19 +186,15 @@ def run_steps(session: Session, run_id: str) -> list[Row[Any]]:
 
 
 def encode_cursor(created_at: datetime, row_id: str) -> str:
-    raw = json.dumps([created_at.isoformat(), row_id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return cursors.encode(created_at.isoformat(), row_id)
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    stamp, row_id = cursors.decode(cursor, 2)
     try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        stamp, row_id = json.loads(base64.urlsafe_b64decode(padded))
-        return datetime.fromisoformat(stamp), str(row_id)
-    except (ValueError, TypeError, binascii.Error) as exc:
-        raise InvalidInput(
-            "invalid cursor", errors=[{"field": "cursor", "message": "not a cursor we issued"}]
-        ) from exc
+        return in_utc(datetime.fromisoformat(stamp)), str(row_id)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise cursors.invalid() from exc
 
 
 def list_runs(

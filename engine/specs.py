@@ -24,7 +24,8 @@ from engine.config import Settings
 from engine.errors import InvalidInput, InvalidParams, InvalidSpec
 from engine.retry import RetryPolicy
 
-_NAME = r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$"
+# "$(?!\n)": Python's "$" also matches before a newline that ends the text.
+_NAME = r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$(?!\n)"
 # A params schema's `pattern` and `patternProperties` are the workflow author's regular
 # expressions, run on every submitter's params, in the API and in the worker that plans the
 # run. Python's re backtracks without bound: `(a|aa)+$` against a crafted string pins a
@@ -45,7 +46,7 @@ _TIMEOUT = {"type": "number", "exclusiveMinimum": 0}
 # Versions are a 32-bit INTEGER column on PostgreSQL.
 MAX_VERSION = 2**31 - 1
 VERSION = {"type": "integer", "minimum": 1, "maximum": MAX_VERSION}
-_QUEUE = {"type": "string", "pattern": r"^[A-Za-z0-9_.-]{1,100}$"}
+_QUEUE = {"type": "string", "pattern": r"^[A-Za-z0-9_.-]{1,100}$(?!\n)"}
 SPEC_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["name", "version", "steps"],
@@ -68,7 +69,7 @@ SPEC_SCHEMA: dict[str, Any] = {
                 "required": ["id", "action"],
                 "additionalProperties": False,
                 "properties": {
-                    "id": {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_-]{0,99}$"},
+                    "id": {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_-]{0,99}$(?!\n)"},
                     "action": {"type": "string", "minLength": 1},
                     "needs": {"type": "array", "items": {"type": "string"}},
                     "with": {},
@@ -81,7 +82,20 @@ SPEC_SCHEMA: dict[str, Any] = {
         },
     },
 }
-_SPEC_VALIDATOR = Draft202012Validator(SPEC_SCHEMA)
+
+
+def _whole_number(_checker: Any, instance: Any) -> bool:
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+# JSON Schema counts 1.0 as an integer. The platform's own fields (versions, priorities,
+# attempts, counts) are kept and echoed as sent, so they take whole numbers as written: a
+# version 1.0 was served as 1.0, and its Location (?version=1.0) was then refused.
+PlatformValidator = validators.extend(
+    Draft202012Validator,
+    type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _whole_number),
+)
+_SPEC_VALIDATOR = PlatformValidator(SPEC_SCHEMA)
 
 
 @dataclass(frozen=True)
@@ -193,17 +207,24 @@ def parse_text(text: str | bytes) -> Any:
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise InvalidInput(f"the spec is not valid YAML or JSON: {exc}") from exc
+        raise InvalidInput(
+            f"the spec is not valid YAML or JSON: {exc}",
+            errors=[{"field": "body", "message": str(exc).replace("\n", " ")}],
+        ) from exc
     except RecursionError:
         raise payloads.too_deep_to_parse() from None
     payloads.check(value, error=InvalidSpec)  # before anything follows its aliases
     try:
-        return json.loads(json.dumps(value, allow_nan=False))
+        value = json.loads(json.dumps(value, allow_nan=False))
     except (TypeError, ValueError) as exc:
         raise InvalidSpec(
             "the spec holds a value JSON cannot: quote it to make it a string",
             errors=[{"field": "body", "message": str(exc)}],
         ) from None
+    problem = payloads.unstorable_within(value)
+    if problem:
+        raise InvalidSpec(f"the spec {problem}", errors=[{"field": "body", "message": problem}])
+    return value
 
 
 def _remote_refs(schema: Any) -> list[str]:

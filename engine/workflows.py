@@ -13,6 +13,7 @@ from sqlalchemy import ColumnElement, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from engine import cursors
 from engine.config import Settings
 from engine.errors import Conflict, InvalidInput, NotFound
 from engine.models import Workflow
@@ -60,17 +61,29 @@ def get(session: Session, name: str, version: int | None = None) -> Workflow:
 
 def list_latest(session: Session) -> list[Workflow]:
     """The latest version of every workflow, by name."""
-    latest = (
-        select(Workflow.name, func.max(Workflow.version).label("version"))
-        .group_by(Workflow.name)
-        .subquery()
-    )
+    return list_latest_page(session)[0]
+
+
+def list_latest_page(
+    session: Session, *, limit: int | None = None, cursor: str | None = None
+) -> tuple[list[Workflow], str | None]:
+    """The latest version of each workflow, by name, `limit` at a time (all with None), from
+    where `cursor` left off; and the cursor of the next page, None after the last."""
+    latest = select(Workflow.name, func.max(Workflow.version).label("version"))
+    if cursor:
+        (after,) = cursors.decode(cursor, 1)
+        latest = latest.where(Workflow.name > str(after))
+    found = latest.group_by(Workflow.name).subquery()
     query = (
         select(Workflow)
-        .join(latest, (Workflow.name == latest.c.name) & (Workflow.version == latest.c.version))
+        .join(found, (Workflow.name == found.c.name) & (Workflow.version == found.c.version))
         .order_by(Workflow.name)
     )
-    return list(session.scalars(query))
+    if limit is None:
+        return list(session.scalars(query)), None
+    rows = list(session.scalars(query.limit(limit + 1)))
+    following = cursors.encode(rows[limit - 1].name) if len(rows) > limit else None
+    return rows[:limit], following
 
 
 def list_versions(session: Session, name: str) -> list[Workflow]:

@@ -28,7 +28,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     actions.load_plugins(settings.action_modules)
     errors.register(app)
-    app.before_request(schemas.refuse_nul_in_url)
+    app.before_request(schemas.refuse_unstorable_in_url)
     app.extensions["engine.celery"] = make_celery(settings)
     db.init_app(app)
     auth.init_app(app)

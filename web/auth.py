@@ -12,13 +12,13 @@ from flask import Flask, Response, current_app, g, request
 from flask_jwt_extended import JWTManager, get_jwt, verify_jwt_in_request
 from jwt import InvalidTokenError
 
+from engine import payloads
 from engine.auth import ALGORITHM, Caller, verification_keys
 from engine.cache import LRUCache
 from engine.config import Settings
 from engine.errors import PermissionDenied
 from engine.revocations import RevocationList
 from web.errors import problem
-from web.schemas import NUL
 
 F = TypeVar("F", bound=Callable[..., Any])
 BEARER = {"WWW-Authenticate": 'Bearer realm="engine"'}
@@ -45,9 +45,11 @@ def init_app(app: Flask) -> None:
     @manager.decode_key_loader
     def _key_for(header: dict[str, Any], payload: dict[str, Any]) -> str:
         # The first hook that sees the claims, before the revocation check queries by jti:
-        # PostgreSQL's text cannot hold a NUL character (see web.schemas).
-        if any(NUL in str(payload.get(claim, "")) for claim in ("sub", "jti")):
-            raise InvalidTokenError("a claim holds a NUL character")
+        # no column can store a NUL character or a lone surrogate (engine.payloads).
+        for claim in ("sub", "jti"):
+            problem = payloads.unstorable(str(payload.get(claim, "")))
+            if problem:
+                raise InvalidTokenError(f"the {claim} claim {problem}")
         key = keys.get(header.get("kid", ""))
         if key is None:
             raise InvalidTokenError("the token was signed with an unknown key")
@@ -122,7 +124,13 @@ def request_claims() -> dict[str, Any]:
     goes through flask-jwt-extended, which verifies it or answers the error."""
     manager: RememberingJWTManager = current_app.extensions["engine.jwt"]
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    token = token if scheme == "Bearer" else ""
+    if scheme != "Bearer":
+        if scheme.lower() == "bearer":
+            # A scheme's name is case-insensitive (RFC 9110, section 11.1); flask-jwt-extended
+            # looks for "Bearer" as written.
+            request.environ["HTTP_AUTHORIZATION"] = "Bearer " + token
+        else:
+            token = ""
     if token:
         claims = manager.accepted(token)
         if claims is not None and not current_app.extensions["engine.revocations"].is_revoked(

@@ -1,8 +1,9 @@
 """Request bodies and query strings, checked with JSON Schema, engine.payloads' limits and
-for NUL characters; 422 names the field."""
+for text no column can store; 422 names the field."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import request
@@ -11,7 +12,7 @@ from werkzeug.exceptions import BadRequest
 
 from engine import payloads
 from engine.errors import InvalidInput
-from engine.specs import VERSION, error_path
+from engine.specs import VERSION, PlatformValidator, error_path
 
 SUBMIT_RUN = {
     "type": "object",
@@ -29,7 +30,10 @@ PLAN = {
     "additionalProperties": False,
     "properties": {"params": {"type": "object"}, "version": VERSION},
 }
-NUL = "\x00"
+# A body whose bytes hold none of these holds no text engine.payloads.unstorable refuses:
+# JSON writes a NUL as is or as \u0000, and a lone surrogate as a \uD800-\uDFFF escape or
+# as the three bytes UTF-8 would give it (which Python's parser lets through).
+_MAYBE_UNSTORABLE = re.compile(rb"\x00|\xed[\xa0-\xbf]|\\u(?:0000|[dD][89a-fA-F])")
 # Each schema's validator (see _validator).
 _VALIDATORS: dict[int, tuple[dict[str, Any], Draft202012Validator]] = {}
 
@@ -53,52 +57,58 @@ def _validator(schema: dict[str, Any]) -> Draft202012Validator:
     beside its validator (so its id is never another's)."""
     kept = _VALIDATORS.get(id(schema))
     if kept is None or kept[0] is not schema:
-        kept = _VALIDATORS[id(schema)] = (schema, Draft202012Validator(schema))
+        kept = _VALIDATORS[id(schema)] = (schema, PlatformValidator(schema))
     return kept[1]
+
+
+def body_bytes() -> bytes:
+    """The request body. Werkzeug stops reading a body sent without a Content-Length
+    (chunked) at MAX_CONTENT_LENGTH without a word; reading one byte more raises its 413.
+    So a chunked body of exactly the limit is refused too: nothing tells it from a longer one."""
+    data = request.get_data()
+    limit = request.max_content_length
+    if limit is not None and len(data) >= limit:
+        request.stream.read(1)
+    return data
 
 
 def parse_json(default: Any = None) -> Any:
     """The request body as JSON, whatever its content type; malformed JSON is a 400, JSON
-    nested too deep (engine.payloads) or text with a NUL character a 422 naming the member."""
-    data = request.get_data()
+    nested too deep (engine.payloads) or text no column can store a 422 naming the member."""
+    data = body_bytes()
     if not data:
         return default
     try:
         body = payloads.loads(data)
     except ValueError as exc:
         raise BadRequest(f"the request body is not valid JSON: {exc}") from exc
-    if b"\x00" not in data and b"\\u0000" not in data:
-        return body  # no NUL character can be in it: JSON writes one as \u0000 or as is
+    if _MAYBE_UNSTORABLE.search(data) is None:
+        return body
     members = body.items() if isinstance(body, dict) else [("body", body)]
     for name, member in members:
-        if _holds_nul(name) or _holds_nul(member):
-            raise _nul_refused(str(name))
+        problem = payloads.unstorable(str(name)) or payloads.unstorable_within(member)
+        if problem:
+            raise unstorable_refused(str(name), problem)
     return body
 
 
-def refuse_nul_in_url() -> None:
-    """(before each request) PostgreSQL's text cannot hold a NUL character, so a path or a
-    query string with one is refused, on SQLite alike, before it reaches a statement."""
-    if NUL in request.path:
-        raise _nul_refused("path")
+def refuse_unstorable_in_url() -> None:
+    """(before each request) A path or a query string holding text no column can store
+    (engine.payloads.unstorable) is refused before it reaches a statement."""
+    problem = payloads.unstorable(request.path)
+    if problem:
+        raise unstorable_refused("path", problem)
     for name, value in request.args.items(multi=True):
-        if NUL in name or NUL in value:
-            raise _nul_refused(name)
+        problem = payloads.unstorable(name + value)
+        if problem:
+            raise unstorable_refused(name, problem)
 
 
-def _holds_nul(value: Any) -> bool:
-    """Whether a JSON value has a NUL character in any of its strings or keys (a JSON
-    object's keys are strings)."""
-    return any(
-        NUL in item if isinstance(item, str) else isinstance(item, dict) and NUL in "".join(item)
-        for item in payloads.values_within(value)
-    )
-
-
-def _nul_refused(field: str) -> InvalidInput:
+def unstorable_refused(field: str, problem: str) -> InvalidInput:
+    """The 422 for text engine.payloads.unstorable refuses, naming `field`."""
     return InvalidInput(
-        f"{field} contains a NUL character (U+0000), which the API does not accept",
-        errors=[{"field": field, "message": "holds a NUL character"}],
+        f"{field} {problem}, which the API does not accept",
+        errors=[{"field": field, "message": problem}],
     )
 
 

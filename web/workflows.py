@@ -19,15 +19,21 @@ YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yam
 @bp.get("")
 @require_scopes("workflows.read")
 def list_workflows() -> Any:
-    rows = workflows.list_latest(get_session())
-    return serialize.page([serialize.workflow(row) for row in rows], None)
+    settings = current_app.config["SETTINGS"]
+    limit = schemas.query_int(
+        "limit", settings.page_limit_default, minimum=1, maximum=settings.page_limit_max
+    )
+    rows, following = workflows.list_latest_page(
+        get_session(), limit=limit, cursor=request.args.get("cursor")
+    )
+    return serialize.page([serialize.workflow(row) for row in rows], following)
 
 
 @bp.post("")
 @require_scopes("workflows.write")
 def register_workflow() -> Any:
     if request.mimetype in YAML_TYPES:
-        spec = specs.parse_text(request.get_data())
+        spec = specs.parse_text(schemas.body_bytes())
     else:
         spec = schemas.parse_json()
     if not isinstance(spec, dict):
