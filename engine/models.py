@@ -191,3 +191,8 @@ class RevokedToken(Base):
     revoked_by: Mapped[str] = mapped_column(String(200))
     revoked_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime | None]
+
+
+# Domain modules keep their tables in modules of their own, on the same metadata: imported
+# here so that whoever sees Base.metadata (alembic, the schema checks) sees every table.
+from engine.life import models as _life_models  # noqa: E402, F401
