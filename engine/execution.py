@@ -11,7 +11,7 @@ import logging
 import time
 
 from sqlalchemy import and_, bindparam, case, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from engine import actions, dlq, metrics, templating
 from engine.actions import ActionContext
@@ -94,8 +94,13 @@ _RELEASE_CHILDREN = (
 )
 
 
-def attempt(claim: Claim, timeout_errors: tuple[type[BaseException], ...] = ()) -> Result:
-    """Render the inputs and run the action. Never raises: the result carries the error."""
+def attempt(
+    claim: Claim,
+    timeout_errors: tuple[type[BaseException], ...] = (),
+    sessions: sessionmaker[Session] | None = None,
+) -> Result:
+    """Render the inputs and run the action, handing it `sessions` (see ActionContext).
+    Never raises: the result carries the error."""
     started = time.perf_counter()
     result = Result()
     try:
@@ -111,7 +116,9 @@ def attempt(claim: Claim, timeout_errors: tuple[type[BaseException], ...] = ()) 
         action.check_inputs(result.inputs)
         result.output = action.function(
             result.inputs,
-            ActionContext(claim.run_id, claim.step_id, claim.attempt, claim.params, claim.upstream),
+            ActionContext(
+                claim.run_id, claim.step_id, claim.attempt, claim.params, claim.upstream, sessions
+            ),
         )
     except timeout_errors as exc:
         result.error = StepTimeout(

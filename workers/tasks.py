@@ -21,6 +21,8 @@ from workers.limits import CHAIN_MARGIN_S, InlineTimeLimits, StepRequest
 from workers.runtime import sessions, settings, unbegun_session
 
 log = logging.getLogger(__name__)
+# What a step's soft time limit raises inside its action.
+_TIME_LIMITS = (SoftTimeLimitExceeded,)
 
 
 class StepDeadLettered(Exception):
@@ -73,11 +75,11 @@ def perform(
         bound = logs.bind(run_id=claimed.run_id, step_id=claimed.step_id, task_id=claimed.task_id)
         try:
             with InlineTimeLimits(claimed.task_id, claimed.spec.timeout_s):
-                result = execution.attempt(claimed, timeout_errors=(SoftTimeLimitExceeded,))
+                result = execution.attempt(claimed, _TIME_LIMITS, sessions())
         finally:
             logs.reset(bound)
     else:
-        result = execution.attempt(claimed, timeout_errors=(SoftTimeLimitExceeded,))
+        result = execution.attempt(claimed, _TIME_LIMITS, sessions())
     # Not begun: on PostgreSQL a leaf's success is one statement, committed as it returns.
     with unbegun_session() as session:
         outcome = execution.finish_attempt(session, settings(), claimed, result)

@@ -13,17 +13,26 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from jsonschema import Draft202012Validator
+from sqlalchemy.orm import Session, sessionmaker
 
 from engine.errors import InvalidInput
+
+BUILTIN_MODULES = ("engine.actions.builtin", "engine.actions.life")
 
 
 @dataclass(frozen=True)
 class ActionContext:
+    """What an action knows besides its inputs. `sessions` is the worker's session factory,
+    for actions that keep data (domain actions): each `with sessions.begin()` is a short
+    transaction of its own, between the step's claim and the record of its outcome, so
+    what it writes must be keyed to be written once (delivery is at least once)."""
+
     run_id: str
     step_id: str
     attempt: int
     params: dict[str, Any]
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sessions: sessionmaker[Session] | None = None
 
 
 ActionFunction = Callable[[Any, ActionContext], Any]
@@ -70,7 +79,8 @@ def load_plugins(modules: Iterable[str] = ()) -> None:
     """Import the built-ins, entry-point plugins and the named modules (once each)."""
     global _loaded
     if not _loaded:
-        importlib.import_module("engine.actions.builtin")
+        for builtin in BUILTIN_MODULES:
+            importlib.import_module(builtin)
         for entry in entry_points(group="engine.actions"):
             entry.load()
         _loaded = True

@@ -1,0 +1,108 @@
+"""Domain actions of the life module: record a wellness check-in, summarise a day.
+
+Both keep data, through the worker's sessions (ActionContext.sessions), each in one short
+transaction of its own, and both are safe to run twice (engine.life.workflow).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from engine.actions import ActionContext, register
+from engine.errors import NonRetryableError
+from engine.life import workflow
+from engine.life.queries import SUBJECT_MAX, Summary, parse_day
+
+SUBJECT = {"type": "string", "minLength": 1, "maxLength": SUBJECT_MAX}
+DAY = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}$"}
+MEASURES = {
+    "type": "object",
+    "additionalProperties": False,
+    "minProperties": 1,
+    "properties": {
+        "sleep_hours": {"type": "number", "minimum": 0, "maximum": 24},
+        "steps": {"type": "integer", "minimum": 0, "maximum": 200_000},
+        "mood": {"type": "integer", "minimum": 1, "maximum": 5},
+        "note": {"type": "string", "maxLength": 280},
+    },
+}
+
+
+@register(
+    "life.record_entry",
+    schema={
+        "type": "object",
+        "required": ["subject", "day", "measures"],
+        "additionalProperties": False,
+        "properties": {"subject": SUBJECT, "day": DAY, "measures": MEASURES},
+    },
+)
+def record_entry(inputs: dict[str, Any], context: ActionContext) -> dict[str, Any]:
+    """Record a check-in, keyed on this run and step: a second delivery records nothing
+    new and answers the entry as first recorded (`recorded: false`)."""
+    day = parse_day(inputs["day"], "inputs.day")
+    measures = dict(inputs["measures"])
+    for name in ("steps", "mood"):  # JSON Schema's integers include 3.0
+        if measures.get(name) is not None:
+            measures[name] = int(measures[name])
+    with _sessions(context).begin() as session:
+        entry = workflow.record_entry(
+            session,
+            inputs["subject"],
+            day,
+            measures,
+            run_id=context.run_id,
+            step_id=context.step_id,
+        )
+    return {
+        "entry_id": entry.id,
+        "subject": entry.subject,
+        "day": entry.day.isoformat(),
+        "recorded_at": _timestamp(entry.recorded_at),
+        "recorded": entry.created,
+    }
+
+
+@register(
+    "life.summarise_day",
+    schema={
+        "type": "object",
+        "required": ["subject", "day"],
+        "additionalProperties": False,
+        "properties": {"subject": SUBJECT, "day": DAY},
+    },
+)
+def summarise_day(inputs: dict[str, Any], context: ActionContext) -> dict[str, Any]:
+    """Compute and store a subject's summary of a day from its entries; answer it."""
+    day = parse_day(inputs["day"], "inputs.day")
+    with _sessions(context).begin() as session:
+        summary = workflow.summarise_day(session, inputs["subject"], day)
+    return summary_output(summary)
+
+
+def summary_output(summary: Summary) -> dict[str, Any]:
+    """A summary as a step's output (JSON)."""
+    return {
+        "subject": summary.subject,
+        "day": summary.day.isoformat(),
+        "entries": summary.entries,
+        "sleep_hours_avg": summary.sleep_hours_avg,
+        "steps_total": summary.steps_total,
+        "mood_avg": summary.mood_avg,
+        "computed_at": _timestamp(summary.computed_at),
+    }
+
+
+def _sessions(context: ActionContext) -> sessionmaker[Session]:
+    if context.sessions is None:
+        raise NonRetryableError("this action keeps data and needs the worker's database sessions")
+    return context.sessions
+
+
+def _timestamp(value: datetime | None) -> str | None:
+    return (
+        None if value is None else value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
