@@ -12,6 +12,7 @@ from engine import actions, logs
 from engine import workflows as workflow_specs
 from engine.config import Settings
 from web import admin, auth, db, errors, health, openapi, runs, schemas, status, telemetry
+from web import life as life_views
 from web import tokens as token_views
 from web import workflows as workflow_views
 from workers.factory import make_celery
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.register_blueprint(blueprint)
     app.register_blueprint(token_views.bp)
     app.register_blueprint(status.bp)
+    app.register_blueprint(life_views.bp)
     telemetry.init_app(app)
     _allow_origins(app, settings)
     _register_builtin_workflows(app, settings)

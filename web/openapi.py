@@ -87,6 +87,14 @@ OPERATIONS: list[tuple[str, str, str | None, str, int]] = [
         "runs by status, open dead letters",
         200,
     ),
+    (
+        "get",
+        "/life/health/wellness_daily",
+        "life.read",
+        "The caller's daily wellness summary: ?day=YYYY-MM-DD (default today, UTC); "
+        "?subject= another subject's, with admin.life",
+        200,
+    ),
 ]
 
 _DOCS_PAGE = """<!doctype html>

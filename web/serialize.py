@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import Row
 
+from engine.life.queries import Summary
 from engine.models import DeadLetter, Run, Step, Workflow
 
 
@@ -92,3 +93,15 @@ def dead_letter(row: DeadLetter, flower_url: str) -> dict[str, Any]:
 
 def page(items: list[dict[str, Any]], next_cursor: str | None) -> dict[str, Any]:
     return {"items": items, "next_cursor": next_cursor}
+
+
+def wellness_summary(summary: Summary) -> dict[str, Any]:
+    return {
+        "subject": summary.subject,
+        "day": summary.day.isoformat(),
+        "entries": summary.entries,
+        "sleep_hours_avg": summary.sleep_hours_avg,
+        "steps_total": summary.steps_total,
+        "mood_avg": summary.mood_avg,
+        "computed_at": timestamp(summary.computed_at),
+    }
