@@ -112,3 +112,14 @@ def test_runs_in_flight_count_their_leaf_steps_after_the_upgrade(fresh_database:
         assert counts == {"r1": 2, "r2": 1}
     finally:
         db_engine.dispose()
+
+
+def test_the_life_tables_come_with_0003_and_leave_with_its_downgrade(fresh_database: str) -> None:
+    life = {"life_wellness_entries", "life_daily_summaries"}
+    migrations.upgrade(fresh_database, "0002")
+    assert tables(fresh_database) & life == set()
+    migrations.upgrade(fresh_database, "0003")
+    assert tables(fresh_database) >= life | {"runs", "steps"}
+    migrations.downgrade(fresh_database, "0002")
+    assert tables(fresh_database) & life == set()
+    assert migrations.current(fresh_database) == "0002"
