@@ -1,7 +1,10 @@
 """Domain actions of the life module: record a wellness check-in, summarise a day.
 
 Both keep data, through the worker's sessions (ActionContext.sessions), each in one short
-transaction of its own, and both are safe to run twice (engine.life.workflow).
+transaction of its own, and both are safe to run twice (engine.life.workflow). On
+PostgreSQL those commits may not wait for the disk (WORKER_SYNCHRONOUS_COMMIT), as the
+step's own bookkeeping does not: a crash that undid an entry undid the step's success,
+committed after it, as well, and the step runs again.
 """
 
 from __future__ import annotations
