@@ -1,102 +1,20 @@
-"""The API described: /openapi.json, and a browsable /docs page served from it."""
+"""The API described: /openapi.json, built from the entries of web/openapi_operations.py and
+the components of web/openapi_components.py, and a browsable /docs page served from it."""
 
 from __future__ import annotations
 
+import re
+from http import HTTPStatus
 from typing import Any
 
-from flask import Blueprint, render_template_string
+from flask import Blueprint, current_app, render_template_string
 
 import engine
+from web import openapi_components as parts
+from web.errors import PROBLEM
+from web.openapi_operations import OPERATIONS, Operation
 
 bp = Blueprint("docs", __name__)
-
-# (method, path, scope, summary, success status)
-OPERATIONS: list[tuple[str, str, str | None, str, int]] = [
-    ("get", "/health", None, "Liveness", 200),
-    ("get", "/readyz", None, "Readiness: database and broker; 503 names the failing check", 200),
-    ("get", "/metrics", None, "Prometheus metrics", 200),
-    ("post", "/runs", "runs.write", "Submit a run (Idempotency-Key header supported)", 202),
-    (
-        "get",
-        "/runs",
-        "runs.read",
-        "List runs (own; admin sees all): status, workflow, limit, cursor",
-        200,
-    ),
-    ("get", "/runs/{run_id}", "runs.read", "A run with its steps", 200),
-    ("post", "/runs/{run_id}/cancel", "runs.write", "Cancel a live run", 200),
-    (
-        "post",
-        "/runs/{run_id}/retry",
-        "runs.write",
-        "Resume a failed run from its failed steps",
-        202,
-    ),
-    ("get", "/workflows", "workflows.read", "Latest version of every workflow", 200),
-    ("post", "/workflows", "workflows.write", "Register a workflow version (JSON or YAML)", 201),
-    ("get", "/workflows/{name}", "workflows.read", "A workflow (latest or ?version=)", 200),
-    ("post", "/workflows/{name}/plan", "workflows.read", "Dry-run plan: parallel stages", 200),
-    (
-        "get",
-        "/admin/dlq",
-        "admin.dlq.read",
-        "Dead letters, newest first (every status unless ?status=open|replayed|discarded): "
-        "workflow, step, exception_type, fingerprint, run_id, since, until, limit, cursor; "
-        "with counts grouped by fingerprint",
-        200,
-    ),
-    ("get", "/admin/dlq/{letter_id}", "admin.dlq.read", "A dead letter, with its Flower link", 200),
-    (
-        "post",
-        "/admin/dlq/{letter_id}/replay",
-        "admin.dlq.replay",
-        "Replay an open dead letter into its run at its step: {reason, inputs?}",
-        202,
-    ),
-    (
-        "post",
-        "/admin/dlq/replay",
-        "admin.dlq.replay",
-        "Bulk replay by filter: {filter, dry_run: true} -> {count, ids}; "
-        "then {filter, confirm_count, reason} -> per-item results",
-        202,
-    ),
-    (
-        "post",
-        "/admin/dlq/{letter_id}/discard",
-        "admin.dlq.discard",
-        "Discard an open dead letter (kept for audit): {reason}",
-        200,
-    ),
-    (
-        "get",
-        "/admin/audit",
-        "admin.audit",
-        "Audit events, newest first: actor, action, target, since, until, limit, cursor",
-        200,
-    ),
-    ("get", "/openapi.json", None, "This description of the API (OpenAPI 3.1)", 200),
-    ("get", "/docs", None, "A browsable page of the API", 200),
-    ("post", "/admin/tokens", "admin.tokens", "Mint a token: {sub, scopes, ttl}", 201),
-    ("post", "/admin/tokens/revoke", "admin.tokens", "Revoke a token by jti", 204),
-    (
-        "get",
-        "/admin/status",
-        "admin.status",
-        "Version, uptime, database and broker checks, queue depth and lag, online workers, "
-        "runs by status, open dead letters",
-        200,
-    ),
-    (
-        "get",
-        "/life/health/wellness_daily",
-        "life.read",
-        "The caller's daily wellness summary: ?day=YYYY-MM-DD (default today, UTC); "
-        "?subject= another subject's, with admin.life",
-        200,
-    ),
-]
-
 _DOCS_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{{ info.title }} API</title>
 <style>body{font-family:system-ui,sans-serif;margin:2rem;max-width:60rem}
@@ -113,39 +31,61 @@ Send <code>Authorization: Bearer &lt;token&gt;</code>; errors are
 {% endfor %}{% endfor %}</table></body></html>"""
 
 
-def extra_operations() -> list[tuple[str, str, str | None, str, int]]:
-    """Blueprints added later append their operations here."""
-    return []
+def openapi_path(rule: str) -> str:
+    """A Flask rule as an OpenAPI path: /runs/<run_id> -> /runs/{run_id}."""
+    return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule)
+
+
+def _operation_ids() -> dict[tuple[str, str], str]:
+    """(method, path) -> the name of the view that answers it, from the app's own routes."""
+    views = current_app.view_functions
+    return {
+        (method.lower(), openapi_path(rule.rule)): views[rule.endpoint].__name__
+        for rule in current_app.url_map.iter_rules()
+        for method in rule.methods or ()
+    }
+
+
+def _response(description: str, component: str | None, media: str) -> dict[str, Any]:
+    if component is None:
+        return {"description": description}
+    media = PROBLEM if component == "Problem" else media
+    return {"description": description, "content": {media: {"schema": parts.ref(component)}}}
+
+
+def describe(operation: Operation, operation_id: str | None) -> dict[str, Any]:
+    """The OpenAPI operation object of one entry."""
+    responses = {
+        str(status): _response(HTTPStatus(status).phrase, component, operation.media)
+        for status, component in operation.responses.items()
+    }
+    responses["default"] = _response("A problem (RFC 9457)", "Problem", PROBLEM)
+    described: dict[str, Any] = {"summary": operation.summary}
+    if operation_id:
+        described["operationId"] = operation_id
+    described["tags"] = [operation.path.split("/")[1].split(".")[0]]
+    path_parameters = [
+        {"name": name, "in": "path", "required": True, "schema": parts.STRING}
+        for name in re.findall(r"{([^}]+)}", operation.path)
+    ]
+    if path_parameters or operation.parameters:
+        described["parameters"] = [*path_parameters, *operation.parameters]
+    if operation.body is not None:
+        described["requestBody"] = operation.body
+    described["responses"] = responses
+    if operation.scope:
+        described["security"] = [{"bearer": []}]
+        described["x-scope"] = operation.scope
+    return described
 
 
 def spec() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the API (call within the app's context)."""
+    operation_ids = _operation_ids()
     paths: dict[str, dict[str, Any]] = {}
-    for method, path, scope, summary, status in OPERATIONS + extra_operations():
-        operation: dict[str, Any] = {
-            "summary": summary,
-            "responses": {
-                str(status): {"description": "success"},
-                "default": {
-                    "description": "problem",
-                    "content": {
-                        "application/problem+json": {
-                            "schema": {"$ref": "#/components/schemas/Problem"}
-                        }
-                    },
-                },
-            },
-        }
-        if scope:
-            operation["security"] = [{"bearer": []}]
-            operation["x-scope"] = scope
-        parameters = [
-            {"name": part[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
-            for part in path.split("/")
-            if part.startswith("{")
-        ]
-        if parameters:
-            operation["parameters"] = parameters
-        paths.setdefault(path, {})[method] = operation
+    for operation in OPERATIONS:
+        operation_id = operation_ids.get((operation.method, operation.path))
+        paths.setdefault(operation.path, {})[operation.method] = describe(operation, operation_id)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -158,28 +98,7 @@ def spec() -> dict[str, Any]:
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
             },
-            "schemas": {
-                "Problem": {
-                    "type": "object",
-                    "properties": {
-                        "type": {"type": "string"},
-                        "title": {"type": "string"},
-                        "status": {"type": "integer"},
-                        "detail": {"type": "string"},
-                        "code": {"type": "string"},
-                        "errors": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "properties": {
-                                    "field": {"type": "string"},
-                                    "message": {"type": "string"},
-                                },
-                            },
-                        },
-                    },
-                }
-            },
+            "schemas": {**parts.RESPONSES, **parts.REQUESTS},
         },
     }
 

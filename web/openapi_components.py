@@ -1,0 +1,199 @@
+"""The components of /openapi.json: the JSON shapes the API answers with, each described
+once, and the request bodies: the very schema objects the views validate with, imported and
+never copied. The operations that name them are in web/openapi_operations.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine import dlq_query, specs
+from engine.state import RunStatus, StepStatus
+from web import admin, schemas, tokens
+
+STRING: dict[str, Any] = {"type": "string"}
+INTEGER: dict[str, Any] = {"type": "integer"}
+TIME: dict[str, Any] = {"type": "string", "format": "date-time"}
+MAYBE_STRING: dict[str, Any] = {"type": ["string", "null"]}
+MAYBE_TIME: dict[str, Any] = {"type": ["string", "null"], "format": "date-time"}
+ANY_JSON: dict[str, Any] = {}
+STRINGS: dict[str, Any] = {"type": "array", "items": STRING}
+
+
+def ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def shape(properties: dict[str, Any], optional: tuple[str, ...] = ()) -> dict[str, Any]:
+    """An object with exactly these members, each present unless named optional."""
+    return {
+        "type": "object",
+        "required": [name for name in properties if name not in optional],
+        "additionalProperties": False,
+        "properties": properties,
+    }
+
+
+def page(item: str, **extra: Any) -> dict[str, Any]:
+    """The List envelope of every listing: {items, next_cursor} (null on the last page)."""
+    return shape(
+        {"items": {"type": "array", "items": ref(item)}, "next_cursor": MAYBE_STRING, **extra}
+    )
+
+
+def part(**values: Any) -> dict[str, Any]:
+    """One part of /admin/status: ok with its values, error with the reason, or unknown."""
+    status = {"enum": ["ok", "error", "unknown"]}
+    return {"type": "object", "required": ["status"], "properties": {"status": status, **values}}
+
+
+# What the views validate request bodies with: the same objects, by name.
+REQUESTS: dict[str, dict[str, Any]] = {
+    "SubmitRun": schemas.SUBMIT_RUN,
+    "PlanRequest": schemas.PLAN,
+    "WorkflowSpec": specs.SPEC_SCHEMA,
+    "Replay": admin.REPLAY,
+    "Discard": admin.DISCARD,
+    "BulkReplay": admin.BULK_REPLAY,
+    "MintToken": tokens.MINT,
+    "RevokeToken": tokens.REVOKE,
+}
+
+STEP = shape(
+    {
+        "step_id": STRING,
+        "action": STRING,
+        "status": {"enum": [status.value for status in StepStatus]},
+        "attempts": INTEGER,
+        "max_attempts": INTEGER,
+        "depends_on": STRINGS,
+        "inputs": ANY_JSON,
+        "output": ANY_JSON,
+        "error": MAYBE_STRING,
+        "error_type": MAYBE_STRING,
+        "task_id": MAYBE_STRING,
+        "worker": MAYBE_STRING,
+        "queue": STRING,
+        "started_at": MAYBE_TIME,
+        "finished_at": MAYBE_TIME,
+        "next_attempt_at": MAYBE_TIME,
+    }
+)
+RUN = shape(
+    {
+        "id": {"type": "string", "format": "uuid"},
+        "workflow": STRING,
+        "version": INTEGER,
+        "params": {"type": "object"},
+        "status": {"enum": [status.value for status in RunStatus]},
+        "priority": INTEGER,
+        "created_by": STRING,
+        "created_at": TIME,
+        "started_at": MAYBE_TIME,
+        "finished_at": MAYBE_TIME,
+        "error": MAYBE_STRING,
+        "steps": {"type": "array", "items": ref("Step")},
+    },
+    optional=("steps",),  # on a single run (GET /runs/{run_id}, cancel) only
+)
+DEAD_LETTER = shape(
+    {
+        "id": STRING,
+        "task_name": STRING,
+        "task_id": MAYBE_STRING,
+        "queue": STRING,
+        "args": ANY_JSON,
+        "run_id": MAYBE_STRING,
+        "step_id": MAYBE_STRING,
+        "workflow": MAYBE_STRING,
+        "exception_type": STRING,
+        "message": STRING,
+        "traceback": STRING,
+        "fingerprint": STRING,
+        "attempts": INTEGER,
+        "failed_at": TIME,
+        "status": {"enum": list(dlq_query.STATUSES)},
+        "resolved_by": MAYBE_STRING,
+        "resolved_at": MAYBE_TIME,
+        "resolution": ANY_JSON,
+        "flower_url": MAYBE_STRING,
+    }
+)
+GROUP = shape(
+    {"fingerprint": STRING, "exception_type": STRING, "count": INTEGER, "last_failed_at": TIME}
+)
+RESULT = shape(
+    {"id": STRING, "outcome": STRING, "run_id": STRING, "detail": STRING}, ("run_id", "detail")
+)
+PROBLEM = shape(
+    {
+        "type": STRING,
+        "title": STRING,
+        "status": INTEGER,
+        "detail": STRING,
+        "code": STRING,
+        "errors": {
+            "type": "array",
+            "items": shape({"field": STRING, "message": STRING}),
+        },
+    },
+    optional=("detail", "code", "errors"),
+)
+
+# The answers, each shape once.
+RESPONSES: dict[str, dict[str, Any]] = {
+    "Problem": PROBLEM,
+    "Run": RUN,
+    "Step": STEP,
+    "RunList": page("Run"),
+    "Workflow": shape(
+        {
+            "name": STRING,
+            "version": INTEGER,
+            "spec": {"type": "object"},
+            "created_at": TIME,
+            "versions": {"type": "array", "items": INTEGER},
+        },
+        optional=("versions",),  # on GET /workflows/{name}: every version of that name
+    ),
+    "WorkflowList": page("Workflow"),
+    "Plan": shape({"workflow": STRING, "stages": {"type": "array", "items": STRINGS}}),
+    "DeadLetter": DEAD_LETTER,
+    "DeadLetterGroup": GROUP,
+    "DeadLetterList": page("DeadLetter", groups={"type": "array", "items": ref("DeadLetterGroup")}),
+    "Replayed": shape({"dead_letter": ref("DeadLetter"), "run_id": STRING}),
+    "BulkReplayPlan": shape({"count": INTEGER, "ids": STRINGS}),
+    "BulkReplayResults": shape({"count": INTEGER, "results": {"type": "array", "items": RESULT}}),
+    "AuditEvent": shape(
+        {
+            "id": INTEGER,
+            "at": TIME,
+            "actor": STRING,
+            "action": STRING,
+            "target": STRING,
+            "reason": MAYBE_STRING,
+            "detail": ANY_JSON,
+        }
+    ),
+    "AuditEventList": page("AuditEvent"),
+    "MintedToken": shape({"token": STRING, "jti": STRING, "expires_at": TIME}),
+    "Status": shape(
+        {
+            "version": STRING,
+            "started_at": TIME,
+            "uptime_s": {"type": "number"},
+            "database": part(),
+            "broker": part(),
+            "queues": part(items={"type": "array", "items": {"type": "object"}}),
+            "workers": part(online=INTEGER, names=STRINGS),
+            "runs": part(by_status={"type": ["object", "null"]}),
+            "dead_letters": part(open={"type": ["integer", "null"]}),
+            "status": {"enum": ["ok", "degraded"]},
+        }
+    ),
+    "Health": shape({"status": {"const": "ok"}, "version": STRING}),
+    "Readiness": shape(
+        {"status": {"const": "ready"}, "checks": {"type": "object", "additionalProperties": STRING}}
+    ),
+    "OpenAPI": {"type": "object", "description": "an OpenAPI 3.1 document"},
+    "Text": STRING,
+}

@@ -1,0 +1,244 @@
+"""What /openapi.json describes: one `Operation` per route and method, with the parameters
+its view reads, its request body and every success status it answers with. Adding a route
+is adding one entry to OPERATIONS; the shapes it names are in web/openapi_components.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from engine import dlq_query, specs
+from engine.state import RunStatus
+from web.openapi_components import STRING, TIME, ref
+from web.runs import MAX_IDEMPOTENCY_KEY
+from web.workflows import YAML_TYPES
+
+JSON = "application/json"
+
+
+def query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+LIMIT = query(
+    "limit", {"type": "integer", "minimum": 1}, "page size; above the server's maximum it is capped"
+)
+CURSOR = query("cursor", STRING, "the next_cursor of the previous page")
+WORKFLOW = query("workflow", STRING, "only those of this workflow")
+SINCE = query("since", TIME, "only those at or after this ISO 8601 time (no offset: UTC)")
+UNTIL = query("until", TIME, "only those before this ISO 8601 time (no offset: UTC)")
+RUN_QUERY = (
+    query("status", {"enum": [status.value for status in RunStatus]}, "only runs in this status"),
+    WORKFLOW,
+    LIMIT,
+    CURSOR,
+)
+VERSION_QUERY = (query("version", specs.VERSION, "this version instead of the latest"),)
+_LETTER_FILTERS = {
+    "status": query(
+        "status",
+        {"enum": list(dlq_query.STATUSES)},
+        "only letters in this status (default: every status)",
+    ),
+    "workflow": WORKFLOW,
+    "step": query("step", STRING, "only letters of this step id"),
+    "exception_type": query("exception_type", STRING, "only letters of this exception type"),
+    "fingerprint": query("fingerprint", STRING, "only letters with this fingerprint"),
+    "run_id": query("run_id", STRING, "only letters of this run"),
+    "since": SINCE,
+    "until": UNTIL,
+}
+# One parameter per field of the dead-letter filter (a new field without one is a KeyError).
+LETTER_QUERY = (*(_LETTER_FILTERS[name] for name in dlq_query.FILTER_FIELDS), LIMIT, CURSOR)
+AUDIT_QUERY = (
+    query("actor", STRING, "only events by this caller"),
+    query("action", STRING, "only events of this action"),
+    query("target", STRING, "only events about this run or dead letter"),
+    SINCE,
+    UNTIL,
+    LIMIT,
+    CURSOR,
+)
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
+    "description": "a repeat with the same key and body answers 200 with the first run; "
+    "with another body, 409",
+}
+
+
+def body(name: str, *, required: bool = True, also: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A request body of the named request schema, as JSON (and the `also` media types)."""
+    schema = ref(name)
+    return {
+        "required": required,
+        "content": {media: {"schema": schema} for media in (JSON, *also)},
+    }
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    scope: str | None
+    summary: str
+    # Every status the view answers with on success -> the component its body has
+    # (None: no body); "Problem" answers as application/problem+json.
+    responses: dict[int, str | None]
+    body: dict[str, Any] | None = None
+    parameters: tuple[dict[str, Any], ...] = ()
+    media: str = JSON
+
+
+ADMIN_STATUS_SUMMARY = (
+    "Version, uptime, database and broker checks, queue depth and lag, online workers, "
+    "runs by status, open dead letters"
+)
+OPERATIONS: list[Operation] = [
+    Operation("get", "/health", None, "Liveness", {200: "Health"}),
+    Operation(
+        "get",
+        "/readyz",
+        None,
+        "Readiness: database and broker; 503 names the failing check",
+        {200: "Readiness", 503: "Problem"},
+    ),
+    Operation("get", "/metrics", None, "Prometheus metrics", {200: "Text"}, media="text/plain"),
+    Operation(
+        "post",
+        "/runs",
+        "runs.write",
+        "Submit a run: 202 new; 200 a repeat with the same Idempotency-Key",
+        {202: "Run", 200: "Run"},
+        body("SubmitRun"),
+        (IDEMPOTENCY_KEY,),
+    ),
+    Operation(
+        "get",
+        "/runs",
+        "runs.read",
+        "List runs (own; admin sees all): status, workflow, limit, cursor",
+        {200: "RunList"},
+        parameters=RUN_QUERY,
+    ),
+    Operation("get", "/runs/{run_id}", "runs.read", "A run with its steps", {200: "Run"}),
+    Operation("post", "/runs/{run_id}/cancel", "runs.write", "Cancel a live run", {200: "Run"}),
+    Operation(
+        "post",
+        "/runs/{run_id}/retry",
+        "runs.write",
+        "Resume a failed run from its failed steps",
+        {202: "Run"},
+    ),
+    Operation(
+        "get",
+        "/workflows",
+        "workflows.read",
+        "Latest version of every workflow",
+        {200: "WorkflowList"},
+    ),
+    Operation(
+        "post",
+        "/workflows",
+        "workflows.write",
+        "Register a workflow version (JSON or YAML): 201 new; 200 the same spec again",
+        {201: "Workflow", 200: "Workflow"},
+        body("WorkflowSpec", also=YAML_TYPES[:1]),
+    ),
+    Operation(
+        "get",
+        "/workflows/{name}",
+        "workflows.read",
+        "A workflow (latest or ?version=)",
+        {200: "Workflow"},
+        parameters=VERSION_QUERY,
+    ),
+    Operation(
+        "post",
+        "/workflows/{name}/plan",
+        "workflows.read",
+        "Dry-run plan: parallel stages",
+        {200: "Plan"},
+        body("PlanRequest", required=False),
+    ),
+    Operation(
+        "get",
+        "/admin/dlq",
+        "admin.dlq.read",
+        "Dead letters, newest first (every status unless ?status=open|replayed|discarded), "
+        "with counts grouped by fingerprint",
+        {200: "DeadLetterList"},
+        parameters=LETTER_QUERY,
+    ),
+    Operation(
+        "get",
+        "/admin/dlq/{letter_id}",
+        "admin.dlq.read",
+        "A dead letter, with its Flower link",
+        {200: "DeadLetter"},
+    ),
+    Operation(
+        "post",
+        "/admin/dlq/{letter_id}/replay",
+        "admin.dlq.replay",
+        "Replay an open dead letter into its run at its step: {reason, inputs?}",
+        {202: "Replayed"},
+        body("Replay"),
+    ),
+    Operation(
+        "post",
+        "/admin/dlq/replay",
+        "admin.dlq.replay",
+        "Bulk replay by filter: {filter, dry_run: true} -> 200 {count, ids}; "
+        "then {filter, confirm_count, reason} -> 202 per-item results",
+        {200: "BulkReplayPlan", 202: "BulkReplayResults"},
+        body("BulkReplay"),
+    ),
+    Operation(
+        "post",
+        "/admin/dlq/{letter_id}/discard",
+        "admin.dlq.discard",
+        "Discard an open dead letter (kept for audit): {reason}",
+        {200: "DeadLetter"},
+        body("Discard"),
+    ),
+    Operation(
+        "get",
+        "/admin/audit",
+        "admin.audit",
+        "Audit events, newest first: actor, action, target, since, until, limit, cursor",
+        {200: "AuditEventList"},
+        parameters=AUDIT_QUERY,
+    ),
+    Operation(
+        "get", "/openapi.json", None, "This description of the API (OpenAPI 3.1)", {200: "OpenAPI"}
+    ),
+    Operation(
+        "get", "/docs", None, "A browsable page of the API", {200: "Text"}, media="text/html"
+    ),
+    Operation(
+        "post",
+        "/admin/tokens",
+        "admin.tokens",
+        "Mint a token: {sub, scopes, ttl}",
+        {201: "MintedToken"},
+        body("MintToken"),
+    ),
+    Operation(
+        "post",
+        "/admin/tokens/revoke",
+        "admin.tokens",
+        "Revoke a token by jti",
+        {204: None},
+        body("RevokeToken"),
+    ),
+    Operation("get", "/admin/status", "admin.status", ADMIN_STATUS_SUMMARY, {200: "Status"}),
+]
