@@ -46,11 +46,14 @@ def _operation_ids() -> dict[tuple[str, str], str]:
     }
 
 
-def _response(description: str, component: str | None, media: str) -> dict[str, Any]:
+def _response(
+    description: str, component: str | dict[str, Any] | None, media: str
+) -> dict[str, Any]:
     if component is None:
         return {"description": description}
     media = PROBLEM if component == "Problem" else media
-    return {"description": description, "content": {media: {"schema": parts.ref(component)}}}
+    schema = parts.ref(component) if isinstance(component, str) else component
+    return {"description": description, "content": {media: {"schema": schema}}}
 
 
 def describe(operation: Operation, operation_id: str | None) -> dict[str, Any]:

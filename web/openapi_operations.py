@@ -90,18 +90,15 @@ class Operation:
     path: str
     scope: str | None
     summary: str
-    # Every status the view answers with on success -> the component its body has
-    # (None: no body); "Problem" answers as application/problem+json.
-    responses: dict[int, str | None]
+    # Every status the view answers with on success -> the component its body has, or an
+    # inline schema for a shape no other operation shares (None: no body); "Problem"
+    # answers as application/problem+json.
+    responses: dict[int, str | dict[str, Any] | None]
     body: dict[str, Any] | None = None
     parameters: tuple[dict[str, Any], ...] = ()
     media: str = JSON
 
 
-ADMIN_STATUS_SUMMARY = (
-    "Version, uptime, database and broker checks, queue depth and lag, online workers, "
-    "runs by status, open dead letters"
-)
 OPERATIONS: list[Operation] = [
     Operation("get", "/health", None, "Liveness", {200: "Health"}),
     Operation(
@@ -240,5 +237,12 @@ OPERATIONS: list[Operation] = [
         {204: None},
         body("RevokeToken"),
     ),
-    Operation("get", "/admin/status", "admin.status", ADMIN_STATUS_SUMMARY, {200: "Status"}),
+    Operation(
+        "get",
+        "/admin/status",
+        "admin.status",
+        "Version, uptime, database and broker checks, queue depth and lag, online workers, "
+        "runs by status, open dead letters",
+        {200: "Status"},
+    ),
 ]
