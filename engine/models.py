@@ -34,6 +34,13 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def timestamp(value: datetime | None) -> str | None:
+    """A time as JSON shows it: ISO 8601 in UTC, to the millisecond, with a Z."""
+    if value is None:
+        return None
+    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def in_utc(moment: datetime) -> datetime:
     """`moment` in UTC (a naive one is taken as UTC); OverflowError when that falls outside
     the years 1 to 9999."""

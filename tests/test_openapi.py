@@ -24,7 +24,7 @@ from tests.support.stack import Stack
 from web import openapi_components, schemas
 from web.openapi import openapi_path
 
-EVERY_SCOPE = "runs.*,workflows.*,admin.*"
+EVERY_SCOPE = "runs.*,workflows.*,admin.*,life.*"
 DOCUMENT = "urn:engine:openapi"  # the base URI the document's own $refs resolve against
 
 

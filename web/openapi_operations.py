@@ -9,7 +9,7 @@ from typing import Any
 
 from engine import dlq_query, specs
 from engine.state import RunStatus
-from web.openapi_components import STRING, TIME, ref
+from web.openapi_components import MAYBE_TIME, STRING, TIME, ref, shape
 from web.runs import MAX_IDEMPOTENCY_KEY
 from web.workflows import YAML_TYPES
 
@@ -64,6 +64,18 @@ AUDIT_QUERY = (
     UNTIL,
     LIMIT,
     CURSOR,
+)
+MAYBE_NUMBER = {"type": ["number", "null"]}
+WELLNESS_SUMMARY = shape(
+    {
+        "subject": STRING,
+        "day": {"type": "string", "format": "date"},
+        "entries": {"type": "integer", "minimum": 0},
+        "sleep_hours_avg": MAYBE_NUMBER,
+        "steps_total": {"type": ["integer", "null"]},
+        "mood_avg": MAYBE_NUMBER,
+        "computed_at": MAYBE_TIME,
+    }
 )
 IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key",
@@ -139,8 +151,9 @@ OPERATIONS: list[Operation] = [
         "get",
         "/workflows",
         "workflows.read",
-        "Latest version of every workflow",
+        "Latest version of every workflow, by name: limit, cursor",
         {200: "WorkflowList"},
+        parameters=(LIMIT, CURSOR),
     ),
     Operation(
         "post",
@@ -244,5 +257,17 @@ OPERATIONS: list[Operation] = [
         "Version, uptime, database and broker checks, queue depth and lag, online workers, "
         "runs by status, open dead letters",
         {200: "Status"},
+    ),
+    Operation(
+        "get",
+        "/life/health/wellness_daily",
+        "life.read",
+        "The caller's daily wellness summary (with admin.life, any subject's); "
+        "zero entries when nothing was recorded that day",
+        {200: WELLNESS_SUMMARY},
+        parameters=(
+            query("day", {"type": "string", "format": "date"}, "YYYY-MM-DD; default today (UTC)"),
+            query("subject", STRING, "another subject's summary (needs admin.life)"),
+        ),
     ),
 ]

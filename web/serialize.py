@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Row
 
-from engine.life.queries import Summary
-from engine.models import DeadLetter, Run, Step, Workflow
-
-
-def timestamp(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+from engine.life.queries import Summary, summary_json
+from engine.models import DeadLetter, Run, Step, Workflow, timestamp
 
 
 def run(row: Run | Row[Any], steps: Sequence[Step | Row[Any]] | None = None) -> dict[str, Any]:
@@ -96,12 +89,4 @@ def page(items: list[dict[str, Any]], next_cursor: str | None) -> dict[str, Any]
 
 
 def wellness_summary(summary: Summary) -> dict[str, Any]:
-    return {
-        "subject": summary.subject,
-        "day": summary.day.isoformat(),
-        "entries": summary.entries,
-        "sleep_hours_avg": summary.sleep_hours_avg,
-        "steps_total": summary.steps_total,
-        "mood_avg": summary.mood_avg,
-        "computed_at": timestamp(summary.computed_at),
-    }
+    return summary_json(summary)

@@ -9,7 +9,6 @@ committed after it, as well, and the step runs again.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -17,7 +16,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from engine.actions import ActionContext, register
 from engine.errors import NonRetryableError
 from engine.life import workflow
-from engine.life.queries import SUBJECT_MAX, Summary, parse_day
+from engine.life.queries import SUBJECT_MAX, parse_day, summary_json
+from engine.models import timestamp
 
 SUBJECT = {"type": "string", "minLength": 1, "maxLength": SUBJECT_MAX}
 DAY = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}$"}
@@ -64,7 +64,7 @@ def record_entry(inputs: dict[str, Any], context: ActionContext) -> dict[str, An
         "entry_id": entry.id,
         "subject": entry.subject,
         "day": entry.day.isoformat(),
-        "recorded_at": _timestamp(entry.recorded_at),
+        "recorded_at": timestamp(entry.recorded_at),
         "recorded": entry.created,
     }
 
@@ -83,29 +83,10 @@ def summarise_day(inputs: dict[str, Any], context: ActionContext) -> dict[str, A
     day = parse_day(inputs["day"], "inputs.day")
     with _sessions(context).begin() as session:
         summary = workflow.summarise_day(session, inputs["subject"], day)
-    return summary_output(summary)
-
-
-def summary_output(summary: Summary) -> dict[str, Any]:
-    """A summary as a step's output (JSON)."""
-    return {
-        "subject": summary.subject,
-        "day": summary.day.isoformat(),
-        "entries": summary.entries,
-        "sleep_hours_avg": summary.sleep_hours_avg,
-        "steps_total": summary.steps_total,
-        "mood_avg": summary.mood_avg,
-        "computed_at": _timestamp(summary.computed_at),
-    }
+    return summary_json(summary)
 
 
 def _sessions(context: ActionContext) -> sessionmaker[Session]:
     if context.sessions is None:
         raise NonRetryableError("this action keeps data and needs the worker's database sessions")
     return context.sessions
-
-
-def _timestamp(value: datetime | None) -> str | None:
-    return (
-        None if value is None else value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    )

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from engine.auth import Caller
 from engine.errors import InvalidInput, PermissionDenied
 from engine.life.models import DailySummary
+from engine.models import timestamp
 
 # Reading another subject's summary (a caller always reads its own with life.read).
 READ_ANY_SUBJECT_SCOPE = "admin.life"
@@ -36,6 +37,19 @@ class Summary:
     steps_total: int | None = None
     mood_avg: float | None = None
     computed_at: datetime | None = None
+
+
+def summary_json(summary: Summary) -> dict[str, Any]:
+    """A summary as JSON: the summarising step's output and the API's answer alike."""
+    return {
+        "subject": summary.subject,
+        "day": summary.day.isoformat(),
+        "entries": summary.entries,
+        "sleep_hours_avg": summary.sleep_hours_avg,
+        "steps_total": summary.steps_total,
+        "mood_avg": summary.mood_avg,
+        "computed_at": timestamp(summary.computed_at),
+    }
 
 
 def parse_day(value: Any, field: str = "day") -> date:
