@@ -65,8 +65,12 @@ def fail_attempt(
     trace: str = "",
     retryable: bool = True,
     inputs: Any = None,
+    lost: bool = False,
 ) -> Outcome:
-    """Record a failed attempt: schedule the next one, or bury the step in the DLQ."""
+    """Record a failed attempt: schedule the next one, or bury the step in the DLQ. A `lost`
+    attempt (its worker died) is judged by the delivery cap instead of the step's retry
+    policy: retried while the step's attempts are fewer than MAX_DELIVERIES, however few
+    the policy allows."""
     run = session.execute(_SELECT_RUN_FOR_FAILURE, {"b_run_id": run_id}).first()
     if run is None:
         return Outcome("lost")
@@ -83,7 +87,11 @@ def fail_attempt(
         "b_inputs": inputs,
         "b_now": now,
     }
-    if retryable and attempt < spec.retry.max_attempts:
+    allowed = settings.max_deliveries if lost else spec.retry.max_attempts
+    if lost and attempt >= allowed:
+        message += f"; the delivery cap MAX_DELIVERIES={settings.max_deliveries} is reached"
+        recorded["b_error"] = message[:10_000]
+    if retryable and attempt < allowed:
         delay = spec.retry.delay(attempt)
         if not session.execute(
             _fail_update(True, inputs is not None),
@@ -167,13 +175,11 @@ def record_lost_attempt(
     attempt: int,
 ) -> Outcome:
     """Record an attempt whose worker died before it recorded an outcome (killed, out of
-    memory, host gone) as a WorkerLostError failure: retried like any failure until
-    MAX_DELIVERIES attempts, then dead-lettered, so a step that kills its worker every time
-    cannot kill workers forever. A compare-and-set on the attempt: recorded once."""
-    capped = attempt >= settings.max_deliveries
+    memory, host gone) as a WorkerLostError failure: retried, whatever the step's retry
+    policy, until MAX_DELIVERIES attempts, then dead-lettered, so a step that kills its
+    worker every time cannot kill workers forever. A compare-and-set on the attempt:
+    recorded once."""
     message = f"the worker running attempt {attempt} died before recording an outcome"
-    if capped:
-        message += f"; the delivery cap MAX_DELIVERIES={settings.max_deliveries} is reached"
     log.warning("run %s step %s: %s", run_id, step_id, message)
     return fail_attempt(
         session,
@@ -184,7 +190,7 @@ def record_lost_attempt(
         attempt=attempt,
         error_type="WorkerLostError",
         message=message,
-        retryable=not capped,
+        lost=True,
     )
 
 

@@ -433,6 +433,23 @@ def test_a_step_whose_lease_ran_out_at_the_delivery_cap_is_dead_lettered(
     assert offline.run(run_id)["status"] == "failed"
 
 
+def test_a_lost_attempt_does_not_spend_the_steps_retries(offline: Stack, unique: str) -> None:
+    # A step allowed one attempt whose worker died still runs again, as a killed worker's
+    # message would with Celery alone, until the delivery cap.
+    offline.register(spec(unique, [{"id": "a", "action": "noop", "retry": {"max_attempts": 1}}]))
+    first, last = planned_runs(offline, unique, 2)
+    hold(offline, [first], "a", 1, -timedelta(seconds=1))
+    hold(offline, [last], "a", 3, -timedelta(seconds=1))
+    with offline.sessions.begin() as session:
+        work = recovery.reconcile(session, offline.settings)  # MAX_DELIVERIES is 3
+    assert [d.task_id for d in work.dispatches if d.args[0] == first] == [f"{first}:a:2"]
+    row = step_row(offline, first, "a")
+    assert (row.status, row.error_type, row.attempts) == ("retrying", "WorkerLostError", 1)
+    row = step_row(offline, last, "a")
+    assert (row.status, row.error_type, row.attempts) == ("dead", "WorkerLostError", 3)
+    assert "MAX_DELIVERIES=3" in (row.error or "")
+
+
 def test_a_message_only_takes_the_attempt_it_carries(offline: Stack, unique: str) -> None:
     two_steps(offline, unique)
     [run_id] = planned_runs(offline, unique, 1)
