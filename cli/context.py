@@ -1,4 +1,5 @@
-"""What every command needs: settings, a session, an operator identity, JSON output."""
+"""What every command needs: settings, a session, an operator identity, JSON output, and
+the one place where an error becomes a one-line message and a non-zero exit."""
 
 from __future__ import annotations
 
@@ -10,13 +11,18 @@ from functools import lru_cache
 from typing import Any
 
 import click
+from alembic.util import CommandError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Session
 
-from engine import payloads
+from engine import backup, payloads, pg_client
 from engine.auth import Caller
 from engine.config import Settings
 from engine.db import make_engine, make_session_factory
-from engine.errors import EngineError
+from engine.errors import DatabaseOperationError, EngineError
+
+# SQLSTATE of PostgreSQL's "relation does not exist".
+UNDEFINED_TABLE = "42P01"
 
 
 @lru_cache(maxsize=1)
@@ -24,16 +30,63 @@ def settings() -> Settings:
     return Settings.from_env()
 
 
+def click_error(exc: Exception) -> click.ClickException | None:
+    """The operator's one-line message for an error the CLI expects (bad input, bad
+    settings, a database that is missing or not migrated); None for a real bug."""
+    if isinstance(exc, EngineError):
+        details = "; ".join(f"{e['field']}: {e['message']}" for e in exc.errors)
+        return click.ClickException(exc.detail + (f" ({details})" if details else ""))
+    if isinstance(exc, CommandError):
+        return click.ClickException(f"migration: {exc}")
+    if isinstance(exc, ArgumentError):  # NoSuchModuleError among them: a DATABASE_URL typo
+        return click.ClickException(f"DATABASE_URL cannot be used: {exc}")
+    if isinstance(exc, DBAPIError):
+        reason = pg_client.first_line(exc)
+        orig = getattr(exc, "orig", None)
+        if "no such table" in reason or getattr(orig, "sqlstate", None) == UNDEFINED_TABLE:
+            return click.ClickException(
+                f"the database is not migrated ({reason}): run `engine db upgrade`"
+            )
+        return click.ClickException(f"database error: {reason}")
+    return None
+
+
+class EngineGroup(click.Group):
+    """The `engine` group: expected errors from any command end as one line, exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            error = click_error(exc)
+            if error is None:
+                raise
+            raise error from exc
+
+
+def require_database(current: Settings) -> None:
+    """Refuse a SQLite file that does not exist, rather than create an empty one."""
+    if not current.is_sqlite:
+        return
+    try:
+        path = backup.sqlite_path(current, must_exist=False)
+    except DatabaseOperationError:  # in memory: nothing to find on disk
+        return
+    if not path.is_file():
+        raise click.ClickException(
+            f"the database {path} does not exist: check DATABASE_URL (or ENGINE_VAR_DIR), "
+            "or create it with `engine db upgrade`"
+        )
+
+
 @contextmanager
 def session() -> Iterator[Session]:
-    """One transaction; domain errors become a one-line message and exit code 1."""
+    """One transaction, committed when the block ends without an error."""
+    require_database(settings())
     db_engine = make_engine(settings())
     try:
         with make_session_factory(db_engine).begin() as current:
             yield current
-    except EngineError as exc:
-        details = "; ".join(f"{e['field']}: {e['message']}" for e in exc.errors)
-        raise click.ClickException(exc.detail + (f" ({details})" if details else "")) from exc
     finally:
         db_engine.dispose()
 

@@ -17,10 +17,6 @@ from engine.errors import EngineError
 PING_TIMEOUT_S = 1.0
 
 
-def _fail(exc: EngineError) -> click.ClickException:
-    return click.ClickException(exc.detail)
-
-
 def online_workers(current: Settings) -> list[str]:
     """Celery workers that answer a ping on this deployment's broker (beat is not one)."""
     from workers.factory import make_celery
@@ -35,14 +31,11 @@ def online_workers(current: Settings) -> list[str]:
 
 @click.command("backup")
 @click.argument("path", required=False, type=click.Path(dir_okay=False, path_type=Path))
-def backup(path: Path | None) -> None:
+@click.option("--force", is_flag=True, help="Replace PATH if it exists (never the live database).")
+def backup(path: Path | None, force: bool) -> None:
     """Copy the database to PATH (default var/backups/engine-<UTC time>.db|.dump); safe
-    while the platform runs. Prints the path written."""
-    try:
-        written = backups.backup(settings(), path)
-    except EngineError as exc:
-        raise _fail(exc) from exc
-    click.echo(str(written))
+    while the platform runs. Refuses an existing PATH unless --force. Prints the path."""
+    click.echo(str(backups.backup(settings(), path, replace=force)))
 
 
 @click.command("restore")
@@ -56,6 +49,8 @@ def backup(path: Path | None) -> None:
 def restore(path: Path, force: bool, no_safety_copy: bool) -> None:
     """Replace the database's contents with the backup at PATH. Stop the workers first."""
     current = settings()
+    # Before anything is written (the safety copy among it): is PATH a backup at all?
+    backups.verify_backup(current, path)
     if not force:
         try:
             workers = online_workers(current)
@@ -70,18 +65,13 @@ def restore(path: Path, force: bool, no_safety_copy: bool) -> None:
                 f"workers are online: {', '.join(workers)}. Stop them first (Ctrl-C "
                 "`make run`, or `docker compose stop worker beat`), or pass --force"
             )
-    try:
-        if not no_safety_copy:
-            try:
-                safety = backups.backup(
-                    current, backups.default_backup_path(current, "pre-restore")
-                )
-                click.echo(f"current database saved to {safety}")
-            except EngineError as exc:
-                click.echo(f"warning: could not save the current database: {exc.detail}", err=True)
-        backups.restore(current, path)
-    except EngineError as exc:
-        raise _fail(exc) from exc
+    if not no_safety_copy:
+        try:
+            safety = backups.backup(current, backups.default_backup_path(current, "pre-restore"))
+            click.echo(f"current database saved to {safety}")
+        except EngineError as exc:
+            click.echo(f"warning: could not save the current database: {exc.detail}", err=True)
+    backups.restore(current, path)
     click.echo(f"restored {path} into {backups.describe(current)}")
     click.echo("next: `engine db check`, then start the workers again")
 
@@ -89,10 +79,7 @@ def restore(path: Path, force: bool, no_safety_copy: bool) -> None:
 @click.command("check")
 def check() -> None:
     """Integrity, connection, tables and migration revision; exit 1 when one fails."""
-    try:
-        results = backups.check(settings())
-    except EngineError as exc:
-        raise _fail(exc) from exc
+    results = backups.check(settings())
     for result in results:
         click.echo(f"{'ok  ' if result.ok else 'FAIL'}  {result.name:<13} {result.detail}")
     failed = [result.name for result in results if not result.ok]
@@ -103,10 +90,7 @@ def check() -> None:
 @click.command("analyze")
 def analyze() -> None:
     """Refresh the query planner's statistics (ANALYZE; SQLite also PRAGMA optimize)."""
-    try:
-        backups.analyze(settings())
-    except EngineError as exc:
-        raise _fail(exc) from exc
+    backups.analyze(settings())
     click.echo(f"analyzed {backups.describe(settings())}")
 
 

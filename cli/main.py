@@ -6,8 +6,17 @@ import sys
 from pathlib import Path
 
 import click
+from alembic import command as alembic_command
 
-from cli.context import emit, json_option, operator, session, settings
+from cli.context import (
+    EngineGroup,
+    emit,
+    json_option,
+    operator,
+    require_database,
+    session,
+    settings,
+)
 from cli.db_ops import COMMANDS as DB_COMMANDS
 from cli.dlq import dlq
 from cli.token_ops import COMMANDS as TOKEN_COMMANDS
@@ -16,7 +25,7 @@ from engine.config import Settings
 from engine.errors import EngineError
 
 
-@click.group()
+@click.group(cls=EngineGroup)
 def main() -> None:
     """Operate the AI Business Engine (reads DATABASE_URL, REDIS_URL, JWT_SECRET)."""
 
@@ -36,11 +45,7 @@ def token() -> None:
 @click.option("--ttl", default="1h", help="Lifetime: 900, 15m, 1h, 7d.")
 def token_mint(sub: str, scopes: str, ttl: str) -> None:
     """Print a signed token for SUB."""
-    try:
-        minted = auth.mint_token(settings(), sub, auth.parse_scopes(scopes), auth.parse_ttl(ttl))
-    except EngineError as exc:
-        details = "; ".join(f"{e['field']}: {e['message']}" for e in exc.errors)
-        raise click.ClickException(f"{exc.detail} ({details})") from exc
+    minted = auth.mint_token(settings(), sub, auth.parse_scopes(scopes), auth.parse_ttl(ttl))
     click.echo(minted.token)
 
 
@@ -188,7 +193,8 @@ def db_upgrade(revision: str) -> None:
     click.echo(f"database at {migrations.current(settings().database_url)}")
 
 
-@db.command("downgrade")
+# `-1` is a relative revision, not an option: click passes unknown options on as arguments.
+@db.command("downgrade", context_settings={"ignore_unknown_options": True})
 @click.argument("revision")
 def db_downgrade(revision: str) -> None:
     """Revert migrations to REVISION (e.g. -1 or base)."""
@@ -199,8 +205,18 @@ def db_downgrade(revision: str) -> None:
 @db.command("current")
 def db_current() -> None:
     """Print the database's migration revision and the code's head."""
+    require_database(settings())
     click.echo(f"current: {migrations.current(settings().database_url)}")
     click.echo(f"head:    {migrations.head()}")
+
+
+@db.command("history")
+@click.option("--verbose", "-v", is_flag=True, help="Each revision's full description.")
+def db_history(verbose: bool) -> None:
+    """List the migrations, newest first (the code's, not the database's: see `db current`)."""
+    config = migrations.alembic_config(settings().database_url)
+    config.stdout = sys.stdout  # alembic's default is the stdout it saw when imported
+    alembic_command.history(config, verbose=verbose)
 
 
 main.add_command(dlq)

@@ -47,9 +47,16 @@ def default_backup_path(settings: Settings, label: str = "engine") -> Path:
     return path
 
 
-def backup(settings: Settings, path: Path | None = None) -> Path:
-    """Write a consistent copy of the database to `path` (default under var/backups)."""
+def backup(settings: Settings, path: Path | None = None, *, replace: bool = False) -> Path:
+    """Write a consistent copy of the database to `path` (default under var/backups); an
+    existing file is replaced only when asked, and the live database never."""
     target = Path(path) if path else default_backup_path(settings)
+    if _is_live_database(settings, target):
+        raise DatabaseOperationError(f"{target} is the live database: write the backup elsewhere")
+    if target.exists() and not replace:
+        raise DatabaseOperationError(
+            f"{target} already exists: choose another path, or replace it on purpose"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".partial")
     partial.unlink(missing_ok=True)
@@ -64,16 +71,30 @@ def backup(settings: Settings, path: Path | None = None) -> Path:
     return target
 
 
-def restore(settings: Settings, path: Path) -> None:
-    """Replace the database's contents with the backup at `path`."""
+def verify_backup(settings: Settings, path: Path) -> None:
+    """Refuse a file that is not a backup this database can be restored from; reads only."""
     path = Path(path)
     if not path.is_file():
         raise DatabaseOperationError(f"no backup file at {path}")
+    if _is_live_database(settings, path):
+        raise DatabaseOperationError(f"{path} is the live database, not a backup")
+    if settings.is_sqlite:
+        _sqlite_verify(path)
+    else:
+        # --list reads the archive's table of contents: a wrong file fails here, untouched.
+        try:
+            pg_client.run_tool(settings, "pg_restore", ["--list", str(path)], connect=False)
+        except DatabaseOperationError as exc:
+            raise DatabaseOperationError(f"{path} was refused as a backup: {exc.detail}") from exc
+
+
+def restore(settings: Settings, path: Path) -> None:
+    """Replace the database's contents with the backup at `path` (verified first)."""
+    path = Path(path)
+    verify_backup(settings, path)
     if settings.is_sqlite:
         _sqlite_restore(path, sqlite_path(settings, must_exist=False))
     else:
-        # --list reads the archive's table of contents: a wrong file fails here, untouched.
-        pg_client.run_tool(settings, "pg_restore", ["--list", str(path)], connect=False)
         pg_client.run_tool(
             settings,
             "pg_restore",
@@ -173,17 +194,41 @@ def _sqlite_backup(source_path: Path, target: Path) -> None:
         source.close()
 
 
-def _sqlite_restore(backup_path: Path, live: Path) -> None:
-    with open(backup_path, "rb") as handle:
+def _is_live_database(settings: Settings, path: Path) -> bool:
+    if not settings.is_sqlite:
+        return False
+    try:
+        live = sqlite_path(settings, must_exist=False)
+    except DatabaseOperationError:
+        return False
+    candidates = (live, *(live.with_name(live.name + end) for end in ("-wal", "-shm")))
+    return any(Path(path).resolve() == candidate.resolve() for candidate in candidates)
+
+
+def _sqlite_verify(path: Path) -> None:
+    with open(path, "rb") as handle:
         if handle.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
-            raise DatabaseOperationError(f"{backup_path} is not a SQLite database")
+            raise DatabaseOperationError(f"{path} is not a SQLite database")
+    # Read-only: checking a file must not create a journal beside it or change it.
+    try:
+        connection = sqlite3.connect(
+            f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=SQLITE_TIMEOUT_S
+        )
+        try:
+            verdict = [row[0] for row in connection.execute("PRAGMA quick_check")]
+        finally:
+            connection.close()
+    except sqlite3.Error as exc:
+        raise DatabaseOperationError(f"{path} cannot be read as a backup: {exc}") from exc
+    if verdict != ["ok"]:
+        raise DatabaseOperationError(
+            f"{path} is damaged ({'; '.join(verdict[:3])}); nothing was restored"
+        )
+
+
+def _sqlite_restore(backup_path: Path, live: Path) -> None:
     source = _sqlite_connect(backup_path)
     try:
-        verdict = [row[0] for row in source.execute("PRAGMA quick_check")]
-        if verdict != ["ok"]:
-            raise DatabaseOperationError(
-                f"{backup_path} is damaged ({'; '.join(verdict[:3])}); nothing was restored"
-            )
         live.parent.mkdir(parents=True, exist_ok=True)
         target = _sqlite_connect(live)
         try:

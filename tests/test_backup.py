@@ -96,6 +96,39 @@ def test_a_file_that_is_not_a_backup_is_refused_and_nothing_changes(
     assert unique in workflow_names(platform)
 
 
+def test_a_backup_never_overwrites_a_file_unless_forced_and_never_the_live_database(
+    platform: Stack, unique: str, tmp_path: Path
+) -> None:
+    existing = tmp_path / "existing.bak"
+    existing.write_text("keep me\n")
+    assert "already exists" in failed(engine_cli(platform, "db", "backup", str(existing)))
+    assert existing.read_text() == "keep me\n"
+    assert ok(engine_cli(platform, "db", "backup", "--force", str(existing))).strip() == str(
+        existing
+    )
+    assert existing.read_bytes() != b"keep me\n"
+    if platform.backend == "sqlite":
+        platform.register(spec(unique, [{"id": "a", "action": "noop"}]))
+        live = Path(platform.database_url.removeprefix("sqlite:///"))
+        for forced in ((), ("--force",)):
+            out = failed(engine_cli(platform, "db", "backup", *forced, str(live)))
+            assert "live database" in out
+        assert unique in workflow_names(platform)
+        ok(engine_cli(platform, "db", "check"))
+
+
+def test_a_file_that_is_not_a_backup_is_refused_before_the_safety_copy(
+    platform: Stack, tmp_path: Path
+) -> None:
+    bogus = tmp_path / "notabackup.db"
+    bogus.write_text("not a backup\n")
+    backups = platform.settings.var_dir / "backups"
+    copies = set(backups.glob("pre-restore-*"))
+    out = failed(engine_cli(platform, "db", "restore", "--force", str(bogus)))
+    assert "not" in out and str(bogus) in out
+    assert set(backups.glob("pre-restore-*")) == copies
+
+
 def test_check_passes_on_a_migrated_database_and_fails_on_an_unmigrated_one(
     platform: Stack, tmp_path: Path
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -182,16 +183,89 @@ def test_the_database_is_upgraded_and_its_revision_shown(
     database: Stack, fresh_database: str
 ) -> None:
     head = migrations.head()
-    before = ok(engine_cli(database, "db", "current", DATABASE_URL=fresh_database))
-    assert "current: None" in before and f"head:    {head}" in before
+    if database.backend == "sqlite":
+        # No file yet: said so, and none is created by asking.
+        missing = refused(engine_cli(database, "db", "current", DATABASE_URL=fresh_database))
+        assert "does not exist" in missing and "engine db upgrade" in missing
+        assert not Path(fresh_database.removeprefix("sqlite:///")).exists()
+    else:
+        before = ok(engine_cli(database, "db", "current", DATABASE_URL=fresh_database))
+        assert "current: None" in before and f"head:    {head}" in before
     assert f"database at {head}" in ok(
         engine_cli(database, "db", "upgrade", DATABASE_URL=fresh_database)
     )
     after = ok(engine_cli(database, "db", "current", DATABASE_URL=fresh_database))
-    assert f"current: {head}" in after
+    assert f"current: {head}" in after and f"head:    {head}" in after
     # Upgrading an up-to-date database is a no-op.
     ok(engine_cli(database, "db", "upgrade", DATABASE_URL=fresh_database))
     assert migrations.current(fresh_database) == head
+
+
+def test_the_runbooks_downgrade_by_one_works_and_history_lists_the_migrations(
+    database: Stack, fresh_database: str, tmp_path: Path
+) -> None:
+    ok(engine_cli(database, "db", "upgrade", DATABASE_URL=fresh_database))
+    revisions = history_revisions()
+    assert revisions[0] == migrations.head() and len(revisions) >= 2
+    assert f"database at {revisions[1]}" in ok(
+        engine_cli(database, "db", "downgrade", "-1", DATABASE_URL=fresh_database)
+    )
+    assert migrations.current(fresh_database) == revisions[1]
+    assert "Revert migrations" in ok(engine_cli(database, "db", "downgrade", "--help"))
+
+    # `db history` reads the code's migrations from any directory, as `db upgrade` does.
+    done = subprocess.run(
+        [sys.executable, "-m", "cli.main", "db", "history"],
+        cwd=tmp_path,
+        env={**database.env, "DATABASE_URL": fresh_database},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"{revisions[0]} (head)" in done.stdout and "<base> ->" in done.stdout
+
+
+def history_revisions() -> list[str]:
+    out = ok(run_engine({}, "db", "history"))
+    return [line.split(" -> ", 1)[1].split()[0].rstrip(",") for line in out.splitlines()]
+
+
+def test_bad_input_and_bad_settings_end_in_one_line_and_a_non_zero_exit(
+    database: Stack, fresh_database: str, tmp_path: Path
+) -> None:
+    bad_revisions = {("upgrade", "nosuchrev"), ("downgrade", "9999"), ("upgrade", "+1")}
+    for command, revision in bad_revisions:
+        message = refused(engine_cli(database, "db", command, revision))
+        assert "migration:" in message and revision.lstrip("+") in message, message
+
+    if database.backend == "sqlite":
+        sqlite3.connect(fresh_database.removeprefix("sqlite:///")).close()  # empty, exists
+    for words in (("runs", "ls"), ("dlq", "ls"), ("workflows", "ls")):
+        message = refused(engine_cli(database, *words, DATABASE_URL=fresh_database))
+        assert "not migrated" in message and "engine db upgrade" in message, message
+
+    no_secret = {"ENGINE_ENV": "production", "JWT_SECRET": ""}
+    assert "JWT_SECRET" in refused(engine_cli(database, "db", "current", **no_secret))
+    assert "RETRY_MAX_ATTEMPTS" in refused(
+        engine_cli(database, "runs", "ls", RETRY_MAX_ATTEMPTS="abc")
+    )
+    assert "DATABASE_URL" in refused(engine_cli(database, "db", "check", DATABASE_URL="bogus://x"))
+    nowhere = tmp_path / "no" / "such" / "directory" / "engine.db"
+    assert "does not exist" in refused(
+        engine_cli(database, "db", "current", DATABASE_URL=f"sqlite:///{nowhere}")
+    )
+    assert not nowhere.parent.exists()
+
+
+def refused(result: Result) -> str:
+    """A refusal as an operator should see it: exit 1, one `Error:` line, no traceback."""
+    assert result.exit_code == 1, (result.output, result.exception)
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert lines and lines[-1].startswith("Error: "), result.output
+    return lines[-1]
 
 
 def engine_cli(stack: Stack, *args: str, **env: str) -> Result:
