@@ -9,13 +9,14 @@ from datetime import UTC, datetime
 import click
 import jwt
 
-from cli.context import emit, operator, session, settings
+from cli.context import emit, operator, require_database, session, settings
 from engine import tokens
 from engine.auth import ALGORITHM, verification_keys
 from engine.db import make_engine, make_session_factory
 from engine.revocations import RevocationList
 
 SECRET_BYTES = 32
+ACCEPTED = "accepted"
 
 
 def rotation_steps(new_secret: str, secret_file: str, from_file: bool) -> str:
@@ -72,24 +73,14 @@ def rotate() -> None:
 @click.command("inspect")
 @click.argument("token")
 def inspect(token: str) -> None:
-    """Show a token's header and claims, and whether this deployment would accept it."""
+    """Show a token's header and claims, and whether this deployment would accept it (its
+    signature, expiry and the revocations in the database); exit 1 when it would refuse it."""
     try:
         header = jwt.get_unverified_header(token)
         claims = jwt.decode(token, options={"verify_signature": False})
     except jwt.InvalidTokenError as exc:
         raise click.ClickException(f"not a token: {exc}") from exc
-    current = settings()
-    key = verification_keys(current).get(str(header.get("kid", "")))
-    if key is None:
-        verdict = "refused: signed with a key this deployment does not have (rotated out?)"
-    else:
-        try:
-            jwt.decode(token, key, algorithms=[ALGORITHM], issuer=current.jwt_issuer)
-            verdict = "accepted (unless revoked)"
-        except jwt.ExpiredSignatureError:
-            verdict = "refused: expired"
-        except jwt.InvalidTokenError as exc:
-            verdict = f"refused: {exc}"
+    verdict = _verdict(token, header, claims)
     expires = claims.get("exp")
     emit(
         {
@@ -101,6 +92,31 @@ def inspect(token: str) -> None:
             "verdict": verdict,
         }
     )
+    if verdict != ACCEPTED:
+        raise SystemExit(1)
+
+
+def _verdict(token: str, header: dict[str, object], claims: dict[str, object]) -> str:
+    current = settings()
+    key = verification_keys(current).get(str(header.get("kid", "")))
+    if key is None:
+        return "refused: signed with a key this deployment does not have (rotated out?)"
+    try:
+        jwt.decode(token, key, algorithms=[ALGORITHM], issuer=current.jwt_issuer)
+    except jwt.ExpiredSignatureError:
+        return "refused: expired"
+    except jwt.InvalidTokenError as exc:
+        return f"refused: {exc}"
+    require_database(current)
+    db_engine = make_engine(current)
+    try:
+        # No Redis client: the database is the truth the API's copies load from.
+        revocations = RevocationList(make_session_factory(db_engine, read_only=True), None)
+        if revocations.is_revoked(str(claims.get("jti") or "")):
+            return "refused: revoked"
+    finally:
+        db_engine.dispose()
+    return ACCEPTED
 
 
 @click.command("revoke")

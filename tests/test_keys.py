@@ -13,6 +13,7 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -432,7 +433,7 @@ def test_the_cli_revokes_by_jti_and_inspect_shows_the_jti_and_the_verdict(
     result = engine_cli(database.env, "token", "inspect", token)
     assert result.exit_code == 0, result.output
     shown = json.loads(result.output)
-    assert shown["verdict"] == "accepted (unless revoked)"
+    assert shown["verdict"] == "accepted"
     assert shown["claims"]["sub"] == f"leaked.{unique}"
 
     result = engine_cli(database.env, "token", "revoke", shown["claims"]["jti"], "--reason", "leak")
@@ -444,7 +445,16 @@ def test_the_cli_revokes_by_jti_and_inspect_shows_the_jti_and_the_verdict(
         ).one()
     assert (event.action, event.reason) == ("token.revoke", "leak")
     assert event.actor.startswith("cli:")
+    # As the API answers it: refused, and the exit status says so (the JSON stays).
+    result = engine_cli(database.env, "token", "inspect", token)
+    assert result.exit_code == 1, result.output
+    assert json.loads(result.stdout)["verdict"] == "refused: revoked"
 
     rotated = {**database.env, "JWT_SECRET": "a-brand-new-secret-" + "z" * 40}
-    shown = json.loads(engine_cli(rotated, "token", "inspect", token).output)
-    assert shown["verdict"].startswith("refused: signed with a key")
+    result = engine_cli(rotated, "token", "inspect", database.token("fine@example.com"))
+    assert result.exit_code == 1, result.output
+    assert json.loads(result.stdout)["verdict"].startswith("refused: signed with a key")
+    expired = mint_token(database.settings, "late@example.com", ["runs.read"], timedelta(0))
+    result = engine_cli(database.env, "token", "inspect", expired.token)
+    assert result.exit_code == 1, result.output
+    assert json.loads(result.stdout)["verdict"] == "refused: expired"
