@@ -97,7 +97,11 @@ def dlq_show(letter_id: str) -> None:
 
 @dlq.command("replay")
 @click.argument("letter_id", required=False)
-@click.option("--reason", default=None, help="Why (recorded in the audit trail).")
+@click.option(
+    "--reason",
+    default=None,
+    help="Why (recorded in the audit trail). Required, except for a --dry-run.",
+)
 @click.option("--inputs", default=None, help="JSON object replacing the step's inputs.")
 @click.option("--all", "bulk", is_flag=True, help="Every open letter matching the filter.")
 @filter_options
@@ -114,13 +118,16 @@ def dlq_replay(
 ) -> None:
     """Replay LETTER_ID into its run, or with --all every open letter matching a filter
     (first --dry-run, then --confirm-count N --reason R)."""
-    if bool(letter_id) == bulk:
+    if letter_id and bulk:
         raise click.UsageError("give a LETTER_ID or --all, not both")
+    if not letter_id and not bulk:
+        raise click.UsageError("give a LETTER_ID or --all")
     if bulk:
         if inputs is not None:
             raise click.UsageError("--inputs replaces one letter's inputs; it cannot go with --all")
         _replay_all(options, reason, dry_run, confirm_count)
         return
+    _require_reason(reason)
     replacement = None
     if inputs is not None:
         replacement = json_option(inputs, "--inputs")
@@ -135,11 +142,19 @@ def dlq_replay(
     click.echo(f"replayed {letter_id} into run {replayed.run_id}")
 
 
+def _require_reason(reason: str | None) -> None:
+    """Checked before anything is read, as the engine would refuse it after."""
+    if not (reason or "").strip():
+        raise click.MissingParameter(param_hint="'--reason'", param_type="option")
+
+
 def _replay_all(
     options: dict[str, Any], reason: str | None, dry_run: bool, confirm_count: int | None
 ) -> None:
     if not dry_run and confirm_count is None:
         raise click.UsageError("--all needs --dry-run first, then --confirm-count N --reason R")
+    if not dry_run:
+        _require_reason(reason)
     with session() as current:
         where = _filter(options)
         plan = bulk_replay.plan_bulk(

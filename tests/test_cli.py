@@ -271,3 +271,21 @@ def refused(result: Result) -> str:
 def engine_cli(stack: Stack, *args: str, **env: str) -> Result:
     """Run `engine ARGS` with the stack's environment (its database, Redis prefix, secret)."""
     return run_engine({**stack.env, **env}, *args)
+
+
+def test_dlq_replay_says_what_it_needs(database: Stack) -> None:
+    def usage_error(*args: str) -> str:
+        result = engine_cli(database, "dlq", "replay", *args)
+        assert result.exit_code == 2, result.output
+        return result.output.strip().splitlines()[-1]
+
+    assert usage_error() == "Error: give a LETTER_ID or --all"
+    assert usage_error("some-letter", "--all") == "Error: give a LETTER_ID or --all, not both"
+    for args in (
+        ("some-letter",),
+        ("some-letter", "--reason", " "),
+        ("--all", "--confirm-count", "3"),
+    ):
+        assert "--reason" in usage_error(*args)
+    help_text = " ".join(ok(engine_cli(database, "dlq", "replay", "--help")).split())
+    assert "Required, except for a --dry-run" in help_text
