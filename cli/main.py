@@ -40,12 +40,12 @@ def token() -> None:
 @click.option(
     "--scopes",
     default="runs.read,runs.write,workflows.read",
-    help="Comma-separated scopes, e.g. 'admin.*,runs.write'.",
+    help="Comma-separated scopes, e.g. 'admin.*,runs.write' (OPERATIONS.md § 3 lists them).",
 )
 @click.option("--ttl", default="1h", help="Lifetime: 900, 15m, 1h, 7d.")
 def token_mint(sub: str, scopes: str, ttl: str) -> None:
     """Print a signed token for SUB."""
-    minted = auth.mint_token(settings(), sub, auth.parse_scopes(scopes), auth.parse_ttl(ttl))
+    minted = auth.mint_token(settings(), sub, auth.parse_known_scopes(scopes), auth.parse_ttl(ttl))
     click.echo(minted.token)
 
 

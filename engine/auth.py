@@ -16,6 +16,21 @@ from engine.errors import InvalidInput
 
 ALGORITHM = "HS256"
 ADMIN_RUNS_SCOPE = "admin.runs"
+# Every scope an endpoint checks (OPERATIONS.md § 3 lists them for operators).
+KNOWN_SCOPES = (
+    "runs.read",
+    "runs.write",
+    "workflows.read",
+    "workflows.write",
+    "life.read",
+    "admin.status",
+    ADMIN_RUNS_SCOPE,
+    "admin.dlq.read",
+    "admin.dlq.replay",
+    "admin.dlq.discard",
+    "admin.audit",
+    "admin.tokens",
+)
 _SCOPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*(\.\*)?$")
 _TTL = re.compile(r"^(?P<amount>\d+)(?P<unit>[smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -69,6 +84,32 @@ def parse_scopes(scopes: str | Iterable[str]) -> tuple[str, ...]:
             errors=[{"field": "scopes", "message": f"not a scope: {s!r}"} for s in bad],
         )
     return tuple(items)
+
+
+def is_known_scope(scope: str) -> bool:
+    """A scope the platform checks, or a wildcard `x.*` covering at least one of them."""
+    if scope.endswith(".*"):
+        return any(known.startswith(scope[:-1]) for known in KNOWN_SCOPES)
+    return scope in KNOWN_SCOPES
+
+
+def parse_known_scopes(scopes: str | Iterable[str]) -> tuple[str, ...]:
+    """parse_scopes, refusing an empty list and a scope no endpoint checks (a typo would
+    mint a token that is refused everywhere)."""
+    items = parse_scopes(scopes)
+    if not items:
+        raise InvalidInput(
+            "scopes are required", errors=[{"field": "scopes", "message": "name one or more"}]
+        )
+    unknown = [scope for scope in items if not is_known_scope(scope)]
+    if unknown:
+        raise InvalidInput(
+            "unknown scope",
+            errors=[
+                {"field": "scopes", "message": f"no endpoint checks {scope!r}"} for scope in unknown
+            ],
+        )
+    return items
 
 
 def parse_ttl(ttl: str | int) -> timedelta:

@@ -57,6 +57,10 @@ def test_a_minted_token_is_accepted_by_the_api(stack: Stack, unique: str) -> Non
     assert stack.wait_finished(response.get_json()["id"])["status"] == "succeeded"
 
     assert "scopes" in failed(engine_cli(stack, "token", "mint", "x", "--scopes", "Runs!"))
+    for scopes in ("", " , ", "nonexistent.scope", "runs.read,runs.delete", "nothing.*"):
+        assert "scopes" in failed(engine_cli(stack, "token", "mint", "x", "--scopes", scopes))
+    for scopes in ("admin.dlq.*", "life.read", "runs.*,workflows.write"):
+        ok(engine_cli(stack, "token", "mint", "x", "--scopes", scopes))
     assert "ttl" in failed(engine_cli(stack, "token", "mint", "x", "--ttl", "forever"))
 
 

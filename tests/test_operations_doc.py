@@ -302,3 +302,17 @@ def test_every_safe_block_of_the_runbook_succeeds_on_a_running_platform(
         f"OPERATIONS.md line {block.line} exited {result.returncode}\n"
         f"--- stdout\n{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-3000:]}"
     )
+
+
+def test_the_scopes_the_runbook_lists_are_the_ones_the_platform_knows() -> None:
+    from engine.auth import KNOWN_SCOPES
+
+    section = RUNBOOK.read_text().split("## 3. Key management", 1)[1].split("### ", 1)[0]
+    listed = set(re.findall(r"`([a-z]+(?:\.[a-z]+)+)`", section))
+    assert listed == set(KNOWN_SCOPES)
+    checked = {
+        scope
+        for path in (ROOT / "web").glob("*.py")
+        for scope in re.findall(r'require_scopes\("([^"]+)"\)', path.read_text())
+    }
+    assert checked <= set(KNOWN_SCOPES), checked - set(KNOWN_SCOPES)
