@@ -63,12 +63,17 @@ def dlq() -> None:
 @click.option("--status", type=click.Choice(dlq_query.STATUSES), default=None, help="All if unset.")
 @filter_options
 @click.option("--limit", type=click.IntRange(1, 1000), default=50)
-def dlq_ls(limit: int, **options: Any) -> None:
+@click.option("--cursor", default=None, help="Continue after a page (its next_cursor).")
+@click.option("--json", "as_json", is_flag=True, help="The API's JSON page (GET /admin/dlq).")
+def dlq_ls(limit: int, cursor: str | None, as_json: bool, **options: Any) -> None:
     """List dead letters, newest first, then their counts by fingerprint."""
     with session() as current:
         where = _filter(options)
-        items, following = dlq_query.list_letters(current, where, limit=limit)
+        items, following = dlq_query.list_letters(current, where, limit=limit, cursor=cursor)
         groups = dlq_query.group_letters(current, where)
+        if as_json:
+            emit(_page(items, following, groups))
+            return
         for letter in items:
             click.echo(
                 f"{letter.id}  {letter.status:<9} {letter.failed_at:%Y-%m-%d %H:%M:%S}  "
@@ -83,6 +88,25 @@ def dlq_ls(limit: int, **options: Any) -> None:
                 f"  {group.fingerprint}  {group.count:>6}  {group.exception_type}  "
                 f"last {group.last_failed_at:%Y-%m-%d %H:%M:%S}"
             )
+
+
+def _page(items: list[Any], following: str | None, groups: list[Any]) -> dict[str, Any]:
+    """GET /admin/dlq's body."""
+    from web import serialize
+
+    body = serialize.page(
+        [serialize.dead_letter(letter, settings().flower_url) for letter in items], following
+    )
+    body["groups"] = [
+        {
+            "fingerprint": group.fingerprint,
+            "exception_type": group.exception_type,
+            "count": group.count,
+            "last_failed_at": serialize.timestamp(group.last_failed_at),
+        }
+        for group in groups
+    ]
+    return body
 
 
 @dlq.command("show")

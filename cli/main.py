@@ -93,12 +93,21 @@ def runs_submit(workflow: str, params: str, version: int | None, priority: int) 
 @click.option("--status", default=None)
 @click.option("--workflow", default=None)
 @click.option("--limit", type=click.IntRange(1, 1000), default=20)
-def runs_ls(status: str | None, workflow: str | None, limit: int) -> None:
+@click.option("--cursor", default=None, help="Continue after a page (its next_cursor).")
+@click.option("--json", "as_json", is_flag=True, help="The API's JSON page (GET /runs).")
+def runs_ls(
+    status: str | None, workflow: str | None, limit: int, cursor: str | None, as_json: bool
+) -> None:
     """List runs, newest first."""
+    from web import serialize
+
     with session() as current:
-        items, _ = runs.list_runs(
-            current, operator(), limit=limit, status=status, workflow=workflow
+        items, following = runs.list_runs(
+            current, operator(), limit=limit, cursor=cursor, status=status, workflow=workflow
         )
+        if as_json:
+            emit(serialize.page([serialize.run(run) for run in items], following))
+            return
         for run in items:
             click.echo(
                 f"{run.id}  {run.status:<10} {run.workflow}@{run.version}  "
@@ -173,10 +182,17 @@ def workflows_register(path: str) -> None:
 
 
 @workflows_group.command("ls")
-def workflows_ls() -> None:
+@click.option("--json", "as_json", is_flag=True, help="The API's JSON page (GET /workflows).")
+def workflows_ls(as_json: bool) -> None:
     """List the latest version of each workflow."""
+    from web import serialize
+
     with session() as current:
-        for workflow in workflows.list_latest(current):
+        latest = workflows.list_latest(current)
+        if as_json:
+            emit(serialize.page([serialize.workflow(workflow) for workflow in latest], None))
+            return
+        for workflow in latest:
             click.echo(f"{workflow.name}@{workflow.version}  {len(workflow.spec['steps'])} steps")
 
 

@@ -293,3 +293,33 @@ def test_dlq_replay_says_what_it_needs(database: Stack) -> None:
         assert "--reason" in usage_error(*args)
     help_text = " ".join(ok(engine_cli(database, "dlq", "replay", "--help")).split())
     assert "Required, except for a --dry-run" in help_text
+
+
+FLAKY = [
+    {"id": "work", "action": "fail", "with": {"until_attempt": 2}, "retry": {"max_attempts": 1}}
+]
+
+
+def test_the_listings_give_the_apis_json_for_scripts(stack: Stack, unique: str) -> None:
+    stack.register(spec(unique, FLAKY))
+    run_id = stack.submit(unique)
+    assert stack.wait_finished(run_id)["status"] == "failed"
+    admin = stack.headers("ops@example.com", "admin.*,runs.read,workflows.read")
+
+    def api(path: str, **query: str) -> Any:
+        response = stack.client().get(path, query_string=query, headers=admin)
+        assert response.status_code == 200, response.get_json()
+        return response.get_json()
+
+    def cli(*args: str) -> Any:
+        return json.loads(ok(engine_cli(stack, *args, "--json")))
+
+    assert cli("runs", "ls", "--workflow", unique) == api("/runs", workflow=unique)
+    assert [run["id"] for run in cli("runs", "ls", "--workflow", unique)["items"]] == [run_id]
+    letters = cli("dlq", "ls", "--run", run_id)
+    assert letters == api("/admin/dlq", run_id=run_id)
+    assert [letter["run_id"] for letter in letters["items"]] == [run_id]
+    assert letters["groups"][0]["count"] == 1
+    listed = cli("workflows", "ls")
+    assert listed == api("/workflows")
+    assert unique in {workflow["name"] for workflow in listed["items"]}
