@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import getpass
 import json
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
@@ -20,9 +21,32 @@ from engine.auth import Caller
 from engine.config import Settings
 from engine.db import make_engine, make_session_factory
 from engine.errors import DatabaseOperationError, EngineError
+from engine.work import Work
 
 # SQLSTATE of PostgreSQL's "relation does not exist".
 UNDEFINED_TABLE = "42P01"
+# Its failures are logged with their tracebacks (the API's and the workers' logs keep
+# them); the CLI says it in one line instead, and shows them with --debug.
+DISPATCH_LOGGER = "workers.dispatch"
+UNSENT_WARNING = (
+    "warning: committed, but the broker is unreachable; the reconciler will send the "
+    "work when it is back (`engine --debug ...` shows why)"
+)
+_handler: logging.Handler | None = None
+
+
+def configure_logging(debug: bool) -> None:
+    """Warnings on stderr (everything, with tracebacks, under --debug)."""
+    global _handler
+    root = logging.getLogger()
+    if _handler is not None:
+        root.removeHandler(_handler)
+    _handler = logging.StreamHandler()
+    _handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    if not debug:
+        _handler.addFilter(lambda record: not record.name.startswith(DISPATCH_LOGGER))
+    root.addHandler(_handler)
+    root.setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
 @lru_cache(maxsize=1)
@@ -89,6 +113,30 @@ def session() -> Iterator[Session]:
             yield current
     finally:
         db_engine.dispose()
+
+
+@contextmanager
+def sender() -> Iterator[Callable[[Work], None]]:
+    """Send work to the broker named by the settings (REDIS_URL, REDIS_KEY_PREFIX), after
+    the commit; work the broker did not take ends in one warning, not an error: its rows
+    are committed and the reconciler sends it again."""
+    from workers.dispatch import send
+    from workers.factory import make_celery
+
+    app = make_celery(settings())
+    unsent = 0
+
+    def deliver(work: Work) -> None:
+        nonlocal unsent
+        if not send(work, app):
+            unsent += 1
+
+    try:
+        yield deliver
+    finally:
+        app.close()
+    if unsent:
+        click.echo(UNSENT_WARNING, err=True)
 
 
 def operator() -> Caller:

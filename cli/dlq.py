@@ -6,16 +6,14 @@ The CLI acts as `cli:<user>` (cli.context.operator()); every change is audited u
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import click
 
-from cli.context import emit, json_option, operator, session, settings
+from cli.context import emit, json_option, operator, sender, session, settings
 from engine import bulk_replay, dlq_query, replay
 from engine.db import make_engine, make_session_factory
-from engine.work import Work
 
 FILTER_OPTIONS = (
     ("--workflow", "--filter-workflow", "workflow"),
@@ -39,19 +37,6 @@ def _filter(options: dict[str, Any]) -> dlq_query.LetterFilter:
     return dlq_query.LetterFilter.parse(
         {name: options.get(name) for name in dlq_query.FILTER_FIELDS}, prefix="--"
     )
-
-
-@contextmanager
-def _sender() -> Iterator[Callable[[Work], None]]:
-    """Send work to the broker named by the settings (REDIS_URL, REDIS_KEY_PREFIX)."""
-    from workers.dispatch import send
-    from workers.factory import make_celery
-
-    app = make_celery(settings())
-    try:
-        yield lambda work: send(work, app)
-    finally:
-        app.close()
 
 
 @click.group("dlq")
@@ -161,7 +146,7 @@ def dlq_replay(
         replayed = replay.replay(
             current, settings(), letter_id or "", operator(), reason, replacement
         )
-    with _sender() as send:
+    with sender() as send:
         send(replayed.work)
     click.echo(f"replayed {letter_id} into run {replayed.run_id}")
 
@@ -198,7 +183,7 @@ def _replay_all(
     pacer = bulk_replay.Pacer(settings().bulk_replay_rate)
     outcomes: dict[str, int] = {}
     try:
-        with _sender() as send:
+        with sender() as send:
             for batch in bulk_replay.replay_batches(
                 make_session_factory(db_engine), settings(), plan, operator(), reason or ""
             ):

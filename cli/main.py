@@ -10,10 +10,12 @@ from alembic import command as alembic_command
 
 from cli.context import (
     EngineGroup,
+    configure_logging,
     emit,
     json_option,
     operator,
     require_database,
+    sender,
     session,
     settings,
 )
@@ -23,11 +25,14 @@ from cli.token_ops import COMMANDS as TOKEN_COMMANDS
 from engine import actions, auth, migrations, resume, runs, specs, workflows
 from engine.config import Settings
 from engine.errors import EngineError
+from engine.work import Work
 
 
 @click.group(cls=EngineGroup)
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Log everything on stderr, with tracebacks.")
+def main(debug: bool) -> None:
     """Operate the AI Business Engine (reads DATABASE_URL, REDIS_URL, JWT_SECRET)."""
+    configure_logging(debug)
 
 
 @main.group()
@@ -57,11 +62,9 @@ def _with_actions() -> Settings:
     return current
 
 
-def _send(work: object) -> None:
-    from workers.dispatch import send
-    from workers.factory import make_celery
-
-    send(work, make_celery(settings()))  # type: ignore[arg-type]
+def _send(work: Work) -> None:
+    with sender() as send:
+        send(work)
 
 
 @main.group("runs")

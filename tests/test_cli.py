@@ -323,3 +323,42 @@ def test_the_listings_give_the_apis_json_for_scripts(stack: Stack, unique: str) 
     listed = cli("workflows", "ls")
     assert listed == api("/workflows")
     assert unique in {workflow["name"] for workflow in listed["items"]}
+
+
+def test_with_the_broker_down_a_submit_and_a_replay_are_committed_with_one_warning(
+    stack: Stack, unique: str
+) -> None:
+    stack.register(spec(unique, FLAKY))
+    failed_run = stack.submit(unique)
+    assert stack.wait_finished(failed_run)["status"] == "failed"
+    (letter,) = stack.dead_letters(failed_run)
+    unreachable = {**stack.env, "REDIS_URL": f"redis://127.0.0.1:{services.free_port()}/0"}
+
+    def engine(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "cli.main", *args],
+            cwd=services.ROOT,
+            env=unreachable,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    for args in (("runs", "submit", unique), ("dlq", "replay", letter.id, "--reason", "fixed")):
+        done = engine(*args)
+        assert done.returncode == 0, done.stderr
+        assert done.stderr.strip().splitlines() == [
+            "warning: committed, but the broker is unreachable; the reconciler will send the "
+            "work when it is back (`engine --debug ...` shows why)"
+        ], done.stderr
+    runs_queued = json.loads(ok(engine_cli(stack, "runs", "ls", "--workflow", unique, "--json")))
+    statuses = {run["id"]: run["status"] for run in runs_queued["items"]}
+    assert statuses[failed_run] != "failed" and len(statuses) == 2, statuses
+    assert [item["status"] for item in stack_letters(stack, failed_run)] == ["replayed"]
+    # The traceback is there for whoever asks.
+    debug = engine("--debug", "runs", "submit", unique)
+    assert debug.returncode == 0 and "Traceback" in debug.stderr
+
+
+def stack_letters(stack: Stack, run_id: str) -> list[dict[str, Any]]:
+    return json.loads(ok(engine_cli(stack, "dlq", "ls", "--run", run_id, "--json")))["items"]

@@ -17,11 +17,13 @@ log = logging.getLogger(__name__)
 BATCH = 100
 
 
-def send(work: Work, app: Celery | None = None) -> None:
-    """Send messages and revocations. A failed send is logged, not raised: the rows are
-    committed, and the reconciler sends their work again after its grace period."""
+def send(work: Work, app: Celery | None = None) -> bool:
+    """Send messages and revocations; True when all went out. A failed send is logged, not
+    raised: the rows are committed, and the reconciler sends their work again after its
+    grace period."""
     if not work:
-        return
+        return True
+    delivered = True
     if app is None:
         from workers.celery_app import app
 
@@ -34,12 +36,13 @@ def send(work: Work, app: Celery | None = None) -> None:
             with app.producer_or_acquire() as producer:
                 if len(work.dispatches) == 1:
                     # A batch of one would cost a pipeline for nothing.
-                    _send_one(app, producer, work.dispatches[0], lineage)
+                    delivered = _send_one(app, producer, work.dispatches[0], lineage)
                 else:
                     with producer.batch(BATCH):
                         for dispatch in work.dispatches:
-                            _send_one(app, producer, dispatch, lineage)
+                            delivered = _send_one(app, producer, dispatch, lineage) and delivered
         except Exception:
+            delivered = False
             log.exception(
                 "%d message(s) not sent; the reconciler will send them again",
                 len(work.dispatches),
@@ -48,7 +51,9 @@ def send(work: Work, app: Celery | None = None) -> None:
         try:
             app.control.revoke(work.revoke, terminate=True, signal="SIGTERM")
         except Exception:
+            delivered = False
             log.exception("revoking %d task(s) failed", len(work.revoke))
+    return delivered
 
 
 def _lineage(app: Celery) -> tuple[str | None, str | None]:
@@ -63,7 +68,7 @@ def _lineage(app: Celery) -> tuple[str | None, str | None]:
 
 def _send_one(
     app: Celery, producer: Any, dispatch: Dispatch, lineage: tuple[str | None, str | None]
-) -> None:
+) -> bool:
     """One message, built and published by Celery's own message layer (`app.amqp`) with
     what `send_task` would give it here. `send_task` itself resolves options for any task,
     any broker and any result backend on every call, which cost a quarter of a publish; the
@@ -105,3 +110,5 @@ def _send_one(
         )
     except Exception:
         log.exception("task %s: send failed; the reconciler will send it again", dispatch.task_id)
+        return False
+    return True
