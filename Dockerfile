@@ -1,6 +1,8 @@
 # One image for every app process: api (gunicorn), worker, beat, flower, migrate.
 # docker-compose.yml picks the process with `command:`.
-FROM python:3.11-slim
+# Debian bookworm, pinned: its PostgreSQL client is 15, the server docker-compose.yml runs
+# (a plain python:3.11-slim follows Debian's newest release, which ships another major).
+FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -8,6 +10,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
+
+# pg_dump and pg_restore of the server's major version, for `engine db backup|restore`
+# (engine.pg_client looks in /usr/lib/postgresql/<major>/bin first).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends postgresql-client-15 \
+    && rm -rf /var/lib/apt/lists/*
 
 # Dependencies first: this layer is reused until requirements.txt changes.
 COPY requirements.txt ./
@@ -19,12 +27,12 @@ RUN pip install -r requirements.txt
 COPY . .
 RUN pip install --no-deps -e .
 
-# Run as an unprivileged user. The state and log directories are created here, owned by
-# that user, so that named volumes mounted on them inherit the ownership.
+# Run as an unprivileged user. The state, backup and log directories are created here,
+# owned by that user, so that named volumes mounted on them inherit the ownership.
 RUN groupadd --system engine \
     && useradd --system --gid engine --no-create-home --home-dir /var/lib/engine engine \
-    && mkdir -p /var/lib/engine /var/log/engine \
-    && chown engine:engine /var/lib/engine /var/log/engine
+    && mkdir -p /var/lib/engine/backups /var/log/engine \
+    && chown engine:engine /var/lib/engine /var/lib/engine/backups /var/log/engine
 USER engine
 
 ENV LOG_DIR=/var/log/engine

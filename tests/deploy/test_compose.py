@@ -287,7 +287,7 @@ def test_the_image_installs_the_pinned_requirements_and_runs_as_a_non_root_user(
     instructions = [
         line.strip() for line in dockerfile.splitlines() if line.strip() and line[0] != "#"
     ]
-    assert instructions[0] == "FROM python:3.11-slim"
+    assert re.fullmatch(r"FROM python:3\.11-slim(-[a-z]+)?", instructions[0])
     assert any(re.search(r"pip install .*-r requirements\.txt", line) for line in instructions)
     assert any(re.search(r"pip install .*(-e )?\.$", line) for line in instructions)
     assert (ROOT / "requirements.txt").is_file()
@@ -302,3 +302,42 @@ def test_the_build_context_leaves_out_secrets_and_local_state():
         if line.strip() and not line.startswith("#")
     }
     assert {".git", ".venv", ".env", "var"} <= ignored
+
+
+# Debian's PostgreSQL client in each release (the only major its own repository has).
+DEBIAN_POSTGRES_MAJOR = {"bullseye": 13, "bookworm": 15, "trixie": 17}
+
+
+def dockerfile_instructions() -> list[str]:
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    return [" ".join(line.split()) for line in text.splitlines() if line.strip()[:1] not in "#"]
+
+
+def test_the_image_has_the_postgresql_client_of_the_servers_major_version(services):
+    """`docker compose exec api engine db backup|restore` runs pg_dump/pg_restore in the image:
+    the client must be there, of the server's major version, from the base image's Debian."""
+    major = int(services["postgres"]["image"].split(":")[1].split(".")[0])
+    instructions = dockerfile_instructions()
+    release = instructions[0].rsplit("-", 1)[-1]
+    assert release in DEBIAN_POSTGRES_MAJOR, f"pin the base image's Debian release: {release}"
+    assert DEBIAN_POSTGRES_MAJOR[release] == major, (
+        f"Debian {release} ships PostgreSQL {DEBIAN_POSTGRES_MAJOR[release]}, the server is {major}"
+    )
+    installs = [
+        line for line in instructions if line.startswith("RUN ") and "apt-get install" in line
+    ]
+    assert any(f"postgresql-client-{major}" in line.split() for line in installs), installs
+    # Installed as root, before the image drops to its user.
+    user_at = next(i for i, line in enumerate(instructions) if line.startswith("USER "))
+    assert all(instructions.index(line) < user_at for line in installs)
+
+
+def test_backups_written_in_the_api_container_land_on_a_named_volume(compose, services):
+    api = services["api"]
+    backups = f"{environment(api)['ENGINE_VAR_DIR']}/backups"
+    assert mounts(api).get(backups) in compose["volumes"], mounts(api)
+    assert mounts(api).get("/var/log/engine") == "engine-logs"
+    # Created in the image and owned by its user, so the new volume is writable.
+    run_lines = " ".join(line for line in dockerfile_instructions() if line.startswith("RUN "))
+    assert re.search(rf"mkdir -p [^&]*{re.escape(backups)}", run_lines)
+    assert re.search(rf"chown engine:engine [^&]*{re.escape(backups)}", run_lines)
