@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import sqlite3
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -362,3 +366,44 @@ def test_with_the_broker_down_a_submit_and_a_replay_are_committed_with_one_warni
 
 def stack_letters(stack: Stack, run_id: str) -> list[dict[str, Any]]:
     return json.loads(ok(engine_cli(stack, "dlq", "ls", "--run", run_id, "--json")))["items"]
+
+
+def test_a_replay_from_the_cli_in_the_apis_environment_counts_in_the_apis_metrics(
+    stack: Stack, unique: str, tmp_path: Path
+) -> None:
+    """As `docker compose exec api engine ...` runs it: with the API's
+    PROMETHEUS_MULTIPROC_DIR, the CLI's counts land where the API's /metrics reads them."""
+    stack.register(spec(unique, FLAKY))
+    run_id = stack.submit(unique)
+    assert stack.wait_finished(run_id)["status"] == "failed"
+    (letter,) = stack.dead_letters(run_id)
+    env = {**stack.env, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+    port = services.free_port()
+    api = services.start_gunicorn(env, tmp_path / "gunicorn.log", port, "-w", "1")
+    try:
+
+        def replayed() -> float | None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                    text = r.read().decode()
+            except OSError:
+                return None
+            found = re.search(r'^dlq_events_total\{event="replayed"\} (\S+)$', text, re.M)
+            return float(found[1]) if found else None
+
+        services.wait_for(lambda: replayed() is not None, 60, message="the API's /metrics")
+        before = replayed()
+        done = subprocess.run(
+            [sys.executable, "-m", "cli.main", "dlq", "replay", letter.id, "--reason", "fixed"],
+            cwd=services.ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert replayed() == (before or 0) + 1
+        assert stack.wait_finished(run_id)["status"] == "succeeded"
+    finally:
+        os.killpg(api.pid, signal.SIGTERM)
+        api.wait(20)
