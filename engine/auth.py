@@ -16,6 +16,7 @@ from engine.errors import InvalidInput
 
 ALGORITHM = "HS256"
 ADMIN_RUNS_SCOPE = "admin.runs"
+ADMIN_LIFE_SCOPE = "admin.life"  # another subject's wellness summary (engine.life)
 # Every scope an endpoint checks (OPERATIONS.md § 3 lists them for operators).
 KNOWN_SCOPES = (
     "runs.read",
@@ -25,6 +26,7 @@ KNOWN_SCOPES = (
     "life.read",
     "admin.status",
     ADMIN_RUNS_SCOPE,
+    ADMIN_LIFE_SCOPE,
     "admin.dlq.read",
     "admin.dlq.replay",
     "admin.dlq.discard",

@@ -15,7 +15,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from engine import audit
-from engine.auth import Caller, MintedToken, mint_token, parse_scopes, parse_ttl
+from engine.auth import Caller, MintedToken, mint_token, parse_known_scopes, parse_ttl
 from engine.config import Settings
 from engine.errors import InvalidInput, PermissionDenied
 from engine.models import AuditEvent, RevokedToken
@@ -41,7 +41,7 @@ def mint(
     ttl: str | int,
 ) -> MintedToken:
     """Sign a token for `sub`; the caller may grant only scopes it holds itself."""
-    granted = parse_scopes(list(scopes))
+    granted = parse_known_scopes(list(scopes))
     if not granted:
         raise InvalidInput(
             "scopes are required", errors=[{"field": "scopes", "message": "name one or more"}]
@@ -56,7 +56,9 @@ def mint(
     if lifetime.total_seconds() > settings.token_max_ttl_s:
         raise InvalidInput(
             "ttl is too long",
-            errors=[{"field": "ttl", "message": f"at most {settings.token_max_ttl_s:g} seconds"}],
+            errors=[
+                {"field": "ttl", "message": f"at most {settings.token_max_ttl_s:,.0f} seconds"}
+            ],
         )
     minted = mint_token(settings, sub, granted, lifetime)
     audit.record(

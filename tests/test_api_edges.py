@@ -257,3 +257,26 @@ def test_workflows_are_listed_a_page_at_a_time_by_name(database: Stack, unique: 
     assert fields(problem(bad, 422)) == ["cursor"]
     zero = client.get("/workflows", query_string={"limit": 0}, headers=headers)
     assert fields(problem(zero, 422)) == ["limit"]
+
+
+def test_a_token_is_minted_over_the_api_only_with_scopes_the_platform_checks(
+    database: Stack,
+) -> None:
+    # A typo would mint a token every endpoint refuses; an admin.* caller "holds" it too.
+    client, headers = database.client(), database.headers(scopes=ADMIN)
+    for scopes in (["admni.dlq.read"], ["admin.dlq.raed"], []):
+        body = {"sub": "bot@example.com", "scopes": scopes, "ttl": "1h"}
+        response = client.post("/admin/tokens", json=body, headers=headers)
+        assert fields(problem(response, 422)) == ["scopes"], scopes
+    long = client.post(
+        "/admin/tokens",
+        json={"sub": "bot", "scopes": ["runs.read"], "ttl": "400d"},
+        headers=headers,
+    )
+    assert "2,592,000 seconds" in problem(long, 422)["errors"][0]["message"]
+    minted = client.post(
+        "/admin/tokens",
+        json={"sub": "bot", "scopes": ["runs.read", "admin.dlq.read"]},
+        headers=headers,
+    )
+    assert minted.status_code == 201, minted.get_json()

@@ -10,13 +10,13 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
 
-from engine.auth import Caller
+from engine.auth import ADMIN_LIFE_SCOPE, Caller
 from engine.errors import InvalidInput, PermissionDenied
 from engine.life.models import DailySummary
 from engine.models import timestamp
 
 # Reading another subject's summary (a caller always reads its own with life.read).
-READ_ANY_SUBJECT_SCOPE = "admin.life"
+READ_ANY_SUBJECT_SCOPE = ADMIN_LIFE_SCOPE
 SUBJECT_MAX = DailySummary.__table__.c.subject.type.length or 200
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _summaries = DailySummary.__table__
