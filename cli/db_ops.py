@@ -71,8 +71,10 @@ def restore(path: Path, force: bool, no_safety_copy: bool) -> None:
             click.echo(f"current database saved to {safety}")
         except EngineError as exc:
             click.echo(f"warning: could not save the current database: {exc.detail}", err=True)
-    backups.restore(current, path)
+    kept = backups.restore(current, path)
     click.echo(f"restored {path} into {backups.describe(current)}")
+    if kept:
+        click.echo(f"{kept} token revocation(s) made since that backup kept")
     click.echo("next: `engine db check`, then start the workers again")
 
 

@@ -12,8 +12,9 @@ import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import inspect, text
+from sqlalchemy import insert, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -21,10 +22,15 @@ from engine import migrations, pg_client
 from engine.config import Settings
 from engine.db import make_engine, normalise_url
 from engine.errors import DatabaseOperationError
-from engine.models import Base
+from engine.models import Base, RevokedToken, utcnow
 
 SQLITE_HEADER = b"SQLite format 3\x00"
+# Every database of this platform has alembic's table; a backup without it is not one.
+VERSION_TABLE = "alembic_version"
 SQLITE_TIMEOUT_S = 30.0
+
+
+_revoked = RevokedToken.__table__
 
 
 @dataclass(frozen=True)
@@ -83,15 +89,34 @@ def verify_backup(settings: Settings, path: Path) -> None:
     else:
         # --list reads the archive's table of contents: a wrong file fails here, untouched.
         try:
-            pg_client.run_tool(settings, "pg_restore", ["--list", str(path)], connect=False)
+            listing = pg_client.run_tool(
+                settings, "pg_restore", ["--list", str(path)], connect=False
+            )
         except DatabaseOperationError as exc:
             raise DatabaseOperationError(f"{path} was refused as a backup: {exc.detail}") from exc
+        if f" {VERSION_TABLE} " not in listing:
+            raise _not_ours(path)
 
 
-def restore(settings: Settings, path: Path) -> None:
-    """Replace the database's contents with the backup at `path` (verified first)."""
+def _not_ours(path: Path) -> DatabaseOperationError:
+    return DatabaseOperationError(
+        f"{path} is a database, but not one of this platform's (it has no {VERSION_TABLE} "
+        "table); nothing was restored"
+    )
+
+
+def restore(settings: Settings, path: Path) -> int:
+    """Replace the database's contents with the backup at `path` (verified first). Tokens
+    revoked since the backup was taken stay revoked: a restore must not let a leaked token
+    back in. Returns how many such revocations were carried over."""
     path = Path(path)
     verify_backup(settings, path)
+    revoked = _revocations(settings)
+    _replace(settings, path)
+    return _revoke_again(settings, revoked)
+
+
+def _replace(settings: Settings, path: Path) -> None:
     if settings.is_sqlite:
         _sqlite_restore(path, sqlite_path(settings, must_exist=False))
     else:
@@ -100,6 +125,47 @@ def restore(settings: Settings, path: Path) -> None:
             "pg_restore",
             ["--clean", "--if-exists", "--no-owner", "--single-transaction", str(path)],
         )
+
+
+def _revocations(settings: Settings) -> list[dict[str, Any]]:
+    """The live database's revocations of tokens not yet expired; none when it cannot be
+    read (a database damaged or missing, which is why one restores)."""
+    db_engine = make_engine(settings)
+    try:
+        with db_engine.connect() as connection:
+            return [
+                dict(row._mapping)
+                for row in connection.execute(
+                    select(_revoked).where(
+                        (_revoked.c.expires_at.is_(None)) | (_revoked.c.expires_at > utcnow())
+                    )
+                )
+            ]
+    except SQLAlchemyError:
+        return []
+    finally:
+        db_engine.dispose()
+
+
+def _revoke_again(settings: Settings, revoked: list[dict[str, Any]]) -> int:
+    """Add to the restored database the revocations it lacks; how many it lacked."""
+    if not revoked:
+        return 0
+    db_engine = make_engine(settings)
+    try:
+        with db_engine.begin() as connection:
+            known = set(connection.scalars(select(_revoked.c.jti)))
+            missing = [row for row in revoked if row["jti"] not in known]
+            if missing:
+                connection.execute(insert(_revoked), missing)
+            return len(missing)
+    except SQLAlchemyError as exc:
+        raise DatabaseOperationError(
+            f"restored, but the {len(revoked)} revocation(s) of the database it replaced could "
+            f"not be carried over ({pg_client.first_line(exc)}): revoke those tokens again"
+        ) from exc
+    finally:
+        db_engine.dispose()
 
 
 def check(settings: Settings) -> list[CheckResult]:
@@ -216,6 +282,9 @@ def _sqlite_verify(path: Path) -> None:
         )
         try:
             verdict = [row[0] for row in connection.execute("PRAGMA quick_check")]
+            ours = connection.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (VERSION_TABLE,)
+            ).fetchone()
         finally:
             connection.close()
     except sqlite3.Error as exc:
@@ -224,6 +293,8 @@ def _sqlite_verify(path: Path) -> None:
         raise DatabaseOperationError(
             f"{path} is damaged ({'; '.join(verdict[:3])}); nothing was restored"
         )
+    if ours is None:
+        raise _not_ours(path)
 
 
 def _sqlite_restore(backup_path: Path, live: Path) -> None:

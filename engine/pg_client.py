@@ -21,9 +21,10 @@ from engine.errors import DatabaseOperationError
 PG_LOCK_TIMEOUT = "-c lock_timeout=30000"
 
 
-def run_tool(settings: Settings, tool: str, args: list[str], *, connect: bool = True) -> None:
-    """Run `tool` with `args`, given the database to connect to unless not `connect`; a
-    failure is a DatabaseOperationError carrying the end of what the tool wrote to stderr."""
+def run_tool(settings: Settings, tool: str, args: list[str], *, connect: bool = True) -> str:
+    """Run `tool` with `args`, given the database to connect to unless not `connect`, and
+    return what it wrote to stdout; a failure is a DatabaseOperationError carrying the end
+    of what the tool wrote to stderr."""
     url = make_url(normalise_url(settings.database_url))
     command = [pg_tool(settings, tool), *args]
     # The tools inherit this process's environment; only the password and the lock
@@ -40,6 +41,7 @@ def run_tool(settings: Settings, tool: str, args: list[str], *, connect: bool = 
         raise DatabaseOperationError(f"{tool} could not run: {exc}") from exc
     if result.returncode != 0:
         raise DatabaseOperationError(f"{tool} failed: {result.stderr.strip()[-2000:]}")
+    return result.stdout
 
 
 def libpq_uri(url: URL) -> str:

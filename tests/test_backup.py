@@ -9,12 +9,13 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+import jwt
 import pytest
 from click.testing import Result
 from sqlalchemy import select, text
 
 from engine import migrations
-from engine.models import Workflow
+from engine.models import RevokedToken, Workflow
 from tests.conftest import spec
 from tests.support import services
 from tests.support.cli import failed, ok, run_engine
@@ -185,3 +186,45 @@ def test_analyze_refreshes_the_planner_statistics(platform: Stack) -> None:
 def engine_cli(stack: Stack, *args: str, **env: str) -> Result:
     """Run `engine ARGS` with the stack's environment (its database, Redis prefix, secret)."""
     return run_engine({**stack.env, **env}, *args)
+
+
+def test_tokens_revoked_since_a_backup_stay_revoked_when_it_is_restored(
+    platform: Stack, tmp_path: Path
+) -> None:
+    # A restore must not let a leaked token back in: the revocations of the database it
+    # replaces are carried over.
+    leaked, kept_out = platform.token("leaked@example.com"), platform.token("old@example.com")
+    ok(engine_cli(platform, "token", "revoke", jti_of(kept_out)))
+    backup = tmp_path / "before.bak"
+    ok(engine_cli(platform, "db", "backup", str(backup)))
+    ok(engine_cli(platform, "token", "revoke", jti_of(leaked)))
+
+    out = ok(engine_cli(platform, "db", "restore", "--no-safety-copy", str(backup)))
+    assert "1 token revocation(s) made since that backup kept" in out
+    with platform.sessions() as session:
+        revoked = set(session.scalars(select(RevokedToken.jti)))
+    assert {jti_of(leaked), jti_of(kept_out)} <= revoked
+    refused = engine_cli(platform, "token", "inspect", leaked)
+    assert refused.exit_code == 1 and "revoked" in refused.output, refused.output
+
+
+def test_a_database_that_is_not_the_platforms_is_refused_before_anything_is_touched(
+    platform: Stack, unique: str, tmp_path: Path
+) -> None:
+    if platform.backend != "sqlite":
+        pytest.skip("a SQLite file of another application; PostgreSQL's dumps are checked alike")
+    other = tmp_path / "other.db"
+    connection = sqlite3.connect(other)
+    connection.execute("CREATE TABLE t (x)")
+    connection.commit()
+    connection.close()
+    platform.register(spec(unique, [{"id": "a", "action": "noop"}]))
+    copies = set((platform.settings.var_dir / "backups").glob("pre-restore-*"))
+    out = failed(engine_cli(platform, "db", "restore", "--force", str(other)))
+    assert "not one of this platform's" in out
+    assert set((platform.settings.var_dir / "backups").glob("pre-restore-*")) == copies
+    assert unique in workflow_names(platform)
+
+
+def jti_of(token: str) -> str:
+    return str(jwt.decode(token, options={"verify_signature": False})["jti"])
