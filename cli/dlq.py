@@ -57,7 +57,14 @@ def dlq_ls(limit: int, cursor: str | None, as_json: bool, **options: Any) -> Non
         items, following = dlq_query.list_letters(current, where, limit=limit, cursor=cursor)
         groups = dlq_query.group_letters(current, where)
         if as_json:
-            emit(_page(items, following, groups))
+            from web import serialize
+
+            carriers = dlq_query.carriers(current, items)
+            emit(
+                serialize.dead_letter_page(
+                    items, following, groups, settings().flower_url, carriers
+                )
+            )
             return
         for letter in items:
             click.echo(
@@ -75,25 +82,6 @@ def dlq_ls(limit: int, cursor: str | None, as_json: bool, **options: Any) -> Non
             )
 
 
-def _page(items: list[Any], following: str | None, groups: list[Any]) -> dict[str, Any]:
-    """GET /admin/dlq's body."""
-    from web import serialize
-
-    body = serialize.page(
-        [serialize.dead_letter(letter, settings().flower_url) for letter in items], following
-    )
-    body["groups"] = [
-        {
-            "fingerprint": group.fingerprint,
-            "exception_type": group.exception_type,
-            "count": group.count,
-            "last_failed_at": serialize.timestamp(group.last_failed_at),
-        }
-        for group in groups
-    ]
-    return body
-
-
 @dlq.command("show")
 @click.argument("letter_id")
 def dlq_show(letter_id: str) -> None:
@@ -101,7 +89,9 @@ def dlq_show(letter_id: str) -> None:
     from web import serialize
 
     with session() as current:
-        emit(serialize.dead_letter(dlq_query.get_letter(current, letter_id), settings().flower_url))
+        letter = dlq_query.get_letter(current, letter_id)
+        carrier = dlq_query.carriers(current, [letter]).get(letter.id)
+        emit(serialize.dead_letter(letter, settings().flower_url, carrier))
 
 
 @dlq.command("replay")

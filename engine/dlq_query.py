@@ -15,8 +15,9 @@ from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from engine import audit, runs
+from engine.attempts import INLINE_MARK
 from engine.errors import InvalidInput, NotFound
-from engine.models import DeadLetter
+from engine.models import DeadLetter, Step
 
 letters = DeadLetter.__table__
 OPEN, REPLAYED, DISCARDED = "open", "replayed", "discarded"
@@ -103,6 +104,33 @@ def get_letter(session: Session, letter_id: str) -> DeadLetter:
     if letter is None:
         raise NotFound(f"dead letter {letter_id} does not exist")
     return letter
+
+
+def carriers(session: Session, letters: list[DeadLetter]) -> dict[str, str]:
+    """The Celery task that carried each letter's failed attempt, by letter id, where that
+    is not the attempt's own task: a step run inline (by plan_run, or after the step before
+    it in a chain) ran inside its carrier's task, the one Flower knows. Read from the step
+    while that attempt is still its latest; one statement for a page of letters."""
+    wanted: dict[tuple[str, str], list[DeadLetter]] = {}
+    for letter in letters:
+        if letter.run_id and letter.step_id and letter.task_id:
+            wanted.setdefault((letter.run_id, letter.step_id), []).append(letter)
+    if not wanted:
+        return {}
+    steps = Step.__table__
+    rows = session.execute(
+        select(steps.c.run_id, steps.c.step_id, steps.c.task_id, steps.c.worker).where(
+            or_(*(and_(steps.c.run_id == run, steps.c.step_id == step) for run, step in wanted))
+        )
+    )
+    found = {}
+    for row in rows:
+        if not row.worker or INLINE_MARK not in row.worker:
+            continue
+        for letter in wanted[row.run_id, row.step_id]:
+            if letter.task_id == row.task_id:
+                found[letter.id] = row.worker.split(INLINE_MARK, 1)[1]
+    return found
 
 
 def list_letters(

@@ -19,6 +19,7 @@ from engine.auth import Caller
 from engine.config import Settings
 from engine.errors import InvalidInput
 from engine.models import Run, Step
+from engine.work import plan_task_id
 from tests.conftest import spec
 from tests.support.stack import Stack
 from web import db as web_db
@@ -110,6 +111,31 @@ def test_a_step_out_of_attempts_becomes_one_dead_letter_and_fails_its_run(
             "last_failed_at": letter["failed_at"],
         }
     ]
+
+
+def test_a_dead_letter_of_a_step_run_inline_links_to_the_task_flower_knows(
+    stack: Stack, unique: str
+) -> None:
+    # plan_run runs a run's first step itself: Flower knows that attempt only as the plan
+    # task, so the letter's link goes there, not to the attempt's own task id.
+    stack.register(
+        spec(unique, [{"id": "a", "action": "record", "with": {"fail": True}, "retry": ONCE}])
+    )
+    run = failed_run(stack, unique)
+    step = stack.step(run["id"], "a")
+    assert step["worker"].endswith(f" inline in {plan_task_id(run['id'])}"), step["worker"]
+    letter = the_letter(stack, run["id"])
+    assert letter["task_id"] == f"{run['id']}:a:1"
+    flower = f"{stack.settings.flower_url}/task/{plan_task_id(run['id'])}"
+    assert letter["flower_url"] == flower
+    detail = stack.client().get(f"/admin/dlq/{letter['id']}", headers=admin(stack))
+    assert detail.get_json()["flower_url"] == flower
+    cli_context.settings.cache_clear()
+    try:
+        shown = CliRunner().invoke(cli, ["dlq", "show", letter["id"]], env=stack.env)
+    finally:
+        cli_context.settings.cache_clear()
+    assert json.loads(shown.output)["flower_url"] == flower
 
 
 def test_replaying_a_dead_letter_with_fixed_inputs_resumes_its_run_at_that_step(

@@ -55,7 +55,8 @@ def _settings() -> Any:
 
 
 def _letter(row: Any) -> dict[str, Any]:
-    return serialize.dead_letter(row, _settings().flower_url)
+    carrier = dlq_query.carriers(get_session(), [row]).get(row.id)
+    return serialize.dead_letter(row, _settings().flower_url, carrier)
 
 
 def _limit() -> int:
@@ -75,17 +76,9 @@ def list_dead_letters() -> Any:
         session, where, limit=_limit(), cursor=request.args.get("cursor")
     )
     groups = dlq_query.group_letters(session, where)
-    body = serialize.page([_letter(item) for item in items], following)
-    body["groups"] = [
-        {
-            "fingerprint": group.fingerprint,
-            "exception_type": group.exception_type,
-            "count": group.count,
-            "last_failed_at": serialize.timestamp(group.last_failed_at),
-        }
-        for group in groups
-    ]
-    return body
+    return serialize.dead_letter_page(
+        items, following, groups, _settings().flower_url, dlq_query.carriers(session, items)
+    )
 
 
 @bp.get("/dlq/<letter_id>")

@@ -60,7 +60,10 @@ def workflow(row: Workflow) -> dict[str, Any]:
     }
 
 
-def dead_letter(row: DeadLetter, flower_url: str) -> dict[str, Any]:
+def dead_letter(row: DeadLetter, flower_url: str, carrier: str | None = None) -> dict[str, Any]:
+    """A dead letter; its Flower link goes to `carrier`, the Celery task its attempt ran in
+    when that is not its own (engine.dlq_query.carriers)."""
+    flower_task = carrier or row.task_id
     return {
         "id": row.id,
         "task_name": row.task_name,
@@ -80,8 +83,29 @@ def dead_letter(row: DeadLetter, flower_url: str) -> dict[str, Any]:
         "resolved_by": row.resolved_by,
         "resolved_at": timestamp(row.resolved_at),
         "resolution": row.resolution,
-        "flower_url": f"{flower_url}/task/{row.task_id}" if row.task_id else None,
+        "flower_url": f"{flower_url}/task/{flower_task}" if flower_task else None,
     }
+
+
+def dead_letter_page(
+    items: list[DeadLetter],
+    following: str | None,
+    groups: list[Any],
+    flower_url: str,
+    carriers: dict[str, str],
+) -> dict[str, Any]:
+    """GET /admin/dlq's body (and `engine dlq ls --json`'s)."""
+    body = page([dead_letter(item, flower_url, carriers.get(item.id)) for item in items], following)
+    body["groups"] = [
+        {
+            "fingerprint": group.fingerprint,
+            "exception_type": group.exception_type,
+            "count": group.count,
+            "last_failed_at": timestamp(group.last_failed_at),
+        }
+        for group in groups
+    ]
+    return body
 
 
 def page(items: list[dict[str, Any]], next_cursor: str | None) -> dict[str, Any]:
