@@ -24,6 +24,9 @@ def build(settings: Settings) -> dict[str, Any]:
             # Must exceed the longest step (Settings.check enforces it), or Redis would hand
             # a running step's message to a second worker.
             "visibility_timeout": settings.broker_visibility_timeout_s,
+            # Without these a publish waits forever on a Redis that hangs (kombu's docs).
+            "socket_timeout": settings.broker_socket_timeout_s,
+            "socket_connect_timeout": settings.broker_socket_timeout_s,
             "global_keyprefix": settings.redis_key_prefix,
             "queue_order_strategy": "priority",
             "priority_steps": list(range(10)),

@@ -12,6 +12,8 @@ from engine.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MIN_SECRET_LENGTH = 32
+# Above kombu's BRPOP wait (1 s), which a socket timeout must not cut short.
+BROKER_SOCKET_TIMEOUT_MIN_S = 2.0
 # PostgreSQL's values for synchronous_commit, least durable first.
 SYNCHRONOUS_COMMIT = ("off", "local", "remote_write", "on", "remote_apply")
 
@@ -72,6 +74,10 @@ class Settings:
     inline_chain_max: int = 100
     # Recovery: the broker must not redeliver a message while a worker still runs it.
     broker_visibility_timeout_s: float = 7200.0
+    # How long a command to the broker may wait for Redis (a publish, a queue reading): a
+    # Redis that hangs (paused, or gone without closing the connection) fails the command
+    # instead of holding an API thread or a worker forever; the reconciler sends later.
+    broker_socket_timeout_s: float = 10.0
     reconcile_interval_s: float = 15.0
     dispatch_grace_s: float = 30.0
     lease_grace_s: float = 30.0
@@ -140,6 +146,7 @@ class Settings:
             broker_visibility_timeout_s=number(
                 "BROKER_VISIBILITY_TIMEOUT_S", cls.broker_visibility_timeout_s
             ),
+            broker_socket_timeout_s=number("BROKER_SOCKET_TIMEOUT_S", cls.broker_socket_timeout_s),
             reconcile_interval_s=number("RECONCILE_INTERVAL_S", cls.reconcile_interval_s),
             dispatch_grace_s=number("DISPATCH_GRACE_S", cls.dispatch_grace_s),
             lease_grace_s=number("LEASE_GRACE_S", cls.lease_grace_s),
@@ -179,6 +186,11 @@ class Settings:
             problems.append("MAX_DELIVERIES and RETRY_MAX_ATTEMPTS must be at least 1")
         if min(self.reconcile_interval_s, self.dispatch_grace_s, self.lease_grace_s) <= 0:
             problems.append("RECONCILE_INTERVAL_S, DISPATCH_GRACE_S and LEASE_GRACE_S must be > 0")
+        if self.broker_socket_timeout_s < BROKER_SOCKET_TIMEOUT_MIN_S:
+            problems.append(
+                f"BROKER_SOCKET_TIMEOUT_S must be at least {BROKER_SOCKET_TIMEOUT_MIN_S:g}: "
+                "a worker's BRPOP waits a second for a message"
+            )
         if self.worker_synchronous_commit not in SYNCHRONOUS_COMMIT:
             problems.append(
                 f"WORKER_SYNCHRONOUS_COMMIT must be one of {', '.join(SYNCHRONOUS_COMMIT)}, "

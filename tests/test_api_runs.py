@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 from sqlalchemy import func, insert, select
 
@@ -581,6 +582,36 @@ def test_readiness_is_503_naming_the_broker_when_redis_is_unreachable(database: 
     body = readiness_with(database, redis_url=f"redis://127.0.0.1:{services.free_port()}/0")
     assert "broker" in body["detail"]
     assert fields(body) == ["broker"]
+
+
+def test_a_redis_that_hangs_fails_readiness_and_holds_no_submission(
+    database: Stack, unique: str, tmp_path: Path
+) -> None:
+    # A paused Redis answers nothing and closes nothing: without socket timeouts /readyz
+    # and a submission's publish waited as long as the pause, or forever.
+    from web import create_app
+
+    if database.backend != "sqlite":
+        pytest.skip("the broker's part: one database is enough")
+    server = services.RedisServer(tmp_path / "redis").start()
+    settings = database.settings.with_changes(redis_url=server.url, broker_socket_timeout_s=2.0)
+    app = create_app(settings)
+    try:
+        database.register(spec(unique, [{"id": "only", "action": "noop"}]))
+        client, headers = app.test_client(), database.headers(scopes="runs.write")
+        assert client.post("/runs", json={"workflow": unique}, headers=headers).status_code == 202
+        server.client().execute_command("CLIENT", "PAUSE", "30000", "ALL")
+        started = time.monotonic()
+        body = problem(client.get("/readyz"), 503)
+        assert fields(body) == ["broker"] and time.monotonic() - started < 10
+        started = time.monotonic()
+        submitted = client.post("/runs", json={"workflow": unique}, headers=headers)
+        assert submitted.status_code == 202 and time.monotonic() - started < 20
+        # Committed: the reconciler sends its plan message once Redis answers again.
+        assert run_count(database, workflow=unique) == 2
+    finally:
+        web_db.dispose(app)
+        server.stop()
 
 
 def test_readiness_is_503_naming_the_database_when_it_is_unreachable(
