@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -219,12 +220,37 @@ def parse_text(text: str | bytes) -> Any:
     except (TypeError, ValueError) as exc:
         raise InvalidSpec(
             "the spec holds a value JSON cannot: quote it to make it a string",
-            errors=[{"field": "body", "message": str(exc)}],
+            errors=[{"field": _not_json_at(value), "message": str(exc)}],
         ) from None
     problem = payloads.unstorable_within(value)
     if problem:
         raise InvalidSpec(f"the spec {problem}", errors=[{"field": "body", "message": problem}])
     return value
+
+
+def _not_json_at(value: Any) -> str:
+    """Where the first value JSON cannot hold is in a parsed spec (a YAML date, binary, set,
+    NaN or a key that is not a string), as `steps[0].with.v`; "body" if it is the whole.
+    The spec is already within engine.payloads' limits."""
+    pending: list[tuple[Any, str]] = [(value, "")]
+    while pending:
+        item, where = pending.pop()
+        if isinstance(item, dict):
+            for key, member in item.items():
+                if not _json_scalar(key):
+                    return where or "body"
+                pending.append((member, f"{where}.{key}" if where else str(key)))
+        elif isinstance(item, list):
+            pending.extend((member, f"{where}[{index}]") for index, member in enumerate(item))
+        elif not _json_scalar(item):
+            return where or "body"
+    return "body"
+
+
+def _json_scalar(item: Any) -> bool:
+    if isinstance(item, float):
+        return math.isfinite(item)
+    return item is None or isinstance(item, str | int)
 
 
 def _remote_refs(schema: Any) -> list[str]:

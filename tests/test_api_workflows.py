@@ -218,6 +218,7 @@ def test_a_yaml_value_json_cannot_hold_is_refused_naming_it(
     before = count(database, Workflow)
     body = problem(database.client().post("/workflows", data=text, headers=yaml_type), 422)
     assert body["code"] == "invalid_spec" and "quote it" in body["detail"], body
+    assert fields(body) == ["steps[0].with.v"], body
     assert count(database, Workflow) == before
 
 
