@@ -106,6 +106,18 @@ INLINE_MARK = " inline in "
 _WORKER_LENGTH = steps.c.worker.type.length or 200
 
 
+_DELIVERY_LENGTH = steps.c.delivery_tag.type.length or 64
+
+
+def delivery_tag(tag: object) -> str | None:
+    """A broker's delivery tag as a claim records it (claims.claim_step); None for none, or
+    for one that is not a string that fits: such a delivery never proves its attempt lost,
+    the lease does."""
+    if isinstance(tag, str) and 0 < len(tag) <= _DELIVERY_LENGTH:
+        return tag
+    return None
+
+
 def inline_worker(worker: str, carrier_task_id: str) -> str:
     """The worker label of a step run inline inside the task `carrier_task_id`."""
     suffix = INLINE_MARK + carrier_task_id

@@ -61,6 +61,7 @@ def _claim_update(of_attempt: bool) -> Update:
             attempts=steps.c.attempts + 1,
             task_id=B_TASK_ID,
             worker=bindparam("b_worker", type_=steps.c.worker.type),
+            delivery_tag=bindparam("b_delivery", type_=steps.c.delivery_tag.type),
             lease_expires_at=bindparam("b_lease", type_=steps.c.lease_expires_at.type),
             started_at=B_NOW,
             next_attempt_at=None,
@@ -72,7 +73,11 @@ def _claim_update(of_attempt: bool) -> Update:
 # Keyed by whether the message names its attempt (a task id of the step form).
 _CLAIM = {True: _claim_update(True), False: _claim_update(False)}
 _SELECT_CLAIMED = select(
-    steps.c.status, steps.c.attempts, steps.c.task_id, steps.c.lease_expires_at
+    steps.c.status,
+    steps.c.attempts,
+    steps.c.task_id,
+    steps.c.delivery_tag,
+    steps.c.lease_expires_at,
 ).where(STEP_KEY)
 _SELECT_UPSTREAM = select(steps.c.step_id, steps.c.output).where(
     steps.c.run_id == B_RUN_ID, steps.c.step_id.in_(bindparam("b_needs", expanding=True))
@@ -87,16 +92,21 @@ def claim_step(
     *,
     task_id: str,
     worker: str,
+    delivery: str | None = None,
     redelivered: bool = False,
 ) -> Claim | Outcome | None:
     """Own the attempt a message carries, or None when it is not ours to run (ack and stop).
 
     A message claims a step that waits for its next attempt (queued or retrying), and only
     the message of that attempt: a stale or duplicate message finds the attempt count moved
-    on. A step found `running` under an attempt whose worker is gone (the broker redelivered
-    this very message, so its worker died; or the attempt's lease ran out) has lost that
-    attempt: it is recorded as WorkerLostError and retried as the step's policy says, or
-    dead-lettered at the delivery cap; the returned Outcome says which.
+    on. The claim records `delivery`, the broker's tag of the delivery carrying the attempt
+    (its own message's, or its carrier's when it runs inline). A step found `running` under
+    an attempt whose worker is gone (the broker redelivered the very delivery that started
+    it, same tag, so its worker died; or the attempt's lease ran out) has lost that attempt:
+    it is recorded as WorkerLostError and retried as the step's policy says, or
+    dead-lettered at the delivery cap; the returned Outcome says which. Another copy of the
+    attempt's message, redelivered or not (a reconciler's resend, a retry's countdown copy
+    a busy worker held), proves nothing: None.
 
     On PostgreSQL, in a session that has not begun, the claim is one statement, committed as
     it returns (engine.db.statement_by_statement); a lost attempt is then recorded in a
@@ -121,6 +131,7 @@ def claim_step(
         **key,
         "b_task_id": task_id,
         "b_worker": worker,
+        "b_delivery": delivery,
         "b_lease": now + lease_for(settings, spec.timeout_s),
         "b_now": now,
     }
@@ -136,7 +147,12 @@ def claim_step(
             current is not None
             and current.status == StepStatus.RUNNING
             and (
-                (redelivered and current.task_id == task_id)
+                (
+                    redelivered
+                    and delivery is not None
+                    and current.task_id == task_id
+                    and current.delivery_tag == delivery
+                )
                 or (current.lease_expires_at is not None and current.lease_expires_at < now)
             )
         ):

@@ -220,21 +220,29 @@ def fail_run(
 
 
 # A run has few steps running at once (one per worker process at most): they are filtered here.
-_SELECT_RUNNING = select(steps.c.step_id, steps.c.task_id, steps.c.attempts, steps.c.worker).where(
-    steps.c.run_id == B_RUN_ID, steps.c.status == StepStatus.RUNNING
-)
+_SELECT_RUNNING = select(
+    steps.c.step_id, steps.c.task_id, steps.c.attempts, steps.c.worker, steps.c.delivery_tag
+).where(steps.c.run_id == B_RUN_ID, steps.c.status == StepStatus.RUNNING)
 
 
 def record_lost_inline(
-    session: Session, settings: Settings, run_id: str, carrier_task_id: str
+    session: Session,
+    settings: Settings,
+    run_id: str,
+    carrier_task_id: str,
+    delivery: str | None,
 ) -> Outcome | None:
     """A redelivered message found its own work done: the step it was running inline when
-    its previous delivery died is still `running` under its name. Record that attempt lost
-    (retried, or dead-lettered at the delivery cap); None when there is none."""
+    its previous delivery died is still `running` under its name and that delivery's tag
+    (`delivery`). Record that attempt lost (retried, or dead-lettered at the delivery cap);
+    None when there is none. A step another copy of the carrier's message runs inline (a
+    resend has a tag of its own) is left to it."""
+    if delivery is None:
+        return None
     outcome: Outcome | None = None
     suffix = INLINE_MARK + carrier_task_id
     for row in session.execute(_SELECT_RUNNING, {"b_run_id": run_id}).all():
-        if not (row.worker or "").endswith(suffix):
+        if row.delivery_tag != delivery or not (row.worker or "").endswith(suffix):
             continue
         recorded = record_lost_attempt(
             session, settings, run_id, row.step_id, task_id=row.task_id, attempt=row.attempts

@@ -143,6 +143,10 @@ class Step(Base):
     error_type: Mapped[str | None] = mapped_column(String(200))
     task_id: Mapped[str | None] = mapped_column(String(200))
     worker: Mapped[str | None] = mapped_column(String(200))
+    # The broker's tag of the delivery that started the running attempt: its own message's,
+    # or for a step run inline, that of the message carrying it. A redelivery keeps its tag,
+    # a new send gets a new one, so only that delivery redelivered proves the attempt lost.
+    delivery_tag: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[datetime | None]
     next_attempt_at: Mapped[datetime | None]
     dispatched_at: Mapped[datetime | None]

@@ -40,6 +40,8 @@ steps = Step.__table__
 runs = Run.__table__
 # plan_run executes the first ready step on this queue itself instead of sending it.
 INLINE_QUEUE = "steps"
+# Who runs that step, and the tag of the plan message's delivery carrying it (plan_and_claim).
+Carrier = tuple[str | None, str | None]
 
 # -- Statements built once ---------------------------------------------------------------------
 # plan_run runs for every run; building its select()/update() objects on each call cost about
@@ -132,9 +134,11 @@ def plan_and_claim(
     run_id: str,
     worker: str | None = None,
     expected: tuple[str, int] | None = None,
+    delivery: str | None = None,
 ) -> tuple[Work, Claim | None]:
     """plan_run; with a `worker`, the first root step on the inline queue is inserted already
-    claimed by it (running, attempt 1, its own task id and lease) and returned as a Claim
+    claimed by it (running, attempt 1, its own task id and lease, and `delivery`, the tag of
+    the plan message's delivery carrying it: see claims.claim_step) and returned as a Claim
     instead of a message: the caller runs it (two statements fewer than claiming it after).
     `expected` is the run's workflow and version as its plan message names them: on
     PostgreSQL a plan of fewer than COPY_MIN_ROWS steps is then one statement that starts
@@ -145,9 +149,9 @@ def plan_and_claim(
     now = utcnow()  # the run's and its first steps' start
     workflow = _one_statement_plan(session, settings, expected)
     if workflow is not None:
-        planned = _start_and_plan(session, settings, run_id, now, worker, workflow)
+        planned = _start_and_plan(session, settings, run_id, now, (worker, delivery), workflow)
     else:
-        planned = _start_then_plan(session, settings, run_id, now, worker)
+        planned = _start_then_plan(session, settings, run_id, now, (worker, delivery))
     metrics.manager_planning_duration_seconds.observe(time.perf_counter() - started)
     return planned
 
@@ -166,7 +170,7 @@ def _one_statement_plan(
 
 
 def _start_then_plan(
-    session: Session, settings: Settings, run_id: str, now: datetime, worker: str | None
+    session: Session, settings: Settings, run_id: str, now: datetime, carrier: Carrier
 ) -> tuple[Work, Claim | None]:
     """Start the run (reading what planning needs), then insert its steps."""
     run = session.execute(_START_RUN, {"b_run_id": run_id, "b_now": now}).first()
@@ -176,7 +180,7 @@ def _start_then_plan(
     workflow.check_params(run.params)
     if run.leaves_left == 0:
         session.execute(_COUNT_LEAVES, {"b_run_id": run_id, "b_leaves_left": workflow.leaves})
-    rows, inline = _step_rows(settings, workflow, run_id, now, worker)
+    rows, inline = _step_rows(settings, workflow, run_id, now, carrier)
     insert_rows(session, steps, rows)
     return _released(settings, workflow, run_id, inline, run.priority, run.params)
 
@@ -186,14 +190,14 @@ def _start_and_plan(
     settings: Settings,
     run_id: str,
     now: datetime,
-    worker: str | None,
+    carrier: Carrier,
     workflow: CompiledWorkflow,
 ) -> tuple[Work, Claim | None]:
     """PostgreSQL: start the run, if still queued as a run of `workflow`, and write its steps
     in one statement (_START_AND_PLAN). From here on every write is one statement, so the
     session may run each outside a transaction."""
     statement_by_statement(session)
-    rows, inline = _step_rows(settings, workflow, run_id, now, worker)
+    rows, inline = _step_rows(settings, workflow, run_id, now, carrier)
     run = _write_plan(session, run_id, now, workflow, rows)
     if run is None:
         actual = session.execute(_QUEUED_AS, {"b_run_id": run_id}).first()
@@ -201,7 +205,7 @@ def _start_and_plan(
             return Work(), None  # planned already, cancelled, or gone
         # The message named another workflow than the run's: plan the run's own.
         workflow = workflows.compiled(session, settings, actual.workflow, actual.version)
-        rows, inline = _step_rows(settings, workflow, run_id, now, worker)
+        rows, inline = _step_rows(settings, workflow, run_id, now, carrier)
         run = _write_plan(session, run_id, now, workflow, rows)
         if run is None:
             return Work(), None
@@ -246,10 +250,12 @@ def _step_rows(
     workflow: CompiledWorkflow,
     run_id: str,
     now: datetime,
-    worker: str | None,
+    carrier: Carrier,
 ) -> tuple[list[dict[str, Any]], StepSpec | None]:
-    """The rows of a run's steps, the roots queued; with a `worker`, the first root on the
-    inline queue already claimed by it (returned too)."""
+    """The rows of a run's steps, the roots queued; with a worker in `carrier`, the first
+    root on the inline queue already claimed by it and the carrying delivery (returned
+    too)."""
+    worker, delivery = carrier
     rows = []
     inline: StepSpec | None = None
     for position, spec in enumerate(workflow.steps.values()):
@@ -269,6 +275,7 @@ def _step_rows(
             "dispatched_at": now if ready else None,
             "task_id": None,
             "worker": None,
+            "delivery_tag": None,
             "lease_expires_at": None,
             "started_at": None,
         }
@@ -280,6 +287,7 @@ def _step_rows(
                 attempts=1,
                 task_id=step_task_id(run_id, spec.id, 1),
                 worker=worker,
+                delivery_tag=delivery,
                 lease_expires_at=now + lease_for(settings, spec.timeout_s),
                 started_at=now,
             )

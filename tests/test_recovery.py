@@ -20,11 +20,11 @@ import pytest
 import redis
 from sqlalchemy import func, select, update
 
-from engine import attempts, claims, execution, planning, recovery, resume, runs
+from engine import attempts, claims, execution, failures, planning, recovery, resume, runs
 from engine.auth import Caller
 from engine.models import DeadLetter, Run, Step, utcnow
 from engine.queues import QueueLayout
-from engine.work import MANAGER_QUEUE, Work
+from engine.work import MANAGER_QUEUE, Work, plan_task_id
 from tests.conftest import spec
 from tests.support import services
 from tests.support.services import process_alive as alive
@@ -126,6 +126,8 @@ def test_a_worker_child_killed_mid_inline_chain_step_loses_nothing_and_the_run_s
     running = stack.step(run_id, "slow")
     assert (running["status"], running["task_id"]) == ("running", f"{run_id}:slow:1")
     assert running["worker"].endswith(f" inline in {carried_by}"), running
+    # The carrier's delivery stands for the inline step: its redelivery proves the loss.
+    assert step_row(stack, run_id, "slow").delivery_tag is not None
     assert victim in worker.children()
     os.kill(victim, 9)
 
@@ -323,6 +325,58 @@ def test_a_step_that_kills_its_worker_every_time_is_dead_lettered_at_the_deliver
         assert stack.wait_finished(run_id, timeout=30)["status"] == "succeeded"
 
 
+def test_a_held_copy_handed_back_by_a_restarting_worker_leaves_the_running_attempt_alone(
+    drill: Callable[..., Stack], unique: str
+) -> None:
+    # A busy worker holds the countdown copy of a step's retry; past its due time the
+    # reconciler sends that attempt again and another worker runs it. Then the busy worker
+    # is restarted (a deploy) and the broker hands its copy back flagged `redelivered`: that
+    # copy never started the attempt, so the attempt runs on and nothing is recorded lost.
+    stack = drill()
+    busy = stack.start_worker(concurrency=1)
+    stack.register(
+        spec(f"{unique}_long", [{"id": "long", "action": "record", "with": {"sleep": 12}}])
+    )
+    step = {
+        "id": "s",
+        "action": "record",
+        "with": {"fail_before_attempt": 2, "sleep": 16},
+        "timeout_s": 30,
+        "retry": {"max_attempts": 2, "backoff_s": 4, "max_backoff_s": 4},
+    }
+    stack.register(spec(unique, [step]))
+    run_id = stack.submit(unique)
+    # Attempt 1 fails at once; its retry waits 2 to 4 s, held by the only worker.
+    held = f"{run_id}:s:2".encode()
+    client = redis.Redis.from_url(stack.redis_url)
+    unacked = stack.env["REDIS_KEY_PREFIX"] + "unacked"
+    wait_for(lambda: any(held in v for v in client.hvals(unacked)), 20, 0.02, "the retry held")
+    long_run = stack.submit(f"{unique}_long")
+    stack.pid(long_run, "long")  # the busy worker's only process is taken now
+    other = stack.start_worker(concurrency=2, beat=True)
+
+    def second_attempt_running() -> dict[str, object] | None:
+        row = stack.step(run_id, "s")
+        return row if (row["status"], row["attempts"]) == ("running", 2) else None
+
+    running = wait_for(second_attempt_running, 30, message="the resent attempt 2 to run")
+    assert running["worker"].startswith(other.name.split("@")[0] + "@"), running
+    assert step_row(stack, run_id, "s").delivery_tag is not None
+    assert busy.process is not None
+    busy.process.send_signal(15)  # warm shutdown: the long step ends, the held copy goes back
+
+    run = stack.wait_finished(run_id, timeout=60)
+    assert run["status"] == "succeeded", run
+    assert "Restoring 1 unacknowledged message" in busy.log_path.read_text()
+    received = f"Task steps.execute[{run_id}:s:2] received"
+    wait_for(lambda: other.log_path.read_text().count(received) == 2, 10, message="the copy")
+    assert [e for e in stack.executions(run_id)] == [(run_id, "s", 1), (run_id, "s", 2)]
+    done = stack.step(run_id, "s")
+    assert (done["attempts"], done["error_type"], done["error"]) == (2, None, None)
+    assert stack.dead_letters(run_id) == []
+    assert stack.wait_finished(long_run)["status"] == "succeeded"
+
+
 @pytest.fixture
 def offline(backend: str, tmp_path: Path) -> Iterator[Stack]:
     """A database of its own and no worker: recovery use cases are called directly, and what
@@ -361,6 +415,7 @@ def hold(stack: Stack, run_ids: list[str], step_id: str, attempts: int, lease: t
                     status="running",
                     attempts=attempts,
                     task_id=f"{run_id}:{step_id}:{attempts}",
+                    delivery_tag=f"delivery-{attempts}",
                     lease_expires_at=utcnow() + lease,
                 )
             )
@@ -464,6 +519,7 @@ def test_a_message_only_takes_the_attempt_it_carries(offline: Stack, unique: str
                 "a",
                 task_id=f"{run_id}:a:{attempt}",
                 worker="test",
+                delivery=f"delivery-{attempt}",
                 redelivered=redelivered,
             )
 
@@ -480,6 +536,88 @@ def test_a_message_only_takes_the_attempt_it_carries(offline: Stack, unique: str
     taken = claim(2)
     assert isinstance(taken, attempts.Claim) and taken.attempt == 2
     assert step_row(offline, run_id, "a").task_id == f"{run_id}:a:2"
+
+
+def test_a_redelivered_copy_proves_its_attempt_lost_only_if_its_delivery_started_it(
+    offline: Stack, unique: str
+) -> None:
+    # Two copies of one attempt's message: a retry's countdown copy held by a busy worker,
+    # and the reconciler's resend, which another worker claimed and runs. When the busy
+    # worker restarts, the broker hands its copy back flagged `redelivered`; that copy never
+    # started the attempt, so it proves nothing. Only the claiming delivery, redelivered
+    # (same tag), shows that the attempt's worker died.
+    two_steps(offline, unique)
+    [run_id] = planned_runs(offline, unique, 1)
+
+    def claim(delivery: str | None, redelivered: bool = False) -> object:
+        with offline.sessions.begin() as session:
+            return claims.claim_step(
+                session,
+                offline.settings,
+                run_id,
+                "a",
+                task_id=f"{run_id}:a:1",
+                worker="test",
+                delivery=delivery,
+                redelivered=redelivered,
+            )
+
+    taken = claim("resent")
+    assert isinstance(taken, attempts.Claim) and taken.attempt == 1
+    for copy in ("held", None):
+        assert claim(copy, redelivered=True) is None
+    row = step_row(offline, run_id, "a")
+    assert (row.status, row.attempts, row.delivery_tag, row.error) == ("running", 1, "resent", None)
+    lost = claim("resent", redelivered=True)
+    assert isinstance(lost, attempts.Outcome) and lost.status == "retrying"
+    assert [d.task_id for d in lost.work.dispatches] == [f"{run_id}:a:2"]
+    row = step_row(offline, run_id, "a")
+    assert (row.status, row.error_type) == ("retrying", "WorkerLostError")
+
+
+def test_a_redelivered_carrier_takes_as_lost_only_the_inline_step_its_own_delivery_started(
+    offline: Stack, unique: str
+) -> None:
+    # plan_run runs its run's first step inline: that step has no message of its own, and
+    # the plan message's delivery stands for it. A copy of the plan message that did not
+    # start it (a resend) finds nothing lost, redelivered or not; the delivery that did does.
+    two_steps(offline, unique)
+    [run_id] = planned_runs(offline, unique, 1, plan=False)
+    carrier = plan_task_id(run_id)
+    worker = attempts.inline_worker("celery@test", carrier)
+    with offline.sessions.begin() as session:
+        _, taken = planning.plan_and_claim(session, offline.settings, run_id, worker, None, "first")
+    assert isinstance(taken, attempts.Claim) and taken.step_id == "a"
+    assert step_row(offline, run_id, "a").delivery_tag == "first"
+
+    def redelivered(delivery: str | None) -> tuple[object, object]:
+        """What the plan message redelivered does: claim the inline step, then look for
+        the steps it carried."""
+        with offline.sessions.begin() as session:
+            claimed = claims.claim_step(
+                session,
+                offline.settings,
+                run_id,
+                "a",
+                task_id=f"{run_id}:a:1",
+                worker=worker,
+                delivery=delivery,
+                redelivered=True,
+            )
+        with offline.sessions.begin() as session:
+            carried = failures.record_lost_inline(
+                session, offline.settings, run_id, carrier, delivery
+            )
+        return claimed, carried
+
+    assert redelivered("resent") == (None, None)
+    assert redelivered(None) == (None, None)
+    assert step_row(offline, run_id, "a").status == "running"
+    with offline.sessions.begin() as session:
+        carried = failures.record_lost_inline(session, offline.settings, run_id, carrier, "first")
+    assert isinstance(carried, attempts.Outcome) and carried.status == "retrying"
+    assert [d.task_id for d in carried.work.dispatches] == [f"{run_id}:a:2"]
+    assert step_row(offline, run_id, "a").error_type == "WorkerLostError"
 
 
 def test_the_reconciler_leaves_the_steps_of_a_finished_run_alone(

@@ -11,7 +11,7 @@ from celery.exceptions import Retry, SoftTimeLimitExceeded
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from engine import claims, execution, failures, logs, planning, recovery
-from engine.attempts import Claim, Outcome, inline_worker
+from engine.attempts import Claim, Outcome, delivery_tag, inline_worker
 from engine.dlq import describe
 from engine.planning import INLINE_QUEUE
 from engine.work import PLAN_TASK, RECONCILE_TASK, STEP_TASK, Dispatch, step_task_id
@@ -34,6 +34,13 @@ def _redelivered(task: object) -> bool:
     return bool(info.get("redelivered"))
 
 
+def _delivery(task: Any) -> str | None:
+    """The tag of this delivery: kombu's virtual transports (Redis) give each publish a tag
+    of its own in the message's properties, and a redelivery keeps it."""
+    properties = task.request.properties or {}
+    return delivery_tag(properties.get("delivery_tag"))
+
+
 def _report(outcome: Outcome | None, task_id: str) -> None:
     """Send the outcome's work, then end the task as Flower should show it."""
     if outcome is None:
@@ -46,7 +53,12 @@ def _report(outcome: Outcome | None, task_id: str) -> None:
 
 
 def claim(
-    run_id: str, step_id: str, task_id: str, worker: str, redelivered: bool = False
+    run_id: str,
+    step_id: str,
+    task_id: str,
+    worker: str,
+    delivery: str | None,
+    redelivered: bool = False,
 ) -> Claim | Outcome | None:
     """Claim a step attempt (see claims.claim_step). Not begun: on PostgreSQL the claim is
     one statement, committed as it returns."""
@@ -58,6 +70,7 @@ def claim(
             step_id,
             task_id=task_id,
             worker=worker,
+            delivery=delivery,
             redelivered=redelivered,
         )
         session.commit()
@@ -93,6 +106,7 @@ def perform(
             *following.args,
             task_id=following.task_id,
             worker=chain.worker,  # type: ignore[union-attr]
+            delivery=chain.delivery,  # type: ignore[union-attr]
         )
         session.commit()
     if not isinstance(claimed_next, Claim):
@@ -124,6 +138,7 @@ class Chain:
     def __init__(self, task: Any) -> None:
         self.started = time.monotonic()
         self.carrier = task.request.id
+        self.delivery = _delivery(task)
         self.hostname = task.request.hostname or ""
         hard, soft = (tuple(task.request.timelimit or ()) + (None, None))[:2]
         self.envelope_s = soft or hard or settings().step_timeout_max_s
@@ -153,11 +168,11 @@ class Chain:
         return following
 
 
-def _recover_carried(run_id: str, task_id: str) -> Outcome | None:
+def _recover_carried(run_id: str, task_id: str, delivery: str | None) -> Outcome | None:
     """This redelivered message found its own work done: record as lost the step its
     previous delivery was running inline when it died."""
     with sessions().begin() as session:
-        return failures.record_lost_inline(session, settings(), run_id, task_id)
+        return failures.record_lost_inline(session, settings(), run_id, task_id, delivery)
 
 
 @app.task(name=STEP_TASK, bind=True, Request=StepRequest)
@@ -167,12 +182,12 @@ def execute_step(self, run_id: str, step_id: str) -> None:
     is recorded lost."""
     chain = Chain(self)
     redelivered = _redelivered(self)
-    claimed = claim(run_id, step_id, self.request.id, chain.hostname, redelivered)
+    claimed = claim(run_id, step_id, self.request.id, chain.hostname, chain.delivery, redelivered)
     if isinstance(claimed, Claim):
         _report(*run_claimed(claimed, False, chain))
         return
     if claimed is None and redelivered:
-        claimed = _recover_carried(run_id, self.request.id)
+        claimed = _recover_carried(run_id, self.request.id, chain.delivery)
     _report(claimed, self.request.id)
 
 
@@ -194,7 +209,7 @@ def plan_run(self, run_id: str, workflow: str | None = None, version: int | None
         # Not begun: on PostgreSQL planning is one statement, committed as it returns.
         with unbegun_session() as session:
             work, claimed = planning.plan_and_claim(
-                session, settings(), run_id, chain.worker, expected
+                session, settings(), run_id, chain.worker, expected, chain.delivery
             )
             session.commit()
         # Planned by this delivery: every plan has at least one root step.
@@ -218,13 +233,18 @@ def plan_run(self, run_id: str, workflow: str | None = None, version: int | None
             orphan = planning.first_inline_step(session, settings(), run_id)
         if orphan is not None:
             claimed = claim(
-                run_id, orphan, step_task_id(run_id, orphan, 1), chain.worker, redelivered=True
+                run_id,
+                orphan,
+                step_task_id(run_id, orphan, 1),
+                chain.worker,
+                chain.delivery,
+                redelivered=True,
             )
         if isinstance(claimed, Claim):
             _report(*run_claimed(claimed, True, chain))
             return
         if claimed is None:
-            claimed = _recover_carried(run_id, self.request.id)
+            claimed = _recover_carried(run_id, self.request.id, chain.delivery)
         _report(claimed, self.request.id)
         return
     dispatch.send(work)

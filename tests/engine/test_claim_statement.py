@@ -86,18 +86,18 @@ def test_a_claim_is_one_statement_on_postgresql(database: Stack, unique: str) ->
 
 
 def test_an_attempt_found_lost_is_recorded_in_one_transaction(database: Stack, unique: str) -> None:
-    """The broker redelivers the message of an attempt still marked running: its worker died.
-    The claim statement misses; the failure it records (the step retried, its next attempt's
-    message) is written in one transaction, which the caller commits."""
+    """The broker redelivers the delivery that claimed an attempt still marked running: its
+    worker died. The claim statement misses; the failure it records (the step retried, its
+    next attempt's message) is written in one transaction, which the caller commits."""
     database.register(spec(unique, [{"id": "a", "action": "noop"}, {"id": "b", "action": "noop"}]))
     run_id = planned(database, unique)
     task_id = step_task_id(run_id, "b", 1)
     with database.sessions() as session:
-        assert isinstance(claim(session, database, run_id, "b", 1), Claim)
+        assert isinstance(claim(session, database, run_id, "b", 1, delivery="first"), Claim)
         session.commit()
 
     with database.sessions() as session:
-        lost = claim(session, database, run_id, "b", 1, redelivered=True)
+        lost = claim(session, database, run_id, "b", 1, delivery="first", redelivered=True)
         assert isinstance(lost, Outcome) and lost.status == "retrying"
         assert [dispatch.task_id for dispatch in lost.work.dispatches] == [
             step_task_id(run_id, "b", 2)
@@ -108,7 +108,7 @@ def test_an_attempt_found_lost_is_recorded_in_one_transaction(database: Stack, u
     assert seen_elsewhere(database, run_id, "b")[:2] == ("retrying", 1)
 
     with database.sessions() as session:  # a stale copy of attempt 1 cannot take the retry
-        assert claim(session, database, run_id, "b", 1, redelivered=True) is None
+        assert claim(session, database, run_id, "b", 1, delivery="first", redelivered=True) is None
         session.commit()
     with database.sessions() as session:
         retried = claim(session, database, run_id, "b", 2)

@@ -28,11 +28,14 @@ def executions_log(var_dir: Path) -> Path:
 
 @register("record")
 def record(inputs: Any, context: ActionContext) -> dict[str, Any]:
-    """Record the execution; `sleep` first (writing the pid), `fail: true` to raise."""
+    """Record the execution; `sleep` first (writing the pid), `fail: true` to raise;
+    `fail_before_attempt: n` fails the attempts before n at once."""
     inputs = inputs if isinstance(inputs, dict) else {}
     line = f"{context.run_id} {context.step_id} {context.attempt} {os.getpid()}\n"
     with open(executions_log(_var_dir()), "a") as handle:
         handle.write(line)
+    if context.attempt < inputs.get("fail_before_attempt", 0):
+        raise ActionError(f"attempt {context.attempt} fails on purpose")
     if inputs.get("sleep"):
         pid_dir = _var_dir() / "pids"
         pid_dir.mkdir(exist_ok=True)
