@@ -94,3 +94,31 @@ def test_a_sender_keeps_delivering_across_a_redis_restart(tmp_path: Path) -> Non
         assert queued(server, "transport-test:") == 3
     finally:
         server.stop()
+
+
+def test_each_send_gets_a_delivery_tag_of_its_own_and_a_message_handed_back_keeps_it(
+    tmp_path: Path,
+) -> None:
+    # What a claim relies on to tell a dead worker's redelivered message from another copy
+    # of the same attempt (engine.claims.claim_step): the tag in the message's properties.
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        app = app_for(server.url)
+        with app.connection() as connection:
+            for _ in range(2):  # the same attempt sent twice, as the reconciler resends it
+                app.send_task("steps.execute", task_id="r:s:2", queue=QUEUE, connection=connection)
+            channel = connection.default_channel
+            first, second = (channel.basic_get(QUEUE) for _ in range(2))
+            tags = [message.properties["delivery_tag"] for message in (first, second)]
+            assert tags[0] != tags[1]
+            assert not first.delivery_info.get("redelivered")
+            channel.qos.restore_unacked()  # what a worker's shutdown does with what it holds
+            handed_back = [channel.basic_get(QUEUE) for _ in range(2)]
+            assert sorted(message.properties["delivery_tag"] for message in handed_back) == sorted(
+                tags
+            )
+            assert all(message.delivery_info["redelivered"] for message in handed_back)
+            for message in handed_back:
+                message.ack()
+    finally:
+        server.stop()
