@@ -4,6 +4,7 @@ statements of engine.execution (claim, success) and engine.failures (failure, lo
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -58,6 +59,16 @@ class Claim:
     params: dict[str, Any]
     upstream: dict[str, dict[str, Any]]
     inputs_override: Any
+    # When its lease was stamped (time.monotonic()): the lease runs out lease_for() later.
+    leased_at: float = field(default_factory=time.monotonic)
+
+    def lease_left_s(self, settings: Settings) -> float:
+        """Seconds until this attempt's lease runs out, as stamped."""
+        return (
+            self.leased_at
+            + lease_for(settings, self.spec.timeout_s).total_seconds()
+            - (time.monotonic())
+        )
 
 
 @dataclass

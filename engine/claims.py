@@ -7,6 +7,7 @@ was claimed.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from sqlalchemy import Update, and_, bindparam, select, update
@@ -17,6 +18,7 @@ from engine.attempts import (
     B_NOW,
     B_RUN_ID,
     B_TASK_ID,
+    MINE,
     RUN_IS_RUNNING,
     STEP_KEY,
     Claim,
@@ -82,6 +84,34 @@ _SELECT_CLAIMED = select(
 _SELECT_UPSTREAM = select(steps.c.step_id, steps.c.output).where(
     steps.c.run_id == B_RUN_ID, steps.c.step_id.in_(bindparam("b_needs", expanding=True))
 )
+
+
+_RENEW_LEASE = (
+    update(steps)
+    .where(MINE)
+    .values(lease_expires_at=bindparam("b_lease", type_=steps.c.lease_expires_at.type))
+)
+
+
+def renew_lease(session: Session, settings: Settings, claim: Claim) -> bool:
+    """Stamp the lease of an attempt whose action is about to start, long after its claim:
+    the step plan_run runs itself is claimed as the run is planned, and planning, or sending
+    the run's other root steps, may have taken much of its lease. False when the attempt is
+    no longer this caller's (its lease ran out and it was recorded lost): do not run it."""
+    now = utcnow()
+    renewed = session.execute(
+        _RENEW_LEASE,
+        {
+            "b_run_id": claim.run_id,
+            "b_step_id": claim.step_id,
+            "b_task_id": claim.task_id,
+            "b_attempt": claim.attempt,
+            "b_lease": now + lease_for(settings, claim.spec.timeout_s),
+        },
+    ).rowcount
+    if renewed:
+        claim.leased_at = time.monotonic()
+    return bool(renewed)
 
 
 def claim_step(

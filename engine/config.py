@@ -90,6 +90,9 @@ class Settings:
     # the platform redoes (the step runs again, as after a worker crash). Submissions,
     # replays and every dead letter commit durably whatever this says (engine.db.durable).
     worker_synchronous_commit: str = "off"
+    # SQLite: how long a statement waits for another writer's lock before "database is
+    # locked". A worker recording an outcome tries again after that (workers.recording).
+    sqlite_busy_timeout_s: float = 30.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -150,6 +153,7 @@ class Settings:
             reconcile_interval_s=number("RECONCILE_INTERVAL_S", cls.reconcile_interval_s),
             dispatch_grace_s=number("DISPATCH_GRACE_S", cls.dispatch_grace_s),
             lease_grace_s=number("LEASE_GRACE_S", cls.lease_grace_s),
+            sqlite_busy_timeout_s=number("SQLITE_BUSY_TIMEOUT_S", cls.sqlite_busy_timeout_s),
             bulk_replay_rate=number("BULK_REPLAY_RATE", cls.bulk_replay_rate),
             bulk_replay_max=int(number("BULK_REPLAY_MAX", cls.bulk_replay_max)),
             worker_synchronous_commit=env.get(
@@ -184,8 +188,19 @@ class Settings:
             )
         if self.max_deliveries < 1 or self.retry_max_attempts < 1:
             problems.append("MAX_DELIVERIES and RETRY_MAX_ATTEMPTS must be at least 1")
-        if min(self.reconcile_interval_s, self.dispatch_grace_s, self.lease_grace_s) <= 0:
-            problems.append("RECONCILE_INTERVAL_S, DISPATCH_GRACE_S and LEASE_GRACE_S must be > 0")
+        if (
+            min(
+                self.reconcile_interval_s,
+                self.dispatch_grace_s,
+                self.lease_grace_s,
+                self.sqlite_busy_timeout_s,
+            )
+            <= 0
+        ):
+            problems.append(
+                "RECONCILE_INTERVAL_S, DISPATCH_GRACE_S, LEASE_GRACE_S and SQLITE_BUSY_TIMEOUT_S "
+                "must be > 0"
+            )
         if self.broker_socket_timeout_s < BROKER_SOCKET_TIMEOUT_MIN_S:
             problems.append(
                 f"BROKER_SOCKET_TIMEOUT_S must be at least {BROKER_SOCKET_TIMEOUT_MIN_S:g}: "

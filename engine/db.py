@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, Table, create_engine, event, insert, text
+from sqlalchemy import Connection, Engine, Table, create_engine, event, insert, text
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -44,10 +44,13 @@ def make_engine(
     url = settings_or_url if isinstance(settings_or_url, str) else settings_or_url.database_url
     url = normalise_url(url)
     if url.startswith("sqlite"):
-        db_engine = create_engine(
-            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **options
+        busy_ms = (
+            SQLITE_BUSY_TIMEOUT_MS
+            if isinstance(settings_or_url, str)
+            else round(settings_or_url.sqlite_busy_timeout_s * 1000)
         )
-        _tune_sqlite(db_engine, writes=writes)
+        db_engine = create_engine(url, connect_args={"timeout": busy_ms / 1000}, **options)
+        _tune_sqlite(db_engine, writes=writes, busy_ms=busy_ms)
         return db_engine
     options.setdefault("pool_size", 5)
     options.setdefault("max_overflow", 10)
@@ -139,7 +142,7 @@ def _drop_closed_connections(db_engine: Engine) -> None:
             raise DisconnectionError("the server closed the connection")
 
 
-def _tune_sqlite(db_engine: Engine, *, writes: bool) -> None:
+def _tune_sqlite(db_engine: Engine, *, writes: bool, busy_ms: int) -> None:
     @event.listens_for(db_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" event below (writers' engines only) decide how a
@@ -149,7 +152,7 @@ def _tune_sqlite(db_engine: Engine, *, writes: bool) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
         cursor.close()
 
     if not writes:
@@ -225,6 +228,34 @@ def one_transaction_from_here(session: Session) -> None:
         return
     if session.connection().get_execution_options().get("isolation_level") == _AUTOCOMMIT:
         session.commit()
+
+
+@contextmanager
+def lock_wait(db_engine: Engine, seconds: float) -> Iterator[Engine | Connection]:
+    """What to bind a session to so that, on SQLite, its transaction waits at most `seconds`
+    (instead of the busy timeout) for another writer's lock: a connection of its own, given
+    back to the pool with its busy timeout as it was. With None, or on PostgreSQL (no such
+    lock to wait for), the engine itself."""
+    if seconds is None or db_engine.dialect.name != "sqlite":
+        yield db_engine
+        return
+    connection = db_engine.connect()
+    driver = connection.connection.driver_connection  # no BEGIN: the session begins later
+    previous: int | None = None
+    try:
+        (previous,) = driver.execute("PRAGMA busy_timeout").fetchone()
+        driver.execute(f"PRAGMA busy_timeout={max(1, round(seconds * 1000))}")
+        yield connection
+    finally:
+        try:
+            if connection.in_transaction():
+                connection.rollback()
+            if previous is None:
+                raise RuntimeError("busy timeout unknown")
+            driver.execute(f"PRAGMA busy_timeout={int(previous)}")
+        except Exception:
+            connection.invalidate()  # never back in the pool with the shorter wait
+        connection.close()
 
 
 @contextmanager

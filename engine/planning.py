@@ -146,12 +146,15 @@ def plan_and_claim(
     one (engine.db.statement_by_statement). Otherwise the run is started, then its steps
     are written (by COPY from COPY_MIN_ROWS steps on), in the caller's transaction."""
     started = time.perf_counter()
-    now = utcnow()  # the run's and its first steps' start
+    now = utcnow()  # the run's and its first steps' start, and the inline step's lease
+    leased_at = time.monotonic()
     workflow = _one_statement_plan(session, settings, expected)
     if workflow is not None:
         planned = _start_and_plan(session, settings, run_id, now, (worker, delivery), workflow)
     else:
         planned = _start_then_plan(session, settings, run_id, now, (worker, delivery))
+    if planned[1] is not None:
+        planned[1].leased_at = leased_at
     metrics.manager_planning_duration_seconds.observe(time.perf_counter() - started)
     return planned
 

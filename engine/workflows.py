@@ -105,7 +105,8 @@ def _database(session: Session) -> str:
     try:
         return _DATABASES[bind]
     except KeyError:
-        found = _DATABASES[bind] = str(bind.url)
+        # A session bound to a connection (engine.db.lock_wait) names its engine's database.
+        found = _DATABASES[bind] = str(bind.engine.url)
         return found
 
 

@@ -7,6 +7,7 @@ through an expired lease, messages that carry another attempt, finished runs lef
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -741,3 +742,38 @@ def test_the_reconciler_leaves_alone_work_still_waiting_in_a_backed_up_queue(
     redis.Redis.from_url(offline.redis_url).delete(*layout.keys(MANAGER_QUEUE))
     assert reading([MANAGER_QUEUE]) == {MANAGER_QUEUE: None}
     assert sweep() == {f"{run_id}:plan" for run_id in waiting}
+
+
+def test_the_step_plan_run_runs_itself_keeps_its_lease_while_redis_is_down_at_planning(
+    tmp_path: Path, unique: str
+) -> None:
+    # Redis goes away while plan_run plans a run of 30 other root steps: their sends fail
+    # (each would wait out its connection retries). The step plan_run runs itself (6 s of
+    # its 8 s; a lease of 10 s with LEASE_GRACE_S=1) must start on a lease that still covers
+    # it, and run once: the reconciler must not take it for lost while it runs.
+    with private_stack("sqlite", tmp_path / "stack", DRILL_ENV) as (stack, server):
+        roots = [{"id": f"r{i}", "action": "noop", "queue": "default"} for i in range(30)]
+        slow = {"id": "a", "action": "record", "with": {"sleep": 6}, "timeout_s": 8}
+        stack.register(spec(unique, [{**slow, "retry": {"max_attempts": 1}}, *roots]))
+        run_id = stack.submit(unique)
+        holder = sqlite3.connect(stack.database_url.removeprefix("sqlite:///"), timeout=30)
+        holder.isolation_level = None
+        holder.execute("BEGIN IMMEDIATE")  # plan_run waits at its first write ...
+        stack.start_worker(concurrency=2, beat=True)
+        unacked = f"{stack.env['REDIS_KEY_PREFIX']}unacked"
+        wait_for(lambda: server.client().hlen(unacked), 30, message="plan_run to be received")
+        # The worker's start-up connections settle first: a broker lost in its first moments
+        # can stop the worker (kombu closing a channel whose connection is gone).
+        threading.Event().wait(2)
+        server.stop()  # ... while the broker goes away
+        holder.execute("ROLLBACK")
+        holder.close()
+        stack.pid(run_id, "a", timeout=60)
+        server.start()
+
+        run = stack.wait_finished(run_id, timeout=60)
+        assert run["status"] == "succeeded", run
+        step = stack.step(run_id, "a")
+        assert (step["attempts"], step["error_type"]) == (1, None)
+        assert [e for e in stack.executions(run_id) if e[1] == "a"] == [(run_id, "a", 1)]
+        assert stack.dead_letters(run_id) == []

@@ -100,3 +100,59 @@ class InlineTimeLimits:
         recorder.start()
         recorder.join(INLINE_RECORD_BUDGET_S)
         os._exit(1)
+
+
+# -- The soft time limit bounds the action, not the recording of its outcome -------------------
+# The prefork pool's parent sends SIGUSR1 to a child at a task's soft limit, and billiard's
+# handler raises SoftTimeLimitExceeded wherever the child is. Once the action has returned, that
+# would break off the recording of its outcome (perhaps waiting for the database) and turn a
+# step that finished in time into a time-limit failure. Each child replaces that handler, the
+# first time it records an outcome, with one that defers the limit while a recording is under
+# way; the hard limit still kills a child stuck for good (workers.recording stops trying before).
+_recording = False
+_deferred = False
+
+
+def _soft_limit(signum: int, frame: Any) -> None:
+    global _deferred
+    if _recording:
+        _deferred = True
+        return
+    raise SoftTimeLimitExceeded()
+
+
+def _install_soft_limit() -> bool:
+    """Take over the pool's soft limit handler (prefork children only: in another pool, or
+    outside the main thread, there is nothing to take over)."""
+    soft_signal = getattr(signal, "SIGUSR1", None)
+    if soft_signal is None or threading.current_thread() is not threading.main_thread():
+        return False
+    current = signal.getsignal(soft_signal)
+    if getattr(current, "__name__", "") != "soft_timeout_sighandler":
+        return current is _soft_limit
+    signal.signal(soft_signal, _soft_limit)
+    return True
+
+
+_installed = False
+
+
+class Recording:
+    """While an outcome is recorded, a soft limit that falls due is noted, not raised."""
+
+    def __enter__(self) -> Recording:
+        global _recording, _deferred, _installed
+        if not _installed:
+            _install_soft_limit()
+            _installed = True
+        _deferred = False
+        _recording = True
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        global _recording
+        _recording = False
+
+    @property
+    def soft_limit_deferred(self) -> bool:
+        return _deferred

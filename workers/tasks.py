@@ -9,13 +9,14 @@ from typing import Any
 
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session
 
 from engine import claims, execution, failures, logs, planning, recovery
 from engine.attempts import Claim, Outcome, delivery_tag, inline_worker
 from engine.dlq import describe
 from engine.planning import INLINE_QUEUE
 from engine.work import PLAN_TASK, RECONCILE_TASK, STEP_TASK, Dispatch, step_task_id
-from workers import broker, dispatch
+from workers import broker, dispatch, recording
 from workers.celery_app import app
 from workers.limits import CHAIN_MARGIN_S, InlineTimeLimits, StepRequest
 from workers.runtime import sessions, settings, unbegun_session
@@ -83,23 +84,29 @@ def perform(
     """Run a claimed attempt and record it. `inline`: inside another task (plan_run, or the
     step before it in a chain), so the step's own time limits are armed here and its log
     lines name it. When the chain continues, the next step is claimed in the transaction
-    that records this one (one transaction per step) and returned instead of sent."""
+    that records this one (one transaction per step) and returned instead of sent. The
+    recording is tried again while the database is away (workers.recording)."""
     if inline:
         bound = logs.bind(run_id=claimed.run_id, step_id=claimed.step_id, task_id=claimed.task_id)
         try:
+            if not _lease_covers(claimed):
+                return Outcome("lost"), None
             with InlineTimeLimits(claimed.task_id, claimed.spec.timeout_s):
                 result = execution.attempt(claimed, _TIME_LIMITS, sessions())
         finally:
             logs.reset(bound)
     else:
         result = execution.attempt(claimed, _TIME_LIMITS, sessions())
-    # Not begun: on PostgreSQL a leaf's success is one statement, committed as it returns.
-    with unbegun_session() as session:
+    following: Dispatch | None = None
+
+    def write(session: Session) -> Claim | Outcome | None:
+        nonlocal outcome, following
+        # Not begun: on PostgreSQL a leaf's success is one statement, committed as it returns.
         outcome = execution.finish_attempt(session, settings(), claimed, result)
         following = chain.next_step(outcome) if chain is not None else None
         if following is None:
             session.commit()
-            return outcome, None
+            return None
         claimed_next = claims.claim_step(
             session,
             settings(),
@@ -109,10 +116,45 @@ def perform(
             delivery=chain.delivery,  # type: ignore[union-attr]
         )
         session.commit()
+        return claimed_next
+
+    outcome = Outcome("lost")
+    deadline = min(
+        chain.deadline if chain is not None else time.monotonic() + settings().lease_grace_s,
+        time.monotonic() + claimed.lease_left_s(settings()),
+    )
+    claimed_next = recording.record(
+        claimed.task_id,
+        write,
+        deadline - recording.DEADLINE_MARGIN_S,
+        result,
+    )
     if not isinstance(claimed_next, Claim):
-        return outcome, None  # not ours to run here: its message goes out as usual
-    outcome.work.dispatches.remove(following)
+        return outcome, None  # none, or not ours to run here: its message goes out as usual
+    outcome.work.dispatches.remove(following)  # type: ignore[arg-type]
     return outcome, claimed_next
+
+
+def _lease_covers(claimed: Claim) -> bool:
+    """Whether the inline attempt may start its action: its lease was stamped when it was
+    claimed, and when planning or sending the run's other steps took more than half of
+    LEASE_GRACE_S since, the lease is stamped again first (the action may run up to its hard
+    limit from now). False when the attempt is no longer ours."""
+    if time.monotonic() - claimed.leased_at <= settings().lease_grace_s / 2:
+        return True
+    try:
+        with sessions().begin() as session:
+            if claims.renew_lease(session, settings(), claimed):
+                return True
+    except (OperationalError, InterfaceError) as exc:
+        log.warning(
+            "task %s: the lease could not be renewed (%s); running the step on the lease it has",
+            claimed.task_id,
+            str(exc).splitlines()[0],
+        )
+        return True
+    log.warning("task %s: the attempt's lease ran out before it started; not run", claimed.task_id)
+    return False
 
 
 def run_claimed(claimed: Claim, inline: bool, chain: Chain | None = None) -> tuple[Outcome, str]:
@@ -142,6 +184,10 @@ class Chain:
         self.hostname = task.request.hostname or ""
         hard, soft = (tuple(task.request.timelimit or ()) + (None, None))[:2]
         self.envelope_s = soft or hard or settings().step_timeout_max_s
+        # When the pool kills this task's process: what it records must be done by then.
+        self.deadline = self.started + (
+            hard or settings().step_hard_limit(soft or settings().step_timeout_max_s)
+        )
         self.length = 0
 
     @property
