@@ -55,6 +55,13 @@ def the_letter(stack: Stack, run_id: str) -> dict[str, Any]:
     return letters[0]
 
 
+def register_failing(stack: Stack, name: str) -> None:
+    """One step that fails every attempt, allowed one: each run of it is one dead letter."""
+    stack.register(
+        spec(name, [{"id": "a", "action": "record", "with": {"fail": True}, "retry": ONCE}])
+    )
+
+
 def register_flaky(stack: Stack, name: str) -> None:
     """One step that fails its first attempt (no retries) and succeeds on any later one."""
     stack.register(
@@ -118,9 +125,7 @@ def test_a_dead_letter_of_a_step_run_inline_links_to_the_task_flower_knows(
 ) -> None:
     # plan_run runs a run's first step itself: Flower knows that attempt only as the plan
     # task, so the letter's link goes there, not to the attempt's own task id.
-    stack.register(
-        spec(unique, [{"id": "a", "action": "record", "with": {"fail": True}, "retry": ONCE}])
-    )
+    register_failing(stack, unique)
     run = failed_run(stack, unique)
     step = stack.step(run["id"], "a")
     assert step["worker"].endswith(f" inline in {plan_task_id(run['id'])}"), step["worker"]
@@ -223,9 +228,7 @@ def test_replaying_a_dead_letter_with_fixed_inputs_resumes_its_run_at_that_step(
 def test_two_concurrent_replays_of_one_dead_letter_run_the_step_once(
     stack: Stack, unique: str
 ) -> None:
-    stack.register(
-        spec(unique, [{"id": "a", "action": "record", "with": {"fail": True}, "retry": ONCE}])
-    )
+    register_failing(stack, unique)
     run = failed_run(stack, unique)
     letter = the_letter(stack, run["id"])
     barrier = threading.Barrier(2)
@@ -378,9 +381,7 @@ def test_discarding_keeps_the_letter_out_of_the_open_list_and_works_only_once(
 
 
 def test_the_cli_lists_shows_replays_and_discards_dead_letters(stack: Stack, unique: str) -> None:
-    stack.register(
-        spec(unique, [{"id": "a", "action": "record", "with": {"fail": True}, "retry": ONCE}])
-    )
+    register_failing(stack, unique)
     kept, dropped = failed_run(stack, unique), failed_run(stack, unique)
     kept_letter, dropped_letter = the_letter(stack, kept["id"]), the_letter(stack, dropped["id"])
     runner = CliRunner()

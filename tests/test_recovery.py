@@ -506,23 +506,30 @@ def test_a_lost_attempt_does_not_spend_the_steps_retries(offline: Stack, unique:
     assert "MAX_DELIVERIES=3" in (row.error or "")
 
 
+def claim_directly(
+    stack: Stack, run_id: str, attempt: int, delivery: str | None, redelivered: bool
+) -> object:
+    """Claim attempt `attempt` of step "a" as the delivery `delivery` would, in a worker."""
+    with stack.sessions.begin() as session:
+        return claims.claim_step(
+            session,
+            stack.settings,
+            run_id,
+            "a",
+            task_id=f"{run_id}:a:{attempt}",
+            worker="test",
+            delivery=delivery,
+            redelivered=redelivered,
+        )
+
+
 def test_a_message_only_takes_the_attempt_it_carries(offline: Stack, unique: str) -> None:
     two_steps(offline, unique)
     [run_id] = planned_runs(offline, unique, 1)
     hold(offline, [run_id], "a", 1, timedelta(minutes=1))
 
     def claim(attempt: int, redelivered: bool = False) -> object:
-        with offline.sessions.begin() as session:
-            return claims.claim_step(
-                session,
-                offline.settings,
-                run_id,
-                "a",
-                task_id=f"{run_id}:a:{attempt}",
-                worker="test",
-                delivery=f"delivery-{attempt}",
-                redelivered=redelivered,
-            )
+        return claim_directly(offline, run_id, attempt, f"delivery-{attempt}", redelivered)
 
     # A duplicate of the running attempt's message: its holder is alive (the lease runs).
     assert claim(1) is None
@@ -551,17 +558,7 @@ def test_a_redelivered_copy_proves_its_attempt_lost_only_if_its_delivery_started
     [run_id] = planned_runs(offline, unique, 1)
 
     def claim(delivery: str | None, redelivered: bool = False) -> object:
-        with offline.sessions.begin() as session:
-            return claims.claim_step(
-                session,
-                offline.settings,
-                run_id,
-                "a",
-                task_id=f"{run_id}:a:1",
-                worker="test",
-                delivery=delivery,
-                redelivered=redelivered,
-            )
+        return claim_directly(offline, run_id, 1, delivery, redelivered)
 
     taken = claim("resent")
     assert isinstance(taken, attempts.Claim) and taken.attempt == 1
