@@ -741,6 +741,32 @@ def test_the_reconciler_leaves_alone_work_still_waiting_in_a_backed_up_queue(
     assert sweep() == {f"{run_id}:plan" for run_id in waiting}
 
 
+def test_a_worker_that_loses_the_broker_while_it_holds_a_message_keeps_running(
+    tmp_path: Path, unique: str
+) -> None:
+    # The consumer closes its channel and hands the message back through it; with its
+    # connection gone no client could be made, and the AttributeError that kombu's own
+    # client raised there stopped the whole worker ("Unrecoverable error").
+    with private_stack("sqlite", tmp_path / "stack", DRILL_ENV) as (stack, server):
+        roots = [{"id": f"r{i}", "action": "noop", "queue": "default"} for i in range(30)]
+        stack.register(spec(unique, [{"id": "a", "action": "record"}, *roots]))
+        run_id = stack.submit(unique)
+        holder = sqlite3.connect(stack.database_url.removeprefix("sqlite:///"), timeout=30)
+        holder.isolation_level = None
+        holder.execute("BEGIN IMMEDIATE")  # plan_run holds its message, waiting to write
+        worker = stack.start_worker(concurrency=2, beat=True)
+        unacked = f"{stack.env['REDIS_KEY_PREFIX']}unacked"
+        wait_for(lambda: server.client().hlen(unacked), 30, message="plan_run to be received")
+        server.stop()
+        holder.execute("ROLLBACK")
+        holder.close()
+        threading.Event().wait(5)
+        assert worker.process.poll() is None, worker.log_path.read_text()[-3000:]
+        assert "Unrecoverable" not in worker.log_path.read_text()
+        server.start()
+        assert stack.wait_finished(run_id, timeout=90)["status"] == "succeeded"
+
+
 def test_the_step_plan_run_runs_itself_keeps_its_lease_while_redis_is_down_at_planning(
     tmp_path: Path, unique: str
 ) -> None:
@@ -759,9 +785,6 @@ def test_the_step_plan_run_runs_itself_keeps_its_lease_while_redis_is_down_at_pl
         stack.start_worker(concurrency=2, beat=True)
         unacked = f"{stack.env['REDIS_KEY_PREFIX']}unacked"
         wait_for(lambda: server.client().hlen(unacked), 30, message="plan_run to be received")
-        # The worker's start-up connections settle first: a broker lost in its first moments
-        # can stop the worker (kombu closing a channel whose connection is gone).
-        threading.Event().wait(2)
         server.stop()  # ... while the broker goes away
         holder.execute("ROLLBACK")
         holder.close()

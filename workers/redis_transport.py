@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
 from kombu import transport as kombu_transports
 from kombu.transport import redis as kombu_redis
 
@@ -30,6 +31,12 @@ class Channel(kombu_redis.Channel):
         if asynchronous:
             # The event loop's own clients (BRPOP, pub/sub) are made once per channel already.
             return super()._create_client(asynchronous=True)
+        if self._pool is None and getattr(self.connection, "client", None) is None:
+            # Closing after its connection was lost (kombu then hands the channel's
+            # unacknowledged messages back through it): no pool can be made. kombu's own
+            # client fails here with an AttributeError, which stops the worker; as a
+            # connection error it is one kombu expects, and the consumer reconnects.
+            raise redis.exceptions.ConnectionError("the broker connection is closed")
         client = self._shared_client
         # A channel drops its pool when it closes or its connection is lost; a client of the
         # old pool must not outlive it.
