@@ -71,7 +71,7 @@ def restore(path: Path, force: bool, no_safety_copy: bool) -> None:
             click.echo(f"current database saved to {safety}")
         except EngineError as exc:
             click.echo(f"warning: could not save the current database: {exc.detail}", err=True)
-    kept = backups.restore(current, path)
+    kept = backups.restore(current, path, verified=True)
     click.echo(f"restored {path} into {backups.describe(current)}")
     if kept:
         click.echo(f"{kept} token revocation(s) made since that backup kept")

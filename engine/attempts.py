@@ -67,7 +67,7 @@ class Claim:
         return (
             self.leased_at
             + lease_for(settings, self.spec.timeout_s).total_seconds()
-            - (time.monotonic())
+            - time.monotonic()
         )
 
 

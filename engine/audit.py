@@ -6,8 +6,6 @@ change it describes was committed.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from datetime import datetime
 from typing import Any
@@ -15,6 +13,7 @@ from typing import Any
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
+from engine import cursors
 from engine.errors import InvalidInput
 from engine.models import AuditEvent, in_utc, utcnow
 
@@ -87,24 +86,13 @@ def list_events(
     if cursor:
         query = query.where(AuditEvent.id < _decode_cursor(cursor))
     rows = list(session.scalars(query.order_by(AuditEvent.id.desc()).limit(limit + 1)))
-    following = _encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
+    following = cursors.encode(rows[limit - 1].id) if len(rows) > limit else None
     return rows[:limit], following
 
 
-# Events are ordered by their id alone, so the cursor is the last id seen, made opaque.
-def _encode_cursor(event_id: int) -> str:
-    return base64.urlsafe_b64encode(f"audit:{event_id}".encode()).decode().rstrip("=")
-
-
+# Events are ordered by their id alone, so the cursor is the last id seen.
 def _decode_cursor(cursor: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        kind, _, event_id = raw.partition(":")
-        number = int(event_id)
-        if kind != "audit" or not 0 < number <= MAX_EVENT_ID:
-            raise ValueError(raw)
-        return number
-    except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
-        raise InvalidInput(
-            "invalid cursor", errors=[{"field": "cursor", "message": "not a cursor we issued"}]
-        ) from exc
+    (event_id,) = cursors.decode(cursor, 1)
+    if type(event_id) is not int or not 0 < event_id <= MAX_EVENT_ID:
+        raise cursors.invalid()
+    return event_id

@@ -105,12 +105,14 @@ def _not_ours(path: Path) -> DatabaseOperationError:
     )
 
 
-def restore(settings: Settings, path: Path) -> int:
-    """Replace the database's contents with the backup at `path` (verified first). Tokens
-    revoked since the backup was taken stay revoked: a restore must not let a leaked token
-    back in. Returns how many such revocations were carried over."""
+def restore(settings: Settings, path: Path, *, verified: bool = False) -> int:
+    """Replace the database's contents with the backup at `path` (verified first, unless
+    the caller did so already). Tokens revoked since the backup was taken stay revoked: a
+    restore must not let a leaked token back in. Returns how many such revocations were
+    carried over."""
     path = Path(path)
-    verify_backup(settings, path)
+    if not verified:
+        verify_backup(settings, path)
     revoked = _revocations(settings)
     _replace(settings, path)
     return _revoke_again(settings, revoked)

@@ -7,7 +7,6 @@ from typing import Any
 from flask import Blueprint, request
 
 from engine.life import queries
-from web import serialize
 from web.auth import current_caller, require_scopes
 from web.db import read_connection
 
@@ -24,4 +23,4 @@ def wellness_daily() -> Any:
     subject = queries.summary_subject(current_caller(), request.args.get("subject"))
     with read_connection() as connection:
         summary = queries.daily_summary(connection, subject, day)
-    return serialize.wellness_summary(summary)
+    return queries.summary_json(summary)

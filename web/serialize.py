@@ -7,7 +7,6 @@ from typing import Any
 
 from sqlalchemy import Row
 
-from engine.life.queries import Summary, summary_json
 from engine.models import DeadLetter, Run, Step, Workflow, timestamp
 
 
@@ -110,7 +109,3 @@ def dead_letter_page(
 
 def page(items: list[dict[str, Any]], next_cursor: str | None) -> dict[str, Any]:
     return {"items": items, "next_cursor": next_cursor}
-
-
-def wellness_summary(summary: Summary) -> dict[str, Any]:
-    return summary_json(summary)

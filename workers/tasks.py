@@ -97,16 +97,14 @@ def perform(
             logs.reset(bound)
     else:
         result = execution.attempt(claimed, _TIME_LIMITS, sessions())
-    following: Dispatch | None = None
 
-    def write(session: Session) -> Claim | Outcome | None:
-        nonlocal outcome, following
+    def write(session: Session) -> tuple[Outcome, Dispatch | None, Claim | Outcome | None]:
         # Not begun: on PostgreSQL a leaf's success is one statement, committed as it returns.
         outcome = execution.finish_attempt(session, settings(), claimed, result)
         following = chain.next_step(outcome) if chain is not None else None
         if following is None:
             session.commit()
-            return None
+            return outcome, None, None
         claimed_next = claims.claim_step(
             session,
             settings(),
@@ -116,22 +114,18 @@ def perform(
             delivery=chain.delivery,  # type: ignore[union-attr]
         )
         session.commit()
-        return claimed_next
+        return outcome, following, claimed_next
 
-    outcome = Outcome("lost")
     deadline = min(
         chain.deadline if chain is not None else time.monotonic() + settings().lease_grace_s,
         time.monotonic() + claimed.lease_left_s(settings()),
     )
-    claimed_next = recording.record(
-        claimed.task_id,
-        write,
-        deadline - recording.DEADLINE_MARGIN_S,
-        result,
+    outcome, following, claimed_next = recording.record(
+        claimed.task_id, write, deadline - recording.DEADLINE_MARGIN_S, result
     )
-    if not isinstance(claimed_next, Claim):
+    if following is None or not isinstance(claimed_next, Claim):
         return outcome, None  # none, or not ours to run here: its message goes out as usual
-    outcome.work.dispatches.remove(following)  # type: ignore[arg-type]
+    outcome.work.dispatches.remove(following)
     return outcome, claimed_next
 
 
