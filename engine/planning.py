@@ -346,8 +346,11 @@ def count_plan_redelivery(session: Session, settings: Settings, run_id: str) -> 
 def bury_plan(
     session: Session, run_id: str, error_type: str, message: str, trace: str, attempts: int = 1
 ) -> str | None:
-    """A run that cannot be planned: dead letter plus failed run, in one transaction."""
-    run = session.get(Run, run_id)
+    """A run that cannot be planned: dead letter plus failed run, in one transaction.
+
+    The run row is locked before its status is judged: two deliveries of one plan message
+    failing at once would otherwise each read it queued and each write a dead letter."""
+    run = session.get(Run, run_id, with_for_update=True)
     if run is None or run.status not in (RunStatus.QUEUED, RunStatus.PLANNING):
         return None
     letter_id = dlq.record(

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from cli import context as cli_context
 from cli.main import main as cli
@@ -18,7 +18,7 @@ from engine import bulk_replay, payloads, planning, replay
 from engine.auth import Caller
 from engine.config import Settings
 from engine.errors import InvalidInput
-from engine.models import Run, Step
+from engine.models import DeadLetter, Run, Step
 from engine.work import plan_task_id
 from tests.conftest import spec
 from tests.support.stack import Stack
@@ -459,6 +459,31 @@ def test_replaying_a_planning_dead_letter_queues_its_run_again(
     assert (run["status"], run["error"], run["steps"]) == ("queued", None, [])
     with database.sessions.begin() as session:
         assert session.get(Run, run_id).plan_deliveries == 0
+
+
+def test_two_planning_failures_of_one_run_at_once_write_one_dead_letter(
+    database: Stack, unique: str
+) -> None:
+    database.register(spec(unique, [{"id": "a", "action": "noop"}]))
+    run_id = database.submit(unique)  # no worker here: the run stays queued
+    letters: list[str | None] = []
+
+    def bury() -> None:
+        with database.sessions.begin() as session:
+            letters.append(planning.bury_plan(session, run_id, "InvalidParams", "second", ""))
+
+    with database.sessions.begin() as session:
+        letters.append(planning.bury_plan(session, run_id, "InvalidParams", "first", ""))
+        other = threading.Thread(target=bury)
+        other.start()
+        other.join(0.5)
+        assert other.is_alive()  # it waits for this transaction's lock on the run
+    other.join(30)
+    assert letters[0] is not None and letters[1:] == [None]
+    with database.sessions() as session:
+        written = session.scalars(select(DeadLetter.message).where(DeadLetter.run_id == run_id))
+        assert list(written) == ["first"]
+    assert database.run(run_id)["error"] == "InvalidParams: first"
 
 
 def test_malformed_filters_are_rejected_naming_the_field(database: Stack) -> None:
