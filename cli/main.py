@@ -22,7 +22,7 @@ from cli.context import (
 from cli.db_ops import COMMANDS as DB_COMMANDS
 from cli.dlq import dlq
 from cli.token_ops import COMMANDS as TOKEN_COMMANDS
-from engine import actions, auth, migrations, resume, runs, specs, workflows
+from engine import actions, auth, migrations, resume, runs, specs, tokens, workflows
 from engine.config import Settings
 from engine.errors import EngineError
 from engine.work import Work
@@ -47,10 +47,13 @@ def token() -> None:
     default="runs.read,runs.write,workflows.read",
     help="Comma-separated scopes, e.g. 'admin.*,runs.write' (OPERATIONS.md § 3 lists them).",
 )
-@click.option("--ttl", default="1h", help="Lifetime: 900, 15m, 1h, 7d.")
+@click.option("--ttl", default="1h", help="Lifetime: 900, 15m, 1h, 7d (at most TOKEN_MAX_TTL_S).")
 def token_mint(sub: str, scopes: str, ttl: str) -> None:
     """Print a signed token for SUB."""
-    minted = auth.mint_token(settings(), sub, auth.parse_known_scopes(scopes), auth.parse_ttl(ttl))
+    current = settings()
+    minted = auth.mint_token(
+        current, sub, auth.parse_known_scopes(scopes), tokens.lifetime(current, ttl)
+    )
     click.echo(minted.token)
 
 

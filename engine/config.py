@@ -43,7 +43,7 @@ class Settings:
     jwt_secret: str = field(default="", repr=False)
     jwt_previous_secrets: tuple[str, ...] = field(default=(), repr=False)
     jwt_issuer: str = "ai-business-engine"
-    # The longest lifetime POST /admin/tokens grants.
+    # The longest lifetime a token is minted with (POST /admin/tokens, `engine token mint`).
     token_max_ttl_s: float = 30 * 86400.0
     allowed_origins: tuple[str, ...] = ()
     var_dir: Path = PROJECT_ROOT / "var"

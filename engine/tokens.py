@@ -31,6 +31,19 @@ def _target(jti: str) -> str:
     return f"token:{jti}"
 
 
+def lifetime(settings: Settings, ttl: str | int) -> timedelta:
+    """A token's lifetime from '900', '15m', '1h', '7d'..., at most TOKEN_MAX_TTL_S."""
+    parsed = parse_ttl(ttl)
+    if parsed.total_seconds() > settings.token_max_ttl_s:
+        raise InvalidInput(
+            "ttl is too long",
+            errors=[
+                {"field": "ttl", "message": f"at most {settings.token_max_ttl_s:,.0f} seconds"}
+            ],
+        )
+    return parsed
+
+
 def mint(
     session: Session,
     settings: Settings,
@@ -52,15 +65,7 @@ def mint(
             f"you cannot grant a scope you do not hold: {', '.join(not_held)}",
             errors=[{"field": "scopes", "message": f"not held: {scope}"} for scope in not_held],
         )
-    lifetime = parse_ttl(ttl)
-    if lifetime.total_seconds() > settings.token_max_ttl_s:
-        raise InvalidInput(
-            "ttl is too long",
-            errors=[
-                {"field": "ttl", "message": f"at most {settings.token_max_ttl_s:,.0f} seconds"}
-            ],
-        )
-    minted = mint_token(settings, sub, granted, lifetime)
+    minted = mint_token(settings, sub, granted, lifetime(settings, ttl))
     audit.record(
         session,
         actor=caller.sub,

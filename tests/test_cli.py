@@ -68,6 +68,19 @@ def test_a_minted_token_is_accepted_by_the_api(stack: Stack, unique: str) -> Non
     assert "ttl" in failed(engine_cli(stack, "token", "mint", "x", "--ttl", "forever"))
 
 
+def test_a_minted_token_lives_at_most_token_max_ttl_s(database: Stack) -> None:
+    # The same cap as POST /admin/tokens: 30 days unless TOKEN_MAX_TTL_S says otherwise.
+    result = engine_cli(database, "token", "mint", "x", "--ttl", "400d")
+    assert failed(result).strip().splitlines() == [
+        "Error: ttl is too long (ttl: at most 2,592,000 seconds)"
+    ]
+    ok(engine_cli(database, "token", "mint", "x", "--ttl", "30d"))
+    capped = engine_cli(database, "token", "mint", "x", "--ttl", "2h", TOKEN_MAX_TTL_S="3600")
+    assert "at most 3,600 seconds" in failed(capped)
+    token = ok(engine_cli(database, "token", "mint", "x", "--ttl", "1h", TOKEN_MAX_TTL_S="3600"))
+    assert token.count(".") == 2
+
+
 def test_workflows_are_validated_registered_and_listed(
     database: Stack, unique: str, tmp_path: Path
 ) -> None:
