@@ -100,6 +100,9 @@ class Run(Base):
     status: Mapped[str] = mapped_column(String(16), default="queued")
     priority: Mapped[int] = mapped_column(default=0)
     created_by: Mapped[str] = mapped_column(String(200))
+    # The scopes of the token that submitted it: its steps act with that authority (a domain
+    # action may do for another subject only what its submitter may). None before 0005.
+    created_scopes: Mapped[list[str] | None] = mapped_column(JSON)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_hash: Mapped[str | None] = mapped_column(String(64))
     # Leaf steps (no step needs them) not yet succeeded. A leaf runs only after all its

@@ -105,6 +105,7 @@ def submit(
         "status": RunStatus.QUEUED,
         "priority": request.priority,
         "created_by": caller.sub,
+        "created_scopes": list(caller.scopes),
         "idempotency_key": request.idempotency_key,
         "request_hash": request.digest(),
         "created_at": now,
@@ -141,6 +142,17 @@ def submit(
 def get_run(session: Session, run_id: str, caller: Caller) -> Run:
     """A run the caller may see; another caller's run is NotFound, like a missing one."""
     return _visible(session.get(Run, run_id), run_id, caller)
+
+
+def submitter(db: Session | Connection, run_id: str) -> Caller:
+    """Who submitted a run, with the scopes it held then (none for a run submitted before
+    they were recorded); NotFound for a run that does not exist."""
+    row = db.execute(
+        select(runs.c.created_by, runs.c.created_scopes).where(runs.c.id == run_id)
+    ).first()
+    if row is None:
+        raise NotFound(f"run {run_id} does not exist")
+    return Caller(row.created_by, tuple(row.created_scopes or ()))
 
 
 def _visible(run: Any, run_id: str, caller: Caller) -> Any:

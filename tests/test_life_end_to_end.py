@@ -1,8 +1,10 @@
 """The wellness_checkin workflow on a real prefork worker, on SQLite and PostgreSQL: check-ins
-recorded, the day summarised, the summary served; a record step run twice keeps one entry."""
+recorded, the day summarised, the summary served; a record step run twice keeps one entry;
+a check-in is the submitter's own unless its submitter holds admin.life."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -13,6 +15,7 @@ from engine.actions import ActionContext
 from engine.config import PROJECT_ROOT
 from engine.errors import NonRetryableError
 from engine.life.models import WellnessEntry
+from tests.support.cli import ok, run_engine
 from tests.support.stack import Stack
 
 SPEC = PROJECT_ROOT / "workflows" / "wellness_checkin.yaml"
@@ -39,9 +42,13 @@ def test_check_ins_are_recorded_and_summarised_for_their_day(stack: Stack, uniqu
     register_checkin(stack)
     subject = f"ada.{unique}@example.com"
     measures = [{"sleep_hours": 8, "steps": 3000, "mood": 5}, {"steps": 4500, "mood": 2}]
+    # Without a subject, the check-in is the submitter's; naming itself is the same.
     run_ids = [
-        stack.submit("wellness_checkin", {"subject": subject, "day": DAY, "measures": item})
-        for item in measures
+        stack.submit("wellness_checkin", params, stack.headers(subject))
+        for params in (
+            {"day": DAY, "measures": measures[0]},
+            {"subject": subject, "day": DAY, "measures": measures[1]},
+        )
     ]
     runs = [stack.wait_finished(run_id) for run_id in run_ids]
     assert [run["status"] for run in runs] == ["succeeded", "succeeded"], runs
@@ -67,7 +74,7 @@ def test_a_record_step_run_again_keeps_one_entry(stack: Stack, unique: str) -> N
     register_checkin(stack)
     subject = f"grace.{unique}@example.com"
     params = {"subject": subject, "day": DAY, "measures": {"sleep_hours": 6.5}}
-    run = stack.wait_finished(stack.submit("wellness_checkin", params))
+    run = stack.wait_finished(stack.submit("wellness_checkin", params, stack.headers(subject)))
     assert run["status"] == "succeeded", run
     first = next(step for step in run["steps"] if step["step_id"] == "record")
 
@@ -85,12 +92,61 @@ def test_a_check_in_for_a_day_that_does_not_exist_fails_without_retries(
     stack: Stack, unique: str
 ) -> None:
     register_checkin(stack)
-    params = {"subject": f"{unique}@example.com", "day": "2026-02-30", "measures": {"mood": 3}}
+    params = {"day": "2026-02-30", "measures": {"mood": 3}}
     run = stack.wait_finished(stack.submit("wellness_checkin", params))
     record = run["steps"][0]
     assert (run["status"], record["status"], record["attempts"]) == ("failed", "dead", 1)
     assert "inputs.day" in record["error"]
     assert entries(stack, run_id=run["id"]) == 0
+
+
+def refused(run: dict[str, Any], step_id: str = "record") -> str:
+    """The error of a run's step refused for its submitter: failed at once, never retried."""
+    step = next(step for step in run["steps"] if step["step_id"] == step_id)
+    assert (run["status"], step["status"], step["attempts"]) == ("failed", "dead", 1), run
+    return str(step["error"])
+
+
+def test_a_check_in_for_another_subject_needs_its_submitter_to_hold_admin_life(
+    stack: Stack, unique: str
+) -> None:
+    register_checkin(stack)
+    ada, grace = f"ada.{unique}@example.com", f"grace.{unique}@example.com"
+    params = {"subject": grace, "day": DAY, "measures": {"mood": 1}}
+
+    run = stack.wait_finished(stack.submit("wellness_checkin", params, stack.headers(ada)))
+    assert "recording another subject's check-in needs the scope admin.life" in refused(run)
+    assert entries(stack, subject=grace) == 0
+
+    # A token with admin.life records for anyone, and so does the CLI's operator.
+    admin = stack.headers(f"ingest.{unique}@example.com", "runs.write,admin.life")
+    run = stack.wait_finished(stack.submit("wellness_checkin", params, admin))
+    assert run["status"] == "succeeded", run
+    cli_params = json.dumps({**params, "measures": {"mood": 3}})
+    run_id = ok(run_engine(stack.env, "runs", "submit", "wellness_checkin", "--params", cli_params))
+    assert stack.wait_finished(run_id.strip())["status"] == "succeeded"
+    assert entries(stack, subject=grace) == 2 and entries(stack, subject=ada) == 0
+    summary = stack.client().get(
+        f"/life/health/wellness_daily?day={DAY}", headers=stack.headers(grace, "life.read")
+    )
+    assert (summary.get_json()["entries"], summary.get_json()["mood_avg"]) == (2, 2.0)
+
+
+def test_no_workflow_acts_for_a_subject_its_submitter_may_not(stack: Stack, unique: str) -> None:
+    # The rule is the actions': a workflow of one's own cannot name someone else either,
+    # neither to record a check-in nor to read a summary through a step's output.
+    grace = f"grace.{unique}@example.com"
+    inputs = {
+        "life.record_entry": {"subject": grace, "day": DAY, "measures": {"steps": 1}},
+        "life.summarise_day": {"subject": grace, "day": DAY},
+    }
+    for number, (action, with_) in enumerate(inputs.items()):
+        name = f"sneak_{number}_{unique}"
+        step = {"id": "only", "action": action, "with": with_}
+        stack.register({"name": name, "version": 1, "steps": [step]})
+        run = stack.wait_finished(stack.submit(name))
+        assert "needs the scope admin.life" in refused(run, "only")
+    assert entries(stack, subject=grace) == 0
 
 
 def test_an_action_that_keeps_data_needs_the_workers_sessions() -> None:

@@ -20,7 +20,7 @@ def wellness_daily() -> Any:
     any `?subject=`. A day with no entries yet answers a summary of zero entries."""
     raw_day = request.args.get("day")
     day = queries.parse_day(raw_day) if raw_day else queries.today()
-    subject = queries.summary_subject(current_caller(), request.args.get("subject"))
+    subject = queries.subject_for(current_caller(), request.args.get("subject"))
     with read_connection() as connection:
         summary = queries.daily_summary(connection, subject, day)
     return queries.summary_json(summary)

@@ -1,7 +1,11 @@
 """Domain actions of the life module: record a wellness check-in, summarise a day.
 
 Both keep data, through the worker's sessions (ActionContext.sessions), each in one short
-transaction of its own, and both are safe to run twice (engine.life.workflow). On
+transaction of its own, and both are safe to run twice (engine.life.workflow). Both act for
+the run's submitter: for its own subject when none is named, for another subject only when
+the token that submitted the run held admin.life (the rule GET /life/health/wellness_daily
+reads by). The run's row says who that was, so no workflow, params or replayed inputs can
+act for someone else. On
 PostgreSQL those commits may not wait for the disk (WORKER_SYNCHRONOUS_COMMIT), as the
 step's own bookkeeping does not: a crash that undid an entry undid the step's success,
 committed after it, as well, and the step runs again.
@@ -13,13 +17,15 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from engine import runs
 from engine.actions import ActionContext, register
 from engine.errors import NonRetryableError
 from engine.life import workflow
-from engine.life.queries import SUBJECT_MAX, parse_day, summary_json
+from engine.life.queries import SUBJECT_MAX, parse_day, subject_for, summary_json
 from engine.models import timestamp
 
-SUBJECT = {"type": "string", "minLength": 1, "maxLength": SUBJECT_MAX}
+# None (or no subject): the run's submitter.
+SUBJECT = {"type": ["string", "null"], "minLength": 1, "maxLength": SUBJECT_MAX}
 DAY = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}$"}
 MEASURES = {
     "type": "object",
@@ -38,7 +44,7 @@ MEASURES = {
     "life.record_entry",
     schema={
         "type": "object",
-        "required": ["subject", "day", "measures"],
+        "required": ["day", "measures"],
         "additionalProperties": False,
         "properties": {"subject": SUBJECT, "day": DAY, "measures": MEASURES},
     },
@@ -54,7 +60,7 @@ def record_entry(inputs: dict[str, Any], context: ActionContext) -> dict[str, An
     with _sessions(context).begin() as session:
         entry = workflow.record_entry(
             session,
-            inputs["subject"],
+            _subject(session, context, inputs, "recording another subject's check-in"),
             day,
             measures,
             run_id=context.run_id,
@@ -73,7 +79,7 @@ def record_entry(inputs: dict[str, Any], context: ActionContext) -> dict[str, An
     "life.summarise_day",
     schema={
         "type": "object",
-        "required": ["subject", "day"],
+        "required": ["day"],
         "additionalProperties": False,
         "properties": {"subject": SUBJECT, "day": DAY},
     },
@@ -82,8 +88,15 @@ def summarise_day(inputs: dict[str, Any], context: ActionContext) -> dict[str, A
     """Compute and store a subject's summary of a day from its entries; answer it."""
     day = parse_day(inputs["day"], "inputs.day")
     with _sessions(context).begin() as session:
-        summary = workflow.summarise_day(session, inputs["subject"], day)
+        subject = _subject(session, context, inputs, "summarising another subject's day")
+        summary = workflow.summarise_day(session, subject, day)
     return summary_json(summary)
+
+
+def _subject(session: Session, context: ActionContext, inputs: dict[str, Any], doing: str) -> str:
+    """The subject named in the inputs, or the submitter's; refused (PermissionDenied, so
+    the step fails without retries) when the run's submitter may not act for it."""
+    return subject_for(runs.submitter(session, context.run_id), inputs.get("subject"), doing)
 
 
 def _sessions(context: ActionContext) -> sessionmaker[Session]:

@@ -15,8 +15,9 @@ from engine.errors import InvalidInput, PermissionDenied
 from engine.life.models import DailySummary
 from engine.models import timestamp
 
-# Reading another subject's summary (a caller always reads its own with life.read).
-READ_ANY_SUBJECT_SCOPE = ADMIN_LIFE_SCOPE
+# Reading another subject's summary, or recording its check-ins (a caller always reads its
+# own with life.read, and records its own through a run it submits).
+ANY_SUBJECT_SCOPE = ADMIN_LIFE_SCOPE
 SUBJECT_MAX = DailySummary.__table__.c.subject.type.length or 200
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _summaries = DailySummary.__table__
@@ -71,9 +72,11 @@ def today() -> date:
     return datetime.now(UTC).date()
 
 
-def summary_subject(caller: Caller, requested: str | None) -> str:
-    """Whose summary the caller reads: its own (the token's sub), or with admin.life any
-    subject named by `requested`."""
+def subject_for(
+    caller: Caller, requested: str | None, doing: str = "reading another subject's summary"
+) -> str:
+    """Whose data the caller reads or records: its own (the token's sub), or with
+    admin.life any subject named by `requested`; `doing` names the act in the refusal."""
     if requested is None or requested == caller.sub:
         return caller.sub
     if not 0 < len(requested) <= SUBJECT_MAX:
@@ -81,10 +84,10 @@ def summary_subject(caller: Caller, requested: str | None) -> str:
             f"subject must be 1 to {SUBJECT_MAX} characters",
             errors=[{"field": "subject", "message": "bad length"}],
         )
-    if not caller.can(READ_ANY_SUBJECT_SCOPE):
+    if not caller.can(ANY_SUBJECT_SCOPE):
         raise PermissionDenied(
-            f"reading another subject's summary needs the scope {READ_ANY_SUBJECT_SCOPE}",
-            errors=[{"field": "scopes", "message": f"missing {READ_ANY_SUBJECT_SCOPE}"}],
+            f"{doing} needs the scope {ANY_SUBJECT_SCOPE}",
+            errors=[{"field": "scopes", "message": f"missing {ANY_SUBJECT_SCOPE}"}],
         )
     return requested
 
