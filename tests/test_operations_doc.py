@@ -1,6 +1,7 @@
 """OPERATIONS.md works: every block is labelled, every `engine` command and option it names
 exists, every block is valid bash, and every `safe` block runs to exit code 0 against a
 real platform (gunicorn API, prefork worker with its health server, Flower, Redis, SQLite).
+Every curl of it and of README.md that sends the API a body declares it JSON.
 Blocks that need Docker, Prometheus, Grafana or the `make run` ports are skipped, saying so."""
 
 from __future__ import annotations
@@ -89,6 +90,39 @@ def test_every_block_is_valid_bash() -> None:
     for block in BLOCKS:
         result = subprocess.run(["bash", "-n"], input=block.code, capture_output=True, text=True)
         assert result.returncode == 0, f"line {block.line}: {result.stderr}"
+
+
+# curl's options that send a body; without a Content-Type they send a form's, which the API
+# answers with a 415 (an API's URL is $API or localhost:8000 in the docs).
+BODY_OPTIONS = {"-d", "--data", "--data-raw", "--data-binary", "--data-urlencode", "-F", "--form"}
+API_URL = re.compile(r"^(\$API|\$\{API\}|(https?://)?localhost:8000)(/|$)")
+# A bash block, indented as in a list item too (README's).
+ANY_BLOCK = re.compile(r"^[ \t]*```bash[^\n]*\n(.*?)^[ \t]*```", re.MULTILINE | re.DOTALL)
+
+
+def api_curls_with_a_body(text: str) -> Iterator[tuple[str, list[str]]]:
+    """(command, words) of each curl to the API that sends a body, in a document's blocks."""
+    for match in ANY_BLOCK.finditer(text):
+        for line in match[1].replace("\\\n", " ").splitlines():
+            if "curl " not in line:
+                continue
+            words = shlex.split(line[line.index("curl ") :], comments=True)
+            if BODY_OPTIONS & set(words) and any(API_URL.match(word) for word in words):
+                yield line.strip(), words
+
+
+def test_every_documented_curl_that_sends_a_body_declares_it_json() -> None:
+    seen = 0
+    for document in (RUNBOOK, ROOT / "README.md"):
+        for line, words in api_curls_with_a_body(document.read_text()):
+            seen += 1
+            declared = [
+                value.lower()
+                for option, value in zip(words, words[1:], strict=False)
+                if option == "-H"
+            ]
+            assert "content-type: application/json" in declared, f"{document.name}: {line}"
+    assert seen >= 4
 
 
 def engine_invocations(code: str) -> Iterator[list[str]]:

@@ -47,7 +47,13 @@ def register(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException) -> Response:
         code = (error.name or "error").lower().replace(" ", "_")
-        response = problem(error.code or 500, error.name, error.description, code=code)
+        response = problem(
+            error.code or 500,
+            error.name,
+            error.description,
+            code=code,
+            errors=getattr(error, "errors", None),
+        )
         if error.code == 405 and error.valid_methods:  # type: ignore[attr-defined]
             response.headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore
         return response

@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import request
 from jsonschema import Draft202012Validator
-from werkzeug.exceptions import BadRequest
+from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 
 from engine import payloads
 from engine.errors import InvalidInput
@@ -34,6 +34,9 @@ PLAN = {
 # JSON writes a NUL as is or as \u0000, and a lone surrogate as a \uD800-\uDFFF escape or
 # as the three bytes UTF-8 would give it (which Python's parser lets through).
 _MAYBE_UNSTORABLE = re.compile(rb"\x00|\xed[\xa0-\xbf]|\\u(?:0000|[dD][89a-fA-F])")
+JSON_TYPE = "application/json"
+# What a body may be declared as besides application/json (parameters such as charset aside).
+JSON_SUFFIX = "+json"
 # Each schema's validator (see _validator).
 _VALIDATORS: dict[int, tuple[dict[str, Any], Draft202012Validator]] = {}
 
@@ -72,9 +75,33 @@ def body_bytes() -> bytes:
     return data
 
 
+class UnacceptedType(UnsupportedMediaType):
+    """415: the body is declared as a type this endpoint does not read; says which it reads."""
+
+    def __init__(self, declared: str, also: tuple[str, ...]) -> None:
+        accepted = ", ".join((JSON_TYPE, f"*/*{JSON_SUFFIX}", *also))
+        super().__init__(f"a body of type {declared} is not accepted; send one of: {accepted}")
+        self.errors = [{"field": "Content-Type", "message": f"one of: {accepted}"}]
+
+
+def media_type(also: tuple[str, ...] = ()) -> str:
+    """The body's declared media type (lower case, without parameters), JSON when none is
+    declared: a client that names no type sends what this API reads. A type that is not
+    application/json, nor another +json type, nor one of `also`, is a 415 (UnacceptedType)."""
+    declared = request.content_type
+    if not declared or declared == JSON_TYPE:  # most requests: no parsing
+        return JSON_TYPE
+    mimetype = declared.partition(";")[0].strip().lower()
+    if mimetype == JSON_TYPE or mimetype.endswith(JSON_SUFFIX) or mimetype in also:
+        return mimetype
+    raise UnacceptedType(mimetype or declared, also)
+
+
 def parse_json(default: Any = None) -> Any:
-    """The request body as JSON, whatever its content type; malformed JSON is a 400, JSON
-    nested too deep (engine.payloads) or text no column can store a 422 naming the member."""
+    """The request body as JSON; a body declared as another type is a 415 (media_type),
+    malformed JSON a 400, JSON nested too deep (engine.payloads) or text no column can
+    store a 422 naming the member."""
+    media_type()
     data = body_bytes()
     if not data:
         return default

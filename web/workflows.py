@@ -32,7 +32,7 @@ def list_workflows() -> Any:
 @bp.post("")
 @require_scopes("workflows.write")
 def register_workflow() -> Any:
-    if request.mimetype in YAML_TYPES:
+    if schemas.media_type(YAML_TYPES) in YAML_TYPES:
         spec = specs.parse_text(schemas.body_bytes())
     else:
         spec = schemas.parse_json()
