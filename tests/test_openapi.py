@@ -1,6 +1,8 @@
 """/openapi.json tells the truth: a valid OpenAPI 3.1 document naming every route and
 method of the app, every query parameter each view reads, the very schema each view checks
-its body with, every success status, and shapes that real answers match."""
+its body with, every success status, the Location header where an answer sets one, every
+4xx problem each operation answers with (and none it never does), and shapes that real
+answers match."""
 
 from __future__ import annotations
 
@@ -177,29 +179,45 @@ class Answers:
         self.registry = Registry().with_resource(
             DOCUMENT, Resource.from_contents(self.document, default_specification=DRAFT202012)
         )
+        # (method, path, status) of every answer checked.
+        self.seen: set[tuple[str, str, int]] = set()
 
     def __call__(self, method: str, path: str, *, status: int, **options: Any) -> Any:
         """The answer to `method path` (path arguments as `{name}` from options)."""
         arguments = {name: options.pop(name) for name in re.findall(r"{([^}]+)}", path)}
         answer = self.client.open(path.format(**arguments), method=method, **options)
         assert answer.status_code == status, answer.get_data(as_text=True)
+        self.seen.add((method, path, status))
         responses = self.document["paths"][path][method]["responses"]
         described = responses.get(str(status))
         if described is None:
-            assert status >= 400, f"{method} {path} answered {status}, which is not documented"
+            assert status >= 500, f"{method} {path} answered {status}, which is not documented"
             described = responses["default"]
+        headers = described.get("headers", {})
+        assert ("Location" in answer.headers) == ("Location" in headers), (method, path, status)
+        if "Location" in headers:
+            self.validate(answer.headers["Location"], headers["Location"]["schema"])
         if "content" not in described:
             assert answer.get_data() == b""
             return answer
         assert answer.mimetype in described["content"], (method, path, answer.mimetype)
         schema = described["content"][answer.mimetype]["schema"]
         body = answer.get_json() if answer.is_json else answer.get_data(as_text=True)
-        Draft202012Validator(
-            {"$ref": DOCUMENT + schema["$ref"]},
-            registry=self.registry,
-            format_checker=Draft202012Validator.FORMAT_CHECKER,
-        ).validate(body)
+        self.validate(body, schema)
         return answer
+
+    def validate(self, value: Any, schema: dict[str, Any]) -> None:
+        """`value` matches `schema`, a schema of the document or a $ref into it."""
+        if "$ref" in schema:
+            schema = {"$ref": DOCUMENT + schema["$ref"]}
+        Draft202012Validator(
+            schema, registry=self.registry, format_checker=Draft202012Validator.FORMAT_CHECKER
+        ).validate(value)
+
+    def problems(self, method: str, path: str) -> set[int]:
+        """The 4xx statuses the document gives the operation."""
+        responses = self.document["paths"][path][method]["responses"]
+        return {int(status) for status in responses if status.startswith("4")}
 
 
 def a_dead_letter(stack: Stack, unique: str) -> str:
@@ -281,3 +299,71 @@ def test_real_answers_match_the_documented_shapes_and_statuses(
     answer("get", "/runs/{run_id}", status=404, run_id=unique, headers=headers)
     answer("post", "/runs", status=422, json={"workflow": ""}, headers=headers)
     answer("get", "/runs", status=401)
+
+
+# A body each operation that takes one accepts (all but these accept an empty object).
+VALID_BODIES: dict[str, dict[str, Any]] = {
+    "/admin/dlq/{letter_id}/replay": {"reason": "r"},
+    "/admin/dlq/{letter_id}/discard": {"reason": "r"},
+    "/admin/dlq/replay": {"filter": {}, "dry_run": True},
+}
+
+
+def test_every_problem_an_operation_documents_is_one_it_answers_and_no_other(
+    database: Stack, unique: str
+) -> None:
+    answer = Answers(database)
+    headers = database.headers("docs@example.com", EVERY_SCOPE)
+    no_scope = database.headers("docs@example.com", "nothing.granted")
+    limit = database.settings.max_body_bytes
+    for method, path, operation in operations(answer.document):
+        ids = {name: "nothing-here" for name in re.findall(r"{([^}]+)}", path)}
+        valid = VALID_BODIES.get(path, {})
+        if "security" in operation:
+            answer(method, path, status=401, **ids)
+            answer(method, path, status=403, json=valid, headers=no_scope, **ids)
+        if "requestBody" in operation:
+            for status, options in (
+                (400, {"data": "{", "content_type": "application/json"}),
+                (413, {"data": "x" * (limit + 1), "content_type": "application/json"}),
+                (415, {"data": "{}", "content_type": "application/x-www-form-urlencoded"}),
+                (422, {"json": {"unexpected": True}}),
+            ):
+                answer(method, path, status=status, headers=headers, **ids, **options)
+        if ids:
+            answer(method, path, status=404, json=valid, headers=headers, **ids)
+            nul = {name: "x\x00" for name in ids}
+            answer(method, path, status=422, json=valid, headers=headers, **nul)
+        for parameter in operation.get("parameters", []):
+            if parameter["in"] == "query":
+                query = {parameter["name"]: "x\x00"}
+                answer(method, path, status=422, query_string=query, headers=headers, **ids)
+
+    # A workflow the body names that does not exist; and each 409.
+    answer("post", "/runs", status=404, json={"workflow": f"{unique}_none"}, headers=headers)
+    first = spec(unique, [{"id": "a", "action": "noop"}])
+    answer("post", "/workflows", status=201, json=first, headers=headers)
+    changed = spec(unique, [{"id": "b", "action": "noop"}])
+    answer("post", "/workflows", status=409, json=changed, headers=headers)
+    keyed = {**headers, "Idempotency-Key": unique}
+    run = answer("post", "/runs", status=202, json={"workflow": unique}, headers=keyed)
+    other = {"workflow": unique, "priority": 5}
+    answer("post", "/runs", status=409, json=other, headers=keyed)
+    run_id = run.get_json()["id"]
+    answer("post", "/runs/{run_id}/cancel", status=200, run_id=run_id, headers=headers)
+    answer("post", "/runs/{run_id}/cancel", status=409, run_id=run_id, headers=headers)
+    answer("post", "/runs/{run_id}/retry", status=409, run_id=run_id, headers=headers)
+    letter = a_dead_letter(database, unique)
+    too_many = {"filter": {"fingerprint": unique}, "confirm_count": 2, "reason": "r"}
+    answer("post", "/admin/dlq/replay", status=409, json=too_many, headers=headers)
+    why = {"json": {"reason": "r"}, "letter_id": letter, "headers": headers}
+    answer("post", "/admin/dlq/{letter_id}/discard", status=200, **why)
+    answer("post", "/admin/dlq/{letter_id}/discard", status=409, **why)
+    answer("post", "/admin/dlq/{letter_id}/replay", status=409, **why)
+
+    for method, path, _ in operations(answer.document):
+        answered = {status for m, p, status in answer.seen if (m, p) == (method, path)}
+        assert answer.problems(method, path) == {s for s in answered if 400 <= s < 500}, (
+            method,
+            path,
+        )

@@ -56,12 +56,35 @@ def _response(
     return {"description": description, "content": {media: {"schema": schema}}}
 
 
+def problem_statuses(operation: Operation) -> list[int]:
+    """The 4xx statuses an operation answers with: those of its scope (no valid token, a
+    scope missing), of its body (malformed JSON, too large, a type it does not read,
+    invalid), of its path (nothing there; it and the query string: text no column can
+    store, a bad value), and its own."""
+    statuses = set(operation.problems)
+    if operation.scope:
+        statuses |= {401, 403}
+    if operation.body is not None:
+        statuses |= {400, 413, 415, 422}
+    if "{" in operation.path:
+        statuses |= {404, 422}
+    if any(parameter["in"] == "query" for parameter in operation.parameters):
+        statuses.add(422)
+    return sorted(statuses)
+
+
 def describe(operation: Operation, operation_id: str | None) -> dict[str, Any]:
     """The OpenAPI operation object of one entry."""
     responses = {
         str(status): _response(HTTPStatus(status).phrase, component, operation.media)
         for status, component in operation.responses.items()
     }
+    if operation.location:
+        location = {**parts.LOCATION, "description": f"The URL of {operation.location}"}
+        for response in responses.values():
+            response["headers"] = {"Location": location}
+    for status in problem_statuses(operation):
+        responses[str(status)] = _response(HTTPStatus(status).phrase, "Problem", PROBLEM)
     responses["default"] = _response("A problem (RFC 9457)", "Problem", PROBLEM)
     described: dict[str, Any] = {"summary": operation.summary}
     if operation_id:

@@ -138,6 +138,11 @@ PROBLEM = shape(
     },
     optional=("detail", "code", "errors"),
 )
+# The header object of a Location an answer sets (the URL, relative to the API's).
+LOCATION: dict[str, Any] = {
+    "required": True,
+    "schema": {"type": "string", "format": "uri-reference"},
+}
 
 # The answers, each shape once.
 RESPONSES: dict[str, dict[str, Any]] = {

@@ -1,6 +1,8 @@
 """What /openapi.json describes: one `Operation` per route and method, with the parameters
-its view reads, its request body and every success status it answers with. Adding a route
-is adding one entry to OPERATIONS; the shapes it names are in web/openapi_components.py."""
+its view reads, its request body, every success status it answers with (and the Location
+header it sets), and the problems it answers with that web/openapi.py cannot tell from the
+rest (a 404 of a workflow named in the body, a 409). Adding a route is adding one entry to
+OPERATIONS; the shapes it names are in web/openapi_components.py."""
 
 from __future__ import annotations
 
@@ -109,6 +111,11 @@ class Operation:
     body: dict[str, Any] | None = None
     parameters: tuple[dict[str, Any], ...] = ()
     media: str = JSON
+    # 4xx answers besides those of its scope (401, 403), body (400, 413, 415, 422), path
+    # (404, 422) and query parameters (422): each a problem.
+    problems: tuple[int, ...] = ()
+    # What the Location header of its success answers points to (None: no Location).
+    location: str | None = None
 
 
 OPERATIONS: list[Operation] = [
@@ -129,6 +136,8 @@ OPERATIONS: list[Operation] = [
         {202: "Run", 200: "Run"},
         body("SubmitRun"),
         (IDEMPOTENCY_KEY,),
+        problems=(404, 409),
+        location="the run (GET it for its status and steps)",
     ),
     Operation(
         "get",
@@ -139,13 +148,21 @@ OPERATIONS: list[Operation] = [
         parameters=RUN_QUERY,
     ),
     Operation("get", "/runs/{run_id}", "runs.read", "A run with its steps", {200: "Run"}),
-    Operation("post", "/runs/{run_id}/cancel", "runs.write", "Cancel a live run", {200: "Run"}),
+    Operation(
+        "post",
+        "/runs/{run_id}/cancel",
+        "runs.write",
+        "Cancel a live run",
+        {200: "Run"},
+        problems=(409,),
+    ),
     Operation(
         "post",
         "/runs/{run_id}/retry",
         "runs.write",
         "Resume a failed run from its failed steps",
         {202: "Run"},
+        problems=(409,),
     ),
     Operation(
         "get",
@@ -162,6 +179,8 @@ OPERATIONS: list[Operation] = [
         "Register a workflow version (JSON or YAML): 201 new; 200 the same spec again",
         {201: "Workflow", 200: "Workflow"},
         body("WorkflowSpec", also=YAML_TYPES[:1]),
+        problems=(409,),
+        location="this version of the workflow",
     ),
     Operation(
         "get",
@@ -202,6 +221,8 @@ OPERATIONS: list[Operation] = [
         "Replay an open dead letter into its run at its step: {reason, inputs?}",
         {202: "Replayed"},
         body("Replay"),
+        problems=(409,),
+        location="the run the letter was replayed into",
     ),
     Operation(
         "post",
@@ -211,6 +232,7 @@ OPERATIONS: list[Operation] = [
         "then {filter, confirm_count, reason} -> 202 per-item results",
         {200: "BulkReplayPlan", 202: "BulkReplayResults"},
         body("BulkReplay"),
+        problems=(409,),
     ),
     Operation(
         "post",
@@ -219,6 +241,7 @@ OPERATIONS: list[Operation] = [
         "Discard an open dead letter (kept for audit): {reason}",
         {200: "DeadLetter"},
         body("Discard"),
+        problems=(409,),
     ),
     Operation(
         "get",
