@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from engine.errors import ConfigError
 
@@ -20,6 +21,24 @@ SYNCHRONOUS_COMMIT = ("off", "local", "remote_write", "on", "remote_apply")
 
 def _csv(value: str | None) -> tuple[str, ...]:
     return tuple(part.strip() for part in (value or "").split(",") if part.strip())
+
+
+# Fields whose URL may carry a password: a Settings' repr shows them without it.
+_URL_FIELDS = ("database_url", "redis_url")
+
+
+def without_password(url: str) -> str:
+    """`url` with the password of its user info, if any, replaced by `***`."""
+    try:
+        parts = urlsplit(url)
+        hidden = parts.password is not None
+    except ValueError:
+        return url
+    if not hidden:
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def _load_or_create_secret(path: Path) -> str:
@@ -93,6 +112,17 @@ class Settings:
     # SQLite: how long a statement waits for another writer's lock before "database is
     # locked". A worker recording an outcome tries again after that (workers.recording).
     sqlite_busy_timeout_s: float = 30.0
+
+    def __repr__(self) -> str:
+        """Every field but the JWT secrets, and the URLs without their passwords."""
+        shown = []
+        for item in fields(self):
+            if item.repr:
+                value = getattr(self, item.name)
+                if item.name in _URL_FIELDS:
+                    value = without_password(value)
+                shown.append(f"{item.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -134,3 +134,24 @@ def test_celery_gets_the_visibility_timeout_late_acks_and_the_reconciler_schedul
     assert config["worker_prefetch_multiplier"] == 1
     reconcile = config["beat_schedule"]["reconcile"]
     assert (reconcile["task"], reconcile["schedule"]) == ("manager.reconcile", 7)
+
+
+def test_the_repr_of_settings_shows_no_secret_and_no_password(tmp_path: Path) -> None:
+    settings = Settings.from_env(
+        environment(
+            tmp_path,
+            JWT_SECRET="jwt-current-" + "c" * 30,
+            JWT_PREVIOUS_SECRETS="jwt-previous-" + "p" * 30,
+            DATABASE_URL="postgresql+psycopg://engine:pg-pass%40word@db:5432/engine",
+            REDIS_URL="redis://default:redis-pass-word@cache:6379/0",
+        )
+    )
+    shown = repr(settings)
+    for secret in ("jwt-current-", "jwt-previous-", "pg-pass", "redis-pass-word"):
+        assert secret not in shown
+    assert "postgresql+psycopg://engine:***@db:5432/engine" in shown
+    assert "redis://default:***@cache:6379/0" in shown
+    # The settings themselves keep what they were given.
+    assert settings.database_url.endswith("engine:pg-pass%40word@db:5432/engine")
+    plain = Settings.from_env(environment(tmp_path, REDIS_URL="redis://localhost:6379/0"))
+    assert "redis_url='redis://localhost:6379/0'" in repr(plain)
