@@ -88,6 +88,12 @@ REFUSED = {
     "no jti": ("Bearer " + craft(claims(jti=None)), "jti"),
     "no exp": ("Bearer " + craft(claims(exp=None)), "exp"),
     "no sub": ("Bearer " + craft(claims(sub=None)), "sub"),
+    # PyJWT reads a string exp as a number: such a token was accepted, and a revocation of
+    # it stored a string among the expiry times, which the next revocation compared.
+    "a string exp": ("Bearer " + craft(claims(exp=str(int(time.time()) + 600))), "exp"),
+    # Meant for another service that shares the key: accepted before.
+    "an audience": ("Bearer " + craft(claims(aud="billing")), "audience"),
+    "an empty audience": ("Bearer " + craft(claims(aud=[])), "audience"),
     "not yet valid": ("Bearer " + craft(claims(nbf=int(time.time()) + 600)), "invalid token"),
     "a refresh token": ("Bearer " + craft(claims(type="refresh")), "invalid token"),
     # Signed with the right key, but PostgreSQL's text cannot hold them: a 500 before.

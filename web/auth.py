@@ -65,11 +65,9 @@ def init_app(app: Flask) -> None:
     manager.needs_fresh_token_loader(lambda _h, _p: unauthorized("a fresh token is required"))
     manager.user_lookup_error_loader(lambda _h, _p: unauthorized("unknown subject"))
     # Tokens we mint always carry these; one without them never expires or cannot be revoked.
-    manager.token_verification_loader(lambda _h, payload: not missing_claims(payload))
+    manager.token_verification_loader(lambda _h, payload: not claim_problems(payload))
     manager.token_verification_failed_loader(
-        lambda _h, payload: unauthorized(
-            "invalid token: missing claim " + ", ".join(missing_claims(payload))
-        )
+        lambda _h, payload: unauthorized("invalid token: " + "; ".join(claim_problems(payload)))
     )
     # Revoked jtis: this process's copy (engine.revocations), the database while it is not trusted.
     revocations = RevocationList.for_settings(settings, app.extensions["engine.read_sessions"])
@@ -107,9 +105,20 @@ class RememberingJWTManager(JWTManager):
                 self._accepted[encoded_token] = dict(claims)
 
 
-def missing_claims(payload: dict[str, Any]) -> list[str]:
-    """The required claims a decoded token lacks (flask-jwt-extended fills jti with None)."""
-    return [claim for claim in REQUIRED_CLAIMS if payload.get(claim) in (None, "")]
+def claim_problems(payload: dict[str, Any]) -> list[str]:
+    """Why a decoded, correctly signed token is still refused: a required claim it lacks
+    (flask-jwt-extended fills jti with None); an `exp` that is not a number (PyJWT takes
+    the string "9999999999"); an `aud`, since this platform names no audience and a token
+    meant for one is not meant for it (RFC 7519, section 4.1.3)."""
+    problems = [
+        f"missing claim {claim}" for claim in REQUIRED_CLAIMS if payload.get(claim) in (None, "")
+    ]
+    expires = payload.get("exp")
+    if expires is not None and (isinstance(expires, bool) or not isinstance(expires, int | float)):
+        problems.append("the exp claim is not a number")
+    if "aud" in payload:
+        problems.append("the token names an audience (aud); this platform accepts none")
+    return problems
 
 
 def current_caller() -> Caller:
