@@ -11,7 +11,7 @@ import jwt
 
 from cli.context import emit, operator, require_database, session, settings
 from engine import tokens
-from engine.auth import ALGORITHM, verification_keys
+from engine.auth import ALGORITHM, claim_problems, verification_keys
 from engine.db import make_engine, make_session_factory
 from engine.revocations import RevocationList
 
@@ -107,6 +107,9 @@ def _verdict(token: str, header: dict[str, object], claims: dict[str, object]) -
         return "refused: expired"
     except jwt.InvalidTokenError as exc:
         return f"refused: {exc}"
+    problems = claim_problems(claims)
+    if problems:
+        return "refused: " + "; ".join(problems)
     require_database(current)
     db_engine = make_engine(current)
     try:

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import jwt
 
@@ -15,6 +16,8 @@ from engine.config import Settings
 from engine.errors import InvalidInput
 
 ALGORITHM = "HS256"
+# Tokens we mint always carry these; one without them never expires or cannot be revoked.
+REQUIRED_CLAIMS = ("sub", "jti", "exp")
 ADMIN_RUNS_SCOPE = "admin.runs"
 ADMIN_LIFE_SCOPE = "admin.life"  # another subject's wellness summary (engine.life)
 # Every scope an endpoint checks (OPERATIONS.md § 3 lists them for operators).
@@ -74,6 +77,23 @@ def verification_keys(settings: Settings) -> dict[str, str]:
     keys = {key_id(secret): secret for secret in settings.jwt_previous_secrets}
     keys[key_id(settings.jwt_secret)] = settings.jwt_secret
     return keys
+
+
+def claim_problems(payload: dict[str, Any]) -> list[str]:
+    """Why a decoded, correctly signed token is still refused, by the API (web/auth.py) and
+    `engine token inspect` alike: a required claim it lacks (flask-jwt-extended fills jti
+    with None); an `exp` that is not a number (PyJWT takes the string "9999999999"); an
+    `aud`, since this platform names no audience and a token meant for one is not meant for
+    it (RFC 7519, section 4.1.3)."""
+    problems = [
+        f"missing claim {claim}" for claim in REQUIRED_CLAIMS if payload.get(claim) in (None, "")
+    ]
+    expires = payload.get("exp")
+    if expires is not None and (isinstance(expires, bool) or not isinstance(expires, int | float)):
+        problems.append("the exp claim is not a number")
+    if "aud" in payload:
+        problems.append("the token names an audience (aud); this platform accepts none")
+    return problems
 
 
 def parse_scopes(scopes: str | Iterable[str]) -> tuple[str, ...]:

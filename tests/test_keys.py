@@ -458,3 +458,23 @@ def test_the_cli_revokes_by_jti_and_inspect_shows_the_jti_and_the_verdict(
     result = engine_cli(database.env, "token", "inspect", expired.token)
     assert result.exit_code == 1, result.output
     assert json.loads(result.stdout)["verdict"] == "refused: expired"
+
+
+def test_inspect_refuses_what_the_api_refuses_among_well_signed_tokens(database: Stack) -> None:
+    # Signed with the current key, but each lacks a claim the API requires or carries one it
+    # refuses: the CLI said "accepted" to them.
+    now = int(time.time())
+    claims = {"sub": "odd@example.com", "scopes": ["runs.read"], "jti": "b" * 32, "iat": now}
+    claims |= {"exp": now + 600, "iss": database.settings.jwt_issuer}
+    odd = {
+        "no exp": {name: value for name, value in claims.items() if name != "exp"},
+        "no jti": {name: value for name, value in claims.items() if name != "jti"},
+        "an empty audience": {**claims, "aud": []},
+        "a string exp": {**claims, "exp": str(now + 600)},
+    }
+    for case, body in odd.items():
+        token = jwt.encode(body, JWT_SECRET, algorithm="HS256", headers={"kid": key_id(JWT_SECRET)})
+        assert get_runs(database.app, token).status_code == 401, case
+        result = engine_cli(database.env, "token", "inspect", token)
+        assert result.exit_code == 1, (case, result.output)
+        assert json.loads(result.stdout)["verdict"].startswith("refused: "), case

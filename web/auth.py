@@ -13,7 +13,7 @@ from flask_jwt_extended import JWTManager, get_jwt, verify_jwt_in_request
 from jwt import InvalidTokenError
 
 from engine import payloads
-from engine.auth import ALGORITHM, Caller, verification_keys
+from engine.auth import ALGORITHM, Caller, claim_problems, verification_keys
 from engine.cache import LRUCache
 from engine.config import Settings
 from engine.errors import PermissionDenied
@@ -22,7 +22,6 @@ from web.errors import problem
 
 F = TypeVar("F", bound=Callable[..., Any])
 BEARER = {"WWW-Authenticate": 'Bearer realm="engine"'}
-REQUIRED_CLAIMS = ("sub", "jti", "exp")
 # Accepted tokens each API process remembers (RememberingJWTManager).
 ACCEPTED_TOKENS = 4096
 
@@ -103,22 +102,6 @@ class RememberingJWTManager(JWTManager):
         if isinstance(claims.get("exp"), int | float):
             with self._lock:
                 self._accepted[encoded_token] = dict(claims)
-
-
-def claim_problems(payload: dict[str, Any]) -> list[str]:
-    """Why a decoded, correctly signed token is still refused: a required claim it lacks
-    (flask-jwt-extended fills jti with None); an `exp` that is not a number (PyJWT takes
-    the string "9999999999"); an `aud`, since this platform names no audience and a token
-    meant for one is not meant for it (RFC 7519, section 4.1.3)."""
-    problems = [
-        f"missing claim {claim}" for claim in REQUIRED_CLAIMS if payload.get(claim) in (None, "")
-    ]
-    expires = payload.get("exp")
-    if expires is not None and (isinstance(expires, bool) or not isinstance(expires, int | float)):
-        problems.append("the exp claim is not a number")
-    if "aud" in payload:
-        problems.append("the token names an audience (aud); this platform accepts none")
-    return problems
 
 
 def current_caller() -> Caller:
