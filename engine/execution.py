@@ -29,6 +29,7 @@ from engine.db import statement_by_statement
 from engine.errors import EngineError, InvalidInput, StepTimeout
 from engine.failures import fail_attempt
 from engine.models import Run, Step, utcnow
+from engine.redaction import failure_redactor
 from engine.state import RunStatus, StepStatus
 from engine.work import step_dispatch
 
@@ -136,6 +137,8 @@ def finish_attempt(session: Session, settings: Settings, claim: Claim, result: R
     """Record the attempt's outcome and release the steps it unblocked."""
     if result.error is not None:
         error_type, message, trace = dlq.describe(result.error)
+        redactor = failure_redactor(settings, claim.params, claim.upstream, result.inputs)
+        message, trace = redactor.redact(message), redactor.redact(trace)
         retryable = getattr(result.error, "retryable", True) and not isinstance(
             result.error, EngineError
         )

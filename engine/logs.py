@@ -80,8 +80,8 @@ class Redactor:
         ("eyj", re.compile(r"()\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")),
     )
 
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
-        literal = sorted({s for s in secrets if len(s) >= MIN_SECRET_LENGTH}, key=len)
+    def __init__(self, secrets: Iterable[str] = (), min_length: int = MIN_SECRET_LENGTH) -> None:
+        literal = sorted({s for s in secrets if len(s) >= min_length}, key=len)
         self._literal = tuple(literal)
         self._secrets = (
             re.compile("|".join(re.escape(s) for s in reversed(literal))) if literal else None

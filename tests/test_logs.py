@@ -163,6 +163,63 @@ def test_a_runs_worker_log_lines_carry_its_run_id_and_step_id(stack: Stack, uniq
     assert {line["logger"] for line in second} >= {"celery.worker.strategy", "celery.app.trace"}
 
 
+def test_a_failing_steps_secrets_reach_no_error_dead_letter_or_worker_log_line(
+    stack: Stack, unique: str
+) -> None:
+    # The action quotes the run's credentials in its error, as a library quoting a request
+    # would: the step's and the run's error, the dead letter (which operators without the
+    # run's ownership read) and Celery's failure line (the text Flower shows) carried them.
+    password, token = f"pw-{unique}", stack.token(f"svc.{unique}", "runs.read")
+    stack.register(
+        spec(
+            unique,
+            [
+                {
+                    "id": "login",
+                    "action": "fail",
+                    "with": {
+                        "retryable": False,
+                        "message": "login refused for {{ params.db.password }} "
+                        "with {{ params.api_token }} as {{ params.user }}",
+                    },
+                }
+            ],
+        )
+    )
+    params = {"db": {"password": password}, "api_token": token, "user": f"user-{unique}"}
+    run_id = stack.submit(unique, params)
+    run = stack.wait_finished(run_id)
+    assert run["status"] == "failed"
+    [letter] = stack.dead_letters(run_id)
+    admin = stack.headers(scopes="admin.dlq.read")
+    shown = stack.client().get(f"/admin/dlq/{letter.id}", headers=admin).get_json()
+    texts = {
+        "run error": run["error"],
+        "step error": stack.step(run_id, "login")["error"],
+        "dead letter": f"{letter.message} {letter.traceback} {letter.args} {letter.kwargs}",
+        "dead letter over the API": json.dumps(shown),
+    }
+    worker_log = stack.workers[0].log_path
+    failure = services.wait_for(
+        lambda: [
+            line
+            for line in json_lines(worker_log)
+            if run_id in line["message"] and "StepDeadLettered" in line["message"]
+        ],
+        20,
+        0.1,
+        "the run's failure line",
+    )
+    texts["worker log"] = "\n".join(
+        json.dumps(line) for line in json_lines(worker_log) if run_id in json.dumps(line)
+    )
+    for where, text in texts.items():
+        assert password not in text and token not in text, (where, text)
+        assert f"user-{unique}" in text or where == "worker log", (where, text)
+    assert "login refused for [REDACTED] with [REDACTED]" in letter.message
+    assert "[REDACTED]" in failure[0]["message"]
+
+
 def test_the_redactor_hides_credentials_and_leaves_the_rest() -> None:
     redactor = logs.Redactor(["my-very-secret-key-123"])
     jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJl"
