@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -15,6 +16,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MIN_SECRET_LENGTH = 32
 # Above kombu's BRPOP wait (1 s), which a socket timeout must not cut short.
 BROKER_SOCKET_TIMEOUT_MIN_S = 2.0
+# An ALLOWED_ORIGINS entry: an exact origin, scheme://host[:port]. flask-cors would take an
+# entry holding `*`, `?`, `[`, `(`... for an unanchored regular expression.
+_ORIGIN = re.compile(r"^[a-z][a-z0-9+.-]*://[a-z0-9.-]+(:[0-9]{1,5})?$", re.IGNORECASE)
 # PostgreSQL's values for synchronous_commit, least durable first.
 SYNCHRONOUS_COMMIT = ("off", "local", "remote_write", "on", "remote_apply")
 
@@ -200,6 +204,12 @@ class Settings:
             problems.append(
                 f"JWT_SECRET is too weak: use at least {MIN_SECRET_LENGTH} characters "
                 "(openssl rand -hex 32)"
+            )
+        patterns = [o for o in self.allowed_origins if o != "*" and not _ORIGIN.match(o)]
+        if patterns:
+            problems.append(
+                f"ALLOWED_ORIGINS must list exact origins (scheme://host[:port]) or *, got "
+                f"{', '.join(map(repr, patterns))}: patterns and paths are not supported"
             )
         if self.step_timeout_s > self.step_timeout_max_s:
             problems.append(

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
+from engine.config import Settings
+from engine.errors import ConfigError
 from tests.support.stack import Stack
 from web import create_app
 
@@ -72,3 +76,14 @@ def test_without_allowed_origins_no_cors_headers_are_sent(database: Stack) -> No
     response = client.get("/health", headers={"Origin": CONSOLE})
     assert response.status_code == 200
     assert not [name for name in response.headers.keys() if name.startswith("Access-Control")]
+
+
+def test_an_allowed_origin_that_is_a_pattern_is_refused_at_start_up(database: Stack) -> None:
+    # flask-cors took `https://*.example.com` for an unanchored regular expression:
+    # https://xexample.com.attacker.net was allowed, with credentials.
+    for entry in ("https://*.example.com", "https://console.example.com/", "console.example.com"):
+        with pytest.raises(ConfigError) as refused:
+            database.settings.with_changes(allowed_origins=(CONSOLE, entry))
+        assert "ALLOWED_ORIGINS" in str(refused.value) and repr(entry) in str(refused.value)
+    env = {**database.env, "ALLOWED_ORIGINS": f"{CONSOLE}, http://localhost:3000, *"}
+    assert Settings.from_env(env).allowed_origins == (CONSOLE, "http://localhost:3000", "*")
