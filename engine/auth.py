@@ -18,6 +18,10 @@ from engine.errors import InvalidInput
 ALGORITHM = "HS256"
 # Tokens we mint always carry these; one without them never expires or cannot be revoked.
 REQUIRED_CLAIMS = ("sub", "jti", "exp")
+# The longest sub a run can record as its creator (runs.created_by), and the longest jti a
+# revocation takes (revoked_tokens.jti): a token with a longer one is refused, not half-served.
+MAX_SUB_LENGTH = 200
+MAX_JTI_LENGTH = 64
 ADMIN_RUNS_SCOPE = "admin.runs"
 ADMIN_LIFE_SCOPE = "admin.life"  # another subject's wellness summary (engine.life)
 # Every scope an endpoint checks (OPERATIONS.md § 3 lists them for operators).
@@ -82,12 +86,15 @@ def verification_keys(settings: Settings) -> dict[str, str]:
 def claim_problems(payload: dict[str, Any]) -> list[str]:
     """Why a decoded, correctly signed token is still refused, by the API (web/auth.py) and
     `engine token inspect` alike: a required claim it lacks (flask-jwt-extended fills jti
-    with None); an `exp` that is not a number (PyJWT takes the string "9999999999"); an
-    `aud`, since this platform names no audience and a token meant for one is not meant for
-    it (RFC 7519, section 4.1.3)."""
+    with None); a sub or jti too long to store; an `exp` that is not a number (PyJWT takes
+    the string "9999999999"); an `aud`, since this platform names no audience and a token
+    meant for one is not meant for it (RFC 7519, section 4.1.3)."""
     problems = [
         f"missing claim {claim}" for claim in REQUIRED_CLAIMS if payload.get(claim) in (None, "")
     ]
+    for claim, longest in (("sub", MAX_SUB_LENGTH), ("jti", MAX_JTI_LENGTH)):
+        if len(str(payload.get(claim) or "")) > longest:
+            problems.append(f"the {claim} claim is longer than {longest} characters")
     expires = payload.get("exp")
     if expires is not None and (isinstance(expires, bool) or not isinstance(expires, int | float)):
         problems.append("the exp claim is not a number")
@@ -157,6 +164,11 @@ def mint_token(settings: Settings, sub: str, scopes: Iterable[str], ttl: timedel
     """Sign an access token with the current key (kid header names it)."""
     if not sub:
         raise InvalidInput("sub is required", errors=[{"field": "sub", "message": "required"}])
+    if len(sub) > MAX_SUB_LENGTH:
+        raise InvalidInput(
+            f"sub is longer than {MAX_SUB_LENGTH} characters",
+            errors=[{"field": "sub", "message": f"at most {MAX_SUB_LENGTH} characters"}],
+        )
     now = datetime.now(UTC)
     jti = uuid.uuid4().hex
     expires = now + ttl

@@ -15,14 +15,20 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from engine import audit
-from engine.auth import Caller, MintedToken, mint_token, parse_known_scopes, parse_ttl
+from engine.auth import (
+    MAX_JTI_LENGTH,
+    Caller,
+    MintedToken,
+    mint_token,
+    parse_known_scopes,
+    parse_ttl,
+)
 from engine.config import Settings
 from engine.errors import InvalidInput, PermissionDenied
 from engine.models import AuditEvent, RevokedToken
 
 MINT_ACTION = "token.mint"
 REVOKE_ACTION = "token.revoke"
-MAX_JTI_LENGTH = 64
 # Rows of tokens that expired this long ago are deleted on the next revocation.
 KEEP_EXPIRED = timedelta(days=1)
 

@@ -19,6 +19,7 @@ from engine.auth import (
     parse_scopes,
     parse_ttl,
 )
+from engine.config import Settings
 from engine.errors import InvalidInput
 from tests.support.stack import JWT_SECRET, Stack
 from web import auth as web_auth
@@ -91,6 +92,10 @@ REFUSED = {
     # PyJWT reads a string exp as a number: such a token was accepted, and a revocation of
     # it stored a string among the expiry times, which the next revocation compared.
     "a string exp": ("Bearer " + craft(claims(exp=str(int(time.time()) + 600))), "exp"),
+    # Accepted before: a run submitted with it was a 500 on PostgreSQL (created_by holds
+    # 200 characters), and a revocation takes a jti of at most 64.
+    "a sub too long to store": ("Bearer " + craft(claims(sub="s" * 201)), "sub claim is longer"),
+    "a jti too long to revoke": ("Bearer " + craft(claims(jti="j" * 65)), "jti claim is longer"),
     # Meant for another service that shares the key: accepted before.
     "an audience": ("Bearer " + craft(claims(aud="billing")), "audience"),
     "an empty audience": ("Bearer " + craft(claims(aud=[])), "audience"),
@@ -108,6 +113,14 @@ def test_a_bad_or_missing_token_is_refused_with_401(database: Stack, case: str) 
     # Twice: a token refused once is refused again (none is answered from memory).
     for _ in range(2):
         assert words in unauthorized(get_runs(database, authorization))
+
+
+def test_a_token_is_not_minted_for_a_sub_too_long_to_store() -> None:
+    settings = Settings(jwt_secret=JWT_SECRET)
+    with pytest.raises(InvalidInput) as refused:
+        mint_token(settings, "s" * 201, ["runs.read"], timedelta(hours=1))
+    assert refused.value.errors[0]["field"] == "sub"
+    assert mint_token(settings, "s" * 200, ["runs.read"], timedelta(hours=1)).token
 
 
 def test_a_token_minted_with_no_time_left_is_expired(database: Stack) -> None:

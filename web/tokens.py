@@ -7,6 +7,7 @@ from typing import Any
 from flask import Blueprint, current_app
 
 from engine import tokens
+from engine.auth import MAX_SUB_LENGTH
 from web import schemas, serialize
 from web.auth import current_caller, require_scopes
 from web.db import get_session
@@ -18,7 +19,7 @@ MINT = {
     "required": ["sub", "scopes"],
     "additionalProperties": False,
     "properties": {
-        "sub": {"type": "string", "minLength": 1, "maxLength": 200},
+        "sub": {"type": "string", "minLength": 1, "maxLength": MAX_SUB_LENGTH},
         "scopes": {"type": "array", "minItems": 1, "items": {"type": "string"}},
         "ttl": {"type": ["integer", "string"]},
     },
