@@ -579,9 +579,13 @@ def readiness_with(database: Stack, **changes: Any) -> dict[str, Any]:
 
 
 def test_readiness_is_503_naming_the_broker_when_redis_is_unreachable(database: Stack) -> None:
-    body = readiness_with(database, redis_url=f"redis://127.0.0.1:{services.free_port()}/0")
+    port = services.free_port()
+    body = readiness_with(database, redis_url=f"redis://:the-password@127.0.0.1:{port}/0")
     assert "broker" in body["detail"]
     assert fields(body) == ["broker"]
+    # Answered without a token: the kind of error, not what it says of hosts and ports.
+    assert body["errors"][0]["message"] == "ConnectionError (details in the log)"
+    assert str(port) not in json.dumps(body) and "the-password" not in json.dumps(body)
 
 
 def test_a_redis_that_hangs_fails_readiness_and_holds_no_submission(
