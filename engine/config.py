@@ -205,6 +205,13 @@ class Settings:
                 f"JWT_SECRET is too weak: use at least {MIN_SECRET_LENGTH} characters "
                 "(openssl rand -hex 32)"
             )
+        weak = [s for s in self.jwt_previous_secrets if len(s) < MIN_SECRET_LENGTH]
+        if self.env == "production" and weak:
+            # A previous secret verifies tokens as the current one does.
+            problems.append(
+                f"JWT_PREVIOUS_SECRETS holds {len(weak)} secret(s) under {MIN_SECRET_LENGTH} "
+                "characters: a token signed with one would be accepted; drop them"
+            )
         patterns = [o for o in self.allowed_origins if o != "*" and not _ORIGIN.match(o)]
         if patterns:
             problems.append(

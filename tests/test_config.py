@@ -155,3 +155,19 @@ def test_the_repr_of_settings_shows_no_secret_and_no_password(tmp_path: Path) ->
     assert settings.database_url.endswith("engine:pg-pass%40word@db:5432/engine")
     plain = Settings.from_env(environment(tmp_path, REDIS_URL="redis://localhost:6379/0"))
     assert "redis_url='redis://localhost:6379/0'" in repr(plain)
+
+
+def test_production_refuses_a_weak_previous_secret_as_it_refuses_a_weak_current_one(
+    tmp_path: Path,
+) -> None:
+    # A previous secret verifies tokens like the current one: a short one was accepted.
+    strong = "p" * 40
+    production = {"ENGINE_ENV": "production", "JWT_PREVIOUS_SECRETS": f"{strong},short-one"}
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env(environment(tmp_path, **production))
+    assert "JWT_PREVIOUS_SECRETS" in str(refused.value) and "short-one" not in str(refused.value)
+    assert Settings.from_env(
+        environment(tmp_path, **{**production, "JWT_PREVIOUS_SECRETS": strong})
+    )
+    development = {"JWT_PREVIOUS_SECRETS": "short-one"}
+    assert Settings.from_env(environment(tmp_path, **development)).jwt_previous_secrets
