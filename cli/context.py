@@ -17,7 +17,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Session
 
 from engine import backup, payloads, pg_client
-from engine.auth import Caller
+from engine.auth import OPERATOR_PREFIX, Caller
 from engine.config import Settings
 from engine.db import make_engine, make_session_factory
 from engine.errors import DatabaseOperationError, EngineError
@@ -141,7 +141,7 @@ def sender() -> Iterator[Callable[[Work], None]]:
 
 def operator() -> Caller:
     """The CLI acts as the local operator, who sees every run."""
-    return Caller(f"cli:{getpass.getuser()}", ("admin.*", "runs.*", "workflows.*"))
+    return Caller(f"{OPERATOR_PREFIX}{getpass.getuser()}", ("admin.*", "runs.*", "workflows.*"))
 
 
 def json_option(text: str, hint: str) -> Any:

@@ -74,7 +74,10 @@ def rotate() -> None:
 @click.argument("token")
 def inspect(token: str) -> None:
     """Show a token's header and claims, and whether this deployment would accept it (its
-    signature, expiry and the revocations in the database); exit 1 when it would refuse it."""
+    signature, expiry and the revocations in the database); exit 1 when it would refuse it.
+    TOKEN `-` reads it from standard input, out of `ps` and the shell's history."""
+    if token == "-":
+        token = click.get_text_stream("stdin").read().strip()
     try:
         header = jwt.get_unverified_header(token)
         claims = jwt.decode(token, options={"verify_signature": False})

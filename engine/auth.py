@@ -21,6 +21,8 @@ REQUIRED_CLAIMS = ("sub", "jti", "exp")
 # The longest sub a run can record as its creator (runs.created_by), and the longest jti a
 # revocation takes (revoked_tokens.jti): a token with a longer one is refused, not half-served.
 MAX_SUB_LENGTH = 200
+# The CLI acts as `cli:<user>` (cli.context.operator); no token is minted under that name.
+OPERATOR_PREFIX = "cli:"
 MAX_JTI_LENGTH = 64
 ADMIN_RUNS_SCOPE = "admin.runs"
 ADMIN_LIFE_SCOPE = "admin.life"  # another subject's wellness summary (engine.life)
@@ -164,6 +166,12 @@ def mint_token(settings: Settings, sub: str, scopes: Iterable[str], ttl: timedel
     """Sign an access token with the current key (kid header names it)."""
     if not sub:
         raise InvalidInput("sub is required", errors=[{"field": "sub", "message": "required"}])
+    if sub.startswith(OPERATOR_PREFIX):
+        raise InvalidInput(
+            f"sub may not start with {OPERATOR_PREFIX!r}: the audit trail names the CLI's "
+            "operators so",
+            errors=[{"field": "sub", "message": f"starts with {OPERATOR_PREFIX!r}"}],
+        )
     if len(sub) > MAX_SUB_LENGTH:
         raise InvalidInput(
             f"sub is longer than {MAX_SUB_LENGTH} characters",

@@ -128,6 +128,12 @@ def test_a_token_is_not_minted_for_a_sub_too_long_to_store() -> None:
     assert mint_token(settings, "s" * 200, ["runs.read"], timedelta(hours=1)).token
 
 
+def test_no_token_is_minted_in_the_name_the_audit_trail_gives_cli_operators() -> None:
+    with pytest.raises(InvalidInput) as refused:
+        mint_token(Settings(jwt_secret=JWT_SECRET), "cli:root", ["runs.read"], timedelta(hours=1))
+    assert refused.value.errors[0]["field"] == "sub"
+
+
 def test_a_token_minted_with_no_time_left_is_expired(database: Stack) -> None:
     minted = mint_token(database.settings, "alice@example.com", ["runs.read"], timedelta(0))
     assert "expired" in unauthorized(get_runs(database, "Bearer " + minted.token))

@@ -435,6 +435,10 @@ def test_the_cli_revokes_by_jti_and_inspect_shows_the_jti_and_the_verdict(
     shown = json.loads(result.output)
     assert shown["verdict"] == "accepted"
     assert shown["claims"]["sub"] == f"leaked.{unique}"
+    # `-` reads the token from standard input, out of `ps` and the shell's history.
+    piped = engine_cli(database.env, "token", "inspect", "-", stdin=token + "\n")
+    assert piped.exit_code == 0, piped.output
+    assert json.loads(piped.output) == shown
 
     result = engine_cli(database.env, "token", "revoke", shown["claims"]["jti"], "--reason", "leak")
     assert result.exit_code == 0, result.output

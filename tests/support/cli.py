@@ -10,12 +10,12 @@ from cli import context
 from cli.main import main
 
 
-def run_engine(env: Mapping[str, str | None], *args: str) -> Result:
+def run_engine(env: Mapping[str, str | None], *args: str, stdin: str | None = None) -> Result:
     """`engine ARGS` with exactly this environment (settings are cached per process, so the
-    cache is cleared around the call)."""
+    cache is cleared around the call), reading `stdin` if given."""
     context.settings.cache_clear()
     try:
-        return CliRunner().invoke(main, list(args), env=dict(env))
+        return CliRunner().invoke(main, list(args), env=dict(env), input=stdin)
     finally:
         context.settings.cache_clear()
 
