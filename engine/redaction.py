@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from engine.config import Settings
-from engine.logs import Redactor
+from engine.logs import REDACTED, Redactor
 
 # A key whose value is a secret: password, passwd, passphrase, secret, token, api_key,
 # apikey, access_key, private_key, authorization, credential(s), cookie.
@@ -43,3 +43,16 @@ def failure_redactor(settings: Settings, *documents: Any) -> Redactor:
         (settings.jwt_secret, *settings.jwt_previous_secrets, *named),
         min_length=MIN_VALUE_LENGTH,
     )
+
+
+def masked(document: Any, named: bool = False) -> Any:
+    """A copy of `document` whose values under a key named like a secret are REDACTED: what
+    a record of a change (the audit trail, a dead letter's resolution) keeps of inputs."""
+    if isinstance(document, dict):
+        return {
+            key: masked(value, named or bool(SECRET_NAME.search(str(key))))
+            for key, value in document.items()
+        }
+    if isinstance(document, list | tuple):
+        return [masked(item, named) for item in document]
+    return REDACTED if named and document is not None else document

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from engine import actions, audit, metrics, payloads, resume
+from engine import actions, audit, metrics, payloads, redaction, resume
 from engine.auth import Caller
 from engine.config import Settings
 from engine.dlq_query import DISCARDED, OPEN, REPLAYED, get_letter, letters
@@ -87,7 +87,9 @@ def replay(
     if inputs is not None:
         payloads.check(inputs, "inputs")
         _check_inputs(session, settings, letter, inputs)
-    resolution: dict[str, Any] = {"reason": reason, "inputs": inputs}
+    # The step gets the inputs as given; the records of the replay keep no secret of them.
+    recorded = redaction.masked(inputs)
+    resolution: dict[str, Any] = {"reason": reason, "inputs": recorded}
     if batch:
         resolution["batch"] = batch
     if not session.execute(
@@ -108,7 +110,7 @@ def replay(
         work = resume.resume(session, settings, run, [letter.step_id], inputs_override=override)
     detail: dict[str, Any] = {"run_id": run.id, "step_id": letter.step_id}
     if inputs is not None:
-        detail["inputs"] = inputs
+        detail["inputs"] = recorded
     if batch:
         detail["batch"] = batch
     audit.record(

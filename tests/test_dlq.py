@@ -143,6 +143,9 @@ def test_a_dead_letter_of_a_step_run_inline_links_to_the_task_flower_knows(
     assert json.loads(shown.output)["flower_url"] == flower
 
 
+FIXED = {"fail": False, "api_token": "tok-0f9e8d7c"}
+
+
 def test_replaying_a_dead_letter_with_fixed_inputs_resumes_its_run_at_that_step(
     stack: Stack, unique: str
 ) -> None:
@@ -189,7 +192,7 @@ def test_replaying_a_dead_letter_with_fixed_inputs_resumes_its_run_at_that_step(
 
     response = client.post(
         f"/admin/dlq/{letter['id']}/replay",
-        json={"reason": "the upstream flag was wrong", "inputs": {"fail": False}},
+        json={"reason": "the upstream flag was wrong", "inputs": FIXED},
         headers=admin(stack),
     )
     assert response.status_code == 202, response.get_json()
@@ -198,16 +201,17 @@ def test_replaying_a_dead_letter_with_fixed_inputs_resumes_its_run_at_that_step(
     assert response.headers["Location"].endswith(f"/runs/{run['id']}")
     assert body["dead_letter"]["status"] == "replayed"
     assert body["dead_letter"]["resolved_by"] == OPS
+    # The records of the replay keep no secret of the inputs; the step gets them as given.
     assert body["dead_letter"]["resolution"] == {
         "reason": "the upstream flag was wrong",
-        "inputs": {"fail": False},
+        "inputs": {"fail": False, "api_token": "[REDACTED]"},
     }
 
     finished = stack.wait_finished(run["id"])
     assert finished["status"] == "succeeded", finished
     assert finished["error"] is None
     steps = {step["step_id"]: step for step in finished["steps"]}
-    assert steps["b"]["inputs"] == {"fail": False}
+    assert steps["b"]["inputs"] == FIXED
     assert steps["b"]["attempts"] == 2
     assert steps["b"]["task_id"] == f"{run['id']}:b:2"
     assert Counter(step for _, step, _ in stack.executions(run["id"])) == {"a": 1, "c": 1}
@@ -218,7 +222,7 @@ def test_replaying_a_dead_letter_with_fixed_inputs_resumes_its_run_at_that_step(
     assert [(e["action"], e["actor"], e["reason"]) for e in events] == [
         ("dlq.replay", OPS, "the upstream flag was wrong")
     ]
-    assert events[0]["detail"]["inputs"] == {"fail": False}
+    assert events[0]["detail"]["inputs"] == {"fail": False, "api_token": "[REDACTED]"}
     again = client.post(
         f"/admin/dlq/{letter['id']}/replay", json={"reason": "again"}, headers=admin(stack)
     )
