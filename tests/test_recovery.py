@@ -94,6 +94,43 @@ def test_a_worker_child_killed_mid_step_loses_nothing_and_the_step_runs_again(
     wait_for(lambda: len(worker.children()) == 2, 10, message="the pool to replace the child")
 
 
+def test_a_child_whose_action_caught_a_cancels_termination_leaves_and_harms_no_other_run(
+    drill: Callable[..., Stack], unique: str
+) -> None:
+    # Cancelling terminates the child running the step; `stubborn` catches the SystemExit
+    # and sleeps on. Had that child stayed, the pool would take its next loss, while it ran
+    # another run's step, as the termination: that message acknowledged, the step stranded.
+    stack = drill()
+    worker = stack.start_worker(concurrency=1)
+    stubborn = {"id": "stubborn", "action": "stubborn", "queue": "default", "with": {"seconds": 2}}
+    stack.register(spec(f"{unique}_cancelled", [stubborn]))
+    slow = {
+        "id": "slow",
+        "action": "record",
+        "queue": "default",
+        "with": {"sleep": 3},
+        "timeout_s": 60,
+        "retry": FAST_RETRY,
+    }
+    stack.register(spec(f"{unique}_other", [slow]))
+    cancelled = stack.submit(f"{unique}_cancelled")
+    terminated = stack.pid(cancelled, "stubborn")
+    response = stack.client().post(f"/runs/{cancelled}/cancel", headers=stack.headers())
+    assert response.status_code == 200, response.get_json()
+
+    other = stack.submit(f"{unique}_other")
+    victim = stack.pid(other, "slow")
+    assert victim in worker.children()
+    os.kill(victim, 9)
+
+    run = stack.wait_finished(other, timeout=30)
+    assert run["status"] == "succeeded", run
+    assert stack.executions(other) == [(other, "slow", 1), (other, "slow", 2)]
+    assert not alive(terminated) and victim != terminated
+    assert [s["status"] for s in stack.run(cancelled)["steps"]] == ["cancelled"]
+    assert stack.dead_letters(cancelled) == []
+
+
 @pytest.mark.parametrize("carrier", ["plan", "step"])
 def test_a_worker_child_killed_mid_inline_chain_step_loses_nothing_and_the_run_succeeds(
     drill: Callable[..., Stack], unique: str, carrier: str

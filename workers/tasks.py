@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from functools import partial
 from typing import Any
 
+from billiard.common import terminate_handler_fired
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
@@ -97,6 +99,7 @@ def perform(
             logs.reset(bound)
     else:
         result = execution.attempt(claimed, _TIME_LIMITS, sessions())
+    _leave_if_terminated(claimed)
 
     def write(session: Session) -> tuple[Outcome, Dispatch | None, Claim | Outcome | None]:
         # Not begun: on PostgreSQL a leaf's success is one statement, committed as it returns.
@@ -127,6 +130,23 @@ def perform(
         return outcome, None  # none, or not ours to run here: its message goes out as usual
     outcome.work.dispatches.remove(following)
     return outcome, claimed_next
+
+
+def _leave_if_terminated(claimed: Claim) -> None:
+    """Leave the child when it was told to terminate while the action ran. Cancelling a run
+    terminates the pool child running its step (SIGTERM, which billiard turns into
+    SystemExit); an action that catches it runs on to its end. The termination still stands:
+    the child leaves now, as it would have at the signal, and records nothing. Were it to
+    stay, the pool would keep it marked as terminated, and take its next loss (a kill -9,
+    an out-of-memory kill) while running another run's step as that termination: that
+    step's message would be acknowledged, not delivered again, and the step left running
+    until its lease ran out."""
+    if terminate_handler_fired():
+        log.warning(
+            "task %s: the action caught the termination of its process; leaving now",
+            claimed.task_id,
+        )
+        raise SystemExit(-(256 - signal.SIGTERM))
 
 
 def _lease_covers(claimed: Claim) -> bool:
