@@ -247,8 +247,10 @@ def list_runs(
 
 
 def cancel(session: Session, run_id: str, caller: Caller) -> tuple[Run, Work]:
-    """Cancel a live run: its queued and running steps are revoked (running ones terminated)
-    and every step not yet finished is cancelled, in one transaction."""
+    """Cancel a live run: every step not yet finished is cancelled, in one transaction, and
+    the tasks running its steps (or carrying them inline) are to be revoked and terminated.
+    A message still waiting for one of its steps is refused when it arrives (its claim
+    finds the step cancelled)."""
     run = get_run(session, run_id, caller)
     if run.status not in RUN_LIVE:
         raise InvalidTransition(f"run {run_id} is {run.status} and cannot be cancelled")
