@@ -32,6 +32,7 @@ from engine.config import Settings
 from engine.db import COPY_MIN_ROWS, insert_rows, statement_by_statement
 from engine.errors import NotFound
 from engine.models import Run, Step, utcnow
+from engine.redaction import failure_redactor
 from engine.specs import CompiledWorkflow, StepSpec
 from engine.state import RunStatus, StepStatus
 from engine.work import MANAGER_QUEUE, PLAN_TASK, Work, plan_task_id, step_dispatch, step_task_id
@@ -341,6 +342,17 @@ def count_plan_redelivery(session: Session, settings: Settings, run_id: str) -> 
         row.plan_deliveries,
     )
     return True
+
+
+def redacted_failure(
+    session: Session, settings: Settings, run_id: str, message: str, trace: str
+) -> tuple[str, str]:
+    """A planning failure's message and traceback without the credentials engine.redaction
+    knows of, the run's secret-named params among them (a schema's refusal quotes the value
+    it refused)."""
+    params = session.scalar(select(runs.c.params).where(runs.c.id == run_id))
+    redactor = failure_redactor(settings, params)
+    return redactor.redact(message), redactor.redact(trace)
 
 
 def bury_plan(

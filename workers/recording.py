@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from engine.attempts import Result
 from engine.db import lock_wait
+from engine.redaction import failure_redactor
 from workers.limits import Recording
 from workers.runtime import db_engine, sessions, settings
 
@@ -43,7 +44,9 @@ BACKOFF_MAX_S = 2.0
 def _describe(result: Result) -> str:
     if result.error is None:
         return f"succeeded in {result.duration_s:.3g} s"
-    return f"failed in {result.duration_s:.3g} s: {type(result.error).__name__}: {result.error}"
+    # Without the credentials a recorded failure would lose (engine.redaction).
+    error = failure_redactor(settings(), result.inputs).redact(str(result.error))
+    return f"failed in {result.duration_s:.3g} s: {type(result.error).__name__}: {error}"
 
 
 def database_away(exc: BaseException) -> bool:

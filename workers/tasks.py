@@ -281,6 +281,7 @@ def plan_run(self, run_id: str, workflow: str | None = None, version: int | None
     except Exception as exc:
         error_type, message, trace = describe(exc)
         with sessions().begin() as session:
+            message, trace = planning.redacted_failure(session, settings(), run_id, message, trace)
             letter = planning.bury_plan(session, run_id, error_type, message, trace)
         log.error(
             "run %s: planning failed (%s: %s); dead letter %s", run_id, error_type, message, letter

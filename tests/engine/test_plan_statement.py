@@ -108,7 +108,9 @@ def test_params_refused_at_planning_leave_the_run_queued_without_steps_to_be_bur
     run_id = queued(database, unique, {"n": 1})
     with database.sessions.begin() as session:
         # Params the submission would have refused (a run written some other way).
-        session.execute(update(Run).where(Run.id == run_id).values(params={"n": "one"}))
+        session.execute(
+            update(Run).where(Run.id == run_id).values(params={"n": "one", "password": "hunter22"})
+        )
     with database.sessions() as session:
         with pytest.raises(InvalidParams):
             planning.plan_and_claim(session, database.settings, run_id, WORKER, (unique, 1))
@@ -118,6 +120,11 @@ def test_params_refused_at_planning_leave_the_run_queued_without_steps_to_be_bur
         assert session.get(Run, run_id).started_at is None
 
     with database.sessions.begin() as session:
+        # A refusal may quote what it refused: what is kept and logged of it hides secrets.
+        message, trace = planning.redacted_failure(
+            session, database.settings, run_id, "'hunter22' is not an integer", "x = 'hunter22'"
+        )
+        assert (message, trace) == ("'[REDACTED]' is not an integer", "x = '[REDACTED]'")
         letter_id = planning.bury_plan(session, run_id, "InvalidParams", "n: not an integer", "")
     assert letter_id is not None
     assert seen_elsewhere(database, run_id) == ("failed", [])
