@@ -20,13 +20,14 @@ PING_TIMEOUT_S = 1.0
 def online_workers(current: Settings) -> list[str]:
     """Celery workers that answer a ping on this deployment's broker (beat is not one)."""
     from workers.factory import make_celery
+    from workers.observer import is_worker
 
     app = make_celery(current)
     try:
         replies = app.control.inspect(timeout=PING_TIMEOUT_S).ping() or {}
     finally:
         app.close()
-    return sorted(name for name in replies if not name.startswith("celerybeat@"))
+    return sorted(name for name in replies if is_worker(name))
 
 
 @click.command("backup")

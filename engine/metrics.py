@@ -103,7 +103,9 @@ class LiveGauges(Collector):
         dlq = GaugeMetricFamily("dlq_open", "Dead letters still open")
         if readings.dlq_open is not None:
             dlq.add_metric([], readings.dlq_open)
-        online = GaugeMetricFamily("workers_online", "Celery workers answering a ping")
+        online = GaugeMetricFamily(
+            "workers_online", "Celery workers answering a ping (beat left out)"
+        )
         if readings.workers_online is not None:
             online.add_metric([], readings.workers_online)
         yield from (depth, lag, dlq, online)

@@ -265,3 +265,34 @@ def test_a_method_of_the_clients_own_counts_as_other(database: Stack) -> None:
             value(text, "api_requests_total", method=method, endpoint="unmatched", status="405")
             is None
         )
+
+
+def test_beat_answering_pings_is_not_counted_as_a_worker(tmp_path: Path) -> None:
+    # Beat answers `celery inspect ping` (its compose healthcheck) but runs no task: counted,
+    # it would keep NoWorkersOnline quiet with every worker gone.
+    stack = Stack("sqlite", tmp_path)
+    beat = services.start_beat(stack.env, tmp_path / "beat.log")
+    try:
+        control = stack.app.extensions["engine.celery"].control
+
+        def beat_answers() -> bool:
+            replies = control.ping(timeout=0.5) or []
+            return any(name.startswith("celerybeat@") for reply in replies for name in reply)
+
+        services.wait_for(beat_answers, 60, 0.2, "beat to answer a ping")
+        client = stack.client()
+        assert value(client.get("/metrics").get_data(as_text=True), "workers_online") == 0
+        status = client.get("/admin/status", headers=stack.headers(scopes="admin.status"))
+        assert status.get_json()["workers"]["online"] == 0
+
+        worker = stack.start_worker(concurrency=1)
+        port = stack.env["WORKER_HEALTH_PORT"]
+        _, text = http_get(f"http://127.0.0.1:{port}/metrics")
+        assert value(text, "workers_online") == 1
+        status = client.get("/admin/status", headers=stack.headers(scopes="admin.status"))
+        [name] = status.get_json()["workers"]["names"]
+        assert name.startswith(worker.name.split("@")[0] + "@")
+    finally:
+        beat.terminate()
+        beat.wait(20)
+        stack.close()

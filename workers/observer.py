@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from celery import Celery
+from celery.beat import NODENAME_DEFAULT
 from sqlalchemy.orm import Session
 
 from engine.config import Settings
@@ -14,12 +15,20 @@ from engine.observe import Observer
 from engine.queues import QueueLayout, broker_client
 
 BROKER_TIMEOUT_S = 1.0
+# Beat started with --enable-remote-control answers a ping too (its health check), under
+# this node name; it runs no task, so it is never counted as a worker.
+BEAT_NODE_PREFIX = f"{NODENAME_DEFAULT}@"
+
+
+def is_worker(node: str) -> bool:
+    """Whether a node answering remote control is a worker (not beat)."""
+    return not node.startswith(BEAT_NODE_PREFIX)
 
 
 def ping_workers(app: Celery, timeout: float) -> list[str]:
-    """Names of the workers that answer a ping within `timeout` seconds."""
+    """Names of the workers that answer a ping within `timeout` seconds (beat left out)."""
     replies = app.control.ping(timeout=timeout) or []
-    return sorted(name for reply in replies for name in reply)
+    return sorted(name for reply in replies for name in reply if is_worker(name))
 
 
 def make_observer(

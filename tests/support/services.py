@@ -89,6 +89,32 @@ def start_gunicorn(
         )
 
 
+def start_beat(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """`celery beat` answering remote control (as docker-compose.yml runs it, for its
+    healthcheck), in a session of its own, logging to `log_path`."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.celery_app",
+                "beat",
+                "--loglevel",
+                "INFO",
+                "-s",
+                str(log_path.parent / f"beat-{uuid.uuid4().hex[:6]}"),
+                "--enable-remote-control",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 def redis_alive(url: str) -> bool:
     try:
         return bool(redis.Redis.from_url(url, socket_timeout=1).ping())
