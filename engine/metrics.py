@@ -81,7 +81,9 @@ class Readings:
 
 
 class LiveGauges(Collector):
-    """queue_depth, queue_lag_seconds, dlq_open and workers_online, read at scrape time."""
+    """queue_depth, queue_lag_seconds, dlq_open and workers_online, read at scrape time. A
+    reading that failed is left out, never served as 0: the ReadinessFailing alert reads a
+    missing dlq_open as the database failing and a missing queue_depth as the broker."""
 
     def __init__(self, read: Callable[[], Readings]) -> None:
         self._read = read

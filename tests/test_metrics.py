@@ -16,7 +16,7 @@ from engine import queues
 from engine.work import Dispatch, Work
 from tests.conftest import spec
 from tests.support import services
-from tests.support.stack import Stack
+from tests.support.stack import Stack, private_stack
 from workers import dispatch
 from workers.factory import make_celery
 
@@ -296,3 +296,42 @@ def test_beat_answering_pings_is_not_counted_as_a_worker(tmp_path: Path) -> None
         beat.terminate()
         beat.wait(20)
         stack.close()
+
+
+def test_readiness_and_the_api_metrics_follow_the_database_and_broker_away_and_back(
+    tmp_path: Path,
+) -> None:
+    # ReadinessFailing reads a missing dlq_open as the database failing and a missing
+    # queue_depth as the broker failing: a reading that fails is left out, never 0.
+    with private_stack("postgres", tmp_path) as (stack, server):
+        client = stack.client()
+
+        def state() -> tuple[int, list[str], str]:
+            ready = client.get("/readyz")
+            failing = [error["field"] for error in (ready.get_json().get("errors") or [])]
+            assert client.get("/health").status_code == 200  # liveness depends on neither
+            return ready.status_code, failing, client.get("/metrics").get_data(as_text=True)
+
+        def settled(status: int, failing: list[str], dlq: bool, depth: bool) -> None:
+            def check() -> bool:
+                code, names, text = state()
+                served = value(text, "dlq_open") is not None
+                queues = value(text, "queue_depth", queue="steps") is not None
+                return (code, names, served, queues) == (status, failing, dlq, depth)
+
+            services.wait_for(check, 30, 0.5, f"ready {status}, failing {failing}")
+
+        settled(200, [], dlq=True, depth=True)
+
+        services.allow_connections(stack.database_url, False)
+        try:
+            services.end_every_session(stack.database_url)
+            settled(503, ["database"], dlq=False, depth=True)
+        finally:
+            services.allow_connections(stack.database_url, True)
+        settled(200, [], dlq=True, depth=True)
+
+        server.stop()
+        settled(503, ["broker"], dlq=True, depth=False)
+        server.start()
+        settled(200, [], dlq=True, depth=True)

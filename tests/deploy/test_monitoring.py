@@ -139,7 +139,7 @@ def test_the_runbook_alerts_are_defined_with_severity_and_summary():
     assert rules["NoWorkersOnline"]["labels"]["severity"] == "critical"
 
 
-@pytest.mark.parametrize("alert", ["HighErrorRate", "NoWorkersOnline"])
+@pytest.mark.parametrize("alert", sorted(alert_rules()))
 def test_alert_unit_tests_show_the_alert_firing_and_staying_quiet(alert):
     checks = [
         check

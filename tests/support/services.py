@@ -302,3 +302,17 @@ def end_every_session(database_url: str) -> int:
             return len(ended)
     finally:
         admin.dispose()
+
+
+def allow_connections(database_url: str, allowed: bool) -> None:
+    """Open or close a test database to new sessions; closed and with `end_every_session`,
+    it is away for its clients as a stopped server is, while other tests' databases stay."""
+    from sqlalchemy import create_engine, text
+
+    name = database_url.rsplit("/", 1)[1]
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {allowed}'))
+    finally:
+        admin.dispose()
