@@ -129,9 +129,7 @@ class Observer:
             if runs:
                 probes["runs"] = lambda: self._query(runs_by_status)
             if database:
-                probes["database"] = lambda: self._query(
-                    lambda session: session.execute(text("SELECT 1")).scalar_one()
-                )
+                probes["database"] = self.database_ping
         ping = self.ping
         if ping is not None:
 
@@ -143,6 +141,10 @@ class Observer:
 
             probes["workers"] = workers
         return probes
+
+    def database_ping(self) -> Any:
+        """A `SELECT 1` through a session: raises when the database cannot be read."""
+        return self._query(lambda session: session.execute(text("SELECT 1")).scalar_one())
 
     def _query(self, read: Callable[[Session], Any]) -> Any:
         assert self.sessions is not None

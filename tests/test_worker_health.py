@@ -47,7 +47,7 @@ def test_two_workers_on_one_host_each_serve_health_on_their_own_port(tmp_path: P
             status, body = get_json(f"http://127.0.0.1:{port}/health")
             assert status == 200, body
             assert body["status"] == "ok"
-            assert body["checks"] == {"broker": "ok", "consumer": "ok"}
+            assert body["checks"] == {"broker": "ok", "database": "ok", "consumer": "ok"}
             assert body["worker"].startswith(name)
 
         with urllib.request.urlopen(f"http://127.0.0.1:{taken}/metrics", timeout=10) as response:
@@ -81,6 +81,36 @@ def test_a_worker_that_lost_its_broker_answers_503_naming_the_broker(tmp_path: P
     finally:
         stack.close()
         server.stop()
+
+
+def test_a_worker_that_cannot_reach_its_database_answers_503_naming_it_until_it_is_back(
+    tmp_path: Path,
+) -> None:
+    # Every task reads and writes the database: a worker without it can take no work.
+    stack = Stack("postgres", tmp_path)
+    try:
+        stack.start_worker(concurrency=1)
+        url = f"http://127.0.0.1:{stack.env['WORKER_HEALTH_PORT']}/health"
+        assert get_json(url)[0] == 200
+
+        def answers(wanted: int) -> dict[str, Any] | None:
+            status, body = get_json(url)
+            return body if status == wanted else None
+
+        services.allow_connections(stack.database_url, False)
+        try:
+            services.end_every_session(stack.database_url)
+            body = services.wait_for(lambda: answers(503), 20, 0.2, "/health to answer 503")
+        finally:
+            services.allow_connections(stack.database_url, True)
+        assert body["checks"]["database"].startswith("unreachable")
+        assert body["checks"]["broker"] == "ok"
+        assert body["reason"].startswith("database unreachable")
+
+        body = services.wait_for(lambda: answers(200), 20, 0.2, "/health to answer 200 again")
+        assert body["checks"] == {"broker": "ok", "database": "ok", "consumer": "ok"}
+    finally:
+        stack.close()
 
 
 def test_the_time_limit_timers_of_finished_tasks_do_not_pile_up_in_the_main_process(

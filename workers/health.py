@@ -1,10 +1,11 @@
 """The worker's health server: `/health` and `/metrics` on WORKER_HEALTH_PORT, served by a
 thread of the worker's main process (started and stopped by workers/signals.py).
 
-`/health` answers 200 when the broker answers a ping and the worker's consumer is running,
-else 503 naming what is wrong. `/metrics` sums the prefork children's counts (multiprocess
-mode) and adds the live gauges. When the port is taken (several workers on one host), the
-next ports are tried, up to PORT_SPAN more, and the log says which one was bound.
+`/health` answers 200 when the broker answers a ping, the database a `SELECT 1`, and the
+worker's consumer is running, else 503 naming what is wrong. `/metrics` sums the prefork
+children's counts (multiprocess mode) and adds the live gauges. When the port is taken
+(several workers on one host), the next ports are tried, up to PORT_SPAN more, and the log
+says which one was bound.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -89,11 +91,17 @@ class HealthServer:
         return None
 
     def health(self) -> tuple[int, dict[str, Any]]:
-        broker = gather({"broker": self.observer.client.ping}, BROKER_TIMEOUT_S + 0.5)["broker"]
+        observer = self.observer
+        probes: dict[str, Callable[[], Any]] = {"broker": observer.client.ping}
+        if observer.sessions is not None:
+            # Every task reads and writes the database: without it no work can be done.
+            probes["database"] = observer.database_ping
+        readings = gather(probes, BROKER_TIMEOUT_S + 0.5)
         checks = {
-            "broker": "ok" if broker.ok else f"unreachable: {broker.error}",
-            "consumer": self.consumer_problem() or "ok",
+            name: "ok" if reading.ok else f"unreachable: {reading.error}"
+            for name, reading in readings.items()
         }
+        checks["consumer"] = self.consumer_problem() or "ok"
         body: dict[str, Any] = {
             "worker": getattr(self.worker, "hostname", None),
             "pid": os.getpid(),
