@@ -5,9 +5,11 @@ files and modules that exist in this repository."""
 from __future__ import annotations
 
 import re
+import runpy
 import shlex
 from pathlib import Path
 from typing import Any
+from urllib.parse import SplitResult, urlsplit
 
 import pytest
 import yaml
@@ -224,6 +226,51 @@ def test_worker_consumes_every_queue_and_serves_health_on_8080(services):
     assert "localhost:8080/health" in " ".join(worker["healthcheck"]["test"])
     # Workers scale out: a published host port would collide between replicas.
     assert "ports" not in worker
+
+
+def healthcheck_url(service: dict[str, Any]) -> SplitResult:
+    """The URL a service's healthcheck fetches from inside its container."""
+    match = re.search(r"http://localhost:\d+/[^\s'\"]*", " ".join(service["healthcheck"]["test"]))
+    assert match, service["healthcheck"]["test"]
+    return urlsplit(match.group(0))
+
+
+def test_healthchecks_and_scrape_targets_reach_the_ports_and_paths_the_processes_serve(
+    services, monkeypatch
+):
+    from flask import Flask
+    from flower.urls import handlers as flower_handlers
+
+    from web.health import bp as health_bp
+
+    # The API's port: gunicorn's own settings, as compose leaves API_PORT unset.
+    for name in ("API_PORT", "API_BIND"):
+        assert name not in environment(services["api"])
+        monkeypatch.delenv(name, raising=False)
+    api_port = int(runpy.run_path(str(ROOT / "web" / "gunicorn_conf.py"))["bind"].split(":")[-1])
+    worker_port = int(environment(services["worker"])["WORKER_HEALTH_PORT"])
+    flower_port = int(option_value(command_words(services["flower"]), "--port") or 0)
+
+    app = Flask(__name__)
+    app.register_blueprint(health_bp)
+    api_paths = {rule.rule for rule in app.url_map.iter_rules()}
+    api = healthcheck_url(services["api"])
+    assert (api.port, api.path) == (api_port, "/health") and api.path in api_paths
+    # workers/health.py serves /health and /metrics on WORKER_HEALTH_PORT.
+    assert healthcheck_url(services["worker"])[1:3] == (f"localhost:{worker_port}", "/health")
+    flower = healthcheck_url(services["flower"])
+    assert flower.port == flower_port
+    # Flower's routes: tornado URLSpecs and (pattern, handler) tuples.
+    patterns = [getattr(h, "regex", None) or re.compile(h[0]) for h in flower_handlers]
+    assert flower.path in {pattern.pattern.rstrip("$") for pattern in patterns}, flower.path
+
+    prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
+    assert [t for c in jobs["api"]["static_configs"] for t in c["targets"]] == [f"api:{api_port}"]
+    discovery = jobs["workers"]["dns_sd_configs"]
+    assert [(c["names"], c["port"]) for c in discovery] == [(["worker"], worker_port)]
+    for job in ("api", "workers"):
+        assert jobs[job].get("metrics_path", "/metrics") == "/metrics"
 
 
 def test_beat_keeps_its_schedule_on_a_volume(compose, services):
