@@ -20,9 +20,9 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from engine.metrics import Readings
-from engine.models import DeadLetter, Run
+from engine.models import DeadLetter, Run, Step
 from engine.queues import FirstSeen, QueueLayout, queue_stats
-from engine.state import RunStatus
+from engine.state import RunStatus, StepStatus
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,16 @@ def open_dead_letters(session: Session) -> int:
     """Dead letters nobody has replayed or discarded yet."""
     query = select(func.count()).select_from(DeadLetter).where(DeadLetter.status == "open")
     return int(session.execute(query).scalar_one())
+
+
+def waiting_step_queues(session: Session) -> list[str]:
+    """The queues steps waiting to run were sent to: a step may name a queue of its own."""
+    query = (
+        select(Step.queue)
+        .where(Step.status.in_((StepStatus.QUEUED, StepStatus.RETRYING)))
+        .distinct()
+    )
+    return list(session.scalars(query))
 
 
 @dataclass
@@ -91,6 +101,12 @@ class Observer:
 
     `ping(timeout)` returns the names of the workers that answered; `ttl` is how long
     /metrics readings are reused, so scrapes in a row cost one round of probes.
+
+    Queues are `queues` plus every queue a waiting step was sent to, learnt from the
+    database by each reading and measured from the next one on (and from then on, so a
+    queue that empties shows 0): a step may name a queue of its own, which no worker may
+    consume. Learnt apart from the broker's reading, so a slow database never makes the
+    broker's readings missing.
     """
 
     def __init__(
@@ -108,6 +124,8 @@ class Observer:
         self.client = client
         self.layout = layout
         self.queues = tuple(queues)
+        self._step_queues: set[str] = set()
+        self._lock_queues = threading.Lock()
         self.sessions = sessions
         self.ping = ping
         self.timeout = timeout
@@ -121,10 +139,11 @@ class Observer:
         probes: dict[str, Callable[[], Any]] = {
             "broker": self.client.ping,
             "queues": lambda: queue_stats(
-                self.client, self.layout, self.queues, first_seen=self._first_seen
+                self.client, self.layout, self.measured_queues(), first_seen=self._first_seen
             ),
         }
         if self.sessions is not None:
+            probes["step_queues"] = self._learn_step_queues
             probes["dead_letters"] = lambda: self._query(open_dead_letters)
             if runs:
                 probes["runs"] = lambda: self._query(runs_by_status)
@@ -141,6 +160,18 @@ class Observer:
 
             probes["workers"] = workers
         return probes
+
+    def measured_queues(self) -> list[str]:
+        """The platform's queues, then those steps named, in name order."""
+        with self._lock_queues:
+            extra = sorted(self._step_queues.difference(self.queues))
+        return [*self.queues, *extra]
+
+    def _learn_step_queues(self) -> list[str]:
+        found = self._query(waiting_step_queues)
+        with self._lock_queues:
+            self._step_queues.update(found)
+        return found
 
     def database_ping(self) -> Any:
         """A `SELECT 1` through a session: raises when the database cannot be read."""

@@ -335,3 +335,39 @@ def test_readiness_and_the_api_metrics_follow_the_database_and_broker_away_and_b
         settled(503, ["broker"], dlq=True, depth=False)
         server.start()
         settled(200, [], dlq=True, depth=True)
+
+
+def test_a_queue_named_by_a_step_is_measured_even_with_no_worker_consuming_it(
+    tmp_path: Path, unique: str
+) -> None:
+    # A step may name its own queue; one no worker consumes holds its runs forever, and
+    # only queue_depth and queue_lag_seconds (QueueLagHigh) can show it.
+    stack = Stack("sqlite", tmp_path)
+    try:
+        stack.start_worker(concurrency=1)  # manager, steps and default only
+        queue = f"gpu-{unique}"
+        stack.register(spec(unique, [{"id": "only", "action": "noop", "queue": queue}]))
+        run_ids = [stack.submit(unique) for _ in range(2)]
+        for run_id in run_ids:
+            services.wait_for(
+                lambda run_id=run_id: (
+                    [s["status"] for s in stack.run(run_id)["steps"]] == ["queued"]
+                ),
+                30,
+                0.1,
+                "the step to wait in its queue",
+            )
+        client = stack.client()
+
+        def measured() -> str | None:
+            text = client.get("/metrics").get_data(as_text=True)
+            return text if value(text, "queue_depth", queue=queue) == 2 else None
+
+        text = services.wait_for(measured, 20, 0.5, f"queue_depth of {queue}")
+        assert value(text, "queue_lag_seconds", queue=queue) is not None
+        status = client.get("/admin/status", headers=stack.headers(scopes="admin.status"))
+        depths = {item["name"]: item["depth"] for item in status.get_json()["queues"]["items"]}
+        assert depths[queue] == 2
+        assert {"manager", "steps", "default"} <= set(depths)
+    finally:
+        stack.close()
