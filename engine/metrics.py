@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,6 +68,20 @@ dlq_events_total = Counter("dlq_events_total", "Dead-letter events", ["event"])
 DLQ_EVENTS = ("added", "replayed", "discarded")
 for _event in DLQ_EVENTS:
     dlq_events_total.labels(event=_event)
+# The outcomes a worker counts (a cancel is counted by the API).
+RUN_OUTCOMES = ("succeeded", "failed")
+STEP_OUTCOMES = ("succeeded", "retrying", "dead")
+
+
+def expect_outcomes(workflows: Iterable[str], actions: Iterable[str]) -> None:
+    """Create the outcome series of these workflows and actions at 0, so that increase()
+    and rate() see their first run or step too (the dashboards' "Runs failed (1h)")."""
+    for workflow in workflows:
+        for status in RUN_OUTCOMES:
+            runs_total.labels(workflow=workflow, status=status)
+    for action in actions:
+        for status in STEP_OUTCOMES:
+            steps_total.labels(action=action, status=status)
 
 
 @dataclass

@@ -21,8 +21,10 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from engine import logs
+from engine import actions, logs
+from engine import workflows as workflow_specs
 from engine.work import PLAN_TASK, STEP_TASK
+from workers import runtime
 from workers.runtime import after_fork, settings
 
 # prometheus_client opens its files when the first metric is created: the directory must
@@ -82,6 +84,7 @@ def _worker_starting(sender: Any, **_: Any) -> None:
                 "PROMETHEUS_MULTIPROC_DIR is not set: the prefork children's counts will "
                 "not reach this worker's /metrics"
             )
+    _expect_outcomes()
     health.start(configured, sender)
     # What is loaded by now lives as long as the worker. Out of the collector's sight, it
     # no longer makes every full collection longer (planning a 10k-step run spent a third
@@ -89,6 +92,20 @@ def _worker_starting(sender: Any, **_: Any) -> None:
     # them when a collection writes to them.
     gc.collect()
     gc.freeze()
+
+
+def _expect_outcomes() -> None:
+    """The outcome series of every registered workflow and known action, at 0 from the
+    start (before the prefork children fork, so they are counted once)."""
+    try:
+        with runtime.sessions()() as session:
+            names = [workflow.name for workflow in workflow_specs.list_latest(session)]
+    except Exception as exc:  # metrics set-up must never keep a worker from starting
+        log.warning("outcome series of workflows not created: %s", exc)
+        names = []
+    metrics.expect_outcomes(names, actions.names())
+    # The prefork children connect on their own: hand them no connection of this process.
+    runtime.db_engine().dispose()
 
 
 @worker_ready.connect
