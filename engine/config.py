@@ -19,6 +19,9 @@ BROKER_SOCKET_TIMEOUT_MIN_S = 2.0
 # An ALLOWED_ORIGINS entry: an exact origin, scheme://host[:port]. flask-cors would take an
 # entry holding `*`, `?`, `[`, `(`... for an unanchored regular expression.
 _ORIGIN = re.compile(r"^[a-z][a-z0-9+.-]*://[a-z0-9.-]+(:[0-9]{1,5})?$", re.IGNORECASE)
+# An HTTP_ALLOWED_HOSTS entry: a host name (or IP address), or *. and a domain.
+_ALLOWED_HOST = re.compile(r"^(\*\.)?[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?$|^\[?[0-9a-f:.]+\]?$")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 # PostgreSQL's values for synchronous_commit, least durable first.
 SYNCHRONOUS_COMMIT = ("off", "local", "remote_write", "on", "remote_apply")
 
@@ -116,6 +119,13 @@ class Settings:
     # SQLite: how long a statement waits for another writer's lock before "database is
     # locked". A worker recording an outcome tries again after that (workers.recording).
     sqlite_busy_timeout_s: float = 30.0
+    # The http.request action: the hosts it may reach (exact names and *.domain suffixes;
+    # empty: any), whether it may reach private, loopback, link-local or reserved
+    # addresses, its default timeout, and the largest response body it keeps.
+    http_allowed_hosts: tuple[str, ...] = ()
+    http_allow_private_addresses: bool = False
+    http_timeout_s: float = 30.0
+    http_max_response_bytes: int = 1_048_576
 
     def __repr__(self) -> str:
         """Every field but the JWT secrets, and the URLs without their passwords."""
@@ -148,6 +158,14 @@ class Settings:
                 return float(raw)
             except ValueError as exc:
                 raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+
+        def flag(name: str, default: bool) -> bool:
+            raw = env.get(name, "").strip().lower()
+            if not raw:
+                return default
+            if raw in _TRUE or raw in _FALSE:
+                return raw in _TRUE
+            raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
         settings = cls(
             env=mode,
@@ -193,6 +211,12 @@ class Settings:
             worker_synchronous_commit=env.get(
                 "WORKER_SYNCHRONOUS_COMMIT", cls.worker_synchronous_commit
             ).lower(),
+            http_allowed_hosts=tuple(h.lower() for h in _csv(env.get("HTTP_ALLOWED_HOSTS"))),
+            http_allow_private_addresses=flag("HTTP_ALLOW_PRIVATE_ADDRESSES", False),
+            http_timeout_s=number("HTTP_TIMEOUT_S", cls.http_timeout_s),
+            http_max_response_bytes=int(
+                number("HTTP_MAX_RESPONSE_BYTES", cls.http_max_response_bytes)
+            ),
         )
         settings.check()
         return settings
@@ -258,6 +282,14 @@ class Settings:
                 f"WORKER_SYNCHRONOUS_COMMIT must be one of {', '.join(SYNCHRONOUS_COMMIT)}, "
                 f"got {self.worker_synchronous_commit!r}"
             )
+        hosts = [h for h in self.http_allowed_hosts if not _ALLOWED_HOST.match(h)]
+        if hosts:
+            problems.append(
+                f"HTTP_ALLOWED_HOSTS must list host names or *.domain suffixes, got "
+                f"{', '.join(map(repr, hosts))}"
+            )
+        if self.http_timeout_s <= 0 or self.http_max_response_bytes < 1:
+            problems.append("HTTP_TIMEOUT_S and HTTP_MAX_RESPONSE_BYTES must be > 0")
         if problems:
             raise ConfigError("invalid configuration: " + "; ".join(problems))
 

@@ -67,9 +67,15 @@ class TransientError(EngineError):
 
 
 class ActionError(Exception):
-    """Raised by an action; `retryable=False` skips the remaining attempts."""
+    """Raised by an action; `retryable=False` skips the remaining attempts. `retry_after_s`
+    asks the next attempt to wait at least that long (a server's Retry-After), within the
+    step's max_backoff_s."""
 
     retryable = True
+
+    def __init__(self, *args: object, retry_after_s: float | None = None) -> None:
+        super().__init__(*args)
+        self.retry_after_s = retry_after_s
 
 
 class NonRetryableError(ActionError):

@@ -99,9 +99,10 @@ def attempt(
     claim: Claim,
     timeout_errors: tuple[type[BaseException], ...] = (),
     sessions: sessionmaker[Session] | None = None,
+    settings: Settings | None = None,
 ) -> Result:
-    """Render the inputs and run the action, handing it `sessions` (see ActionContext).
-    Never raises: the result carries the error."""
+    """Render the inputs and run the action, handing it `sessions`, the step's time limit
+    and `settings` (see ActionContext). Never raises: the result carries the error."""
     started = time.perf_counter()
     result = Result()
     try:
@@ -118,7 +119,14 @@ def attempt(
         result.output = action.function(
             result.inputs,
             ActionContext(
-                claim.run_id, claim.step_id, claim.attempt, claim.params, claim.upstream, sessions
+                claim.run_id,
+                claim.step_id,
+                claim.attempt,
+                claim.params,
+                claim.upstream,
+                sessions,
+                claim.spec.timeout_s,
+                settings,
             ),
         )
     except timeout_errors as exc:
@@ -154,6 +162,7 @@ def finish_attempt(session: Session, settings: Settings, claim: Claim, result: R
             trace=trace,
             retryable=retryable,
             inputs=result.inputs,
+            retry_after_s=getattr(result.error, "retry_after_s", None),
         )
     now = utcnow()
     children = claim.workflow.children.get(claim.step_id, ())

@@ -66,11 +66,13 @@ def fail_attempt(
     retryable: bool = True,
     inputs: Any = None,
     lost: bool = False,
+    retry_after_s: float | None = None,
 ) -> Outcome:
     """Record a failed attempt: schedule the next one, or bury the step in the DLQ. A `lost`
     attempt (its worker died) is judged by the delivery cap instead of the step's retry
     policy: retried while the step's attempts are fewer than MAX_DELIVERIES, however few
-    the policy allows."""
+    the policy allows. `retry_after_s` (what the action was told to wait) lengthens the
+    backoff up to the step's max_backoff_s, which RETRY_MAX_BACKOFF_S bounds."""
     run = session.execute(_SELECT_RUN_FOR_FAILURE, {"b_run_id": run_id}).first()
     if run is None:
         return Outcome("lost")
@@ -93,6 +95,8 @@ def fail_attempt(
         recorded["b_error"] = message[:10_000]
     if retryable and attempt < allowed:
         delay = spec.retry.delay(attempt)
+        if retry_after_s is not None:
+            delay = max(delay, min(retry_after_s, spec.retry.max_backoff_s))
         if not session.execute(
             _fail_update(True, inputs is not None),
             {**recorded, "b_next": now + timedelta(seconds=delay)},

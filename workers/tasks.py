@@ -94,11 +94,11 @@ def perform(
             if not _lease_covers(claimed):
                 return Outcome("lost"), None
             with InlineTimeLimits(claimed.task_id, claimed.spec.timeout_s):
-                result = execution.attempt(claimed, _TIME_LIMITS, sessions())
+                result = execution.attempt(claimed, _TIME_LIMITS, sessions(), settings())
         finally:
             logs.reset(bound)
     else:
-        result = execution.attempt(claimed, _TIME_LIMITS, sessions())
+        result = execution.attempt(claimed, _TIME_LIMITS, sessions(), settings())
     _leave_if_terminated(claimed)
 
     def write(session: Session) -> tuple[Outcome, Dispatch | None, Claim | Outcome | None]:

@@ -15,9 +15,10 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from sqlalchemy.orm import Session, sessionmaker
 
+from engine.config import Settings
 from engine.errors import InvalidInput
 
-BUILTIN_MODULES = ("engine.actions.builtin", "engine.actions.life")
+BUILTIN_MODULES = ("engine.actions.builtin", "engine.actions.http", "engine.actions.life")
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,8 @@ class ActionContext:
     """What an action knows besides its inputs. `sessions` is the worker's session factory,
     for actions that keep data (domain actions): each `with sessions.begin()` is a short
     transaction of its own, between the step's claim and the record of its outcome, so
-    what it writes must be keyed to be written once (delivery is at least once)."""
+    what it writes must be keyed to be written once (delivery is at least once).
+    `timeout_s` is the step's time limit, `settings` the worker's."""
 
     run_id: str
     step_id: str
@@ -33,6 +35,8 @@ class ActionContext:
     params: dict[str, Any]
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
     sessions: sessionmaker[Session] | None = None
+    timeout_s: float | None = None
+    settings: Settings | None = None
 
 
 ActionFunction = Callable[[Any, ActionContext], Any]
