@@ -171,3 +171,31 @@ def test_production_refuses_a_weak_previous_secret_as_it_refuses_a_weak_current_
     )
     development = {"JWT_PREVIOUS_SECRETS": "short-one"}
     assert Settings.from_env(environment(tmp_path, **development)).jwt_previous_secrets
+
+
+def test_the_http_action_settings_are_read_and_checked(tmp_path: Path) -> None:
+    default = Settings.from_env(environment(tmp_path))
+    assert default.http_allowed_hosts == () and not default.http_allow_private_addresses
+    settings = Settings.from_env(
+        environment(
+            tmp_path,
+            HTTP_ALLOWED_HOSTS="API.example.com, *.partner.io",
+            HTTP_ALLOW_PRIVATE_ADDRESSES="true",
+            HTTP_TIMEOUT_S="5",
+            HTTP_MAX_RESPONSE_BYTES="2048",
+        )
+    )
+    assert settings.http_allowed_hosts == ("api.example.com", "*.partner.io")
+    assert settings.http_allow_private_addresses
+    assert (settings.http_timeout_s, settings.http_max_response_bytes) == (5, 2048)
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env(
+            environment(
+                tmp_path, HTTP_ALLOWED_HOSTS="https://api.example.com,*", HTTP_TIMEOUT_S="0"
+            )
+        )
+    message = str(refused.value)
+    assert "HTTP_ALLOWED_HOSTS" in message and "'https://api.example.com', '*'" in message
+    assert "HTTP_TIMEOUT_S" in message
+    with pytest.raises(ConfigError, match="HTTP_ALLOW_PRIVATE_ADDRESSES must be true or false"):
+        Settings.from_env(environment(tmp_path, HTTP_ALLOW_PRIVATE_ADDRESSES="maybe"))
