@@ -4,8 +4,12 @@ addresses actually connected to, redirects included (real sockets, real resolver
 from __future__ import annotations
 
 import ipaddress
+import ssl
+import subprocess
+from pathlib import Path
 
 import pytest
+import requests
 
 from engine import outbound
 from engine.outbound import Policy, Refused
@@ -119,3 +123,29 @@ def test_a_redirect_to_a_host_off_the_allow_list_is_refused() -> None:
             with pytest.raises(Refused, match="not in HTTP_ALLOWED_HOSTS"):
                 client.get(start.replace("127.0.0.1", "localhost"), timeout=5)
     assert [r.path for r in server.received] == ["/go"]
+
+
+def test_tls_still_verifies_the_host_name_on_the_checked_address(tmp_path: Path) -> None:
+    """The connection goes to the address the policy checked, yet the certificate is
+    matched against the URL's host name: `localhost` passes, `127.0.0.1` (not in the
+    certificate) fails verification."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        + ["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"]
+        + ["-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    with origin("127.0.0.1", context) as server:
+        url = server.script("/hello", Answer(200, {"tls": True}))
+        assert url.startswith("https://127.0.0.1:")
+        with outbound.session(Policy(allow_private=True), 5) as client:
+            by_name = url.replace("127.0.0.1", "localhost")
+            assert client.get(by_name, timeout=5, verify=str(cert)).json() == {"tls": True}
+            with pytest.raises(requests.exceptions.SSLError):
+                client.get(url, timeout=5, verify=str(cert))
+        with outbound.session(Policy(), 5) as client, pytest.raises(Refused):
+            client.get(by_name, timeout=5, verify=str(cert))

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -43,7 +44,7 @@ class Origin:
     """`script(path, *answers)`: the answers to successive requests of `path` (the last one
     repeats); every request is kept in `received`."""
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> None:
         self.answers: dict[str, list[Answer]] = {}
         self.received: list[Received] = []
         origin = self
@@ -88,11 +89,14 @@ class Origin:
 
         self.server = ThreadingHTTPServer((host, 0), Handler)
         self.server.daemon_threads = True
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.host = host
+        self.scheme = "https" if tls is not None else "http"
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.server.server_port}"
+        return f"{self.scheme}://{self.host}:{self.server.server_port}"
 
     def script(self, path: str, *answers: Answer) -> str:
         """Script `path`'s answers; its full URL."""
@@ -104,8 +108,9 @@ class Origin:
 
 
 @contextmanager
-def origin(host: str = "127.0.0.1") -> Iterator[Origin]:
-    server = Origin(host)
+def origin(host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> Iterator[Origin]:
+    """A running Origin; `tls` (a server context) makes it answer HTTPS."""
+    server = Origin(host, tls)
     thread = threading.Thread(target=server.server.serve_forever, daemon=True)
     thread.start()
     try:
