@@ -111,7 +111,7 @@ def test_a_connection_error_is_retryable_and_quotes_no_query() -> None:
     with pytest.raises(ActionError) as raised:
         call({"url": url})
     assert raised.value.retryable
-    assert "failed to connect" in str(raised.value)
+    assert "connection failed (ConnectionError)" in str(raised.value)
     assert "xyz" not in dlq.describe(raised.value)[2]  # nor in the traceback stored with it
 
 
@@ -175,3 +175,17 @@ def test_invalid_inputs_are_refused_naming_the_field(inputs: dict[str, Any], fie
     with pytest.raises(InvalidInput) as raised:
         action.check_inputs(inputs)
     assert field in [error["field"] for error in raised.value.errors]
+
+
+def test_an_answer_no_step_row_can_hold_is_cleaned_or_refused(server: Origin) -> None:
+    text = server.script("/text", Answer(200, "a\x00b"))
+    assert call({"url": text})["body"] == "a\ufffdb"
+    nul = server.script(
+        "/nul", Answer(200, b'{"name": "a\\u0000b"}', {"Content-Type": "application/json"})
+    )
+    with pytest.raises(NonRetryableError, match="JSON answer holds a NUL"):
+        call({"url": nul})
+    broken = server.script(
+        "/broken", Answer(200, b"{not json", {"Content-Type": "application/json"})
+    )
+    assert call({"url": broken})["body"] == "{not json"

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
-from engine import outbound
+from engine import outbound, payloads
 from engine.actions import ActionContext, register
 from engine.config import Settings
 from engine.errors import ActionError, NonRetryableError
@@ -123,7 +123,7 @@ def http_request(inputs: dict[str, Any], context: ActionContext) -> dict[str, An
     except requests.Timeout as exc:
         raise ActionError(f"{where} timed out after {timeout:g} s ({type(exc).__name__})") from None
     except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-        raise ActionError(f"{where} failed to connect ({type(exc).__name__})") from None
+        raise ActionError(f"{where}: connection failed ({type(exc).__name__})") from None
     except requests.RequestException as exc:
         raise NonRetryableError(f"{where} failed ({type(exc).__name__})") from None
     finally:
@@ -135,7 +135,7 @@ def http_request(inputs: dict[str, Any], context: ActionContext) -> dict[str, An
             for name, value in response.headers.items()
             if not SECRET_NAME.search(name)
         },
-        "body": None if method == "HEAD" else _body(response, content),
+        "body": None if method == "HEAD" else _body(response, content, where),
     }
 
 
@@ -170,8 +170,10 @@ def _check_status(response: requests.Response, where: str, expect: list[int] | N
     raise NonRetryableError(message)
 
 
-def _body(response: requests.Response, content: bytes) -> Any:
-    """JSON when the response says so (and parses), else text."""
+def _body(response: requests.Response, content: bytes, where: str) -> Any:
+    """JSON when the response says so (and parses), else text. The step's output column
+    cannot hold a NUL (engine.payloads): text gets U+FFFD for it, JSON holding one (or
+    nested past payloads' limits) is refused."""
     media = response.headers.get("Content-Type", "").partition(";")[0].strip().lower()
     charset = response.encoding if "charset=" in response.headers.get("Content-Type", "") else None
     try:
@@ -180,7 +182,12 @@ def _body(response: requests.Response, content: bytes) -> Any:
         text = content.decode("utf-8", errors="replace")
     if media == "application/json" or media.endswith("+json"):
         try:
-            return json.loads(text)
-        except ValueError:
-            return text
-    return text
+            value = json.loads(text)
+        except (ValueError, RecursionError):
+            value = None
+        else:
+            problem = payloads.excess(value) or payloads.unstorable_within(value)
+            if problem:
+                raise NonRetryableError(f"{where}: the JSON answer {problem}")
+            return value
+    return text.replace("\x00", "\ufffd")
