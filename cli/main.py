@@ -45,11 +45,18 @@ def token() -> None:
 @click.option(
     "--scopes",
     default="runs.read,runs.write,workflows.read",
+    show_default=True,
     help="Comma-separated scopes, e.g. 'admin.*,runs.write' (OPERATIONS.md § 3 lists them).",
 )
-@click.option("--ttl", default="1h", help="Lifetime: 900, 15m, 1h, 7d (at most TOKEN_MAX_TTL_S).")
+@click.option(
+    "--ttl",
+    default="1h",
+    show_default=True,
+    help="Lifetime: 900, 15m, 1h, 7d (at most TOKEN_MAX_TTL_S).",
+)
 def token_mint(sub: str, scopes: str, ttl: str) -> None:
-    """Print a signed token for SUB."""
+    """Print a signed token for SUB (not one beginning 'cli:', the audit trail's name for
+    the CLI's operators)."""
     current = settings()
     minted = auth.mint_token(
         current, sub, auth.parse_known_scopes(scopes), tokens.lifetime(current, ttl)

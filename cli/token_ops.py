@@ -46,7 +46,8 @@ Planned rotation: tokens signed with the old secret keep working during a grace 
          unset JWT_PREVIOUS_SECRETS
        and restart `make run` the same way.
 
-  docker compose (JWT_SECRET and JWT_PREVIOUS_SECRETS in the shell or .env):
+  docker compose (JWT_SECRET and JWT_PREVIOUS_SECRETS in the shell or .env, with the
+  FLOWER_BASIC_AUTH and GRAFANA_ADMIN_PASSWORD it also requires):
     1. export JWT_PREVIOUS_SECRETS="$JWT_SECRET"
        export JWT_SECRET='{new_secret}'
        (and save both wherever you keep them, e.g. .env)
