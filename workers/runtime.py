@@ -15,6 +15,10 @@ from engine.db import make_engine, make_session_factory
 @lru_cache(maxsize=1)
 def settings() -> Settings:
     configured = Settings.from_env()
+    # prometheus_client opens its files when the first metric is created: the directory must
+    # exist before anything imports engine.metrics, the action modules loaded here among them.
+    if configured.metrics_dir is not None:
+        configured.metrics_dir.mkdir(parents=True, exist_ok=True)
     actions.load_plugins(configured.action_modules)
     return configured
 

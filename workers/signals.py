@@ -27,11 +27,9 @@ from engine.work import PLAN_TASK, STEP_TASK
 from workers import runtime
 from workers.runtime import after_fork, settings
 
-# prometheus_client opens its files when the first metric is created: the directory must
-# exist before engine.metrics is imported (here, and by the tasks after this module).
-_metrics_dir = settings().metrics_dir
-if _metrics_dir is not None:
-    _metrics_dir.mkdir(parents=True, exist_ok=True)
+# settings() makes the metrics directory, which prometheus_client needs before the first
+# metric is created: it runs before engine.metrics is imported (here, and by the tasks).
+settings()
 
 from engine import metrics  # noqa: E402
 from workers import health  # noqa: E402
