@@ -40,6 +40,9 @@ class CheckResult:
     detail: str
 
 
+BACKUP_MODE = 0o600
+
+
 def default_backup_path(settings: Settings, label: str = "engine") -> Path:
     """var/backups/<label>-<UTC time>.db|.dump, numbered when that second is taken."""
     suffix = "db" if settings.is_sqlite else "dump"
@@ -66,6 +69,9 @@ def backup(settings: Settings, path: Path | None = None, *, replace: bool = Fals
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".partial")
     partial.unlink(missing_ok=True)
+    # Readable by its owner only, from its first byte: a backup holds every run's params and
+    # inputs, and the tokens' revocations.
+    partial.touch(mode=BACKUP_MODE)
     try:
         if settings.is_sqlite:
             _sqlite_backup(sqlite_path(settings), partial)

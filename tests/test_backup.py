@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,6 +109,8 @@ def test_a_backup_never_overwrites_a_file_unless_forced_and_never_the_live_datab
         existing
     )
     assert existing.read_bytes() != b"keep me\n"
+    # Its owner's alone, whatever the file it replaced allowed.
+    assert stat.S_IMODE(existing.stat().st_mode) == 0o600
     if platform.backend == "sqlite":
         platform.register(spec(unique, [{"id": "a", "action": "noop"}]))
         live = Path(platform.database_url.removeprefix("sqlite:///"))
