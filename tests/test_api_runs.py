@@ -456,6 +456,10 @@ def test_cancelling_a_running_run_stops_it_and_cancels_its_steps(stack: Stack, u
     assert after["status"] == "cancelled"
     assert {s["status"] for s in after["steps"]} == {"cancelled"}
     assert [step for _, step, _ in stack.executions(run_id)] == ["nap"]
+    # No warning that a result backend, which the platform does not have, was not told.
+    for worker in stack.workers:
+        lines = worker.log_path.read_text().splitlines()
+        assert not [line for line in lines if run_id in line and "revoked in backend" in line]
 
 
 def test_cancelling_stops_a_step_running_inline_in_another_steps_task(

@@ -53,6 +53,27 @@ class TaskIds(logging.Filter):
         return True
 
 
+class NoResultBackendNote(logging.Filter):
+    """A revoke (a run's cancel) has each worker try to mark every revoked task revoked in
+    the result backend, and warn for each that it could not: this platform keeps results in
+    its database and has no result backend, so the warning says nothing but alarms."""
+
+    MESSAGE = "Failed to mark task %s as revoked in backend: %s"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        return not (
+            record.msg == self.MESSAGE
+            and isinstance(args, tuple)
+            and len(args) == 2
+            and isinstance(args[1], NotImplementedError)
+        )
+
+
+# Celery's remote control logs under this name (celery.worker.control).
+logging.getLogger("celery.worker.control").addFilter(NoResultBackendNote())
+
+
 def _configure_logging(level: int | str | None) -> None:
     logs.configure(settings(), "worker", level or None, filters=[TaskIds()])
 
