@@ -7,10 +7,13 @@ writer expects; the row count says whether it won. The action runs between trans
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from typing import Any
 
 from sqlalchemy import and_, bindparam, case, select, update
+from sqlalchemy.exc import DataError, DBAPIError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine import actions, dlq, metrics, templating
@@ -141,6 +144,22 @@ def attempt(
     return result
 
 
+def _unstorable_output(exc: Exception, output: Any) -> str | None:
+    """Why the output could not be written, when that is what `exc` says, else None. An
+    output JSON cannot hold (a set, a datetime) fails as the statement's parameters are
+    encoded (by SQLAlchemy on SQLite, by the driver on PostgreSQL); one the database
+    refuses (a NaN in jsonb), as it runs. Either way it would fail alike every time."""
+    if isinstance(exc, DataError):
+        return str(exc.orig).splitlines()[0]
+    if isinstance(exc, DBAPIError):
+        return None
+    try:
+        json.dumps(output)
+    except (TypeError, ValueError) as cause:
+        return str(cause)
+    return None
+
+
 def finish_attempt(session: Session, settings: Settings, claim: Claim, result: Result) -> Outcome:
     """Record the attempt's outcome and release the steps it unblocked."""
     if result.error is not None:
@@ -176,12 +195,23 @@ def finish_attempt(session: Session, settings: Settings, claim: Claim, result: R
         "b_now": now,
     }
     run = None
-    if not children and session.get_bind().dialect.name == "postgresql":
-        statement_by_statement(session)  # the one statement needs no transaction around it
-        run = session.execute(_SUCCEED_LEAF, values).first()
-        won = run is not None
-    else:
-        won = bool(session.execute(_SUCCEED_STEP[bool(children)], values).rowcount)
+    try:
+        if not children and session.get_bind().dialect.name == "postgresql":
+            statement_by_statement(session)  # the one statement needs no transaction around it
+            run = session.execute(_SUCCEED_LEAF, values).first()
+            won = run is not None
+        else:
+            won = bool(session.execute(_SUCCEED_STEP[bool(children)], values).rowcount)
+    except (StatementError, TypeError, ValueError) as exc:
+        problem = _unstorable_output(exc, result.output)
+        if problem is None:
+            raise
+        session.rollback()
+        result.error = InvalidInput(
+            f"the output of action {claim.spec.action!r} cannot be stored: {problem}"
+        )
+        result.output = None
+        return finish_attempt(session, settings, claim, result)
     if not won:
         log.warning(
             "run %s step %s: attempt %s lost its lease; outcome dropped",

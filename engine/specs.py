@@ -290,6 +290,78 @@ def _field(error: ValidationError) -> str:
     return text.lstrip(".") or "spec"
 
 
+# Keywords whose errors at an object or array hold whatever its templates render to: they
+# judge its keys or its length, which templates inside it do not change.
+_SHAPE_KEYWORDS = frozenset(
+    {
+        "type",
+        "required",
+        "additionalProperties",
+        "minProperties",
+        "maxProperties",
+        "dependentRequired",
+        "propertyNames",
+        "minItems",
+        "maxItems",
+    }
+)
+
+
+def _input_errors(
+    action: actions.Action, inputs: Any, step_id: str, where: str
+) -> list[dict[str, str]]:
+    """What the action's input schema refuses in a step's `with` whatever its templates
+    render to: a constant value, a missing required key. What depends on a template is
+    left to the run (a step without `with` gets null)."""
+    if action.schema is None:
+        return []
+    templates = templating.template_paths(inputs)
+    found = []
+    for error in Draft202012Validator(action.schema).iter_errors(inputs):
+        path = tuple(error.absolute_path)
+        rendered = any(t[: len(path)] == path for t in templates)
+        if rendered and (error.validator not in _SHAPE_KEYWORDS or path in templates):
+            continue
+        field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error_path(error))
+        found.append(
+            _error(
+                f"{where}.with{field}",
+                f"step {step_id!r}: the inputs of action {action.name!r} can never pass its "
+                f"schema: {error.message}",
+            )
+        )
+    return found
+
+
+def _template_errors(
+    action: actions.Action | None, inputs: Any, step_id: str, needs: tuple[str, ...], where: str
+) -> list[dict[str, str]]:
+    """Templates (and the action's constant expressions) that do not compile, and those
+    that read a step this one does not need: a step sees the outputs of its needs only."""
+    problems, read = templating.check(inputs, f"{where}.with")
+    found = [_error(field, f"step {step_id!r}: template {problem}") for field, problem in problems]
+    for name in action.expressions if action is not None and isinstance(inputs, dict) else ():
+        source = inputs.get(name)
+        if isinstance(source, str) and not templating.is_template(source):
+            problem = templating.check_expression(source, read)
+            if problem:
+                found.append(
+                    _error(
+                        f"{where}.with.{name}",
+                        f"step {step_id!r}: expression {source!r}: {problem}",
+                    )
+                )
+    for other in sorted(read - set(needs)):
+        found.append(
+            _error(
+                f"{where}.with",
+                f"step {step_id!r} reads steps.{other} but does not need {other!r}: "
+                "a step sees the outputs of the steps in its needs only",
+            )
+        )
+    return found
+
+
 def compile_spec(spec: Any, settings: Settings) -> CompiledWorkflow:
     """Check a spec completely and return its compiled form; InvalidSpec lists every problem."""
     payloads.check(spec, error=InvalidSpec)
@@ -326,10 +398,13 @@ def compile_spec(spec: Any, settings: Settings) -> CompiledWorkflow:
             errors.append(_error(f"{where}.needs", f"step {step_id!r} needs itself"))
         if len(set(needs)) != len(needs):
             errors.append(_error(f"{where}.needs", f"step {step_id!r} lists a need twice"))
-        if actions.get(raw["action"]) is None:
+        action = actions.get(raw["action"])
+        if action is None:
             errors.append(
                 _error(f"{where}.action", f"step {step_id!r} uses unknown action {raw['action']!r}")
             )
+        else:
+            errors.extend(_input_errors(action, raw.get("with"), step_id, where))
         timeout = raw.get("timeout_s", default_timeout)
         if timeout > settings.step_timeout_max_s:
             errors.append(
@@ -339,8 +414,7 @@ def compile_spec(spec: Any, settings: Settings) -> CompiledWorkflow:
                     f"({settings.step_timeout_max_s:g})",
                 )
             )
-        for problem in templating.check_syntax(raw.get("with")):
-            errors.append(_error(f"{where}.with", f"step {step_id!r}: template {problem}"))
+        errors.extend(_template_errors(action, raw.get("with"), step_id, needs, where))
         try:
             retry = RetryPolicy.from_spec(
                 raw.get("retry"), default_retry, f"{where}.retry", settings.retry_max_backoff_s

@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError, Undefined
+from jinja2 import StrictUndefined, TemplateError, Undefined, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from engine.errors import InvalidInput
 
 _ENVIRONMENT = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
 _WHOLE_EXPRESSION = re.compile(r"^\{\{(?P<expr>(?:(?!\}\}).)*)\}\}$", re.DOTALL)
+# What a lone expression may yield as it is: what a JSON column stores.
+_SCALARS = (str, int, float, bool, type(None))
+# What a template can raise on its own (a missing name, unsafe access, 1 / 0, "a" + 1, a
+# range too big): not Exception, so a step's soft time limit is not taken for one.
+_FAILURES = (
+    TemplateError,
+    InvalidInput,
+    ArithmeticError,
+    LookupError,
+    TypeError,
+    ValueError,
+    AttributeError,
+    NameError,
+    RuntimeError,
+)
 
 
 @lru_cache(maxsize=4096)
@@ -30,18 +47,57 @@ def is_template(value: str) -> bool:
 
 
 def evaluate(expression: str, context: dict[str, Any]) -> Any:
-    """Evaluate one sandboxed expression to a native value."""
+    """Evaluate one sandboxed expression to a native JSON value. Whatever goes wrong (a
+    missing name, unsafe access, 1 / 0, a value JSON cannot hold) is InvalidInput: the same
+    inputs would fail the same way again."""
     try:
         value = _compile_expression(expression)(**context)
         if isinstance(value, Undefined):
             str(value)  # a lone missing or unsafe name raises only when used: use it here
-    except TemplateError as exc:
+        if not isinstance(value, _SCALARS) or isinstance(value, float):
+            problem = _not_json(value)
+            if problem:
+                raise InvalidInput(f"yields {problem}")
+    except _FAILURES as exc:
         raise InvalidInput(f"expression {expression!r}: {exc}") from exc
     return value
 
 
-def render(value: Any, context: dict[str, Any]) -> Any:
-    """Render every template string inside `value`; a lone `{{ expr }}` keeps its type."""
+def _not_json(value: Any) -> str | None:
+    """What in `value` a JSON column cannot store (a function, an undefined name, NaN), or
+    None. Walked only when a lone expression yields more than a scalar."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return f"{item!r}, which JSON cannot hold"
+        elif isinstance(item, Undefined):
+            str(item)  # raises, naming what is undefined
+        elif isinstance(item, dict):
+            if not all(isinstance(key, _SCALARS) for key in item):
+                return "a mapping whose keys JSON cannot hold"
+            pending.extend(item.values())
+        elif isinstance(item, list | tuple):
+            pending.extend(item)
+        elif not isinstance(item, _SCALARS):
+            return f"a {type(item).__name__}, which JSON cannot hold"
+    return None
+
+
+def render(value: Any, context: dict[str, Any], field: str = "with") -> Any:
+    """Render every template string inside `value`; a lone `{{ expr }}` keeps its type. A
+    failure is InvalidInput naming where in `value` it is (`with.url`, `with.ids[0]`)."""
+    try:
+        return _render(value, context)
+    except _FAILURES as exc:
+        where, problem = _first_failure(value, context, field)
+        raise InvalidInput(
+            f"{where}: {problem or exc}", errors=[{"field": where, "message": problem or str(exc)}]
+        ) from exc
+
+
+def _render(value: Any, context: dict[str, Any]) -> Any:
     if isinstance(value, str):
         if not is_template(value):
             return value
@@ -50,31 +106,100 @@ def render(value: Any, context: dict[str, Any]) -> Any:
             return evaluate(whole.group("expr"), context)
         try:
             return _compile_template(value).render(**context)
-        except TemplateError as exc:
+        except _FAILURES as exc:
             raise InvalidInput(f"template {value!r}: {exc}") from exc
     if isinstance(value, dict):
-        return {key: render(item, context) for key, item in value.items()}
+        return {key: _render(item, context) for key, item in value.items()}
     if isinstance(value, list):
-        return [render(item, context) for item in value]
+        return [_render(item, context) for item in value]
     return value
+
+
+def _first_failure(value: Any, context: dict[str, Any], field: str) -> tuple[str, str | None]:
+    """Where rendering `value` fails, and why (rendered again leaf by leaf: the sandbox
+    changes nothing, so this only runs once a render has failed)."""
+    for where, leaf in _template_leaves(value, field):
+        try:
+            _render(leaf, context)
+        except _FAILURES as exc:
+            return where, str(exc)
+    return field, None
+
+
+def _template_leaves(value: Any, where: str) -> Iterator[tuple[str, str]]:
+    """Each template string inside `value`, with its path (`with.a.b[0]`)."""
+    if isinstance(value, str):
+        if is_template(value):
+            yield where, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _template_leaves(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _template_leaves(item, f"{where}[{index}]")
+
+
+def template_paths(value: Any) -> list[tuple[str | int, ...]]:
+    """The path (keys and indexes) of every template string inside `value`."""
+    found: list[tuple[str | int, ...]] = []
+    pending: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
+    while pending:
+        item, path = pending.pop()
+        if isinstance(item, str) and is_template(item):
+            found.append(path)
+        elif isinstance(item, dict):
+            pending.extend((member, (*path, key)) for key, member in item.items())
+        elif isinstance(item, list):
+            pending.extend((member, (*path, index)) for index, member in enumerate(item))
+    return found
+
+
+@lru_cache(maxsize=4096)
+def _parse(source: str, expression: bool) -> nodes.Template:
+    if expression:
+        source = f"{{{{ {source} }}}}"
+    return _ENVIRONMENT.parse(source)
+
+
+def check(value: Any, field: str = "with") -> tuple[list[tuple[str, str]], set[str]]:
+    """Check the templates inside `value` before anything runs: the syntax errors, each
+    with where it is, and the ids of the steps they read (`steps.x`, `steps['x']`)."""
+    problems: list[tuple[str, str]] = []
+    steps: set[str] = set()
+    for where, template in _template_leaves(value, field):
+        whole = _WHOLE_EXPRESSION.match(template.strip())
+        source = whole.group("expr") if whole else template
+        problem = _check_source(source, bool(whole), steps)
+        if problem:
+            problems.append((where, f"{template!r}: {problem}"))
+    return problems, steps
+
+
+def check_expression(source: str, steps: set[str]) -> str | None:
+    """The syntax error of one sandboxed expression (None when it compiles); the ids of the
+    steps it reads are added to `steps`."""
+    return _check_source(source, True, steps)
+
+
+def _check_source(source: str, expression: bool, steps: set[str]) -> str | None:
+    try:
+        if expression:
+            _compile_expression(source)
+        else:
+            _compile_template(source)
+        tree = _parse(source, expression)
+    except TemplateError as exc:
+        return str(exc)
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        base = node.node
+        if isinstance(base, nodes.Name) and base.name == "steps":
+            if isinstance(node, nodes.Getattr):
+                steps.add(node.attr)
+            elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+                steps.add(node.arg.value)
+    return None
 
 
 def check_syntax(value: Any) -> list[str]:
     """Syntax errors in the templates inside `value` (empty when all compile)."""
-    problems: list[str] = []
-    if isinstance(value, str) and is_template(value):
-        try:
-            whole = _WHOLE_EXPRESSION.match(value.strip())
-            if whole:
-                _compile_expression(whole.group("expr"))
-            else:
-                _compile_template(value)
-        except TemplateError as exc:
-            problems.append(f"{value!r}: {exc}")
-    elif isinstance(value, dict):
-        for item in value.values():
-            problems.extend(check_syntax(item))
-    elif isinstance(value, list):
-        for item in value:
-            problems.extend(check_syntax(item))
-    return problems
+    return [problem for _, problem in check(value)[0]]

@@ -150,10 +150,31 @@ INVALID = {
         "unexpected",
     ),
     "a template that does not parse": (
-        [{"id": "a", "action": "echo", "with": {"x": "{{ params. }}"}}],
+        [{"id": "a", "action": "echo", "with": {"x": ["{{ params. }}"]}}],
         {},
-        "steps[0].with",
+        "steps[0].with.x[0]",
         "template",
+    ),
+    "a template reading a step that is not a need": (
+        [
+            {"id": "a", "action": "echo"},
+            {"id": "b", "action": "echo", "with": {"x": "{{ steps.a.output }}"}},
+        ],
+        {},
+        "steps[1].with",
+        "does not need 'a'",
+    ),
+    "an expression that does not parse": (
+        [{"id": "a", "action": "transform", "with": {"expression": "params.n +"}}],
+        {},
+        "steps[0].with.expression",
+        "params.n +",
+    ),
+    "inputs the action's schema always refuses": (
+        [{"id": "a", "action": "sleep", "with": {"seconds": -1}}],
+        {},
+        "steps[0].with.seconds",
+        "can never pass its schema",
     ),
 }
 

@@ -126,3 +126,39 @@ def test_a_failing_step_fails_the_run_and_skips_what_follows(stack: Stack, uniqu
     statuses = {step["step_id"]: step["status"] for step in run["steps"]}
     assert statuses == {"boom": "dead", "after": "skipped"}
     assert stack.executions(run_id) == []
+
+
+def test_inputs_that_fail_to_render_or_an_output_json_cannot_hold_fail_at_once(
+    stack: Stack, unique: str
+) -> None:
+    """Each fails alike at every attempt: the step is dead after one, whatever its retry
+    policy, its error naming the step and where in `with` it failed; the run fails."""
+    retry = {"max_attempts": 3, "backoff_s": 0.05, "max_backoff_s": 0.05}
+    cases = {
+        "sum": ({"total": ["{{ params.company + 1 }}"]}, "echo", "with.total[0]"),
+        "lipsum": ({"text": "{{ lipsum }}"}, "echo", "with.text"),
+        "nested": ({"list": "{{ [params.nmae] }}"}, "echo", "with.list"),
+        "divide": ({"expression": "params.n / 0"}, "transform", "division by zero"),
+        "output": (None, "unstorable", "cannot be stored"),
+    }
+    run_ids = {}
+    for name, (inputs, action, _) in cases.items():
+        stack.register(
+            spec(
+                f"{unique}_{name}",
+                [
+                    {"id": "first", "action": action, "with": inputs, "retry": retry},
+                    {"id": "after", "action": "record", "needs": ["first"]},
+                ],
+            )
+        )
+        run_ids[name] = stack.submit(f"{unique}_{name}", {"company": "acme", "n": 1})
+    for name, run_id in run_ids.items():
+        run = stack.wait_finished(run_id, timeout=30)
+        assert run["status"] == "failed", (name, run)
+        words = cases[name][2]
+        assert run["error"].startswith("step 'first' failed after 1 attempt(s): InvalidInput: ")
+        assert words in run["error"], (name, run["error"])
+        first, after = run["steps"]
+        assert (first["status"], first["attempts"], after["status"]) == ("dead", 1, "skipped")
+        assert first["output"] is None

@@ -44,9 +44,13 @@ ActionFunction = Callable[[Any, ActionContext], Any]
 
 @dataclass(frozen=True)
 class Action:
+    """`expressions` names the inputs that hold a sandboxed expression (as `transform`'s
+    `expression`): a spec's constant one is checked when the workflow is registered."""
+
     name: str
     function: ActionFunction
     schema: dict[str, Any] | None = None
+    expressions: tuple[str, ...] = ()
 
     def check_inputs(self, inputs: Any, field_prefix: str = "inputs") -> None:
         """Validate rendered inputs against the action's schema; 422 names the field."""
@@ -68,12 +72,12 @@ _loaded = False
 
 
 def register(
-    name: str, schema: dict[str, Any] | None = None
+    name: str, schema: dict[str, Any] | None = None, expressions: tuple[str, ...] = ()
 ) -> Callable[[ActionFunction], ActionFunction]:
     """Decorator: register `fn` as the action `name`."""
 
     def decorate(function: ActionFunction) -> ActionFunction:
-        _REGISTRY[name] = Action(name, function, schema)
+        _REGISTRY[name] = Action(name, function, schema, expressions)
         return function
 
     return decorate

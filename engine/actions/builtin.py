@@ -71,6 +71,7 @@ def fail(inputs: dict[str, Any] | None, context: ActionContext) -> dict[str, Any
         "required": ["expression"],
         "properties": {"expression": {"type": "string"}},
     },
+    expressions=("expression",),
 )
 def transform(inputs: dict[str, Any], context: ActionContext) -> Any:
     """Evaluate a sandboxed expression over params, upstream outputs and the other inputs."""

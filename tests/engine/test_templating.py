@@ -70,3 +70,54 @@ def test_an_expression_is_evaluated_to_a_native_value() -> None:
     assert templating.evaluate("steps.fetch.output.employees * 2", CONTEXT) == 120
     with pytest.raises(InvalidInput):
         templating.evaluate("params.__class__.__base__", CONTEXT)
+
+
+@pytest.mark.parametrize(
+    ("template", "words"),
+    [
+        ("{{ params.nmae }}", "no attribute 'nmae'"),
+        ("{{ 1 / 0 }}", "division by zero"),
+        ("{{ params.company + 1 }}", "can only concatenate"),
+        ("{{ range(10 ** 9) | list }}", "MAX_RANGE"),
+        ("{{ lipsum }}", "JSON cannot hold"),
+        ("{{ [params.nmae] }}", "no attribute 'nmae'"),
+        ("{{ {'a': params.nmae} }}", "no attribute 'nmae'"),
+        ("{{ 'nan' | float }}", "nan"),
+        ("{{ params.n * 1e308 }}", "JSON cannot hold"),
+        ("x {{ 1 / 0 }}", "division by zero"),
+    ],
+)
+def test_a_failing_template_is_invalid_input_naming_the_field(template: str, words: str) -> None:
+    """Whatever a template raises, or a lone expression yields that JSON cannot hold, is the
+    same at every attempt: InvalidInput (not retried), naming where it is in `with`."""
+    inputs = {"ok": "{{ params.n }}", "deep": {"list": [1, template]}}
+    with pytest.raises(InvalidInput) as raised:
+        templating.render(inputs, CONTEXT)
+    assert str(raised.value).startswith("with.deep.list[1]: "), raised.value
+    assert words in str(raised.value)
+    assert raised.value.errors[0]["field"] == "with.deep.list[1]"
+
+
+def test_a_lone_expression_yields_json_values_only() -> None:
+    assert templating.render("{{ (params.n, [params.company]) }}", CONTEXT) == (3, ["acme"])
+    assert templating.render("{{ {1: params.tags} }}", CONTEXT) == {1: ["a", "b"]}
+    for expression in ("lipsum", "params.items()", "[cycler]"):
+        with pytest.raises(InvalidInput, match="JSON cannot hold"):
+            templating.evaluate(expression, CONTEXT)
+
+
+def test_the_steps_a_template_reads_are_found_before_anything_runs() -> None:
+    inputs = {
+        "a": "{{ steps.fetch.output.n }} and {{ steps['score'].output }}",
+        "b": ["{% for row in steps.rows.output %}{{ row }}{% endfor %}", "{{ params.n }}"],
+        "c": "{{ steps[params.which] }}",
+    }
+    problems, read = templating.check(inputs)
+    assert problems == []
+    assert read == {"fetch", "score", "rows"}
+    read = set()
+    assert templating.check_expression("steps.left.output * 2", read) is None
+    assert read == {"left"}
+    assert "unexpected" in str(templating.check_expression("1 +", read))
+    problems, _ = templating.check({"x": [{"y": "{{ params. }}"}]})
+    assert [field for field, _ in problems] == ["with.x[0].y"]

@@ -209,3 +209,86 @@ def test_a_yaml_spec_whose_aliases_expand_beyond_the_limit_is_refused_at_once() 
     steps += "  - {id: b, action: noop, retry: *twice}\n"
     compiled = compile_spec(parse_text(f"name: unit\nversion: 1\nsteps:\n{steps}"), SETTINGS)
     assert compiled.steps["b"].retry.max_attempts == 2
+
+
+def test_a_template_reading_a_step_that_is_not_a_need_is_refused() -> None:
+    """A step sees the outputs of the steps in its needs only: reading another one (upstream
+    through a need, downstream, itself, or absent) could only fail at run time."""
+    errors = errors_of(
+        spec(
+            [
+                {"id": "a", "action": "echo"},
+                {"id": "b", "action": "echo", "needs": ["a"]},
+                {"id": "c", "action": "echo", "needs": ["b"], "with": "{{ steps.a.output }}"},
+                {"id": "d", "action": "echo", "with": {"x": ["{{ steps['d'].output }}"]}},
+                {
+                    "id": "e",
+                    "action": "transform",
+                    "needs": ["b"],
+                    "with": {"expression": "steps.b.output + steps.ghost.output"},
+                },
+            ]
+        )
+    )
+    assert set(errors) == {"steps[2].with", "steps[3].with", "steps[4].with"}
+    assert "reads steps.a but does not need 'a'" in errors["steps[2].with"]
+    assert "reads steps.d" in errors["steps[3].with"]
+    assert "reads steps.ghost" in errors["steps[4].with"]
+    compiled = compile_spec(
+        spec(
+            [
+                {"id": "a", "action": "echo"},
+                {"id": "b", "action": "transform", "needs": ["a"], "with": {"expression": "1"}},
+                {
+                    "id": "c",
+                    "action": "transform",
+                    "needs": ["a", "b"],
+                    "with": {"expression": "steps.b.output", "a": "{{ steps['a'].output }}"},
+                },
+            ]
+        ),
+        SETTINGS,
+    )
+    assert compiled.stages() == [["a"], ["b"], ["c"]]
+
+
+def test_a_transform_expression_that_does_not_parse_is_refused_naming_it() -> None:
+    errors = errors_of(spec([{"id": "a", "action": "transform", "with": {"expression": "1 +"}}]))
+    assert list(errors) == ["steps[0].with.expression"]
+    assert "'1 +'" in errors["steps[0].with.expression"]
+
+
+def test_inputs_that_can_never_pass_the_actions_schema_are_refused_at_registration() -> None:
+    """Constant inputs, and keys the schema requires, are the same at every run; what a
+    template renders to is only known then."""
+    errors = errors_of(
+        spec(
+            [
+                {"id": "a", "action": "sleep", "with": {"seconds": "ten"}},
+                {"id": "b", "action": "sleep"},
+                {"id": "c", "action": "sleep", "with": {"secs": "{{ params.s }}"}},
+                {"id": "d", "action": "fail", "with": {"until_attempt": 0, "message": "{{ 1 }}"}},
+                {"id": "e", "action": "transform", "with": {"expression": 42}},
+            ]
+        )
+    )
+    assert set(errors) == {
+        "steps[0].with.seconds",
+        "steps[1].with",
+        "steps[2].with.seconds",
+        "steps[3].with.until_attempt",
+        "steps[4].with.expression",
+    }
+    assert "can never pass its schema" in errors["steps[0].with.seconds"]
+    assert "'seconds' is a required property" in errors["steps[2].with.seconds"]
+    compile_spec(
+        spec(
+            [
+                {"id": "a", "action": "sleep", "with": {"seconds": "{{ params.s }}"}},
+                {"id": "b", "action": "sleep", "with": "{{ params.sleep }}"},
+                {"id": "c", "action": "fail", "with": {"until_attempt": "{{ params.n }}"}},
+                {"id": "d", "action": "echo", "with": {"anything": ["goes", 1]}},
+            ]
+        ),
+        SETTINGS,
+    )

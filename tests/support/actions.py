@@ -89,3 +89,9 @@ def worker_facts(inputs: Any, context: ActionContext) -> dict[str, Any]:
         with engine.connect() as connection:
             commit = connection.execute(text("SHOW synchronous_commit")).scalar_one()
     return {"synchronous_commit": commit, "frozen_objects": gc.get_freeze_count()}
+
+
+@register("unstorable")
+def unstorable(inputs: Any, context: ActionContext) -> Any:
+    """Return what JSON cannot hold (a set), as an action with a slip would."""
+    return {"tags": {"a", "b"}}
