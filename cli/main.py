@@ -175,8 +175,9 @@ def _read_spec(path: str) -> object:
 @click.argument("path")
 def workflows_validate(path: str) -> None:
     """Check a spec file (YAML or JSON) and print its stages."""
+    current = _with_actions()  # a plugin that cannot be imported is an error of its own
     try:
-        compiled = specs.compile_spec(_read_spec(path), _with_actions())
+        compiled = specs.compile_spec(_read_spec(path), current)
     except EngineError as exc:
         for error in exc.errors or [{"field": "spec", "message": exc.detail}]:
             click.echo(f"{error['field']}: {error['message']}", err=True)

@@ -272,6 +272,10 @@ def test_bad_input_and_bad_settings_end_in_one_line_and_a_non_zero_exit(
         engine_cli(database, "runs", "ls", RETRY_MAX_ATTEMPTS="abc")
     )
     assert "DATABASE_URL" in refused(engine_cli(database, "db", "check", DATABASE_URL="bogus://x"))
+    message = refused(
+        engine_cli(database, "workflows", "validate", "-", ENGINE_ACTION_MODULES="no_such.actions")
+    )
+    assert "ENGINE_ACTION_MODULES names 'no_such.actions'" in message, message
     nowhere = tmp_path / "no" / "such" / "directory" / "engine.db"
     assert "does not exist" in refused(
         engine_cli(database, "db", "current", DATABASE_URL=f"sqlite:///{nowhere}")

@@ -119,6 +119,34 @@ def test_the_worker_refuses_to_start_with_a_visibility_timeout_below_the_longest
         worker.stop()
 
 
+def test_the_worker_refuses_to_start_with_an_action_module_that_cannot_be_imported(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "broken_actions.py").write_text("import no_such_dependency\n")
+    env = {
+        **os.environ,
+        **environment(
+            tmp_path,
+            ENGINE_ACTION_MODULES="tests.support.actions,broken_actions",
+            DATABASE_URL=f"sqlite:///{tmp_path / 'engine.db'}",
+            REDIS_URL="redis://127.0.0.1:1/0",
+            PYTHONPATH=str(tmp_path),
+        ),
+    }
+    worker = Worker(env, tmp_path / "worker.log")
+    try:
+        with pytest.raises(AssertionError, match="worker exited"):
+            worker.start()
+        assert worker.process is not None and worker.process.returncode != 0
+        output = (tmp_path / "worker.log").read_text()
+        assert (
+            "ConfigError: ENGINE_ACTION_MODULES names 'broken_actions', which cannot be "
+            "imported: ModuleNotFoundError: No module named 'no_such_dependency'"
+        ) in output
+    finally:
+        worker.stop()
+
+
 def test_celery_gets_the_visibility_timeout_late_acks_and_the_reconciler_schedule(
     tmp_path: Path,
 ) -> None:

@@ -16,7 +16,7 @@ from jsonschema import Draft202012Validator
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.config import Settings
-from engine.errors import InvalidInput
+from engine.errors import ConfigError, InvalidInput
 
 BUILTIN_MODULES = ("engine.actions.builtin", "engine.actions.http", "engine.actions.life")
 
@@ -84,16 +84,30 @@ def register(
 
 
 def load_plugins(modules: Iterable[str] = ()) -> None:
-    """Import the built-ins, entry-point plugins and the named modules (once each)."""
+    """Import the built-ins, entry-point plugins and the named modules (once each). A plugin
+    that cannot be imported is a ConfigError naming it and why: the API, a worker or the
+    `engine` command refuses to start rather than refuse its actions' workflows later."""
     global _loaded
     if not _loaded:
         for builtin in BUILTIN_MODULES:
             importlib.import_module(builtin)
         for entry in entry_points(group="engine.actions"):
-            entry.load()
+            try:
+                entry.load()
+            except Exception as exc:
+                raise ConfigError(
+                    f"the action plugin {entry.name!r} of the engine.actions entry points "
+                    f"({entry.value}) cannot be loaded: {type(exc).__name__}: {exc}"
+                ) from exc
         _loaded = True
     for module in modules:
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except Exception as exc:
+            raise ConfigError(
+                f"ENGINE_ACTION_MODULES names {module!r}, which cannot be imported: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
 
 
 def get(name: str) -> Action | None:
