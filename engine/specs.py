@@ -333,13 +333,19 @@ def _input_errors(
     return found
 
 
+def _syntax_errors(inputs: Any, step_id: str, where: str) -> list[dict[str, str]]:
+    """The templates in a step's `with` that do not compile."""
+    problems, _ = templating.check(inputs, f"{where}.with")
+    return [_error(field, f"step {step_id!r}: template {problem}") for field, problem in problems]
+
+
 def _template_errors(
     action: actions.Action | None, inputs: Any, step_id: str, needs: tuple[str, ...], where: str
 ) -> list[dict[str, str]]:
     """Templates (and the action's constant expressions) that do not compile, and those
     that read a step this one does not need: a step sees the outputs of its needs only."""
-    problems, read = templating.check(inputs, f"{where}.with")
-    found = [_error(field, f"step {step_id!r}: template {problem}") for field, problem in problems]
+    found = _syntax_errors(inputs, step_id, where)
+    _, read = templating.check(inputs, f"{where}.with")
     for name in action.expressions if action is not None and isinstance(inputs, dict) else ():
         source = inputs.get(name)
         if isinstance(source, str) and not templating.is_template(source):
@@ -362,8 +368,11 @@ def _template_errors(
     return found
 
 
-def compile_spec(spec: Any, settings: Settings) -> CompiledWorkflow:
-    """Check a spec completely and return its compiled form; InvalidSpec lists every problem."""
+def compile_spec(spec: Any, settings: Settings, *, registering: bool = True) -> CompiledWorkflow:
+    """Check a spec completely and return its compiled form; InvalidSpec lists every problem.
+    `registering=False` compiles a stored version: what only registration checks (which
+    steps templates read, inputs the action's schema refuses whatever the templates render
+    to) was not checked when older versions were registered, and their runs go on."""
     payloads.check(spec, error=InvalidSpec)
     errors = [_error(_field(e), e.message) for e in _SPEC_VALIDATOR.iter_errors(spec)]
     if errors:
@@ -403,7 +412,7 @@ def compile_spec(spec: Any, settings: Settings) -> CompiledWorkflow:
             errors.append(
                 _error(f"{where}.action", f"step {step_id!r} uses unknown action {raw['action']!r}")
             )
-        else:
+        elif registering:
             errors.extend(_input_errors(action, raw.get("with"), step_id, where))
         timeout = raw.get("timeout_s", default_timeout)
         if timeout > settings.step_timeout_max_s:
@@ -414,7 +423,10 @@ def compile_spec(spec: Any, settings: Settings) -> CompiledWorkflow:
                     f"({settings.step_timeout_max_s:g})",
                 )
             )
-        errors.extend(_template_errors(action, raw.get("with"), step_id, needs, where))
+        if registering:
+            errors.extend(_template_errors(action, raw.get("with"), step_id, needs, where))
+        else:
+            errors.extend(_syntax_errors(raw.get("with"), step_id, where))
         try:
             retry = RetryPolicy.from_spec(
                 raw.get("retry"), default_retry, f"{where}.retry", settings.retry_max_backoff_s

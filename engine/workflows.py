@@ -115,7 +115,8 @@ def compiled(session: Session, settings: Settings, name: str, version: int) -> C
     key = (_database(session), name, version)
     found = _COMPILED.get(key)
     if found is None:
-        found = _COMPILED[key] = compile_spec(get(session, name, version).spec, settings)
+        spec = get(session, name, version).spec
+        found = _COMPILED[key] = compile_spec(spec, settings, registering=False)
     return found
 
 

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+
+from engine.errors import InvalidSpec
+from engine.models import Workflow
+from engine.specs import compile_spec, spec_hash
 from tests.conftest import spec
 from tests.support.stack import Stack
 
@@ -162,3 +167,23 @@ def test_inputs_that_fail_to_render_or_an_output_json_cannot_hold_fail_at_once(
         first, after = run["steps"]
         assert (first["status"], first["attempts"], after["status"]) == ("dead", 1, "skipped")
         assert first["output"] is None
+
+
+def test_a_version_registered_before_a_check_existed_still_runs(stack: Stack, unique: str) -> None:
+    """What registration refuses now was accepted before: a stored version is compiled
+    without those checks, so its runs go on as they did (here, a template that reads a
+    step it does not need, in a branch these params never take)."""
+    body = spec(
+        unique,
+        [
+            {"id": "a", "action": "echo", "with": {"n": 1}},
+            {"id": "b", "action": "echo", "with": "{{ steps.a.output if params.read else 0 }}"},
+        ],
+    )
+    with pytest.raises(InvalidSpec):
+        compile_spec(body, stack.settings)
+    with stack.sessions.begin() as session:
+        session.add(Workflow(name=unique, version=1, spec=body, spec_hash=spec_hash(body)))
+    run = stack.wait_finished(stack.submit(unique, {"read": False}))
+    assert run["status"] == "succeeded", run
+    assert {step["step_id"]: step["output"] for step in run["steps"]} == {"a": {"n": 1}, "b": 0}
