@@ -416,13 +416,18 @@ def compile_spec(spec: Any, settings: Settings, *, registering: bool = True) -> 
             errors.extend(_input_errors(action, raw.get("with"), step_id, where))
         timeout = raw.get("timeout_s", default_timeout)
         if timeout > settings.step_timeout_max_s:
-            errors.append(
-                _error(
-                    f"{where}.timeout_s",
-                    f"step {step_id!r}: timeout_s exceeds STEP_TIMEOUT_MAX_S "
-                    f"({settings.step_timeout_max_s:g})",
-                )
+            # Named where it is written: a step's own, or the defaults' (once for all).
+            owner, field = (
+                (f"step {step_id!r}", f"{where}.timeout_s")
+                if "timeout_s" in raw
+                else ("defaults", "defaults.timeout_s")
             )
+            error = _error(
+                field,
+                f"{owner}: timeout_s exceeds STEP_TIMEOUT_MAX_S ({settings.step_timeout_max_s:g})",
+            )
+            if error not in errors:
+                errors.append(error)
         if registering:
             errors.extend(_template_errors(action, raw.get("with"), step_id, needs, where))
         else:

@@ -292,3 +292,21 @@ def test_inputs_that_can_never_pass_the_actions_schema_are_refused_at_registrati
         ),
         SETTINGS,
     )
+
+
+def test_a_timeout_above_the_maximum_is_named_where_it_is_written() -> None:
+    errors = errors_of(
+        spec(
+            [
+                {"id": "a", "action": "noop"},
+                {"id": "b", "action": "noop"},
+                {"id": "c", "action": "noop", "timeout_s": 99_999},
+                {"id": "d", "action": "noop", "timeout_s": 5},
+            ],
+            defaults={"timeout_s": 7200},
+        )
+    )
+    assert errors == {
+        "defaults.timeout_s": "defaults: timeout_s exceeds STEP_TIMEOUT_MAX_S (3600)",
+        "steps[2].timeout_s": "step 'c': timeout_s exceeds STEP_TIMEOUT_MAX_S (3600)",
+    }
