@@ -396,12 +396,14 @@ def compile_spec(spec: Any, settings: Settings, *, registering: bool = True) -> 
         errors.append(_error("params", "a $ref must point into the schema itself (#...)"))
 
     steps: dict[str, StepSpec] = {}
+    indexes: dict[str, int] = {}  # where each step is in the spec, compiled or not
     for index, raw in enumerate(spec["steps"]):
         where = f"steps[{index}]"
         step_id = raw["id"]
-        if step_id in steps:
+        if step_id in indexes:
             errors.append(_error(f"{where}.id", f"duplicate step id {step_id!r}"))
             continue
+        indexes[step_id] = index
         needs = tuple(raw.get("needs", ()))
         if step_id in needs:
             errors.append(_error(f"{where}.needs", f"step {step_id!r} needs itself"))
@@ -449,11 +451,11 @@ def compile_spec(spec: Any, settings: Settings, *, registering: bool = True) -> 
             raw.get("queue", defaults.get("queue", "steps")),
         )
 
-    for index, step in enumerate(steps.values()):
-        for need in step.needs:
-            if need not in steps and need != step.id:
+    for step_id, index in indexes.items():
+        for need in spec["steps"][index].get("needs", ()):
+            if need not in indexes:
                 errors.append(
-                    _error(f"steps[{index}].needs", f"step {step.id!r} needs unknown step {need!r}")
+                    _error(f"steps[{index}].needs", f"step {step_id!r} needs unknown step {need!r}")
                 )
     if not errors:
         needs = {step.id: step.needs for step in steps.values()}

@@ -310,3 +310,25 @@ def test_a_timeout_above_the_maximum_is_named_where_it_is_written() -> None:
         "defaults.timeout_s": "defaults: timeout_s exceeds STEP_TIMEOUT_MAX_S (3600)",
         "steps[2].timeout_s": "step 'c': timeout_s exceeds STEP_TIMEOUT_MAX_S (3600)",
     }
+
+
+def test_each_problem_is_named_at_its_own_step_whatever_was_wrong_before_it() -> None:
+    """A step left out of the compiled form (a duplicate id, a bad retry) moves no other
+    step's errors to another index, and is still a step that others may need."""
+    errors = errors_of(
+        spec(
+            [
+                {"id": "a", "action": "noop"},
+                {"id": "a", "action": "noop"},
+                {"id": "x", "action": "noop", "retry": {"backoff_s": 5, "max_backoff_s": 1}},
+                {"id": "b", "action": "noop", "needs": ["ghost", "x"]},
+                {"id": "x", "action": "noop"},
+            ]
+        )
+    )
+    assert errors == {
+        "steps[1].id": "duplicate step id 'a'",
+        "steps[2].retry": "backoff_s must be >= 0 and max_backoff_s >= backoff_s",
+        "steps[3].needs": "step 'b' needs unknown step 'ghost'",
+        "steps[4].id": "duplicate step id 'x'",
+    }
