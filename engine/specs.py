@@ -378,14 +378,15 @@ def compile_spec(spec: Any, settings: Settings, *, registering: bool = True) -> 
     if errors:
         raise InvalidSpec("the workflow spec is invalid", errors=errors)
     defaults = spec.get("defaults", {})
-    default_retry = RetryPolicy.from_spec(
-        defaults.get("retry"),
-        RetryPolicy(
-            settings.retry_max_attempts, settings.retry_backoff_s, settings.retry_max_backoff_s
-        ),
-        "defaults.retry",
-        settings.retry_max_backoff_s,
+    default_retry = RetryPolicy(
+        settings.retry_max_attempts, settings.retry_backoff_s, settings.retry_max_backoff_s
     )
+    try:
+        default_retry = RetryPolicy.from_spec(
+            defaults.get("retry"), default_retry, "defaults.retry", settings.retry_max_backoff_s
+        )
+    except InvalidSpec as exc:  # reported with the others; the steps are checked on the settings'
+        errors.extend(exc.errors)
     default_timeout = defaults.get("timeout_s", settings.step_timeout_s)
     params_schema = spec.get("params") or {"type": "object"}
     try:

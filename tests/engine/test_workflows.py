@@ -332,3 +332,13 @@ def test_each_problem_is_named_at_its_own_step_whatever_was_wrong_before_it() ->
         "steps[3].needs": "step 'b' needs unknown step 'ghost'",
         "steps[4].id": "duplicate step id 'x'",
     }
+
+
+def test_a_bad_default_retry_is_reported_with_the_other_problems() -> None:
+    errors = errors_of(
+        spec(
+            [{"id": "a", "action": "no_such_action"}],
+            defaults={"retry": {"backoff_s": 5, "max_backoff_s": 1}},
+        )
+    )
+    assert set(errors) == {"defaults.retry", "steps[0].action"}
