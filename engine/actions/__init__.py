@@ -13,6 +13,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.config import Settings
@@ -75,6 +76,14 @@ def register(
     name: str, schema: dict[str, Any] | None = None, expressions: tuple[str, ...] = ()
 ) -> Callable[[ActionFunction], ActionFunction]:
     """Decorator: register `fn` as the action `name`."""
+
+    if schema is not None:
+        try:
+            Draft202012Validator.check_schema(schema)
+        except SchemaError as exc:
+            raise ConfigError(
+                f"action {name!r}: its schema is not a valid JSON Schema: {exc.message}"
+            ) from None
 
     def decorate(function: ActionFunction) -> ActionFunction:
         _REGISTRY[name] = Action(name, function, schema, expressions)

@@ -1,0 +1,20 @@
+"""The actions registry: what a plugin registers is checked as it registers."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine import actions
+from engine.errors import ConfigError
+
+
+def test_an_action_whose_schema_is_not_json_schema_is_refused_as_it_registers() -> None:
+    """Else every workflow using it would fail when registered (the schema is checked
+    against constant inputs) and every attempt of its steps at run time."""
+    with pytest.raises(ConfigError, match="'unit.bad_schema': its schema is not a valid JSON"):
+
+        @actions.register("unit.bad_schema", schema={"type": "objekt"})
+        def bad(inputs: object, context: actions.ActionContext) -> None:
+            return None
+
+    assert actions.get("unit.bad_schema") is None
