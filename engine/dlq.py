@@ -33,9 +33,19 @@ def fingerprint(exception_type: str, trace: str, message: str = "") -> str:
 
 
 def describe(error: BaseException) -> tuple[str, str, str]:
-    """(type name, message, formatted traceback) of an exception."""
+    """(type name, message, formatted traceback) of an exception. The message of an engine
+    error carries the fields it names (`inputs.seconds: …`) unless it already says them: a
+    run's error is all its author sees of a spec or inputs refused in a worker."""
     trace = "".join(traceback_module.format_exception(type(error), error, error.__traceback__))
-    return type(error).__name__, str(error), trace
+    message = str(error)
+    details = [
+        f"{item['field']}: {item['message']}"
+        for item in getattr(error, "errors", None) or ()
+        if isinstance(item, dict) and str(item.get("message")) not in message
+    ]
+    if details:
+        message = f"{message} ({'; '.join(details)})"
+    return type(error).__name__, message, trace
 
 
 def record(

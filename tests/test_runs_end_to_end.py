@@ -6,6 +6,7 @@ from collections import Counter
 
 import pytest
 
+from engine import actions
 from engine.errors import InvalidSpec
 from engine.models import Workflow
 from engine.specs import compile_spec, spec_hash
@@ -187,3 +188,25 @@ def test_a_version_registered_before_a_check_existed_still_runs(stack: Stack, un
     run = stack.wait_finished(stack.submit(unique, {"read": False}))
     assert run["status"] == "succeeded", run
     assert {step["step_id"]: step["output"] for step in run["steps"]} == {"a": {"n": 1}, "b": 0}
+
+
+def test_a_run_refused_in_the_worker_says_which_field_and_why(stack: Stack, unique: str) -> None:
+    """A spec whose action the worker does not have (its plugin not deployed there), and
+    inputs the action's schema refuses once rendered: the run's error names the field."""
+
+    @actions.register(f"{unique}.api_only")
+    def api_only(inputs: object, context: actions.ActionContext) -> None:
+        return None
+
+    stack.register(spec(f"{unique}_plugin", [{"id": "a", "action": f"{unique}.api_only"}]))
+    stack.register(
+        spec(f"{unique}_inputs", [{"id": "nap", "action": "sleep", "with": "{{ params.nap }}"}])
+    )
+    missing = stack.wait_finished(stack.submit(f"{unique}_plugin"))
+    assert missing["status"] == "failed"
+    assert (
+        f"steps[0].action: step 'a' uses unknown action '{unique}.api_only'" in (missing["error"])
+    ), missing["error"]
+    refused = stack.wait_finished(stack.submit(f"{unique}_inputs", {"nap": {"seconds": "ten"}}))
+    assert refused["status"] == "failed"
+    assert "inputs.seconds: 'ten' is not of type 'number'" in refused["error"], refused["error"]
