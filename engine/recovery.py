@@ -17,10 +17,17 @@ from sqlalchemy.orm import Session
 from engine import metrics, workflows
 from engine.attempts import Outcome, parse_task_id
 from engine.config import Settings
+from engine.errors import InvalidSpec
 from engine.failures import fail_attempt, record_lost_attempt
 from engine.models import Run, Step, utcnow
 from engine.state import STEP_LIVE, RunStatus, StepStatus
-from engine.work import MANAGER_QUEUE, Work, plan_dispatch, step_dispatch
+from engine.work import (
+    MANAGER_QUEUE,
+    Work,
+    plan_dispatch,
+    step_dispatch,
+    uncompiled_plan_dispatch,
+)
 
 log = logging.getLogger(__name__)
 steps = Step.__table__
@@ -65,9 +72,19 @@ def reconcile(
             .values(dispatched_at=now)
             .returning(runs.c.workflow, runs.c.version, runs.c.priority)
         ).first()
-        if run is not None:
+        if run is None:
+            continue
+        try:
             workflow = workflows.compiled(session, settings, run.workflow, run.version)
-            work.dispatches.append(plan_dispatch(run_id, workflow, settings, run.priority))
+        except InvalidSpec as exc:
+            # Not here (an action plugin this process lacks): plan_run fails the run, naming
+            # why, and the other runs' plans go out all the same.
+            log.warning("reconciler: run %s: %s %s", run_id, exc.detail, exc.errors)
+            work.dispatches.append(
+                uncompiled_plan_dispatch(run_id, run.workflow, run.version, settings, run.priority)
+            )
+            continue
+        work.dispatches.append(plan_dispatch(run_id, workflow, settings, run.priority))
 
     # A step's message carries its next attempt; only steps of running runs are claimable.
     waiting = or_(

@@ -69,10 +69,27 @@ def plan_dispatch(
     first_step_timeout_s = max(
         (spec.timeout_s for spec in workflow.steps.values() if not spec.needs), default=0.0
     )
+    return uncompiled_plan_dispatch(
+        run_id, workflow.name, workflow.version, settings, priority, first_step_timeout_s
+    )
+
+
+def uncompiled_plan_dispatch(
+    run_id: str,
+    name: str,
+    version: int,
+    settings: Settings,
+    priority: int = 0,
+    first_step_timeout_s: float | None = None,
+) -> Dispatch:
+    """The plan message of a run whose workflow was not compiled here: its limits leave room
+    for the longest step any workflow may have."""
+    if first_step_timeout_s is None:
+        first_step_timeout_s = settings.step_timeout_max_s
     soft = PLAN_BUDGET_S + first_step_timeout_s
     return Dispatch(
         PLAN_TASK,
-        (run_id, workflow.name, workflow.version),
+        (run_id, name, version),
         MANAGER_QUEUE,
         plan_task_id(run_id),
         soft_time_limit=soft,

@@ -21,7 +21,18 @@ import pytest
 import redis
 from sqlalchemy import func, select, update
 
-from engine import attempts, claims, execution, failures, planning, recovery, resume, runs
+from engine import (
+    actions,
+    attempts,
+    claims,
+    execution,
+    failures,
+    planning,
+    recovery,
+    resume,
+    runs,
+    workflows,
+)
 from engine.auth import Caller
 from engine.models import DeadLetter, Run, Step, utcnow
 from engine.queues import QueueLayout
@@ -834,3 +845,22 @@ def test_the_step_plan_run_runs_itself_keeps_its_lease_while_redis_is_down_at_pl
         assert (step["attempts"], step["error_type"]) == (1, None)
         assert [e for e in stack.executions(run_id) if e[1] == "a"] == [(run_id, "a", 1)]
         assert stack.dead_letters(run_id) == []
+
+
+def test_a_queued_run_this_process_cannot_compile_holds_up_no_other_run(
+    offline: Stack, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's workflow uses an action this process does not have (its plugin is not
+    installed here): the reconciler still sends every lost plan, that one included, and
+    plan_run fails it, naming the action."""
+    name = f"{unique}.elsewhere"
+    actions.register(name)(lambda inputs, context: None)
+    offline.register(spec(f"{unique}_plugin", [{"id": "a", "action": name}]))
+    two_steps(offline, unique)
+    lost = planned_runs(offline, f"{unique}_plugin", 1, plan=False)
+    lost += planned_runs(offline, unique, 1, plan=False)
+    monkeypatch.delitem(actions._REGISTRY, name)
+    monkeypatch.setattr(workflows, "_COMPILED", {})
+    with offline.sessions.begin() as session:
+        work = recovery.reconcile(session, offline.settings)
+    assert {d.task_id for d in work.dispatches} == {plan_task_id(run_id) for run_id in lost}
