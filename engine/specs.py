@@ -9,7 +9,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
@@ -19,6 +19,7 @@ import regex
 import yaml
 from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import SchemaError, ValidationError
+from yaml.constructor import ConstructorError
 
 from engine import actions, payloads, planner, templating
 from engine.config import Settings
@@ -202,11 +203,59 @@ ParamsValidator = validators.extend(
 )
 
 
+class _SpecLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key repeated in one mapping: PyYAML keeps the last
+    one silently, and a spec's second `with:` or `needs:` would drop the first unseen. Keys
+    a merge (`<<: *base`) brings in may be overridden, as YAML means them to be."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, Hashable) and key in seen:
+                    raise ConstructorError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        f"found duplicate key {key!r}",
+                        key_node.start_mark,
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    mapping = dict(pairs)
+    if len(mapping) != len(pairs):
+        seen: set[str] = set()
+        raise _DuplicateKey(next(key for key, _ in pairs if key in seen or seen.add(key)))
+    return mapping
+
+
+def refuse_duplicate_keys(text: str | bytes) -> None:
+    """Refuse a JSON spec (already parsed once) whose objects repeat a key, as parse_text
+    refuses one in YAML: JSON parsers keep the last one silently."""
+    try:
+        json.loads(text, object_pairs_hook=_unique_pairs)
+    except _DuplicateKey as exc:
+        message = f"the key {exc.args[0]!r} appears twice in one object"
+        raise InvalidSpec(
+            f"the spec is ambiguous: {message}", errors=[{"field": "body", "message": message}]
+        ) from None
+
+
 def parse_text(text: str | bytes) -> Any:
     """Parse a spec written as YAML or JSON (JSON is YAML). What YAML has and JSON has not
-    (dates, binary, sets, NaN) is refused: a spec is stored and served as JSON."""
+    (dates, binary, sets, NaN) is refused: a spec is stored and served as JSON; so is a key
+    repeated in one mapping."""
     try:
-        value = yaml.safe_load(text)
+        value = yaml.load(text, Loader=_SpecLoader)  # noqa: S506 (a safe loader)
     except yaml.YAMLError as exc:
         raise InvalidInput(
             f"the spec is not valid YAML or JSON: {exc}",

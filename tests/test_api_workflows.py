@@ -296,3 +296,31 @@ def test_registering_needs_the_write_scope(database: Stack, unique: str) -> None
         headers=database.headers(scopes="workflows.read"),
     )
     assert "workflows.write" in problem(response, 403)["detail"]
+
+
+def test_a_spec_repeating_a_key_is_refused_as_json_and_as_yaml(
+    database: Stack, unique: str
+) -> None:
+    """YAML and JSON parsers keep the last of two equal keys silently: a step's second
+    `with:` would drop its first unseen. Keys a YAML merge brings in may be overridden."""
+    client, headers = database.client(), writer(database)
+    before = count(database, Workflow)
+    text = f"name: {unique}\nversion: 1\nsteps:\n  - id: a\n    action: echo\n"
+    text += "    with: {x: 1}\n    with: {y: 2}\n"
+    yaml_type = {**headers, "Content-Type": "application/yaml"}
+    body = problem(client.post("/workflows", data=text, headers=yaml_type), 422)
+    assert fields(body) == ["body"] and "duplicate key 'with'" in body["errors"][0]["message"]
+    raw = (
+        f'{{"name": "{unique}", "version": 1, "steps": [{{"id": "a", "action": "echo", '
+        '"with": {"x": 1}, "with": {"y": 2}}]}'
+    )
+    json_type = {**headers, "Content-Type": "application/json"}
+    body = problem(client.post("/workflows", data=raw, headers=json_type), 422)
+    assert fields(body) == ["body"] and "'with' appears twice" in body["errors"][0]["message"]
+    assert count(database, Workflow) == before
+
+    merged = f"base: &step {{id: a, action: echo}}\nname: {unique}\nversion: 1\n"
+    merged += "steps:\n  - <<: *step\n    id: b\n"
+    # A merge's keys may be overridden; the unknown top-level `base` is what is refused.
+    body = problem(client.post("/workflows", data=merged, headers=yaml_type), 422)
+    assert fields(body) == ["base"], body

@@ -36,6 +36,7 @@ def register_workflow() -> Any:
         spec = specs.parse_text(schemas.body_bytes())
     else:
         spec = schemas.parse_json()
+        specs.refuse_duplicate_keys(schemas.body_bytes())
     if not isinstance(spec, dict):
         raise InvalidInput(
             "the body must be a workflow spec object (JSON or YAML)",
