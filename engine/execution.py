@@ -117,7 +117,10 @@ def attempt(
         )
         action = actions.get(claim.spec.action)
         if action is None:
-            raise InvalidInput(f"unknown action {claim.spec.action!r}")
+            raise InvalidInput(
+                f"unknown action {claim.spec.action!r}: no module this worker imported "
+                "registers it (ENGINE_ACTION_MODULES, the engine.actions entry points)"
+            )
         action.check_inputs(result.inputs)
         result.output = action.function(
             result.inputs,

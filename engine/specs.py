@@ -421,7 +421,9 @@ def compile_spec(spec: Any, settings: Settings, *, registering: bool = True) -> 
     """Check a spec completely and return its compiled form; InvalidSpec lists every problem.
     `registering=False` compiles a stored version: what only registration checks (which
     steps templates read, inputs the action's schema refuses whatever the templates render
-    to) was not checked when older versions were registered, and their runs go on."""
+    to) was not checked when older versions were registered, and their runs go on. Nor are
+    its actions looked up: a worker without one of them (its plugin not deployed there)
+    fails only the steps that use it, as dead letters to replay once it is."""
     payloads.check(spec, error=InvalidSpec)
     errors = [_error(_field(e), e.message) for e in _SPEC_VALIDATOR.iter_errors(spec)]
     if errors:
@@ -460,7 +462,7 @@ def compile_spec(spec: Any, settings: Settings, *, registering: bool = True) -> 
         if len(set(needs)) != len(needs):
             errors.append(_error(f"{where}.needs", f"step {step_id!r} lists a need twice"))
         action = actions.get(raw["action"])
-        if action is None:
+        if action is None and registering:
             errors.append(
                 _error(f"{where}.action", f"step {step_id!r} uses unknown action {raw['action']!r}")
             )

@@ -6,6 +6,7 @@ through an expired lease, messages that carry another attempt, finished runs lef
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 import threading
@@ -22,7 +23,6 @@ import redis
 from sqlalchemy import func, select, update
 
 from engine import (
-    actions,
     attempts,
     claims,
     execution,
@@ -850,17 +850,15 @@ def test_the_step_plan_run_runs_itself_keeps_its_lease_while_redis_is_down_at_pl
 def test_a_queued_run_this_process_cannot_compile_holds_up_no_other_run(
     offline: Stack, unique: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A run's workflow uses an action this process does not have (its plugin is not
-    installed here): the reconciler still sends every lost plan, that one included, and
-    plan_run fails it, naming the action."""
-    name = f"{unique}.elsewhere"
-    actions.register(name)(lambda inputs, context: None)
-    offline.register(spec(f"{unique}_plugin", [{"id": "a", "action": name}]))
+    """A stored version that no longer compiles here (STEP_TIMEOUT_MAX_S was lowered below
+    its step's timeout_s): the reconciler still sends every lost plan, that one included,
+    and plan_run fails that run, naming why."""
+    offline.register(spec(f"{unique}_long", [{"id": "a", "action": "noop", "timeout_s": 600}]))
     two_steps(offline, unique)
-    lost = planned_runs(offline, f"{unique}_plugin", 1, plan=False)
+    lost = planned_runs(offline, f"{unique}_long", 1, plan=False)
     lost += planned_runs(offline, unique, 1, plan=False)
-    monkeypatch.delitem(actions._REGISTRY, name)
-    monkeypatch.setattr(workflows, "_COMPILED", {})
+    lowered = dataclasses.replace(offline.settings, step_timeout_max_s=300)
+    monkeypatch.setattr(workflows, "_COMPILED", {})  # a process started with those settings
     with offline.sessions.begin() as session:
-        work = recovery.reconcile(session, offline.settings)
+        work = recovery.reconcile(session, lowered)
     assert {d.task_id for d in work.dispatches} == {plan_task_id(run_id) for run_id in lost}

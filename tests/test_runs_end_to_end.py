@@ -191,22 +191,57 @@ def test_a_version_registered_before_a_check_existed_still_runs(stack: Stack, un
 
 
 def test_a_run_refused_in_the_worker_says_which_field_and_why(stack: Stack, unique: str) -> None:
-    """A spec whose action the worker does not have (its plugin not deployed there), and
-    inputs the action's schema refuses once rendered: the run's error names the field."""
+    """Inputs the action's schema refuses once rendered: the run's error names the field."""
+    stack.register(
+        spec(f"{unique}_inputs", [{"id": "nap", "action": "sleep", "with": "{{ params.nap }}"}])
+    )
+    refused = stack.wait_finished(stack.submit(f"{unique}_inputs", {"nap": {"seconds": "ten"}}))
+    assert refused["status"] == "failed"
+    assert "inputs.seconds: 'ten' is not of type 'number'" in refused["error"], refused["error"]
+
+
+def test_a_step_whose_worker_lacks_its_action_is_dead_lettered_naming_it(
+    stack: Stack, unique: str
+) -> None:
+    """The API registered the spec with an action a worker does not have (its plugin not
+    deployed there, on the planner or on the worker of the step's own queue): the steps
+    using it are dead letters naming the action, to replay once it is deployed; the others
+    run. The step is not taken, dropped and sent again without end."""
 
     @actions.register(f"{unique}.api_only")
     def api_only(inputs: object, context: actions.ActionContext) -> None:
         return None
 
-    stack.register(spec(f"{unique}_plugin", [{"id": "a", "action": f"{unique}.api_only"}]))
-    stack.register(
-        spec(f"{unique}_inputs", [{"id": "nap", "action": "sleep", "with": "{{ params.nap }}"}])
-    )
-    missing = stack.wait_finished(stack.submit(f"{unique}_plugin"))
-    assert missing["status"] == "failed"
-    assert (
-        f"steps[0].action: step 'a' uses unknown action '{unique}.api_only'" in (missing["error"])
-    ), missing["error"]
-    refused = stack.wait_finished(stack.submit(f"{unique}_inputs", {"nap": {"seconds": "ten"}}))
-    assert refused["status"] == "failed"
-    assert "inputs.seconds: 'ten' is not of type 'number'" in refused["error"], refused["error"]
+    queue = f"{unique}_bare"
+    for name, action, extra in (
+        ("api", f"{unique}.api_only", {}),
+        ("bare", "record", {"queue": queue}),
+    ):
+        stack.register(
+            spec(
+                f"{unique}_{name}",
+                [
+                    {"id": "first", "action": "noop"},
+                    {"id": name, "action": action, "needs": ["first"], **extra},
+                ],
+            )
+        )
+    worker = stack.start_worker(concurrency=1, queues=queue, env={"ENGINE_ACTION_MODULES": ""})
+    try:
+        run_ids = {name: stack.submit(f"{unique}_{name}") for name in ("api", "bare")}
+        runs = {name: stack.wait_finished(run_id, timeout=30) for name, run_id in run_ids.items()}
+    finally:
+        worker.stop()
+    for name, run in runs.items():
+        assert run["status"] == "failed", run
+        steps = {step["step_id"]: step for step in run["steps"]}
+        assert (steps["first"]["status"], steps[name]["status"], steps[name]["attempts"]) == (
+            "succeeded",
+            "dead",
+            1,
+        )
+        assert [letter.step_id for letter in stack.dead_letters(run["id"])] == [name]
+    errors = {name: run["steps"][-1]["error"] for name, run in runs.items()}
+    assert [run["steps"][-1]["step_id"] for run in runs.values()] == ["api", "bare"]
+    assert f"unknown action '{unique}.api_only': no module this worker" in errors["api"]
+    assert "unknown action 'record'" in errors["bare"]
