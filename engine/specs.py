@@ -21,10 +21,11 @@ from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import SchemaError, ValidationError
 from yaml.constructor import ConstructorError
 
-from engine import actions, payloads, planner, templating
+from engine import actions, payloads, planner, step_checks
 from engine.config import Settings
 from engine.errors import InvalidInput, InvalidParams, InvalidSpec
 from engine.retry import RetryPolicy
+from engine.step_checks import error_path
 
 # "$(?!\n)": Python's "$" also matches before a newline that ends the text.
 _NAME = r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$(?!\n)"
@@ -322,99 +323,10 @@ def _error(field: str, message: str) -> dict[str, str]:
     return {"field": field, "message": message}
 
 
-def error_path(error: ValidationError) -> list[str | int]:
-    """The path of a JSON Schema error; a missing or unexpected key is named at its end."""
-    path: list[str | int] = list(error.absolute_path)
-    if error.validator == "required":
-        path += [k for k in error.validator_value if f"{k!r} is a required" in error.message][:1]
-    elif error.validator == "additionalProperties" and isinstance(error.instance, dict):
-        known = error.schema.get("properties", {})
-        path += sorted(k for k in error.instance if k not in known)[:1]
-    return path
-
-
 def _field(error: ValidationError) -> str:
     """Where a spec error is, as `steps[0].action`."""
     text = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error_path(error))
     return text.lstrip(".") or "spec"
-
-
-# Keywords whose errors at an object or array hold whatever its templates render to: they
-# judge its keys or its length, which templates inside it do not change.
-_SHAPE_KEYWORDS = frozenset(
-    {
-        "type",
-        "required",
-        "additionalProperties",
-        "minProperties",
-        "maxProperties",
-        "dependentRequired",
-        "propertyNames",
-        "minItems",
-        "maxItems",
-    }
-)
-
-
-def _input_errors(
-    action: actions.Action, inputs: Any, step_id: str, where: str
-) -> list[dict[str, str]]:
-    """What the action's input schema refuses in a step's `with` whatever its templates
-    render to: a constant value, a missing required key. What depends on a template is
-    left to the run (a step without `with` gets null)."""
-    if action.schema is None:
-        return []
-    templates = templating.template_paths(inputs)
-    found = []
-    for error in Draft202012Validator(action.schema).iter_errors(inputs):
-        path = tuple(error.absolute_path)
-        rendered = any(t[: len(path)] == path for t in templates)
-        if rendered and (error.validator not in _SHAPE_KEYWORDS or path in templates):
-            continue
-        field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error_path(error))
-        found.append(
-            _error(
-                f"{where}.with{field}",
-                f"step {step_id!r}: the inputs of action {action.name!r} can never pass its "
-                f"schema: {error.message}",
-            )
-        )
-    return found
-
-
-def _syntax_errors(inputs: Any, step_id: str, where: str) -> list[dict[str, str]]:
-    """The templates in a step's `with` that do not compile."""
-    problems, _ = templating.check(inputs, f"{where}.with")
-    return [_error(field, f"step {step_id!r}: template {problem}") for field, problem in problems]
-
-
-def _template_errors(
-    action: actions.Action | None, inputs: Any, step_id: str, needs: tuple[str, ...], where: str
-) -> list[dict[str, str]]:
-    """Templates (and the action's constant expressions) that do not compile, and those
-    that read a step this one does not need: a step sees the outputs of its needs only."""
-    found = _syntax_errors(inputs, step_id, where)
-    _, read = templating.check(inputs, f"{where}.with")
-    for name in action.expressions if action is not None and isinstance(inputs, dict) else ():
-        source = inputs.get(name)
-        if isinstance(source, str) and not templating.is_template(source):
-            problem = templating.check_expression(source, read)
-            if problem:
-                found.append(
-                    _error(
-                        f"{where}.with.{name}",
-                        f"step {step_id!r}: expression {source!r}: {problem}",
-                    )
-                )
-    for other in sorted(read - set(needs)):
-        found.append(
-            _error(
-                f"{where}.with",
-                f"step {step_id!r} reads steps.{other} but does not need {other!r}: "
-                "a step sees the outputs of the steps in its needs only",
-            )
-        )
-    return found
 
 
 def compile_spec(spec: Any, settings: Settings, *, registering: bool = True) -> CompiledWorkflow:
@@ -462,12 +374,12 @@ def compile_spec(spec: Any, settings: Settings, *, registering: bool = True) -> 
         if len(set(needs)) != len(needs):
             errors.append(_error(f"{where}.needs", f"step {step_id!r} lists a need twice"))
         action = actions.get(raw["action"])
-        if action is None and registering:
+        if registering and action is None:
             errors.append(
                 _error(f"{where}.action", f"step {step_id!r} uses unknown action {raw['action']!r}")
             )
-        elif registering:
-            errors.extend(_input_errors(action, raw.get("with"), step_id, where))
+        elif registering and action is not None:
+            errors.extend(step_checks.input_errors(action, raw.get("with"), step_id, where))
         timeout = raw.get("timeout_s", default_timeout)
         if timeout > settings.step_timeout_max_s:
             # Named where it is written: a step's own, or the defaults' (once for all).
@@ -483,9 +395,11 @@ def compile_spec(spec: Any, settings: Settings, *, registering: bool = True) -> 
             if error not in errors:
                 errors.append(error)
         if registering:
-            errors.extend(_template_errors(action, raw.get("with"), step_id, needs, where))
+            errors.extend(
+                step_checks.template_errors(action, raw.get("with"), step_id, needs, where)
+            )
         else:
-            errors.extend(_syntax_errors(raw.get("with"), step_id, where))
+            errors.extend(step_checks.syntax_errors(raw.get("with"), step_id, where))
         try:
             retry = RetryPolicy.from_spec(
                 raw.get("retry"), default_retry, f"{where}.retry", settings.retry_max_backoff_s

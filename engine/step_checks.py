@@ -1,0 +1,106 @@
+"""What registering a workflow checks in each step's `with`, beyond the spec's schema: the
+templates compile and read only the steps the step needs, and the inputs can pass the
+action's schema whatever the templates render to. A stored version is checked for the
+templates' syntax alone (engine.specs.compile_spec)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+from engine import actions, templating
+
+
+def _problem(field: str, message: str) -> dict[str, str]:
+    return {"field": field, "message": message}
+
+
+def error_path(error: ValidationError) -> list[str | int]:
+    """The path of a JSON Schema error; a missing or unexpected key is named at its end."""
+    path: list[str | int] = list(error.absolute_path)
+    if error.validator == "required":
+        path += [k for k in error.validator_value if f"{k!r} is a required" in error.message][:1]
+    elif error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        known = error.schema.get("properties", {})
+        path += sorted(k for k in error.instance if k not in known)[:1]
+    return path
+
+
+# Keywords whose errors at an object or array hold whatever its templates render to: they
+# judge its keys or its length, which templates inside it do not change.
+_SHAPE_KEYWORDS = frozenset(
+    {
+        "type",
+        "required",
+        "additionalProperties",
+        "minProperties",
+        "maxProperties",
+        "dependentRequired",
+        "propertyNames",
+        "minItems",
+        "maxItems",
+    }
+)
+
+
+def input_errors(
+    action: actions.Action, inputs: Any, step_id: str, where: str
+) -> list[dict[str, str]]:
+    """What the action's input schema refuses in a step's `with` whatever its templates
+    render to: a constant value, a missing required key. What depends on a template is
+    left to the run (a step without `with` gets null)."""
+    if action.schema is None:
+        return []
+    templates = templating.template_paths(inputs)
+    found = []
+    for error in Draft202012Validator(action.schema).iter_errors(inputs):
+        path = tuple(error.absolute_path)
+        rendered = any(t[: len(path)] == path for t in templates)
+        if rendered and (error.validator not in _SHAPE_KEYWORDS or path in templates):
+            continue
+        field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error_path(error))
+        found.append(
+            _problem(
+                f"{where}.with{field}",
+                f"step {step_id!r}: the inputs of action {action.name!r} can never pass its "
+                f"schema: {error.message}",
+            )
+        )
+    return found
+
+
+def syntax_errors(inputs: Any, step_id: str, where: str) -> list[dict[str, str]]:
+    """The templates in a step's `with` that do not compile."""
+    problems, _ = templating.check(inputs, f"{where}.with")
+    return [_problem(field, f"step {step_id!r}: template {problem}") for field, problem in problems]
+
+
+def template_errors(
+    action: actions.Action | None, inputs: Any, step_id: str, needs: tuple[str, ...], where: str
+) -> list[dict[str, str]]:
+    """Templates (and the action's constant expressions) that do not compile, and those
+    that read a step this one does not need: a step sees the outputs of its needs only."""
+    found = syntax_errors(inputs, step_id, where)
+    _, read = templating.check(inputs, f"{where}.with")
+    for name in action.expressions if action is not None and isinstance(inputs, dict) else ():
+        source = inputs.get(name)
+        if isinstance(source, str) and not templating.is_template(source):
+            problem = templating.check_expression(source, read)
+            if problem:
+                found.append(
+                    _problem(
+                        f"{where}.with.{name}",
+                        f"step {step_id!r}: expression {source!r}: {problem}",
+                    )
+                )
+    for other in sorted(read - set(needs)):
+        found.append(
+            _problem(
+                f"{where}.with",
+                f"step {step_id!r} reads steps.{other} but does not need {other!r}: "
+                "a step sees the outputs of the steps in its needs only",
+            )
+        )
+    return found
