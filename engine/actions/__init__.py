@@ -52,17 +52,23 @@ class Action:
     function: ActionFunction
     schema: dict[str, Any] | None = None
     expressions: tuple[str, ...] = ()
+    # The schema's validator, built once: every step of the action checks its inputs.
+    validator: Draft202012Validator | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        checker = Draft202012Validator(self.schema) if self.schema is not None else None
+        object.__setattr__(self, "validator", checker)
 
     def check_inputs(self, inputs: Any, field_prefix: str = "inputs") -> None:
         """Validate rendered inputs against the action's schema; 422 names the field."""
-        if self.schema is None:
+        if self.validator is None:
             return
         errors = [
             {
                 "field": ".".join([field_prefix, *map(str, error.absolute_path)]),
                 "message": error.message,
             }
-            for error in Draft202012Validator(self.schema).iter_errors(inputs)
+            for error in self.validator.iter_errors(inputs)
         ]
         if errors:
             raise InvalidInput(f"inputs of action {self.name!r} are invalid", errors=errors)
