@@ -126,6 +126,16 @@ class Settings:
     http_allow_private_addresses: bool = False
     http_timeout_s: float = 30.0
     http_max_response_bytes: int = 1_048_576
+    # GET /runs/{id}/events: how often a stream reads its run again, the heartbeat sent
+    # while nothing changes, and the longest a stream stays open (the client reconnects).
+    # Each open stream holds one of an API process's WEB_THREADS threads: a process opens at
+    # most events_max_streams of them (default: half its threads), so the others are left
+    # to ordinary requests.
+    events_poll_interval_s: float = 0.5
+    events_heartbeat_s: float = 15.0
+    events_max_duration_s: float = 300.0
+    web_threads: int = 4
+    events_max_streams: int = 2
 
     def __repr__(self) -> str:
         """Every field but the JWT secrets, and the URLs without their passwords."""
@@ -167,6 +177,7 @@ class Settings:
                 return raw in _TRUE
             raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
+        web_threads = int(number("WEB_THREADS", cls.web_threads))
         settings = cls(
             env=mode,
             database_url=env.get("DATABASE_URL", f"sqlite:///{var_dir / 'engine.db'}"),
@@ -217,6 +228,11 @@ class Settings:
             http_max_response_bytes=int(
                 number("HTTP_MAX_RESPONSE_BYTES", cls.http_max_response_bytes)
             ),
+            events_poll_interval_s=number("EVENTS_POLL_INTERVAL_S", cls.events_poll_interval_s),
+            events_heartbeat_s=number("EVENTS_HEARTBEAT_S", cls.events_heartbeat_s),
+            events_max_duration_s=number("EVENTS_MAX_DURATION_S", cls.events_max_duration_s),
+            web_threads=web_threads,
+            events_max_streams=int(number("EVENTS_MAX_STREAMS", web_threads // 2)),
         )
         settings.check()
         return settings
@@ -290,6 +306,19 @@ class Settings:
             )
         if self.http_timeout_s <= 0 or self.http_max_response_bytes < 1:
             problems.append("HTTP_TIMEOUT_S and HTTP_MAX_RESPONSE_BYTES must be > 0")
+        if (
+            min(self.events_poll_interval_s, self.events_heartbeat_s, self.events_max_duration_s)
+            <= 0
+        ):
+            problems.append(
+                "EVENTS_POLL_INTERVAL_S, EVENTS_HEARTBEAT_S and EVENTS_MAX_DURATION_S must be > 0"
+            )
+        if not 0 <= self.events_max_streams < max(1, self.web_threads):
+            problems.append(
+                f"EVENTS_MAX_STREAMS ({self.events_max_streams}) must be at least 0 and below "
+                f"WEB_THREADS ({self.web_threads}): each open stream holds a thread, and "
+                "ordinary requests need at least one"
+            )
         if problems:
             raise ConfigError("invalid configuration: " + "; ".join(problems))
 

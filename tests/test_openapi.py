@@ -269,6 +269,8 @@ def test_real_answers_match_the_documented_shapes_and_statuses(
     answer("get", "/runs/{run_id}", status=200, run_id=run["id"], headers=headers)
     answer("post", "/runs/{run_id}/cancel", status=200, run_id=run["id"], headers=headers)
     answer("post", "/runs/{run_id}/retry", status=409, run_id=run["id"], headers=headers)
+    # A finished run's stream is its one event.
+    answer("get", "/runs/{run_id}/events", status=200, run_id=run["id"], headers=headers)
 
     letter = a_dead_letter(database, unique)
     by_print = {"fingerprint": unique}

@@ -11,7 +11,19 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from engine import actions, logs
 from engine import workflows as workflow_specs
 from engine.config import Settings
-from web import admin, auth, db, errors, health, openapi, runs, schemas, status, telemetry
+from web import (
+    admin,
+    auth,
+    db,
+    errors,
+    events,
+    health,
+    openapi,
+    runs,
+    schemas,
+    status,
+    telemetry,
+)
 from web import life as life_views
 from web import tokens as token_views
 from web import workflows as workflow_views
@@ -33,6 +45,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["engine.celery"] = make_celery(settings)
     db.init_app(app)
     auth.init_app(app)
+    events.init_app(app)
     for blueprint in (health.bp, runs.bp, workflow_views.bp, openapi.bp, admin.bp):
         app.register_blueprint(blueprint)
     app.register_blueprint(token_views.bp)

@@ -13,6 +13,7 @@ from engine import dlq_query, specs
 from engine.state import RunStatus
 from web.openapi_components import MAYBE_TIME, STRING, TIME, ref, shape
 from web.runs import MAX_IDEMPOTENCY_KEY
+from web.telemetry import STREAM_MIMETYPE
 from web.workflows import YAML_TYPES
 
 JSON = "application/json"
@@ -68,6 +69,11 @@ AUDIT_QUERY = (
     CURSOR,
 )
 MAYBE_NUMBER = {"type": ["number", "null"]}
+EVENT_STREAM = {
+    "type": "string",
+    "description": "text/event-stream: events of `id:`, `event:` (run or timeout) and "
+    "`data:` (a Run as JSON; {} for timeout), and comment lines",
+}
 WELLNESS_SUMMARY = shape(
     {
         "subject": STRING,
@@ -148,6 +154,17 @@ OPERATIONS: list[Operation] = [
         parameters=RUN_QUERY,
     ),
     Operation("get", "/runs/{run_id}", "runs.read", "A run with its steps", {200: "Run"}),
+    Operation(
+        "get",
+        "/runs/{run_id}/events",
+        "runs.read",
+        "Server-Sent Events of a run: `event: run` (the run as GET /runs/{run_id} shows it) "
+        "first and at each change, the last one finished; `: keep-alive` comments while "
+        "nothing changes; `event: timeout` when the stream was open its longest (reconnect). "
+        "503 with Retry-After when the server holds all the streams it may",
+        {200: EVENT_STREAM, 503: "Problem"},
+        media=STREAM_MIMETYPE,
+    ),
     Operation(
         "post",
         "/runs/{run_id}/cancel",

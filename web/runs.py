@@ -8,7 +8,7 @@ from flask import Blueprint, current_app, request, url_for
 
 from engine import resume, runs
 from engine.errors import InvalidInput
-from web import schemas, serialize
+from web import events, schemas, serialize
 from web.auth import current_caller, require_scopes
 from web.db import get_session, read_connection
 from web.dispatch import send
@@ -71,6 +71,20 @@ def get_run(run_id: str) -> Any:
     with read_connection() as connection:
         run, steps = runs.read_run_with_steps(connection, run_id, current_caller())
     return serialize.run(run, steps)
+
+
+@bp.get("/<run_id>/events")
+@require_scopes("runs.read")
+def run_events(run_id: str) -> Any:
+    caller = current_caller()
+    read_db = current_app.extensions["engine.read_db"]
+
+    def read() -> dict[str, Any]:
+        with read_db.connect() as connection:
+            return serialize.run(*runs.read_run_with_steps(connection, run_id, caller))
+
+    # Read once before answering: another caller's run is a 404, as GET /runs/{id} says.
+    return events.stream(read, read())
 
 
 @bp.post("/<run_id>/cancel")

@@ -36,6 +36,7 @@ _REQUEST_ID_ENVIRON = "HTTP_" + REQUEST_ID_HEADER.upper().replace("-", "_")
 # A caller's id is kept when it is plain enough to log and echo back; else we make one.
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 UNTRACKED_PATHS = frozenset({"/metrics"})
+STREAM_MIMETYPE = "text/event-stream"
 # Any other method a client sends is counted as "other": a label value per made-up method
 # would let clients add series without end.
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -96,28 +97,46 @@ def _finish(response: Response) -> Response:
     if path in UNTRACKED_PATHS:
         return response
     started = g.get("request_started")
-    elapsed = time.perf_counter() - started if started is not None else 0.0
+    started = started if started is not None else time.perf_counter()
     method, status = current.method, response.status_code
     rule = current.url_rule
     requests, latency, errors = _series(method, rule.rule if rule else "unmatched", status)
     requests.inc()
-    latency.observe(elapsed)
     if errors is not None:
         errors.inc()
     fields: dict[str, Any] = {
         "method": method,
         "path": path,
         "status": status,
-        "duration_ms": round(elapsed * 1000, 2),
+        "duration_ms": 0.0,
         "remote_addr": current.remote_addr,
     }
     caller = g.get("caller")  # set once the token was verified (web.auth)
     if caller is not None:
         fields["caller"] = caller.sub
+    if response.mimetype == STREAM_MIMETYPE:
+        # A stream (GET /runs/{id}/events) lasts minutes: it stays out of the latency
+        # histogram, which the API's objectives read, and its access line is written when
+        # it ends, with its whole duration.
+        response.call_on_close(lambda: _log_access(fields, started, request_id))
+        return response
+    latency.observe(time.perf_counter() - started)
+    _log_access(fields, started)
+    return response
+
+
+def _log_access(fields: dict[str, Any], started: float, request_id: str | None = None) -> None:
+    """The request's access line; `request_id` binds the id again for a line written once
+    the request's own context is gone (a stream's, when it ends)."""
+    elapsed = time.perf_counter() - started
+    fields["duration_ms"] = round(elapsed * 1000, 2)
+    method, path, status = fields["method"], fields["path"], fields["status"]
+    token = logs.bind(request_id=request_id) if request_id else None
     access_log.info(
         "%s %s %s %.1fms", method, path, status, elapsed * 1000, extra={"fields": fields}
     )
-    return response
+    if token is not None:
+        logs.reset(token)
 
 
 def _series(method: str, endpoint: str, status: int) -> tuple[Any, Any, Any]:

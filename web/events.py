@@ -1,0 +1,79 @@
+"""GET /runs/{id}/events as Server-Sent Events: the changes engine.watch finds, written as
+`event: run` (the run as GET /runs/{id} shows it), a comment line as heartbeat, and
+`event: timeout` when the stream has been open EVENTS_MAX_DURATION_S. Each open stream holds
+one of the process's threads, so a process opens at most EVENTS_MAX_STREAMS of them."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from flask import Flask, Response, current_app
+
+from engine import watch
+from engine.config import Settings
+from web.errors import problem
+from web.telemetry import STREAM_MIMETYPE
+
+_SLOTS = "engine.event_streams"
+# When a client refused for want of a free stream should try again.
+RETRY_AFTER_S = 5
+HEARTBEAT = b": keep-alive\n\n"
+
+
+def init_app(app: Flask) -> None:
+    settings: Settings = app.config["SETTINGS"]
+    app.extensions[_SLOTS] = threading.BoundedSemaphore(settings.events_max_streams)
+
+
+def event(name: str, number: int, data: Mapping[str, Any] | None = None) -> bytes:
+    body = json.dumps(data, separators=(",", ":")) if data is not None else "{}"
+    return f"id: {number}\nevent: {name}\ndata: {body}\n\n".encode()
+
+
+def stream(read: Callable[[], Mapping[str, Any]], first: Mapping[str, Any]) -> Response:
+    """The streamed answer following a run from its `first` reading; a 503 with Retry-After
+    when every stream this process may open is open (503, not 429: the server is at
+    capacity, the client did nothing wrong, and another process may have room). `read` must
+    not need the request's context: the stream outlives it."""
+    slots: threading.BoundedSemaphore = current_app.extensions[_SLOTS]
+    if not slots.acquire(blocking=False):
+        return problem(
+            503,
+            "Service unavailable",
+            "every event stream this server may hold is open; retry shortly, "
+            "or poll GET /runs/{id}",
+            code="streams_busy",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+    settings: Settings = current_app.config["SETTINGS"]
+    changes = watch.follow(
+        read,
+        first=first,
+        poll_interval_s=settings.events_poll_interval_s,
+        quiet_s=settings.events_heartbeat_s,
+        max_duration_s=settings.events_max_duration_s,
+    )
+    response = Response(_encode(changes), mimetype=STREAM_MIMETYPE)
+    response.headers["Cache-Control"] = "no-cache"
+    # Proxies that buffer answers (nginx) pass this one on as it comes.
+    response.headers["X-Accel-Buffering"] = "no"
+    # The slot is given back when the server closes the answer: at its end, or when the
+    # client went away (a write failed), whether or not it began.
+    response.call_on_close(slots.release)
+    return response
+
+
+def _encode(changes: Iterator[watch.Change]) -> Iterator[bytes]:
+    number = 0
+    for change in changes:
+        if change.kind == watch.QUIET:
+            yield HEARTBEAT
+            continue
+        number += 1
+        if change.kind == watch.EXPIRED:
+            yield event("timeout", number)
+        else:
+            yield event("run", number, change.state)
