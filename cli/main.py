@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 from alembic import command as alembic_command
 
+from cli import watch
 from cli.context import (
     EngineGroup,
     configure_logging,
@@ -87,8 +88,13 @@ def runs_group() -> None:
 @click.option("--params", default="{}", help="JSON object of run params.")
 @click.option("--version", type=click.IntRange(1, specs.MAX_VERSION), default=None)
 @click.option("--priority", type=click.IntRange(0, 9), default=0)
-def runs_submit(workflow: str, params: str, version: int | None, priority: int) -> None:
-    """Submit a run of WORKFLOW."""
+@click.option("--wait", is_flag=True, help="Then follow it as `runs watch` does.")
+@click.option("--json", "as_json", is_flag=True, help="With --wait: states as JSON.")
+def runs_submit(
+    workflow: str, params: str, version: int | None, priority: int, wait: bool, as_json: bool
+) -> None:
+    """Submit a run of WORKFLOW and print its id; with --wait, follow it until it finishes
+    (exit 0 when it succeeded, 1 when it failed or was cancelled)."""
     parsed = json_option(params, "--params")
     with session() as current:
         run, work, _ = runs.submit(
@@ -99,7 +105,19 @@ def runs_submit(workflow: str, params: str, version: int | None, priority: int) 
         )
         run_id = run.id
     _send(work)
-    click.echo(run_id)
+    if not (wait and as_json):  # each state printed as JSON has the id
+        click.echo(run_id)
+    if wait:
+        raise SystemExit(watch.follow(run_id, as_json))
+
+
+@runs_group.command("watch")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Each state as JSON (GET /runs/{id}).")
+def runs_watch(run_id: str, as_json: bool) -> None:
+    """Print a line each time RUN_ID or one of its steps changes, until it finishes: exit 0
+    when it succeeded, 1 when it failed or was cancelled."""
+    raise SystemExit(watch.follow(run_id, as_json))
 
 
 @runs_group.command("ls")

@@ -227,3 +227,28 @@ def test_the_http_action_settings_are_read_and_checked(tmp_path: Path) -> None:
     assert "HTTP_TIMEOUT_S" in message
     with pytest.raises(ConfigError, match="HTTP_ALLOW_PRIVATE_ADDRESSES must be true or false"):
         Settings.from_env(environment(tmp_path, HTTP_ALLOW_PRIVATE_ADDRESSES="maybe"))
+
+
+def test_event_stream_settings_take_half_the_threads_by_default_and_never_all(
+    tmp_path: Path,
+) -> None:
+    default = Settings.from_env(environment(tmp_path))
+    assert (default.web_threads, default.events_max_streams) == (4, 2)
+    assert default.events_poll_interval_s == 0.5
+    wide = Settings.from_env(
+        environment(
+            tmp_path,
+            WEB_THREADS="16",
+            EVENTS_POLL_INTERVAL_S="0.25",
+            EVENTS_HEARTBEAT_S="5",
+            EVENTS_MAX_DURATION_S="60",
+        )
+    )
+    assert wide.events_max_streams == 8
+    assert (wide.events_poll_interval_s, wide.events_heartbeat_s) == (0.25, 5)
+    assert wide.events_max_duration_s == 60
+    assert Settings.from_env(environment(tmp_path, EVENTS_MAX_STREAMS="0")).events_max_streams == 0
+    with pytest.raises(ConfigError, match=r"EVENTS_MAX_STREAMS \(4\).*WEB_THREADS \(4\)"):
+        Settings.from_env(environment(tmp_path, EVENTS_MAX_STREAMS="4"))
+    with pytest.raises(ConfigError, match="EVENTS_POLL_INTERVAL_S"):
+        Settings.from_env(environment(tmp_path, EVENTS_POLL_INTERVAL_S="0"))

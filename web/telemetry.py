@@ -40,7 +40,7 @@ STREAM_MIMETYPE = "text/event-stream"
 # Any other method a client sends is counted as "other": a label value per made-up method
 # would let clients add series without end.
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_SERIES: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
+_SERIES: dict[tuple[str, str, int, bool], tuple[Any, Any, Any]] = {}
 
 
 class EngineMetrics(PrometheusMetrics):
@@ -100,7 +100,12 @@ def _finish(response: Response) -> Response:
     started = started if started is not None else time.perf_counter()
     method, status = current.method, response.status_code
     rule = current.url_rule
-    requests, latency, errors = _series(method, rule.rule if rule else "unmatched", status)
+    # A stream (GET /runs/{id}/events) lasts minutes: it stays out of the latency
+    # histogram, which the API's objectives read (no series of its route there at all), and
+    # its access line is written when it ends, with its whole duration.
+    streamed = response.mimetype == STREAM_MIMETYPE
+    endpoint = rule.rule if rule else "unmatched"
+    requests, latency, errors = _series(method, endpoint, status, not streamed)
     requests.inc()
     if errors is not None:
         errors.inc()
@@ -114,10 +119,7 @@ def _finish(response: Response) -> Response:
     caller = g.get("caller")  # set once the token was verified (web.auth)
     if caller is not None:
         fields["caller"] = caller.sub
-    if response.mimetype == STREAM_MIMETYPE:
-        # A stream (GET /runs/{id}/events) lasts minutes: it stays out of the latency
-        # histogram, which the API's objectives read, and its access line is written when
-        # it ends, with its whole duration.
+    if streamed:
         response.call_on_close(lambda: _log_access(fields, started, request_id))
         return response
     latency.observe(time.perf_counter() - started)
@@ -139,16 +141,17 @@ def _log_access(fields: dict[str, Any], started: float, request_id: str | None =
         logs.reset(token)
 
 
-def _series(method: str, endpoint: str, status: int) -> tuple[Any, Any, Any]:
-    """The request's counter, latency and (for a 5xx) error series: looked up by their
-    labels once per process, then kept (there are as many as routes × methods × statuses)."""
-    key = (method if method in METHODS else "other", endpoint, status)
+def _series(method: str, endpoint: str, status: int, timed: bool = True) -> tuple[Any, Any, Any]:
+    """The request's counter, latency (None when not `timed`) and (for a 5xx) error series:
+    looked up by their labels once per process, then kept (there are as many as routes ×
+    methods × statuses)."""
+    key = (method if method in METHODS else "other", endpoint, status, timed)
     series = _SERIES.get(key)
     if series is None:
         labels = (key[0], endpoint, str(status))
         series = _SERIES[key] = (
             api_requests_total.labels(*labels),
-            api_request_latency_seconds.labels(*labels),
+            api_request_latency_seconds.labels(*labels) if timed else None,
             api_errors_total.labels(*labels) if status >= 500 else None,
         )
     return series
