@@ -242,3 +242,28 @@ def test_one_stream_over_the_cap_is_a_503_with_retry_after_while_others_are_serv
     finally:
         process.terminate()
         process.wait(20)
+
+
+def test_a_database_gone_away_ends_the_stream_and_the_reconnection_is_a_503(
+    tmp_path: Path, unique: str
+) -> None:
+    platform = Stack("postgres", tmp_path)
+    try:
+        platform.register(spec(unique, [{"id": "a", "action": "noop"}]))
+        run_id = platform.submit(unique)  # no worker: it stays queued
+        client = platform.client()
+        response = stream(client, run_id, platform.headers())
+        events = sse(response.response)
+        assert next(events)["data"]["status"] == "queued"
+        services.allow_connections(platform.database_url, False)
+        try:
+            services.end_every_session(platform.database_url)
+            assert list(events) == []  # ended, without an event
+            response.close()
+            again = client.get(f"/runs/{run_id}/events", headers=platform.headers())
+            assert again.status_code == 503 and "Retry-After" in again.headers
+        finally:
+            services.allow_connections(platform.database_url, True)
+        stream(client, run_id, platform.headers()).close()  # back
+    finally:
+        platform.close()

@@ -6,17 +6,20 @@ one of the process's threads, so a process opens at most EVENTS_MAX_STREAMS of t
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from flask import Flask, Response, current_app
+from sqlalchemy.exc import OperationalError
 
 from engine import watch
 from engine.config import Settings
 from web.errors import problem
 from web.telemetry import STREAM_MIMETYPE
 
+log = logging.getLogger(__name__)
 _SLOTS = "engine.event_streams"
 # When a client refused for want of a free stream should try again.
 RETRY_AFTER_S = 5
@@ -67,13 +70,18 @@ def stream(read: Callable[[], Mapping[str, Any]], first: Mapping[str, Any]) -> R
 
 
 def _encode(changes: Iterator[watch.Change]) -> Iterator[bytes]:
+    """The changes as the stream's bytes. A database gone away ends the stream, as a server
+    restart would: the client connects again, and is answered 503 until it is back."""
     number = 0
-    for change in changes:
-        if change.kind == watch.QUIET:
-            yield HEARTBEAT
-            continue
-        number += 1
-        if change.kind == watch.EXPIRED:
-            yield event("timeout", number)
-        else:
-            yield event("run", number, change.state)
+    try:
+        for change in changes:
+            if change.kind == watch.QUIET:
+                yield HEARTBEAT
+                continue
+            number += 1
+            if change.kind == watch.EXPIRED:
+                yield event("timeout", number)
+            else:
+                yield event("run", number, change.state)
+    except OperationalError as error:
+        log.warning("event stream ended: the database is unavailable: %s", error.orig)
