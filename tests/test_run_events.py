@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 import requests
 
 from engine import logs
+from engine.auth import mint_token
 from tests.conftest import spec
 from tests.support import services
 from tests.support.stack import Stack, private_stack
@@ -160,6 +162,43 @@ def test_a_quiet_stream_sends_heartbeats_and_ends_with_a_timeout_event_at_its_lo
     assert len(access) == 1
     assert access[0]["status"] == 200 and access[0]["duration_ms"] >= 1000
     assert access[0]["request_id"] == response.headers["X-Request-ID"]
+
+
+def test_a_stream_ends_when_its_token_expires_or_is_revoked(
+    database: Stack, unique: str, tmp_path: Path
+) -> None:
+    database.register(spec(unique, [{"id": "a", "action": "noop"}]))
+    run_id = database.submit(unique)  # no worker: it stays queued, the stream stays open
+    app = create_app(
+        database.settings.with_changes(events_heartbeat_s=0.2, events_poll_interval_s=0.1)
+    )
+    try:
+        client = app.test_client()
+        short = mint_token(database.settings, "alice@example.com", ["runs.read"], timedelta(0, 1))
+        started = time.monotonic()
+        received = list(sse(stream(client, run_id, bearer(short.token)).response))
+        assert time.monotonic() - started < 5
+        assert received[0]["event"] == "run"
+        assert received[-1]["event"] == "unauthorized"
+        assert received[-1]["data"] == {"detail": "token expired"}
+
+        minted = mint_token(database.settings, "alice@example.com", ["runs.read"], timedelta(1))
+        events = sse(stream(client, run_id, bearer(minted.token)).response)
+        assert next(events)["event"] == "run"
+        admin = database.headers("ops@example.com", "admin.tokens")
+        revoked = client.post("/admin/tokens/revoke", json={"jti": minted.jti}, headers=admin)
+        assert revoked.status_code == 204
+        rest = list(events)
+        assert rest[-1]["event"] == "unauthorized"
+        assert rest[-1]["data"] == {"detail": "token revoked"}
+        again = client.get(f"/runs/{run_id}/events", headers=bearer(minted.token))
+        assert again.status_code == 401
+    finally:
+        web_db.dispose(app)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 def samples(text: str, name: str, endpoint: str, status: int) -> list[str]:

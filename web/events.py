@@ -1,6 +1,7 @@
 """GET /runs/{id}/events as Server-Sent Events: the changes engine.watch finds, written as
 `event: run` (the run as GET /runs/{id} shows it), a comment line as heartbeat, and
-`event: timeout` when the stream has been open EVENTS_MAX_DURATION_S. Each open stream holds
+`event: timeout` when the stream has been open EVENTS_MAX_DURATION_S, `event: unauthorized`
+when its token expired or was revoked meanwhile. Each open stream holds
 one of the process's threads, so a process opens at most EVENTS_MAX_STREAMS of them."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -16,6 +18,7 @@ from sqlalchemy.exc import OperationalError
 
 from engine import watch
 from engine.config import Settings
+from engine.revocations import RevocationList
 from web.errors import problem
 from web.telemetry import STREAM_MIMETYPE
 
@@ -29,6 +32,25 @@ HEARTBEAT = b": keep-alive\n\n"
 def init_app(app: Flask) -> None:
     settings: Settings = app.config["SETTINGS"]
     app.extensions[_SLOTS] = threading.BoundedSemaphore(settings.events_max_streams)
+
+
+class TokenEnded(Exception):
+    """The stream's token expired or was revoked while it was open."""
+
+
+def token_check(claims: Mapping[str, Any], revocations: RevocationList) -> Callable[[], None]:
+    """A check, for each reading of a stream, that the token it was opened with is still
+    good: it raises TokenEnded once the token expired or was revoked (this process's copy
+    of the revocations, as every request is checked)."""
+    jti, expires = claims.get("jti"), claims.get("exp")
+
+    def check() -> None:
+        if isinstance(expires, int | float) and time.time() >= expires:
+            raise TokenEnded("token expired")
+        if revocations.is_revoked(jti, expires):
+            raise TokenEnded("token revoked")
+
+    return check
 
 
 def event(name: str, number: int, data: Mapping[str, Any] | None = None) -> bytes:
@@ -83,5 +105,8 @@ def _encode(changes: Iterator[watch.Change]) -> Iterator[bytes]:
                 yield event("timeout", number)
             else:
                 yield event("run", number, change.state)
+    except TokenEnded as ended:
+        # The client's next request (a reconnection) is answered 401, saying why.
+        yield event("unauthorized", number + 1, {"detail": str(ended)})
     except OperationalError as error:
         log.warning("event stream ended: the database is unavailable: %s", error.orig)

@@ -71,8 +71,9 @@ AUDIT_QUERY = (
 MAYBE_NUMBER = {"type": ["number", "null"]}
 EVENT_STREAM = {
     "type": "string",
-    "description": "text/event-stream: events of `id:`, `event:` (run or timeout) and "
-    "`data:` (a Run as JSON; {} for timeout), and comment lines",
+    "description": "text/event-stream: events of `id:`, `event:` (run, timeout or "
+    "unauthorized) and `data:` (a Run as JSON; {} for timeout; {detail} for unauthorized, "
+    "when the token expired or was revoked meanwhile), and comment lines",
 }
 WELLNESS_SUMMARY = shape(
     {

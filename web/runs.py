@@ -9,7 +9,7 @@ from flask import Blueprint, current_app, request, url_for
 from engine import resume, runs
 from engine.errors import InvalidInput
 from web import events, schemas, serialize
-from web.auth import current_caller, require_scopes
+from web.auth import current_caller, request_claims, require_scopes
 from web.db import get_session, read_connection
 from web.dispatch import send
 
@@ -78,8 +78,10 @@ def get_run(run_id: str) -> Any:
 def run_events(run_id: str) -> Any:
     caller = current_caller()
     read_db = current_app.extensions["engine.read_db"]
+    still_valid = events.token_check(request_claims(), current_app.extensions["engine.revocations"])
 
     def read() -> dict[str, Any]:
+        still_valid()  # a token that expires or is revoked while it streams ends the stream
         with read_db.connect() as connection:
             return serialize.run(*runs.read_run_with_steps(connection, run_id, caller))
 
