@@ -92,10 +92,23 @@ def register(
             ) from None
 
     def decorate(function: ActionFunction) -> ActionFunction:
+        known = _REGISTRY.get(name)
+        if known is not None and _origin(known.function) != _origin(function):
+            # Two plugins (or a plugin and a built-in) under one name: whichever was imported
+            # last would run, depending on the order of the entry points.
+            raise ConfigError(
+                f"action {name!r} is registered twice: by {_origin(known.function)} and by "
+                f"{_origin(function)}"
+            )
         _REGISTRY[name] = Action(name, function, schema, expressions)
         return function
 
     return decorate
+
+
+def _origin(function: ActionFunction) -> str:
+    """Where a function is defined: the same one imported again registers as itself."""
+    return f"{function.__module__}.{getattr(function, '__qualname__', function)}"
 
 
 def load_plugins(modules: Iterable[str] = ()) -> None:

@@ -18,3 +18,15 @@ def test_an_action_whose_schema_is_not_json_schema_is_refused_as_it_registers() 
             return None
 
     assert actions.get("unit.bad_schema") is None
+
+
+def test_a_second_action_under_a_name_already_registered_is_refused() -> None:
+    """Else whichever plugin was imported last would run, by the entry points' order."""
+    with pytest.raises(ConfigError, match="'echo' is registered twice: by engine.actions"):
+
+        @actions.register("echo")
+        def echo(inputs: object, context: actions.ActionContext) -> None:
+            return None
+
+    builtin = actions.get("echo")
+    assert builtin is not None and builtin.function.__module__ == "engine.actions.builtin"
