@@ -106,15 +106,20 @@ def test_the_worker_refuses_to_start_with_a_visibility_timeout_below_the_longest
             REDIS_URL="redis://127.0.0.1:1/0",
         ),
     }
+    output = refused_start(env, tmp_path)
+    assert "ConfigError" in output
+    assert "BROKER_VISIBILITY_TIMEOUT_S (10)" in output
+    assert "STEP_TIMEOUT_MAX_S (60)" in output
+
+
+def refused_start(env: dict[str, str], tmp_path: Path) -> str:
+    """What a worker that refused to start with `env` wrote before it exited."""
     worker = Worker(env, tmp_path / "worker.log")
     try:
         with pytest.raises(AssertionError, match="worker exited"):
             worker.start()
         assert worker.process is not None and worker.process.returncode != 0
-        output = (tmp_path / "worker.log").read_text()
-        assert "ConfigError" in output
-        assert "BROKER_VISIBILITY_TIMEOUT_S (10)" in output
-        assert "STEP_TIMEOUT_MAX_S (60)" in output
+        return (tmp_path / "worker.log").read_text()
     finally:
         worker.stop()
 
@@ -133,18 +138,10 @@ def test_the_worker_refuses_to_start_with_an_action_module_that_cannot_be_import
             PYTHONPATH=str(tmp_path),
         ),
     }
-    worker = Worker(env, tmp_path / "worker.log")
-    try:
-        with pytest.raises(AssertionError, match="worker exited"):
-            worker.start()
-        assert worker.process is not None and worker.process.returncode != 0
-        output = (tmp_path / "worker.log").read_text()
-        assert (
-            "ConfigError: ENGINE_ACTION_MODULES names 'broken_actions', which cannot be "
-            "imported: ModuleNotFoundError: No module named 'no_such_dependency'"
-        ) in output
-    finally:
-        worker.stop()
+    assert (
+        "ConfigError: ENGINE_ACTION_MODULES names 'broken_actions', which cannot be "
+        "imported: ModuleNotFoundError: No module named 'no_such_dependency'"
+    ) in refused_start(env, tmp_path)
 
 
 def test_celery_gets_the_visibility_timeout_late_acks_and_the_reconciler_schedule(
