@@ -16,8 +16,6 @@ from engine import dlq, metrics
 from engine.attempts import B_NOW, B_RUN_ID, INLINE_MARK, MINE, Outcome
 from engine.config import Settings
 from engine.models import Run, Step, utcnow
-from engine.planner import descendants
-from engine.specs import CompiledWorkflow
 from engine.state import RunStatus, StepStatus
 from engine.work import STEP_TASK, Work, step_dispatch
 from engine.workflows import compiled
@@ -25,15 +23,18 @@ from engine.workflows import compiled
 log = logging.getLogger(__name__)
 steps = Step.__table__
 runs = Run.__table__
+# The steps of a run that have not started an attempt: a failed run skips them.
+NOT_STARTED = (StepStatus.PENDING, StepStatus.QUEUED, StepStatus.RETRYING)
 
-_SELECT_RUN_FOR_FAILURE = select(runs.c.workflow, runs.c.version, runs.c.priority).where(
-    runs.c.id == B_RUN_ID
-)
+_SELECT_RUN_FOR_FAILURE = select(
+    runs.c.workflow, runs.c.version, runs.c.priority, runs.c.status
+).where(runs.c.id == B_RUN_ID)
 
 
 @cache
-def _fail_update(retrying: bool, with_inputs: bool) -> Update:
-    """The UPDATE recording a failed attempt: retrying (next attempt due at `b_next`) or dead."""
+def _fail_update(retrying: bool | None, with_inputs: bool) -> Update:
+    """The UPDATE recording a failed attempt: retrying (next attempt due at `b_next`), dead,
+    or (None) skipped, its run failed meanwhile."""
     values: dict[str, Any] = {
         "error": bindparam("b_error", type_=steps.c.error.type),
         "error_type": bindparam("b_error_type", type_=steps.c.error_type.type),
@@ -41,7 +42,9 @@ def _fail_update(retrying: bool, with_inputs: bool) -> Update:
     }
     if with_inputs:
         values["inputs"] = bindparam("b_inputs", type_=steps.c.inputs.type)
-    if retrying:
+    if retrying is None:
+        values.update(status=StepStatus.SKIPPED, next_attempt_at=None)
+    elif retrying:
         values.update(
             status=StepStatus.RETRYING,
             next_attempt_at=bindparam("b_next", type_=steps.c.next_attempt_at.type),
@@ -93,6 +96,19 @@ def fail_attempt(
     if lost and attempt >= allowed:
         message += f"; the delivery cap MAX_DELIVERIES={settings.max_deliveries} is reached"
         recorded["b_error"] = message[:10_000]
+    if retryable and attempt < allowed and run.status != RunStatus.RUNNING:
+        # The run failed while this attempt ran: no next attempt into it. The step is
+        # skipped, as the failed run's other waiting steps are; a replay brings it back.
+        if not session.execute(_fail_update(None, inputs is not None), recorded).rowcount:
+            return Outcome("lost")
+        log.info(
+            "run %s step %s: attempt %s failed (%s) after its run ended; skipped",
+            run_id,
+            step_id,
+            attempt,
+            error_type,
+        )
+        return Outcome("skipped", error=message)
     if retryable and attempt < allowed:
         delay = spec.retry.delay(attempt)
         if retry_after_s is not None:
@@ -152,9 +168,8 @@ def fail_attempt(
     metrics.steps_total.labels(action=spec.action, status="dead").inc()
     work = fail_run(
         session,
-        workflow,
+        workflow.name,
         run_id,
-        step_id,
         f"step {step_id!r} failed after {attempt} attempt(s): {error_type}: {message}"[:2000],
     )
     log.error(
@@ -198,28 +213,27 @@ def record_lost_attempt(
     )
 
 
-def fail_run(
-    session: Session, workflow: CompiledWorkflow, run_id: str, step_id: str, error: str
-) -> Work:
-    """Skip what depends on a dead step and fail the run, in the caller's transaction."""
-    downstream = descendants(workflow.children, step_id)
-    if downstream:
-        session.execute(
-            update(steps)
-            .where(
-                steps.c.run_id == run_id,
-                steps.c.step_id.in_(downstream),
-                steps.c.status == StepStatus.PENDING,
-            )
-            .values(status=StepStatus.SKIPPED)
-        )
+def fail_run(session: Session, workflow_name: str, run_id: str, error: str) -> Work:
+    """Fail the run, in the caller's transaction: every step of it that has not started
+    (pending, queued, or waiting to retry), on the dead step's branch or another, is
+    skipped, so the finished run shows no step waiting; a message already sent for one
+    finds it skipped and runs nothing. Steps running now finish and are recorded, but
+    release nothing into the failed run. A replay brings the skipped steps back
+    (engine.resume)."""
+    # The run row first, as a resume does: a step succeeding now holds a shared lock on it
+    # until it has released its children, which are then skipped here with the others.
     failed = session.execute(
         update(runs)
         .where(runs.c.id == run_id, runs.c.status == RunStatus.RUNNING)
         .values(status=RunStatus.FAILED, error=error, finished_at=utcnow())
     ).rowcount
+    session.execute(
+        update(steps)
+        .where(steps.c.run_id == run_id, steps.c.status.in_(NOT_STARTED))
+        .values(status=StepStatus.SKIPPED, next_attempt_at=None)
+    )
     if failed:
-        metrics.runs_total.labels(workflow=workflow.name, status="failed").inc()
+        metrics.runs_total.labels(workflow=workflow_name, status="failed").inc()
     return Work()
 
 

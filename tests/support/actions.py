@@ -29,7 +29,8 @@ def executions_log(var_dir: Path) -> Path:
 @register("record")
 def record(inputs: Any, context: ActionContext) -> dict[str, Any]:
     """Record the execution; `sleep` first (writing the pid), `fail: true` to raise;
-    `fail_before_attempt: n` fails the attempts before n at once."""
+    `fail_before_attempt: n` fails the attempts before n at once; `fail_at_attempt: n`
+    fails attempt n after its sleep."""
     inputs = inputs if isinstance(inputs, dict) else {}
     line = f"{context.run_id} {context.step_id} {context.attempt} {os.getpid()}\n"
     with open(executions_log(_var_dir()), "a") as handle:
@@ -43,7 +44,7 @@ def record(inputs: Any, context: ActionContext) -> dict[str, Any]:
             str(os.getpid())
         )
         time.sleep(float(inputs["sleep"]))
-    if inputs.get("fail"):
+    if inputs.get("fail") or context.attempt == inputs.get("fail_at_attempt"):
         raise ActionError(inputs.get("message", "recorded failure"))
     return {"step": context.step_id, "inputs": inputs, "upstream": sorted(context.steps)}
 
