@@ -29,7 +29,8 @@ from engine.attempts import (
 from engine.cache import LRUCache
 from engine.config import Settings
 from engine.db import one_transaction_from_here, statement_by_statement
-from engine.failures import record_lost_attempt
+from engine.errors import InvalidSpec
+from engine.failures import bury_uncompilable, record_lost_attempt
 from engine.models import Run, Step, utcnow
 from engine.state import RunStatus, StepStatus
 from engine.workflows import compiled
@@ -150,12 +151,24 @@ def claim_step(
             return None
         facts = _RUN_FACTS[run_id] = (run.workflow, run.version, run.params, run.priority)
     workflow_name, version, params, priority = facts
-    workflow = compiled(session, settings, workflow_name, version)
+    number = attempt_number(task_id, run_id, step_id)
+    try:
+        workflow = compiled(session, settings, workflow_name, version)
+    except InvalidSpec as exc:
+        one_transaction_from_here(session)  # the failure writes several rows
+        return bury_uncompilable(
+            session,
+            run_id,
+            workflow_name,
+            step_id,
+            task_id=task_id,
+            previous=None if number is None else number - 1,
+            error=exc,
+        )
     spec = workflow.steps.get(step_id)
     if spec is None:
         return None
     now = utcnow()
-    number = attempt_number(task_id, run_id, step_id)
     key = {"b_run_id": run_id, "b_step_id": step_id}
     values = {
         **key,

@@ -9,11 +9,11 @@ from datetime import timedelta
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Update, bindparam, select, update
+from sqlalchemy import Update, and_, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from engine import dlq, metrics
-from engine.attempts import B_NOW, B_RUN_ID, INLINE_MARK, MINE, Outcome
+from engine.attempts import B_NOW, B_RUN_ID, INLINE_MARK, MINE, RUN_IS_RUNNING, Outcome
 from engine.config import Settings
 from engine.models import Run, Step, utcnow
 from engine.state import RunStatus, StepStatus
@@ -270,3 +270,77 @@ def record_lost_inline(
         else:
             outcome.work.extend(recorded.work)
     return outcome
+
+
+def bury_uncompilable(
+    session: Session,
+    run_id: str,
+    workflow_name: str,
+    step_id: str,
+    *,
+    task_id: str,
+    previous: int | None,
+    error: Exception,
+) -> Outcome | None:
+    """Dead-letter a waiting step whose workflow version this process cannot compile (its
+    settings, STEP_TIMEOUT_MAX_S or RETRY_MAX_BACKOFF_S, were lowered below what the version
+    uses): no attempt of it can run here, and a dropped message would only be sent again.
+    One attempt is counted and the run fails, naming why; replay it once the settings allow
+    the version again. None when the step was not this message's to take (a claim would
+    have refused it)."""
+    error_type, message, trace = dlq.describe(error)
+    message = f"workflow {workflow_name!r} cannot be compiled here: {message}"[:10_000]
+    now = utcnow()
+    waiting = and_(
+        steps.c.run_id == run_id,
+        steps.c.step_id == step_id,
+        steps.c.status.in_((StepStatus.QUEUED, StepStatus.RETRYING)),
+        RUN_IS_RUNNING,
+    )
+    if previous is not None:
+        waiting = and_(waiting, steps.c.attempts == previous)
+    buried = session.execute(
+        update(steps)
+        .where(waiting)
+        .values(
+            status=StepStatus.DEAD,
+            attempts=steps.c.attempts + 1,
+            task_id=task_id,
+            error=message,
+            error_type=error_type,
+            started_at=now,
+            finished_at=now,
+            next_attempt_at=None,
+            lease_expires_at=None,
+        )
+        .returning(steps.c.attempts, steps.c.queue, steps.c.action),
+        {"b_run_id": run_id},
+    ).first()
+    if buried is None:
+        return None
+    letter_id = dlq.record(
+        session,
+        task_name=STEP_TASK,
+        task_id=task_id,
+        queue=buried.queue,
+        args=[run_id, step_id],
+        run_id=run_id,
+        step_id=step_id,
+        workflow=workflow_name,
+        exception_type=error_type,
+        message=message,
+        trace=trace,
+        attempts=buried.attempts,
+        failed_at=now,
+    )
+    metrics.steps_total.labels(action=buried.action, status="dead").inc()
+    work = fail_run(
+        session,
+        workflow_name,
+        run_id,
+        f"step {step_id!r} failed after {buried.attempts} attempt(s): {error_type}: {message}"[
+            :2000
+        ],
+    )
+    log.error("run %s step %s: %s (dead letter %s)", run_id, step_id, message, letter_id)
+    return Outcome("dead", work, dead_letter_id=letter_id, error=message)

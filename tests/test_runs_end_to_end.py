@@ -245,3 +245,42 @@ def test_a_step_whose_worker_lacks_its_action_is_dead_lettered_naming_it(
     assert [run["steps"][-1]["step_id"] for run in runs.values()] == ["api", "bare"]
     assert f"unknown action '{unique}.api_only': no module this worker" in errors["api"]
     assert "unknown action 'record'" in errors["bare"]
+
+
+def test_a_step_whose_worker_cannot_compile_its_workflow_is_dead_lettered_naming_why(
+    stack: Stack, unique: str
+) -> None:
+    """The worker of a step's own queue runs with a STEP_TIMEOUT_MAX_S lowered below the
+    timeout_s of the registered version: it cannot compile that version, so it cannot run
+    the step. The step is a dead letter naming why, once, and the run fails; its message is
+    not taken, dropped and sent again without end."""
+    queue = f"{unique}_strict"
+    stack.register(
+        spec(
+            unique,
+            [
+                {"id": "first", "action": "noop"},
+                {"id": "long", "action": "noop", "needs": ["first"], "queue": queue},
+                {"id": "after", "action": "noop", "needs": ["long"]},
+            ],
+            defaults={"timeout_s": 600},
+        )
+    )
+    worker = stack.start_worker(concurrency=1, queues=queue, env={"STEP_TIMEOUT_MAX_S": "300"})
+    try:
+        run = stack.wait_finished(stack.submit(unique), timeout=30)
+    finally:
+        worker.stop()
+    assert run["status"] == "failed", run
+    steps = {step["step_id"]: step for step in run["steps"]}
+    assert [(steps[s]["status"], steps[s]["attempts"]) for s in ("first", "long", "after")] == [
+        ("succeeded", 1),
+        ("dead", 1),
+        ("skipped", 0),
+    ]
+    assert f"workflow '{unique}' cannot be compiled here" in steps["long"]["error"]
+    assert "STEP_TIMEOUT_MAX_S" in steps["long"]["error"], steps["long"]["error"]
+    assert steps["long"]["error_type"] == "InvalidSpec"
+    (letter,) = stack.dead_letters(run["id"])
+    assert (letter.step_id, letter.exception_type) == ("long", "InvalidSpec")
+    assert "cannot be compiled here" in run["error"]
