@@ -5,7 +5,7 @@ caller's transaction."""
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
@@ -150,33 +150,59 @@ def fail_attempt(
         )
     if not session.execute(_fail_update(False, inputs is not None), recorded).rowcount:
         return Outcome("lost")
+    return bury_step(
+        session,
+        workflow.name,
+        run_id,
+        step_id,
+        action=spec.action,
+        queue=spec.queue,
+        task_id=task_id,
+        attempts=attempt,
+        failure=(error_type, message, trace),
+        failed_at=now,
+    )
+
+
+def bury_step(
+    session: Session,
+    workflow_name: str,
+    run_id: str,
+    step_id: str,
+    *,
+    action: str,
+    queue: str,
+    task_id: str,
+    attempts: int,
+    failure: tuple[str, str, str],
+    failed_at: datetime,
+) -> Outcome:
+    """A step recorded dead (by its caller): its dead letter, the run failed, in the
+    caller's transaction. `failure` is (exception type, message, traceback)."""
+    error_type, message, trace = failure
     letter_id = dlq.record(
         session,
         task_name=STEP_TASK,
         task_id=task_id,
-        queue=spec.queue,
+        queue=queue,
         args=[run_id, step_id],
         run_id=run_id,
         step_id=step_id,
-        workflow=workflow.name,
+        workflow=workflow_name,
         exception_type=error_type,
         message=message,
         trace=trace,
-        attempts=attempt,
-        failed_at=now,
+        attempts=attempts,
+        failed_at=failed_at,
     )
-    metrics.steps_total.labels(action=spec.action, status="dead").inc()
-    work = fail_run(
-        session,
-        workflow.name,
-        run_id,
-        f"step {step_id!r} failed after {attempt} attempt(s): {error_type}: {message}"[:2000],
-    )
+    metrics.steps_total.labels(action=action, status="dead").inc()
+    summary = f"step {step_id!r} failed after {attempts} attempt(s): {error_type}: {message}"
+    work = fail_run(session, workflow_name, run_id, summary[:2000])
     log.error(
         "run %s step %s: dead after %s attempt(s): %s: %s (dead letter %s)",
         run_id,
         step_id,
-        attempt,
+        attempts,
         error_type,
         message,
         letter_id,
@@ -318,29 +344,15 @@ def bury_uncompilable(
     ).first()
     if buried is None:
         return None
-    letter_id = dlq.record(
-        session,
-        task_name=STEP_TASK,
-        task_id=task_id,
-        queue=buried.queue,
-        args=[run_id, step_id],
-        run_id=run_id,
-        step_id=step_id,
-        workflow=workflow_name,
-        exception_type=error_type,
-        message=message,
-        trace=trace,
-        attempts=buried.attempts,
-        failed_at=now,
-    )
-    metrics.steps_total.labels(action=buried.action, status="dead").inc()
-    work = fail_run(
+    return bury_step(
         session,
         workflow_name,
         run_id,
-        f"step {step_id!r} failed after {buried.attempts} attempt(s): {error_type}: {message}"[
-            :2000
-        ],
+        step_id,
+        action=buried.action,
+        queue=buried.queue,
+        task_id=task_id,
+        attempts=buried.attempts,
+        failure=(error_type, message, trace),
+        failed_at=now,
     )
-    log.error("run %s step %s: %s (dead letter %s)", run_id, step_id, message, letter_id)
-    return Outcome("dead", work, dead_letter_id=letter_id, error=message)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import requests
@@ -127,15 +128,21 @@ class _Checked:
 
 def _adapter(policy: Policy) -> HTTPAdapter:
     """An adapter whose pools make connections checked by `policy`."""
+    adapter = HTTPAdapter(max_retries=0)
+    adapter.poolmanager.pool_classes_by_scheme = _pool_classes(policy)
+    return adapter
+
+
+@lru_cache(maxsize=16)
+def _pool_classes(policy: Policy) -> dict[str, type]:
+    """The pool classes whose connections `policy` checks: made once per policy, not for
+    every request."""
     connection = type("CheckedHTTPConnection", (_Checked, HTTPConnection), {"policy": policy})
     tls_connection = type("CheckedHTTPSConnection", (_Checked, HTTPSConnection), {"policy": policy})
-    pools = {
+    return {
         "http": type("CheckedPool", (HTTPConnectionPool,), {"ConnectionCls": connection}),
         "https": type("CheckedTLSPool", (HTTPSConnectionPool,), {"ConnectionCls": tls_connection}),
     }
-    adapter = HTTPAdapter(max_retries=0)
-    adapter.poolmanager.pool_classes_by_scheme = pools
-    return adapter
 
 
 def session(policy: Policy, max_redirects: int) -> requests.Session:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from engine import actions, templating
@@ -51,11 +50,11 @@ def input_errors(
     """What the action's input schema refuses in a step's `with` whatever its templates
     render to: a constant value, a missing required key. What depends on a template is
     left to the run (a step without `with` gets null)."""
-    if action.schema is None:
+    if action.validator is None:
         return []
     templates = templating.template_paths(inputs)
     found = []
-    for error in Draft202012Validator(action.schema).iter_errors(inputs):
+    for error in action.validator.iter_errors(inputs):
         path = tuple(error.absolute_path)
         rendered = any(t[: len(path)] == path for t in templates)
         if rendered and (error.validator not in _SHAPE_KEYWORDS or path in templates):
