@@ -8,8 +8,6 @@ pg_dump's custom format and pg_restore, run by engine.pg_client.
 from __future__ import annotations
 
 import os
-import sqlite3
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,26 +16,18 @@ from sqlalchemy import insert, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from engine import migrations, pg_client
+from engine import migrations, pg_client, sqlite_file
 from engine.config import Settings
 from engine.db import make_engine, normalise_url
 from engine.errors import DatabaseOperationError
 from engine.models import Base, RevokedToken, utcnow
+from engine.sqlite_file import CheckResult, sqlite_path
 
-SQLITE_HEADER = b"SQLite format 3\x00"
 # Every database of this platform has alembic's table; a backup without it is not one.
 VERSION_TABLE = "alembic_version"
-SQLITE_TIMEOUT_S = 30.0
 
 
 _revoked = RevokedToken.__table__
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    name: str
-    ok: bool
-    detail: str
 
 
 BACKUP_MODE = 0o600
@@ -60,7 +50,7 @@ def backup(settings: Settings, path: Path | None = None, *, replace: bool = Fals
     """Write a consistent copy of the database to `path` (default under var/backups); an
     existing file is replaced only when asked, and the live database never."""
     target = Path(path) if path else default_backup_path(settings)
-    if _is_live_database(settings, target):
+    if sqlite_file.is_live(settings, target):
         raise DatabaseOperationError(f"{target} is the live database: write the backup elsewhere")
     if target.exists() and not replace:
         raise DatabaseOperationError(
@@ -74,7 +64,7 @@ def backup(settings: Settings, path: Path | None = None, *, replace: bool = Fals
     partial.touch(mode=BACKUP_MODE)
     try:
         if settings.is_sqlite:
-            _sqlite_backup(sqlite_path(settings), partial)
+            sqlite_file.copy(sqlite_path(settings), partial)
         else:
             pg_client.run_tool(settings, "pg_dump", ["--format=custom", "--file", str(partial)])
         os.replace(partial, target)
@@ -88,10 +78,11 @@ def verify_backup(settings: Settings, path: Path) -> None:
     path = Path(path)
     if not path.is_file():
         raise DatabaseOperationError(f"no backup file at {path}")
-    if _is_live_database(settings, path):
+    if sqlite_file.is_live(settings, path):
         raise DatabaseOperationError(f"{path} is the live database, not a backup")
     if settings.is_sqlite:
-        _sqlite_verify(path)
+        if not sqlite_file.verify(path, VERSION_TABLE):
+            raise _not_ours(path)
     else:
         # --list reads the archive's table of contents: a wrong file fails here, untouched.
         try:
@@ -126,7 +117,7 @@ def restore(settings: Settings, path: Path, *, verified: bool = False) -> int:
 
 def _replace(settings: Settings, path: Path) -> None:
     if settings.is_sqlite:
-        _sqlite_restore(path, sqlite_path(settings, must_exist=False))
+        sqlite_file.restore(path, sqlite_path(settings, must_exist=False))
     else:
         pg_client.run_tool(
             settings,
@@ -183,7 +174,7 @@ def check(settings: Settings) -> list[CheckResult]:
         path = sqlite_path(settings, must_exist=False)
         if not path.is_file():
             return [CheckResult("database", False, f"no database file at {path}")]
-        results += _sqlite_checks(path)
+        results += sqlite_file.checks(path)
     db_engine = make_engine(settings)
     try:
         with db_engine.connect() as connection:
@@ -218,7 +209,7 @@ def check(settings: Settings) -> list[CheckResult]:
 def analyze(settings: Settings) -> None:
     """Refresh the query planner's statistics."""
     if settings.is_sqlite:
-        connection = _sqlite_connect(sqlite_path(settings))
+        connection = sqlite_file.connect(sqlite_path(settings))
         try:
             connection.execute("ANALYZE")
             connection.execute("PRAGMA optimize")
@@ -236,107 +227,3 @@ def analyze(settings: Settings) -> None:
 def describe(settings: Settings) -> str:
     """The database's URL without its password, for messages."""
     return make_url(normalise_url(settings.database_url)).render_as_string(hide_password=True)
-
-
-# SQLite -----------------------------------------------------------------------------------
-
-
-def sqlite_path(settings: Settings, *, must_exist: bool = True) -> Path:
-    database = make_url(settings.database_url).database
-    if not database or database == ":memory:" or database.startswith("file:"):
-        raise DatabaseOperationError(f"not a SQLite file: {settings.database_url}")
-    path = Path(database)
-    if must_exist and not path.is_file():
-        raise DatabaseOperationError(f"no database file at {path}")
-    return path
-
-
-def _sqlite_connect(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(str(path), timeout=SQLITE_TIMEOUT_S, isolation_level=None)
-
-
-def _sqlite_backup(source_path: Path, target: Path) -> None:
-    source, copy = _sqlite_connect(source_path), _sqlite_connect(target)
-    try:
-        source.backup(copy)
-        # One self-contained file: no -wal beside it to forget when copying it elsewhere.
-        copy.execute("PRAGMA journal_mode=DELETE")
-    except sqlite3.Error as exc:
-        raise DatabaseOperationError(f"SQLite backup failed: {exc}") from exc
-    finally:
-        copy.close()
-        source.close()
-
-
-def _is_live_database(settings: Settings, path: Path) -> bool:
-    if not settings.is_sqlite:
-        return False
-    try:
-        live = sqlite_path(settings, must_exist=False)
-    except DatabaseOperationError:
-        return False
-    candidates = (live, *(live.with_name(live.name + end) for end in ("-wal", "-shm")))
-    return any(Path(path).resolve() == candidate.resolve() for candidate in candidates)
-
-
-def _sqlite_verify(path: Path) -> None:
-    with open(path, "rb") as handle:
-        if handle.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
-            raise DatabaseOperationError(f"{path} is not a SQLite database")
-    # Read-only: checking a file must not create a journal beside it or change it.
-    try:
-        connection = sqlite3.connect(
-            f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=SQLITE_TIMEOUT_S
-        )
-        try:
-            verdict = [row[0] for row in connection.execute("PRAGMA quick_check")]
-            ours = connection.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (VERSION_TABLE,)
-            ).fetchone()
-        finally:
-            connection.close()
-    except sqlite3.Error as exc:
-        raise DatabaseOperationError(f"{path} cannot be read as a backup: {exc}") from exc
-    if verdict != ["ok"]:
-        raise DatabaseOperationError(
-            f"{path} is damaged ({'; '.join(verdict[:3])}); nothing was restored"
-        )
-    if ours is None:
-        raise _not_ours(path)
-
-
-def _sqlite_restore(backup_path: Path, live: Path) -> None:
-    source = _sqlite_connect(backup_path)
-    try:
-        live.parent.mkdir(parents=True, exist_ok=True)
-        target = _sqlite_connect(live)
-        try:
-            source.backup(target)
-        finally:
-            target.close()
-    except sqlite3.Error as exc:
-        raise DatabaseOperationError(f"SQLite restore failed: {exc}") from exc
-    finally:
-        source.close()
-
-
-def _sqlite_checks(path: Path) -> list[CheckResult]:
-    connection = _sqlite_connect(path)
-    try:
-        verdict = [row[0] for row in connection.execute("PRAGMA integrity_check")]
-        broken = connection.execute("PRAGMA foreign_key_check").fetchall()
-    except sqlite3.Error as exc:
-        return [CheckResult("integrity", False, f"{path}: {exc}")]
-    finally:
-        connection.close()
-    integrity = CheckResult(
-        "integrity", verdict == ["ok"], "ok" if verdict == ["ok"] else "; ".join(verdict[:5])
-    )
-    if broken:
-        examples = ", ".join(
-            f"{table} row {rowid} -> {parent}" for table, rowid, parent, _ in broken
-        )
-        keys = CheckResult("foreign_keys", False, f"{len(broken)} broken: {examples[:300]}")
-    else:
-        keys = CheckResult("foreign_keys", True, "ok")
-    return [integrity, keys]

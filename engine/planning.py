@@ -1,6 +1,6 @@
 """Planning, the manager's work: a queued run becomes its steps, the roots are released and
 the first one on the inline queue is claimed for the planner to run itself. A run that
-cannot be planned is buried with a dead letter. Callers commit, then dispatch."""
+cannot be planned is buried by engine.plan_failures. Callers commit, then dispatch."""
 
 from __future__ import annotations
 
@@ -26,16 +26,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from engine import dlq, metrics, workflows
+from engine import metrics, workflows
 from engine.attempts import Claim, lease_for
 from engine.config import Settings
 from engine.db import COPY_MIN_ROWS, insert_rows, statement_by_statement
 from engine.errors import NotFound
 from engine.models import Run, Step, utcnow
-from engine.redaction import failure_redactor
 from engine.specs import CompiledWorkflow, StepSpec
 from engine.state import RunStatus, StepStatus
-from engine.work import MANAGER_QUEUE, PLAN_TASK, Work, plan_task_id, step_dispatch, step_task_id
+from engine.work import Work, step_dispatch, step_task_id
 
 steps = Step.__table__
 runs = Run.__table__
@@ -320,68 +319,6 @@ def _released(
         return work, None
     task_id = step_task_id(run_id, inline.id, 1)
     return work, Claim(run_id, inline.id, task_id, 1, workflow, inline, priority, params, {}, None)
-
-
-def count_plan_redelivery(session: Session, settings: Settings, run_id: str) -> bool:
-    """Count a redelivered plan_run; True when it is past the delivery cap (then buried)."""
-    row = session.execute(
-        update(runs)
-        .where(runs.c.id == run_id, runs.c.status == RunStatus.QUEUED)
-        .values(plan_deliveries=runs.c.plan_deliveries + 1)
-        .returning(runs.c.plan_deliveries)
-    ).first()
-    if row is None or row.plan_deliveries < settings.max_deliveries:
-        return False
-    bury_plan(
-        session,
-        run_id,
-        "WorkerLostError",
-        f"the worker died while planning this run {row.plan_deliveries} time(s); "
-        f"the delivery cap is {settings.max_deliveries}",
-        "",
-        row.plan_deliveries,
-    )
-    return True
-
-
-def redacted_failure(
-    session: Session, settings: Settings, run_id: str, message: str, trace: str
-) -> tuple[str, str]:
-    """A planning failure's message and traceback without the credentials engine.redaction
-    knows of, the run's secret-named params among them (a schema's refusal quotes the value
-    it refused)."""
-    params = session.scalar(select(runs.c.params).where(runs.c.id == run_id))
-    redactor = failure_redactor(settings, params)
-    return redactor.redact(message), redactor.redact(trace)
-
-
-def bury_plan(
-    session: Session, run_id: str, error_type: str, message: str, trace: str, attempts: int = 1
-) -> str | None:
-    """A run that cannot be planned: dead letter plus failed run, in one transaction.
-
-    The run row is locked before its status is judged: two deliveries of one plan message
-    failing at once would otherwise each read it queued and each write a dead letter."""
-    run = session.get(Run, run_id, with_for_update=True)
-    if run is None or run.status not in (RunStatus.QUEUED, RunStatus.PLANNING):
-        return None
-    letter_id = dlq.record(
-        session,
-        task_name=PLAN_TASK,
-        task_id=plan_task_id(run_id),
-        queue=MANAGER_QUEUE,
-        args=[run_id, run.workflow, run.version],  # as its plan message names them
-        run_id=run_id,
-        step_id=None,
-        workflow=run.workflow,
-        exception_type=error_type,
-        message=message,
-        trace=trace,
-        attempts=attempts,
-    )
-    run.status, run.error, run.finished_at = RunStatus.FAILED, f"{error_type}: {message}", utcnow()
-    metrics.runs_total.labels(workflow=run.workflow, status="failed").inc()
-    return letter_id
 
 
 def first_inline_step(session: Session, settings: Settings, run_id: str) -> str | None:

@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 
 from cli import context as cli_context
 from cli.main import main as cli
-from engine import bulk_replay, payloads, planning, replay
+from engine import bulk_replay, payloads, plan_failures, replay
 from engine.auth import Caller
 from engine.config import Settings
 from engine.errors import InvalidInput
@@ -442,7 +442,9 @@ def test_replaying_a_planning_dead_letter_queues_its_run_again(
     database.register(spec(unique, [{"id": "a", "action": "noop"}]))
     run_id = database.submit(unique)  # no worker here: the run stays queued
     with database.sessions.begin() as session:
-        letter_id = planning.bury_plan(session, run_id, "WorkerLostError", "planning died", "", 3)
+        letter_id = plan_failures.bury_plan(
+            session, database.settings, run_id, "WorkerLostError", "planning died", "", 3
+        ).letter_id
     assert database.run(run_id)["status"] == "failed"
     client = database.client()
 
@@ -474,10 +476,16 @@ def test_two_planning_failures_of_one_run_at_once_write_one_dead_letter(
 
     def bury() -> None:
         with database.sessions.begin() as session:
-            letters.append(planning.bury_plan(session, run_id, "InvalidParams", "second", ""))
+            buried = plan_failures.bury_plan(
+                session, database.settings, run_id, "InvalidParams", "second", ""
+            )
+            letters.append(buried.letter_id)
 
     with database.sessions.begin() as session:
-        letters.append(planning.bury_plan(session, run_id, "InvalidParams", "first", ""))
+        buried = plan_failures.bury_plan(
+            session, database.settings, run_id, "InvalidParams", "first", ""
+        )
+        letters.append(buried.letter_id)
         other = threading.Thread(target=bury)
         other.start()
         other.join(0.5)
@@ -526,7 +534,9 @@ def test_a_bulk_replay_matching_more_than_the_cap_is_refused(database: Stack, un
     database.register(spec(unique, [{"id": "a", "action": "noop"}]))
     with database.sessions.begin() as session:
         for run_id in [database.submit(unique) for _ in range(2)]:
-            planning.bury_plan(session, run_id, "WorkerLostError", "planning died", "")
+            plan_failures.bury_plan(
+                session, database.settings, run_id, "WorkerLostError", "planning died", ""
+            )
     app = create_app(database.settings.with_changes(bulk_replay_max=1))
     try:
         response = app.test_client().post(
@@ -642,7 +652,9 @@ def test_a_bulk_replay_of_planning_dead_letters_queues_their_runs_again(
     run_ids = [database.submit(unique) for _ in range(2)]  # no worker: the runs stay queued
     with database.sessions.begin() as session:
         for run_id in run_ids:
-            planning.bury_plan(session, run_id, "WorkerLostError", "planning died", "")
+            plan_failures.bury_plan(
+                session, database.settings, run_id, "WorkerLostError", "planning died", ""
+            )
     client = database.client()
     response = client.post(
         "/admin/dlq/replay",

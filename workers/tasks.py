@@ -13,7 +13,7 @@ from celery.exceptions import Retry, SoftTimeLimitExceeded
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from engine import claims, execution, failures, logs, planning, recovery
+from engine import claims, execution, failures, logs, plan_failures, planning, recovery
 from engine.attempts import Claim, Outcome, delivery_tag, inline_worker
 from engine.dlq import describe
 from engine.planning import INLINE_QUEUE
@@ -260,7 +260,7 @@ def plan_run(self, run_id: str, workflow: str | None = None, version: int | None
     is known before the run is read (a message naming the run alone still plans it)."""
     if _redelivered(self):
         with sessions().begin() as session:
-            if planning.count_plan_redelivery(session, settings(), run_id):
+            if plan_failures.count_plan_redelivery(session, settings(), run_id):
                 raise StepDeadLettered(f"{self.request.id}: past the delivery cap")
     chain = Chain(self)
     claimed: Claim | Outcome | None = None
@@ -281,12 +281,17 @@ def plan_run(self, run_id: str, workflow: str | None = None, version: int | None
     except Exception as exc:
         error_type, message, trace = describe(exc)
         with sessions().begin() as session:
-            message, trace = planning.redacted_failure(session, settings(), run_id, message, trace)
-            letter = planning.bury_plan(session, run_id, error_type, message, trace)
+            buried = plan_failures.bury_plan(
+                session, settings(), run_id, error_type, message, trace
+            )
         log.error(
-            "run %s: planning failed (%s: %s); dead letter %s", run_id, error_type, message, letter
+            "run %s: planning failed (%s: %s); dead letter %s",
+            run_id,
+            error_type,
+            buried.message,
+            buried.letter_id,
         )
-        raise StepDeadLettered(f"{self.request.id}: {error_type}: {message}") from exc
+        raise StepDeadLettered(f"{self.request.id}: {error_type}: {buried.message}") from exc
     if not planned and _redelivered(self):
         # The delivery that planned this run died; the step it ran inline may be orphaned
         # (still queued, or left running), or a step it continued to in a chain.

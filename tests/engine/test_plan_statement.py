@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select, update
 
-from engine import execution, planning, runs
+from engine import execution, plan_failures, planning, runs
 from engine.attempts import Claim
 from engine.auth import Caller
 from engine.db import make_session_factory
@@ -121,13 +121,22 @@ def test_params_refused_at_planning_leave_the_run_queued_without_steps_to_be_bur
 
     with database.sessions.begin() as session:
         # A refusal may quote what it refused: what is kept and logged of it hides secrets.
-        message, trace = planning.redacted_failure(
-            session, database.settings, run_id, "'hunter22' is not an integer", "x = 'hunter22'"
+        buried = plan_failures.bury_plan(
+            session,
+            database.settings,
+            run_id,
+            "InvalidParams",
+            "'hunter22' is not an integer",
+            "x = 'hunter22'",
         )
-        assert (message, trace) == ("'[REDACTED]' is not an integer", "x = '[REDACTED]'")
-        letter_id = planning.bury_plan(session, run_id, "InvalidParams", "n: not an integer", "")
+        assert buried.message == "'[REDACTED]' is not an integer"
+    letter_id = buried.letter_id
     assert letter_id is not None
     assert seen_elsewhere(database, run_id) == ("failed", [])
     with database.sessions() as session:
         letter = session.get(DeadLetter, letter_id)
         assert (letter.run_id, letter.args) == (run_id, [run_id, unique, 1])
+        assert (letter.message, letter.traceback) == (
+            "'[REDACTED]' is not an integer",
+            "x = '[REDACTED]'",
+        )
