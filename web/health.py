@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from flask import Blueprint, current_app
 from sqlalchemy import text
 
@@ -17,6 +18,7 @@ log = logging.getLogger(__name__)
 bp = Blueprint("health", __name__)
 # How long /readyz waits for the broker's answer.
 READY_TIMEOUT_S = 2.0
+_BROKER = "engine.readiness_broker"
 
 
 @bp.get("/health")
@@ -35,14 +37,24 @@ def check_database() -> str | None:
 
 def check_broker() -> str | None:
     """A PING within READY_TIMEOUT_S: a Redis that hangs fails the check instead of holding it."""
-    client = queues.broker_client(current_app.config["SETTINGS"], timeout=READY_TIMEOUT_S)
     try:
-        client.ping()
+        readiness_broker().ping()
     except Exception as exc:  # any failure makes the check fail; it is reported, not raised
         return f"{type(exc).__name__}: {exc}"[:300]
-    finally:
-        client.close()
     return None
+
+
+def readiness_broker() -> redis.Redis:
+    """The process's client for the readiness PING, made at the first probe. Its pool keeps
+    the connection open between probes (a probe every few seconds opens no new one) and
+    drops a connection that failed, so the next probe after Redis is back connects again."""
+    extensions = current_app.extensions
+    client: redis.Redis | None = extensions.get(_BROKER)
+    if client is None:
+        # Two first probes at once: one client is kept; the other never connected.
+        made = queues.broker_client(current_app.config["SETTINGS"], timeout=READY_TIMEOUT_S)
+        client = extensions.setdefault(_BROKER, made)
+    return client
 
 
 @bp.get("/readyz")
