@@ -33,24 +33,27 @@ def follow(
     quiet_s: float | None = None,
     max_duration_s: float | None = None,
     first: Mapping[str, Any] | None = None,
+    seen: Mapping[str, Any] | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Iterator[Change]:
-    """The run's first state, then each state unlike the one before, ending after a
-    finished one (succeeded, failed or cancelled). `read` returns the run as the reader sees
-    it (`first`, when given, is its first reading). With `quiet_s`, a QUIET change comes
-    each time that long went by without a new state; with `max_duration_s`, an EXPIRED
-    change ends it when that long went by without the run finishing."""
+    """The run's first state, then each state unlike the one before, ending at a finished
+    one (succeeded, failed or cancelled). `read` returns the run as the reader sees it
+    (`first`, when given, is its first reading). `seen` is a state the reader already has:
+    a first state equal to it is not yielded (a finished one ends at once). With `quiet_s`,
+    a QUIET change comes each time that long went by without a new state; with
+    `max_duration_s`, an EXPIRED change ends it when that long went by without the run
+    finishing."""
     started = clock()
-    last: Mapping[str, Any] | None = None
+    last = seen
     state = first if first is not None else read()
     quiet_since = started
     while True:
         if state != last:
             yield Change(STATE, state)
-            if finished(state):
-                return
             last, quiet_since = state, clock()
+        if finished(state):
+            return
         now = clock()
         if max_duration_s is not None and now - started >= max_duration_s:
             yield Change(EXPIRED)

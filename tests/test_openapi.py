@@ -269,8 +269,13 @@ def test_real_answers_match_the_documented_shapes_and_statuses(
     answer("get", "/runs/{run_id}", status=200, run_id=run["id"], headers=headers)
     answer("post", "/runs/{run_id}/cancel", status=200, run_id=run["id"], headers=headers)
     answer("post", "/runs/{run_id}/retry", status=409, run_id=run["id"], headers=headers)
-    # A finished run's stream is its one event.
-    answer("get", "/runs/{run_id}/events", status=200, run_id=run["id"], headers=headers)
+    # A finished run's stream is its one event; to a client that has it, a 204.
+    streamed = answer("get", "/runs/{run_id}/events", status=200, run_id=run["id"], headers=headers)
+    [has] = [
+        line[4:] for line in streamed.get_data(as_text=True).splitlines() if line[:4] == "id: "
+    ]
+    resumed = {**headers, "Last-Event-ID": has}
+    answer("get", "/runs/{run_id}/events", status=204, run_id=run["id"], headers=resumed)
 
     letter = a_dead_letter(database, unique)
     by_print = {"fingerprint": unique}

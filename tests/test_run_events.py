@@ -1,6 +1,7 @@
 """GET /runs/{id}/events: a run's states as Server-Sent Events until it finishes, against a
-real worker; heartbeats, the longest stream, the access line written at its end, the
-latency histogram left alone; the cap on open streams under a real gunicorn."""
+real worker; ids that name the state, and a reconnection with one sent only what changed;
+heartbeats, the longest stream, the access line written at its end, the latency histogram
+left alone; the cap on open streams under a real gunicorn."""
 
 from __future__ import annotations
 
@@ -21,13 +22,20 @@ from tests.support import services
 from tests.support.stack import Stack, private_stack
 from web import create_app
 from web import db as web_db
+from web.events import RETRY_AFTER_S
 
 FINISHED = {"succeeded", "failed", "cancelled"}
 
 
 def sse(chunks: Iterator[bytes]) -> Iterator[dict[str, Any]]:
     """The events of a stream as they come: {"id", "event", "data"}, or {"comment": text}
-    for a comment line."""
+    for a comment line; after the `retry:` every stream begins with."""
+    blocks = sse_blocks(chunks)
+    assert next(blocks) == {"retry": str(RETRY_AFTER_S * 1000)}
+    yield from blocks
+
+
+def sse_blocks(chunks: Iterator[bytes]) -> Iterator[dict[str, Any]]:
     buffer = b""
     for chunk in chunks:
         buffer += chunk
@@ -46,8 +54,8 @@ def sse(chunks: Iterator[bytes]) -> Iterator[dict[str, Any]]:
     assert buffer == b"", buffer
 
 
-def stream(client: Any, run_id: str, headers: dict[str, str]) -> Any:
-    response = client.get(f"/runs/{run_id}/events", headers=headers, buffered=False)
+def stream(client: Any, run_id: str, headers: dict[str, str], **options: Any) -> Any:
+    response = client.get(f"/runs/{run_id}/events", headers=headers, buffered=False, **options)
     assert response.status_code == 200, response.get_data(as_text=True)
     assert response.mimetype == "text/event-stream"
     return response
@@ -74,15 +82,16 @@ def test_a_run_streams_queued_running_succeeded_in_order_then_the_stream_ends(
     events = sse(response.response)
     first = next(events)
     # No worker yet: the run waits in the queue, and the first event says so, with steps.
-    assert (first["id"], first["event"]) == ("1", "run")
+    assert first["event"] == "run"
     assert first["data"] == platform.run(run_id)
     assert first["data"]["status"] == "queued" and first["data"]["steps"] == []
     a_worker(platform)
     rest = list(events)  # ends by itself once the run has finished
     response.close()
     received = [first, *rest]
-    assert [event["id"] for event in received] == [str(n) for n in range(1, len(received) + 1)]
     assert {event["event"] for event in received} == {"run"}
+    # Each state its own id; a new connection gives the same state the same id.
+    assert len({event["id"] for event in received}) == len(received)
     statuses = [event["data"]["status"] for event in received]
     order = ["queued", "planning", "running", "succeeded"]
     assert statuses == sorted(statuses, key=order.index), statuses
@@ -93,6 +102,8 @@ def test_a_run_streams_queued_running_succeeded_in_order_then_the_stream_ends(
     # Each event differs from the one before it, and the last is the run as it ended.
     assert all(a["data"] != b["data"] for a, b in zip(received, received[1:], strict=False))
     assert received[-1]["data"] == platform.run(run_id)
+    again = stream(platform.client(), run_id, platform.headers())
+    assert list(sse(again.response)) == [received[-1]]
 
 
 def test_a_failing_run_streams_until_failed(platform: Stack, unique: str) -> None:
@@ -138,6 +149,16 @@ def short_streams(database: Stack, tmp_path: Path) -> Iterator[Any]:
     logs.configure(database.settings, "api")
 
 
+@pytest.fixture
+def patient_streams(database: Stack) -> Iterator[Any]:
+    """The API reading runs every 0.1 s, with a heartbeat every 0.2 s."""
+    app = create_app(
+        database.settings.with_changes(events_heartbeat_s=0.2, events_poll_interval_s=0.1)
+    )
+    yield app
+    web_db.dispose(app)
+
+
 def test_a_quiet_stream_sends_heartbeats_and_ends_with_a_timeout_event_at_its_longest(
     database: Stack, short_streams: Any, unique: str, tmp_path: Path
 ) -> None:
@@ -150,7 +171,8 @@ def test_a_quiet_stream_sends_heartbeats_and_ends_with_a_timeout_event_at_its_lo
     elapsed = time.monotonic() - started
     assert 1.0 <= elapsed < 5, elapsed
     assert received[0]["event"] == "run" and received[0]["data"]["status"] == "queued"
-    assert received[-1] == {"id": "2", "event": "timeout", "data": {}}
+    # Its id is the state's the client has, as EventSource sends it when it reconnects.
+    assert received[-1] == {"id": received[0]["id"], "event": "timeout", "data": {}}
     heartbeats = received[1:-1]
     assert len(heartbeats) >= 3 and all(event == {"comment": "keep-alive"} for event in heartbeats)
     # Its access line is written when it ends, with its whole duration.
@@ -162,6 +184,59 @@ def test_a_quiet_stream_sends_heartbeats_and_ends_with_a_timeout_event_at_its_lo
     assert len(access) == 1
     assert access[0]["status"] == 200 and access[0]["duration_ms"] >= 1000
     assert access[0]["request_id"] == response.headers["X-Request-ID"]
+
+
+def whole_stream(client: Any, run_id: str, headers: dict[str, str], **options: Any) -> list[Any]:
+    response = stream(client, run_id, headers, **options)
+    try:
+        return list(sse(response.response))
+    finally:
+        response.close()  # gives its slot back
+
+
+def test_a_client_that_reconnects_with_the_id_of_its_state_is_sent_only_what_changed(
+    database: Stack, short_streams: Any, patient_streams: Any, unique: str
+) -> None:
+    database.register(spec(unique, [{"id": "a", "action": "noop"}]))
+    run_id = database.submit(unique)  # no worker: it stays queued until cancelled
+    client, headers = short_streams.test_client(), database.headers()
+    first = whole_stream(client, run_id, headers)
+    has = first[0]["id"]
+    assert first[0]["event"] == "run" and first[-1] == {"id": has, "event": "timeout", "data": {}}
+
+    # The state it has, by header (EventSource) or query parameter: heartbeats, then the
+    # timeout, and no event of the state again.
+    for options in (
+        {"headers": {**headers, "Last-Event-ID": has}},
+        {"headers": headers, "query_string": {"last_event_id": has}},
+    ):
+        again = whole_stream(client, run_id, **options)
+        assert again[0] == {"comment": "keep-alive"}
+        assert [event.get("event") for event in again if "comment" not in event] == ["timeout"]
+        assert again[-1]["id"] == has
+    # Another id: the state at once.
+    other = stream(client, run_id, {**headers, "Last-Event-ID": "3"})
+    assert next(sse(other.response)) == first[0]
+    other.close()
+
+    # Waiting with the state it has, the client is sent the next one as it comes.
+    waiting = stream(patient_streams.test_client(), run_id, {**headers, "Last-Event-ID": has})
+    events = sse(waiting.response)
+    assert next(events) == {"comment": "keep-alive"}
+    writer = database.headers(scopes="runs.write")
+    assert database.client().post(f"/runs/{run_id}/cancel", headers=writer).status_code == 200
+    rest = [event for event in events if "comment" not in event]
+    waiting.close()
+    assert [(event["event"], event["data"]["status"]) for event in rest] == [("run", "cancelled")]
+    assert rest[0]["data"] == database.run(run_id)
+    final = rest[0]["id"]
+    assert final != has
+
+    # The run finished and the client has its last state: a 204 (EventSource stops).
+    done = client.get(f"/runs/{run_id}/events", headers={**headers, "Last-Event-ID": final})
+    assert (done.status_code, done.get_data()) == (204, b"")
+    # One that missed it is sent it, and the stream ends.
+    assert whole_stream(client, run_id, {**headers, "Last-Event-ID": has}) == rest
 
 
 def test_a_stream_ends_when_its_token_expires_or_is_revoked(
@@ -249,14 +324,15 @@ def test_one_stream_over_the_cap_is_a_503_with_retry_after_while_others_are_serv
     def answering() -> bool:
         try:
             return requests.get(f"{base}/health", timeout=2).status_code == 200
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not started, or busy starting
             return False
 
     try:
         services.wait_for(answering, 60, 0.1, "gunicorn to answer")
         held = requests.get(url, headers=headers, stream=True, timeout=10)
         assert held.status_code == 200
-        assert next(sse(held.iter_content(None)))["data"]["status"] == "queued"
+        first = next(sse(held.iter_content(None)))
+        assert first["data"]["status"] == "queued"
 
         refused = requests.get(url, headers=headers, timeout=10)
         assert refused.status_code == 503
@@ -267,17 +343,22 @@ def test_one_stream_over_the_cap_is_a_503_with_retry_after_while_others_are_serv
         read = requests.get(f"{base}/runs/{run_id}", headers=headers, timeout=10)
         assert read.status_code == 200
 
-        # A client gone is seen at the next heartbeat, and its slot is free again.
+        # A client gone is seen at the next heartbeat, and its slot is free again; it
+        # reconnects as EventSource does, with the id of the state it has.
         held.close()
+        resumed = {**headers, "Last-Event-ID": first["id"]}
 
         def opened() -> requests.Response | None:
-            again = requests.get(url, headers=headers, stream=True, timeout=10)
+            again = requests.get(url, headers=resumed, stream=True, timeout=10)
             if again.status_code == 200:
                 return again
             again.close()
             return None
 
-        services.wait_for(opened, 10, 0.2, "a stream to be accepted again").close()
+        again = services.wait_for(opened, 10, 0.2, "a stream to be accepted again")
+        # Nothing changed: kept alive, and not sent the state it has.
+        assert next(sse(again.iter_content(None))) == {"comment": "keep-alive"}
+        again.close()
     finally:
         process.terminate()
         process.wait(20)

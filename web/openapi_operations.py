@@ -71,10 +71,23 @@ AUDIT_QUERY = (
 MAYBE_NUMBER = {"type": ["number", "null"]}
 EVENT_STREAM = {
     "type": "string",
-    "description": "text/event-stream: events of `id:`, `event:` (run, timeout or "
-    "unauthorized) and `data:` (a Run as JSON; {} for timeout; {detail} for unauthorized, "
-    "when the token expired or was revoked meanwhile), and comment lines",
+    "description": "text/event-stream: first `retry:` (ms), then events of `id:` (the id of "
+    "the run state the client has once it has the event: a digest of the Run's JSON), "
+    "`event:` (run, timeout or unauthorized) and `data:` (a Run as JSON; {} for timeout; "
+    "{detail} for unauthorized, when the token expired or was revoked meanwhile), and "
+    "comment lines",
 }
+RESUME = (
+    {
+        "name": "Last-Event-ID",
+        "in": "header",
+        "required": False,
+        "schema": STRING,
+        "description": "the id of the run state the client has (EventSource sends it when "
+        "it reconnects): that state is not sent again, the stream waits for the next one",
+    },
+    query("last_event_id", STRING, "as the Last-Event-ID header, which wins when both are sent"),
+)
 WELLNESS_SUMMARY = shape(
     {
         "subject": STRING,
@@ -160,10 +173,13 @@ OPERATIONS: list[Operation] = [
         "/runs/{run_id}/events",
         "runs.read",
         "Server-Sent Events of a run: `event: run` (the run as GET /runs/{run_id} shows it) "
-        "first and at each change, the last one finished; `: keep-alive` comments while "
-        "nothing changes; `event: timeout` when the stream was open its longest (reconnect). "
-        "503 with Retry-After when the server holds all the streams it may",
-        {200: EVENT_STREAM, 503: "Problem"},
+        "first, unless Last-Event-ID names that state, and at each change, the last one "
+        "finished; `: keep-alive` comments while nothing changes; `event: timeout` when the "
+        "stream was open its longest (reconnect). 204 when Last-Event-ID names the finished "
+        "run's state (nothing more will come). 503 with Retry-After when the server holds "
+        "all the streams it may",
+        {200: EVENT_STREAM, 204: None, 503: "Problem"},
+        parameters=RESUME,
         media=STREAM_MIMETYPE,
     ),
     Operation(

@@ -76,6 +76,7 @@ def get_run(run_id: str) -> Any:
 @bp.get("/<run_id>/events")
 @require_scopes("runs.read")
 def run_events(run_id: str) -> Any:
+    client_has = events.last_event_id(request)
     caller = current_caller()
     read_db = current_app.extensions["engine.read_db"]
     still_valid = events.token_check(request_claims(), current_app.extensions["engine.revocations"])
@@ -86,7 +87,7 @@ def run_events(run_id: str) -> Any:
             return serialize.run(*runs.read_run_with_steps(connection, run_id, caller))
 
     # Read once before answering: another caller's run is a 404, as GET /runs/{id} says.
-    return events.stream(read, read())
+    return events.stream(read, read(), client_has)
 
 
 @bp.post("/<run_id>/cancel")
