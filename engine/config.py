@@ -136,6 +136,11 @@ class Settings:
     events_max_duration_s: float = 300.0
     web_threads: int = 4
     events_max_streams: int = 2
+    # Named secrets (`{{ secrets.name }}` in a step's `with`): one file per secret in this
+    # directory, its name the secret's, its contents the value (one final newline dropped),
+    # as Docker and Kubernetes mount them (/run/secrets). Only a worker reads them, when a
+    # step that names one renders its inputs; this object holds the directory, never a value.
+    secrets_dir: Path = PROJECT_ROOT / "var" / "secrets"
 
     def __repr__(self) -> str:
         """Every field but the JWT secrets, and the URLs without their passwords."""
@@ -233,6 +238,7 @@ class Settings:
             events_max_duration_s=number("EVENTS_MAX_DURATION_S", cls.events_max_duration_s),
             web_threads=web_threads,
             events_max_streams=int(number("EVENTS_MAX_STREAMS", web_threads // 2)),
+            secrets_dir=Path(env.get("SECRETS_DIR") or var_dir / "secrets").resolve(),
         )
         settings.check()
         return settings

@@ -16,7 +16,7 @@ from sqlalchemy import and_, bindparam, case, select, update
 from sqlalchemy.exc import DataError, DBAPIError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
-from engine import actions, dlq, metrics, templating
+from engine import actions, dlq, metrics, secret_store, templating
 from engine.actions import ActionContext
 from engine.attempts import (
     B_NOW,
@@ -110,20 +110,21 @@ def attempt(
     result = Result()
     try:
         context = {"params": claim.params, "steps": claim.upstream}
-        result.inputs = (
-            claim.inputs_override
-            if claim.inputs_override is not None
-            else templating.render(claim.spec.template, context)
-        )
+        if claim.inputs_override is not None:
+            inputs = result.inputs = claim.inputs_override
+        elif claim.spec.secrets:
+            inputs = _render_with_secrets(claim, context, result, settings)
+        else:
+            inputs = result.inputs = templating.render(claim.spec.template, context)
         action = actions.get(claim.spec.action)
         if action is None:
             raise InvalidInput(
                 f"unknown action {claim.spec.action!r}: no module this worker imported "
                 "registers it (ENGINE_ACTION_MODULES, the engine.actions entry points)"
             )
-        action.check_inputs(result.inputs)
+        action.check_inputs(inputs)
         result.output = action.function(
-            result.inputs,
+            inputs,
             ActionContext(
                 claim.run_id,
                 claim.step_id,
@@ -135,6 +136,8 @@ def attempt(
                 settings,
             ),
         )
+        if result.secrets:
+            result.output = secret_store.mask(result.output, result.secrets)
     except timeout_errors as exc:
         result.error = StepTimeout(
             f"step {claim.step_id!r} ran past its time limit of {claim.spec.timeout_s:g} s"
@@ -145,6 +148,19 @@ def attempt(
     result.duration_s = time.perf_counter() - started
     metrics.step_duration_seconds.labels(action=claim.spec.action).observe(result.duration_s)
     return result
+
+
+def _render_with_secrets(
+    claim: Claim, context: dict[str, Any], result: Result, settings: Settings | None
+) -> Any:
+    """The inputs of a step whose templates read secrets, for its action; `result` keeps
+    them as stored, each secret rendered as its placeholder (engine.secret_store). The
+    placeholders go first, so a step failing for a missing secret still shows its inputs."""
+    names = claim.spec.secrets
+    shown = {**context, "secrets": secret_store.placeholders(names)}
+    result.inputs = templating.render(claim.spec.template, shown)
+    result.secrets = secret_store.read(settings or Settings(), names)
+    return templating.render(claim.spec.template, {**context, "secrets": result.secrets})
 
 
 def _unstorable_output(exc: Exception, output: Any) -> str | None:
@@ -167,7 +183,9 @@ def finish_attempt(session: Session, settings: Settings, claim: Claim, result: R
     """Record the attempt's outcome and release the steps it unblocked."""
     if result.error is not None:
         error_type, message, trace = dlq.describe(result.error)
-        redactor = failure_redactor(settings, claim.params, claim.upstream, result.inputs)
+        redactor = failure_redactor(
+            settings, claim.params, claim.upstream, result.inputs, secrets=result.secrets.values()
+        )
         message, trace = redactor.redact(message), redactor.redact(trace)
         retryable = getattr(result.error, "retryable", True) and not isinstance(
             result.error, EngineError

@@ -3,12 +3,13 @@ the run, the dead letter) and shown (the API, Flower, the logs) to people other 
 run's owner. Before any of that, they lose every credential engine.logs knows of (bearer
 tokens, JWTs, the signing secrets) and every value the run holds under a name that says it
 is secret (`password`, `api_key`, `client_secret`, `token`, ...), wherever the action put
-it: in its message, or in a library's exception quoting a URL or a request."""
+it: in its message, or in a library's exception quoting a URL or a request; and the value of
+every named secret the step read (`{{ secrets.name }}`)."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from engine.config import Settings
@@ -36,11 +37,12 @@ def secret_values(document: Any, named: bool = False) -> Iterator[str]:
         yield document
 
 
-def failure_redactor(settings: Settings, *documents: Any) -> Redactor:
-    """A Redactor for a failure of a step that saw `documents` (params, inputs, outputs)."""
+def failure_redactor(settings: Settings, *documents: Any, secrets: Iterable[str] = ()) -> Redactor:
+    """A Redactor for a failure of a step that saw `documents` (params, inputs, outputs)
+    and the values of the named `secrets` it read (engine.secret_store)."""
     named = {value for document in documents for value in secret_values(document)}
     return Redactor(
-        (settings.jwt_secret, *settings.jwt_previous_secrets, *named),
+        (settings.jwt_secret, *settings.jwt_previous_secrets, *named, *secrets),
         min_length=MIN_VALUE_LENGTH,
     )
 

@@ -21,7 +21,7 @@ from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import SchemaError, ValidationError
 from yaml.constructor import ConstructorError
 
-from engine import actions, payloads, planner, step_checks
+from engine import actions, payloads, planner, step_checks, templating
 from engine.config import Settings
 from engine.errors import InvalidInput, InvalidParams, InvalidSpec
 from engine.retry import RetryPolicy
@@ -110,6 +110,9 @@ class StepSpec:
     retry: RetryPolicy
     timeout_s: float
     queue: str
+    # The secrets its templates read (engine.secret_store): empty for most steps, which
+    # render their inputs once; a step that reads some renders them twice.
+    secrets: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -398,6 +401,7 @@ def compile_spec(spec: Any, settings: Settings, *, registering: bool = True) -> 
             errors.extend(
                 step_checks.template_errors(action, raw.get("with"), step_id, needs, where)
             )
+            errors.extend(step_checks.secret_errors(action, raw.get("with"), step_id, where))
         else:
             errors.extend(step_checks.syntax_errors(raw.get("with"), step_id, where))
         try:
@@ -415,6 +419,7 @@ def compile_spec(spec: Any, settings: Settings, *, registering: bool = True) -> 
             retry,
             float(timeout),
             raw.get("queue", defaults.get("queue", "steps")),
+            frozenset().union(*templating.secrets_read(raw.get("with"))[0].values()),
         )
 
     for step_id, index in indexes.items():

@@ -9,7 +9,7 @@ from typing import Any
 
 from jsonschema.exceptions import ValidationError
 
-from engine import actions, templating
+from engine import actions, secret_store, templating
 
 
 def _problem(field: str, message: str) -> dict[str, str]:
@@ -102,4 +102,42 @@ def template_errors(
                 "a step sees the outputs of the steps in its needs only",
             )
         )
+    return found
+
+
+def secret_errors(
+    action: actions.Action | None, inputs: Any, step_id: str, where: str
+) -> list[dict[str, str]]:
+    """Secrets read where their value would be stored: in a step whose action echoes its
+    inputs into its output (`echo`, `transform`), or in an action's expression (evaluated
+    into the output). And secrets read other than by a valid name."""
+    read, problems = templating.secrets_read(inputs, f"{where}.with")
+    found = [_problem(where_, f"step {step_id!r}: template {why}") for where_, why in problems]
+    for field, names in read.items():
+        for name in sorted(n for n in names if not secret_store.NAME.match(n)):
+            found.append(
+                _problem(
+                    field,
+                    f"step {step_id!r} reads secret {name!r}: a secret's name is a letter or "
+                    "_ then letters, digits or _",
+                )
+            )
+        if action is not None and action.echoes_inputs:
+            found.append(
+                _problem(
+                    field,
+                    f"step {step_id!r} reads a secret in the inputs of action {action.name!r}, "
+                    "whose output holds them: outputs are stored, secrets never are",
+                )
+            )
+    for name in action.expressions if action is not None and isinstance(inputs, dict) else ():
+        source = inputs.get(name)
+        if isinstance(source, str) and templating.expression_secrets(source):
+            found.append(
+                _problem(
+                    f"{where}.with.{name}",
+                    f"step {step_id!r}: expression {source!r} reads secrets: its value is the "
+                    "step's output, which is stored, and secrets never are",
+                )
+            )
     return found

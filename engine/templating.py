@@ -200,6 +200,62 @@ def _check_source(source: str, expression: bool, steps: set[str]) -> str | None:
     return None
 
 
+def secrets_read(
+    value: Any, field: str = "with"
+) -> tuple[dict[str, frozenset[str]], list[tuple[str, str]]]:
+    """Where inside `value` templates read secrets, with the names each reads (`secrets.x`,
+    `secrets['x']`); and each template that reads `secrets` otherwise (as a whole, by a
+    computed key), with where it is: the names a step reads must be known before it runs.
+    Templates that do not compile are left to `check`."""
+    read: dict[str, frozenset[str]] = {}
+    problems: list[tuple[str, str]] = []
+    for where, template in _template_leaves(value, field):
+        whole = _WHOLE_EXPRESSION.match(template.strip())
+        try:
+            found, dynamic = _secrets_in(whole.group("expr") if whole else template, bool(whole))
+        except TemplateError:
+            continue
+        if found or dynamic:
+            read[where] = frozenset(found)
+        if dynamic:
+            problems.append(
+                (
+                    where,
+                    f"{template!r} reads secrets other than by name: write secrets.name "
+                    "(or secrets['name'])",
+                )
+            )
+    return read, problems
+
+
+def expression_secrets(source: str) -> bool:
+    """Whether the sandboxed expression `source` reads `secrets` (False if it does not parse)."""
+    try:
+        found, dynamic = _secrets_in(source, True)
+    except TemplateError:
+        return False
+    return bool(found) or dynamic
+
+
+def _secrets_in(source: str, expression: bool) -> tuple[set[str], bool]:
+    """The secret names `source` reads by name, and whether it reads `secrets` otherwise."""
+    tree = _parse(source, expression)
+    names: set[str] = set()
+    by_name = 0
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        base = node.node
+        if not (isinstance(base, nodes.Name) and base.name == "secrets"):
+            continue
+        if isinstance(node, nodes.Getattr):
+            names.add(node.attr)
+            by_name += 1
+        elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+            names.add(node.arg.value)
+            by_name += 1
+    uses = sum(1 for node in tree.find_all(nodes.Name) if node.name == "secrets")
+    return names, uses > by_name
+
+
 def check_syntax(value: Any) -> list[str]:
     """Syntax errors in the templates inside `value` (empty when all compile)."""
     return [problem for _, problem in check(value)[0]]

@@ -45,7 +45,8 @@ def _describe(result: Result) -> str:
     if result.error is None:
         return f"succeeded in {result.duration_s:.3g} s"
     # Without the credentials a recorded failure would lose (engine.redaction).
-    error = failure_redactor(settings(), result.inputs).redact(str(result.error))
+    redactor = failure_redactor(settings(), result.inputs, secrets=result.secrets.values())
+    error = redactor.redact(str(result.error))
     return f"failed in {result.duration_s:.3g} s: {type(result.error).__name__}: {error}"
 
 

@@ -46,12 +46,15 @@ ActionFunction = Callable[[Any, ActionContext], Any]
 @dataclass(frozen=True)
 class Action:
     """`expressions` names the inputs that hold a sandboxed expression (as `transform`'s
-    `expression`): a spec's constant one is checked when the workflow is registered."""
+    `expression`): a spec's constant one is checked when the workflow is registered.
+    `echoes_inputs`: its output may hold its inputs as they are (as `echo`'s and
+    `transform`'s do); outputs are stored, so its `with` may not read a secret."""
 
     name: str
     function: ActionFunction
     schema: dict[str, Any] | None = None
     expressions: tuple[str, ...] = ()
+    echoes_inputs: bool = False
     # The schema's validator, built once: every step of the action checks its inputs.
     validator: Draft202012Validator | None = field(init=False, repr=False, compare=False)
 
@@ -79,7 +82,10 @@ _loaded = False
 
 
 def register(
-    name: str, schema: dict[str, Any] | None = None, expressions: tuple[str, ...] = ()
+    name: str,
+    schema: dict[str, Any] | None = None,
+    expressions: tuple[str, ...] = (),
+    echoes_inputs: bool = False,
 ) -> Callable[[ActionFunction], ActionFunction]:
     """Decorator: register `fn` as the action `name`."""
 
@@ -100,7 +106,7 @@ def register(
                 f"action {name!r} is registered twice: by {_origin(known.function)} and by "
                 f"{_origin(function)}"
             )
-        _REGISTRY[name] = Action(name, function, schema, expressions)
+        _REGISTRY[name] = Action(name, function, schema, expressions, echoes_inputs)
         return function
 
     return decorate

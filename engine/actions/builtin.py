@@ -16,7 +16,7 @@ def noop(inputs: Any, context: ActionContext) -> None:
     return None
 
 
-@register("echo")
+@register("echo", echoes_inputs=True)
 def echo(inputs: Any, context: ActionContext) -> Any:
     return inputs
 
@@ -72,6 +72,7 @@ def fail(inputs: dict[str, Any] | None, context: ActionContext) -> dict[str, Any
         "properties": {"expression": {"type": "string"}},
     },
     expressions=("expression",),
+    echoes_inputs=True,
 )
 def transform(inputs: dict[str, Any], context: ActionContext) -> Any:
     """Evaluate a sandboxed expression over params, upstream outputs and the other inputs."""
