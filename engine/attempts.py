@@ -79,7 +79,7 @@ class Result:
     duration_s: float = 0.0
     # The values of the secrets the step read (engine.secret_store), by name: in memory
     # only, for masking its output and failure; never stored, never shown.
-    secrets: dict[str, str] = field(default_factory=dict, repr=False)
+    secrets: dict[str, str] | None = field(default=None, repr=False)
 
 
 @dataclass

@@ -184,7 +184,11 @@ def finish_attempt(session: Session, settings: Settings, claim: Claim, result: R
     if result.error is not None:
         error_type, message, trace = dlq.describe(result.error)
         redactor = failure_redactor(
-            settings, claim.params, claim.upstream, result.inputs, secrets=result.secrets.values()
+            settings,
+            claim.params,
+            claim.upstream,
+            result.inputs,
+            secrets=(result.secrets or {}).values(),
         )
         message, trace = redactor.redact(message), redactor.redact(trace)
         retryable = getattr(result.error, "retryable", True) and not isinstance(

@@ -249,3 +249,17 @@ def test_event_stream_settings_take_half_the_threads_by_default_and_never_all(
         Settings.from_env(environment(tmp_path, EVENTS_MAX_STREAMS="4"))
     with pytest.raises(ConfigError, match="EVENTS_POLL_INTERVAL_S"):
         Settings.from_env(environment(tmp_path, EVENTS_POLL_INTERVAL_S="0"))
+
+
+def test_workers_read_named_secrets_from_secrets_dir_and_settings_hold_no_value(
+    tmp_path: Path,
+) -> None:
+    default = Settings.from_env(environment(tmp_path))
+    assert default.secrets_dir == tmp_path.resolve() / "secrets"
+    mounted = tmp_path / "run-secrets"
+    mounted.mkdir()
+    (mounted / "crm_token").write_text("tok-5f4e3d2c1b\n")
+    settings = Settings.from_env(environment(tmp_path, SECRETS_DIR=str(mounted)))
+    assert settings.secrets_dir == mounted.resolve()
+    assert "tok-5f4e3d2c1b" not in repr(settings)
+    assert "tok-5f4e3d2c1b" not in repr(vars(settings))

@@ -45,7 +45,7 @@ def _describe(result: Result) -> str:
     if result.error is None:
         return f"succeeded in {result.duration_s:.3g} s"
     # Without the credentials a recorded failure would lose (engine.redaction).
-    redactor = failure_redactor(settings(), result.inputs, secrets=result.secrets.values())
+    redactor = failure_redactor(settings(), result.inputs, secrets=(result.secrets or {}).values())
     error = redactor.redact(str(result.error))
     return f"failed in {result.duration_s:.3g} s: {type(result.error).__name__}: {error}"
 

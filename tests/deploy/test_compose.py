@@ -228,6 +228,12 @@ def test_worker_consumes_every_queue_and_serves_health_on_8080(services):
     assert "ports" not in worker
 
 
+def test_workers_read_named_secrets_where_compose_mounts_them(services):
+    assert environment(services["worker"])["SECRETS_DIR"] == "/run/secrets"
+    # The API never reads a secret, so it is not told where they are.
+    assert "SECRETS_DIR" not in environment(services["api"])
+
+
 def healthcheck_url(service: dict[str, Any]) -> SplitResult:
     """The URL a service's healthcheck fetches from inside its container."""
     match = re.search(r"http://localhost:\d+/[^\s'\"]*", " ".join(service["healthcheck"]["test"]))
