@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -15,6 +15,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -71,6 +72,9 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
+    # Every model here is mapped to a table (no joins, no selectables), so its __table__ is
+    # a Table: what Core's insert(), update() and delete() take.
+    __table__: ClassVar[Table]
     type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON, Any: JSON}
 
 
