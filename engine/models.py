@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -95,6 +96,13 @@ class Run(Base):
         Index("ix_runs_created_by_created_at", "created_by", "created_at"),
         Index("ix_runs_status_dispatched_at", "status", "dispatched_at"),
         Index("ix_runs_created_at", "created_at"),
+        # Finished runs only: retention's lookup (engine.retention); a submission skips it.
+        Index(
+            "ix_runs_finished_at",
+            "finished_at",
+            postgresql_where=text("finished_at IS NOT NULL"),
+            sqlite_where=text("finished_at IS NOT NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
