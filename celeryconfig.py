@@ -8,10 +8,30 @@ from typing import Any
 from kombu import Queue
 
 from engine.config import Settings
+from engine.retention import PRUNE_INTERVAL_S, PRUNE_TASK, retention_on
 from engine.work import MANAGER_QUEUE, RECONCILE_TASK
 from workers import redis_transport
 
 QUEUES = (MANAGER_QUEUE, "steps", "default")
+
+
+def beat_schedule(settings: Settings) -> dict[str, Any]:
+    """What beat sends: the reconciler always; the prune when a retention is set."""
+    schedule: dict[str, Any] = {
+        "reconcile": {
+            "task": RECONCILE_TASK,
+            "schedule": settings.reconcile_interval_s,
+            "options": {"queue": MANAGER_QUEUE, "expires": settings.reconcile_interval_s * 2},
+        },
+    }
+    if retention_on(settings):
+        # On the default queue: a long prune does not hold up planning on the manager's.
+        schedule["prune"] = {
+            "task": PRUNE_TASK,
+            "schedule": PRUNE_INTERVAL_S,
+            "options": {"queue": "default", "expires": PRUNE_INTERVAL_S},
+        }
+    return schedule
 
 
 def build(settings: Settings) -> dict[str, Any]:
@@ -57,11 +77,5 @@ def build(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": False,
         "worker_hijack_root_logger": False,
-        "beat_schedule": {
-            "reconcile": {
-                "task": RECONCILE_TASK,
-                "schedule": settings.reconcile_interval_s,
-                "options": {"queue": MANAGER_QUEUE, "expires": settings.reconcile_interval_s * 2},
-            },
-        },
+        "beat_schedule": beat_schedule(settings),
     }

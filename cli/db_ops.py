@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from pathlib import Path
 
 import click
 from kombu.exceptions import KombuError
 from redis import RedisError
 
-from cli.context import settings
+from cli.context import operator, require_database, settings
 from engine import backup as backups
+from engine import retention
 from engine.config import Settings
-from engine.errors import EngineError
+from engine.db import make_engine, make_session_factory
+from engine.errors import EngineError, InvalidInput
+from engine.models import utcnow
 
 PING_TIMEOUT_S = 1.0
 
@@ -97,4 +101,62 @@ def analyze() -> None:
     click.echo(f"analyzed {backups.describe(settings())}")
 
 
-COMMANDS = (backup, restore, check, analyze)
+def _age(option: str, text: str) -> timedelta:
+    """An option's age (30d, 12h...); a bad one is a usage error naming the option."""
+    try:
+        return retention.parse_age(text, option.lstrip("-").replace("-", "_"))
+    except InvalidInput as exc:
+        raise click.BadParameter(exc.errors[0]["message"], param_hint=option) from exc
+
+
+@click.command("prune")
+@click.option(
+    "--older-than",
+    required=True,
+    help="Delete runs finished longer ago than this: 30d, 12h, 2w (a bare number is days).",
+)
+@click.option("--audit-older-than", default=None, help="Also delete audit events this old.")
+@click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
+def prune(older_than: str, audit_older_than: str | None, dry_run: bool) -> None:
+    """Delete finished runs (succeeded, failed, cancelled) older than --older-than, with
+    their steps and resolved dead letters, in batches of RETENTION_BATCH_SIZE; a run with an
+    open dead letter or a live step stays. Safe while the platform runs. Back up first."""
+    age = _age("--older-than", older_than)
+    audit_age = _age("--audit-older-than", audit_older_than) if audit_older_than else None
+    current = settings()
+    require_database(current)
+    now = utcnow()
+    cutoff = now - age
+    audit_cutoff = now - audit_age if audit_age is not None else None
+    db_engine = make_engine(current)
+    try:
+        sessions = make_session_factory(db_engine)
+        if dry_run:  # reads only: SQLite's write lock is not taken
+            with make_session_factory(db_engine, read_only=True)() as session:
+                counted = retention.count_prunable(session, cutoff)
+                if audit_cutoff is not None:
+                    counted = counted + retention.Pruned(
+                        audit_events=retention.count_audit(session, audit_cutoff)
+                    )
+        else:
+            counted = retention.prune(
+                sessions,
+                cutoff,
+                current.retention_batch_size,
+                audit_cutoff=audit_cutoff,
+                actor=operator().sub,
+            )
+    finally:
+        db_engine.dispose()
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(
+        f"{verb} {counted.runs} run(s) finished before {cutoff:%Y-%m-%d %H:%M:%S}Z, with "
+        f"{counted.steps} step(s) and {counted.dead_letters} resolved dead letter(s)"
+    )
+    if audit_cutoff is not None:
+        click.echo(
+            f"{verb} {counted.audit_events} audit event(s) before {audit_cutoff:%Y-%m-%d %H:%M:%S}Z"
+        )
+
+
+COMMANDS = (backup, restore, check, analyze, prune)

@@ -24,6 +24,8 @@ _ALLOWED_HOST = re.compile(r"^(\*\.)?[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?$|^\[?[0-9a-f
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 # PostgreSQL's values for synchronous_commit, least durable first.
 SYNCHRONOUS_COMMIT = ("off", "local", "remote_write", "on", "remote_apply")
+# A retention of 100 years is as good as forever, and its cutoff stays a valid date.
+MAX_RETENTION_DAYS = 36_500
 
 
 def _csv(value: str | None) -> tuple[str, ...]:
@@ -141,6 +143,13 @@ class Settings:
     # as Docker and Kubernetes mount them (/run/secrets). Only a worker reads them, when a
     # step that names one renders its inputs; this object holds the directory, never a value.
     secrets_dir: Path = PROJECT_ROOT / "var" / "secrets"
+    # Retention (engine.retention): finished runs, with their steps and resolved dead
+    # letters, are deleted this many days after they finished; audit events after
+    # audit_retention_days. 0 keeps them forever (the default: nothing is deleted unless
+    # an operator chose how long to keep it). Deleted retention_batch_size runs at a time.
+    run_retention_days: float = 0.0
+    audit_retention_days: float = 0.0
+    retention_batch_size: int = 500
 
     def __repr__(self) -> str:
         """Every field but the JWT secrets, and the URLs without their passwords."""
@@ -239,6 +248,9 @@ class Settings:
             web_threads=web_threads,
             events_max_streams=int(number("EVENTS_MAX_STREAMS", web_threads // 2)),
             secrets_dir=Path(env.get("SECRETS_DIR") or var_dir / "secrets").resolve(),
+            run_retention_days=number("RUN_RETENTION_DAYS", cls.run_retention_days),
+            audit_retention_days=number("AUDIT_RETENTION_DAYS", cls.audit_retention_days),
+            retention_batch_size=int(number("RETENTION_BATCH_SIZE", cls.retention_batch_size)),
         )
         settings.check()
         return settings
@@ -324,6 +336,19 @@ class Settings:
                 f"EVENTS_MAX_STREAMS ({self.events_max_streams}) must be at least 0 and below "
                 f"WEB_THREADS ({self.web_threads}): each open stream holds a thread, and "
                 "ordinary requests need at least one"
+            )
+        for name, days in (
+            ("RUN_RETENTION_DAYS", self.run_retention_days),
+            ("AUDIT_RETENTION_DAYS", self.audit_retention_days),
+        ):
+            if not 0 <= days <= MAX_RETENTION_DAYS:  # NaN fails both comparisons
+                problems.append(
+                    f"{name} must be a number of days from 0 (keep forever) to "
+                    f"{MAX_RETENTION_DAYS}, got {days!r}"
+                )
+        if self.retention_batch_size < 1:
+            problems.append(
+                f"RETENTION_BATCH_SIZE must be at least 1, got {self.retention_batch_size}"
             )
         if problems:
             raise ConfigError("invalid configuration: " + "; ".join(problems))

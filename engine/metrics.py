@@ -63,6 +63,9 @@ step_duration_seconds = Histogram(
 )
 task_retries_total = Counter("task_retries_total", "Step attempts scheduled for a retry")
 dlq_events_total = Counter("dlq_events_total", "Dead-letter events", ["event"])
+runs_pruned_total = Counter(
+    "runs_pruned_total", "Finished runs deleted by retention, with their steps"
+)
 
 # Alerts compute increase() over these; a series born at its first event hides that event.
 DLQ_EVENTS = ("added", "replayed", "discarded")

@@ -8,7 +8,7 @@ from functools import partial
 from celery.exceptions import Retry
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from engine import failures, plan_failures, planning, recovery
+from engine import failures, plan_failures, planning, recovery, retention
 from engine.attempts import Claim, Outcome
 from engine.dlq import describe
 from engine.work import PLAN_TASK, RECONCILE_TASK, STEP_TASK, step_task_id
@@ -140,3 +140,10 @@ def reconcile() -> int:
         )
     dispatch.send(work)
     return len(work.dispatches)
+
+
+@app.task(name=retention.PRUNE_TASK)
+def prune() -> int:
+    """Delete what RUN_RETENTION_DAYS and AUDIT_RETENTION_DAYS let go (engine.retention);
+    safe alongside another prune: each batch deletes only what is still prunable."""
+    return retention.prune_expired(sessions(), settings()).runs

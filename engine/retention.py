@@ -1,0 +1,214 @@
+"""Retention: delete finished runs older than a cutoff, with their steps and resolved dead
+letters, a bounded batch per short transaction, so neither SQLite's write lock nor
+PostgreSQL's row locks are held long while workers run.
+
+Kept whatever their age: a run that is not finished, one with a step still live (a failed
+run's other branch may still be running), and one with an open dead letter (an operator
+still has to decide on it). A resolved (replayed or discarded) letter goes with its run: the
+audit trail keeps who resolved it, when and why, and a letter pointing at a run that is
+gone could be neither replayed nor followed. Audit events are kept unless
+AUDIT_RETENTION_DAYS says otherwise. Domain tables (life) keep their rows: they name the
+run that wrote them, without a foreign key, and are the user's records, not bookkeeping.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, delete, exists, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from engine import audit, metrics
+from engine.config import Settings
+from engine.dlq_query import OPEN
+from engine.errors import InvalidInput
+from engine.models import AuditEvent, DeadLetter, Run, Step, utcnow
+from engine.state import RUN_TERMINAL, STEP_LIVE
+
+log = logging.getLogger(__name__)
+PRUNE_TASK = "maintenance.prune"
+# How often beat asks for a prune when a retention is set.
+PRUNE_INTERVAL_S = 3600.0
+runs, steps, letters, events = (
+    Run.__table__,
+    Step.__table__,
+    DeadLetter.__table__,
+    AuditEvent.__table__,
+)
+_AGE = re.compile(r"^(?P<amount>\d+)\s*(?P<unit>[smhdw]?)$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "": 86400}
+MAX_AGE = timedelta(days=36_500)
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What a prune deleted (or, for a dry run, would delete)."""
+
+    runs: int = 0
+    steps: int = 0
+    dead_letters: int = 0
+    audit_events: int = 0
+
+    def __add__(self, other: Pruned) -> Pruned:
+        return Pruned(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def parse_age(text: str, field: str = "older_than") -> timedelta:
+    """An age such as '30d', '12h', '2w' or '90' (days); InvalidInput names `field`."""
+    match = _AGE.match(text.strip().lower())
+    age = timedelta(seconds=int(match["amount"]) * _UNIT_S[match["unit"]]) if match else None
+    if age is None or not timedelta(0) < age <= MAX_AGE:
+        raise InvalidInput(
+            f"invalid {field}",
+            errors=[{"field": field, "message": "use e.g. 30d, 12h or 2w (up to 100 years)"}],
+        )
+    return age
+
+
+def cutoff_for(days: float, now: datetime | None = None) -> datetime | None:
+    """The moment before which rows are old enough to go; None when `days` is 0 (forever)."""
+    return (now or utcnow()) - timedelta(days=days) if days > 0 else None
+
+
+def _prunable(cutoff: datetime) -> list[ColumnElement[bool]]:
+    """A run that retention may delete. Stated again in the DELETE itself, so a run that
+    changed since it was picked (a retry, a replay) stays."""
+    return [
+        runs.c.finished_at < cutoff,
+        runs.c.status.in_(sorted(RUN_TERMINAL)),
+        ~exists().where(letters.c.run_id == runs.c.id, letters.c.status == OPEN),
+        ~exists().where(steps.c.run_id == runs.c.id, steps.c.status.in_(sorted(STEP_LIVE))),
+    ]
+
+
+def count_prunable(session: Session, cutoff: datetime) -> Pruned:
+    """What a prune with this cutoff would delete now (a dry run: nothing changes)."""
+    chosen = select(runs.c.id).where(*_prunable(cutoff)).scalar_subquery()
+    return Pruned(
+        runs=session.scalar(select(func.count()).select_from(runs).where(*_prunable(cutoff))) or 0,
+        steps=session.scalar(select(func.count()).where(steps.c.run_id.in_(chosen))) or 0,
+        dead_letters=session.scalar(
+            select(func.count()).where(letters.c.run_id.in_(chosen), letters.c.status != OPEN)
+        )
+        or 0,
+    )
+
+
+def prune_batch(session: Session, cutoff: datetime, limit: int) -> tuple[int, Pruned]:
+    """Delete up to `limit` prunable runs in the caller's transaction; how many were picked,
+    and what was deleted. On PostgreSQL the picked rows are locked, skipping those another
+    transaction holds (a second prune, a step recording its outcome), so two prunes at once
+    take different runs; SQLite's BEGIN IMMEDIATE lets one writer in at a time."""
+    picked = list(
+        session.scalars(
+            select(runs.c.id)
+            .where(*_prunable(cutoff))
+            .limit(limit)
+            .with_for_update(of=runs, skip_locked=True)
+        )
+    )
+    if not picked:
+        return 0, Pruned()
+    step_counts: dict[str, int] = dict(
+        session.execute(  # type: ignore[arg-type]
+            select(steps.c.run_id, func.count())
+            .where(steps.c.run_id.in_(picked))
+            .group_by(steps.c.run_id)
+        ).all()
+    )
+    # The steps go with their run: fk_steps_run_id_runs is ON DELETE CASCADE (SQLite's
+    # connections enforce foreign keys, engine.db).
+    deleted = list(
+        session.scalars(
+            delete(runs).where(runs.c.id.in_(picked), *_prunable(cutoff)).returning(runs.c.id)
+        )
+    )
+    resolved = 0
+    if deleted:
+        resolved = session.execute(
+            delete(letters).where(letters.c.run_id.in_(deleted), letters.c.status != OPEN)
+        ).rowcount
+    return len(picked), Pruned(
+        runs=len(deleted),
+        steps=sum(step_counts.get(run_id, 0) for run_id in deleted),
+        dead_letters=resolved,
+    )
+
+
+def count_audit(session: Session, cutoff: datetime) -> int:
+    """How many audit events were recorded before `cutoff`."""
+    return session.scalar(select(func.count()).where(events.c.at < cutoff)) or 0
+
+
+def prune_audit_batch(session: Session, cutoff: datetime, limit: int) -> int:
+    """Delete up to `limit` audit events recorded before `cutoff`; how many."""
+    oldest = select(events.c.id).where(events.c.at < cutoff).order_by(events.c.id).limit(limit)
+    return session.execute(delete(events).where(events.c.id.in_(oldest))).rowcount
+
+
+def prune(
+    sessions: sessionmaker[Session],
+    cutoff: datetime | None,
+    batch_size: int,
+    *,
+    audit_cutoff: datetime | None = None,
+    actor: str | None = None,
+) -> Pruned:
+    """Delete every prunable run finished before `cutoff` (None: none), and the audit events
+    before `audit_cutoff`, one transaction per batch; a batch committed stays deleted if a
+    later one fails. `actor` (a manual prune) records an audit event of the totals."""
+    total = Pruned()
+    while cutoff is not None:
+        with sessions.begin() as session:
+            picked, done = prune_batch(session, cutoff, batch_size)
+        metrics.runs_pruned_total.inc(done.runs)
+        total += done
+        if picked < batch_size or not done.runs:
+            break
+    while audit_cutoff is not None:
+        with sessions.begin() as session:
+            removed = prune_audit_batch(session, audit_cutoff, batch_size)
+        total += Pruned(audit_events=removed)
+        if removed < batch_size:
+            break
+    log.info(
+        "prune: %d run(s), %d step(s), %d dead letter(s) deleted (finished before %s); "
+        "%d audit event(s) (before %s)",
+        total.runs,
+        total.steps,
+        total.dead_letters,
+        cutoff.isoformat() if cutoff else "never",
+        total.audit_events,
+        audit_cutoff.isoformat() if audit_cutoff else "never",
+    )
+    if actor is not None:
+        detail: dict[str, Any] = {
+            **total.as_dict(),
+            "finished_before": cutoff.isoformat() if cutoff else None,
+        }
+        with sessions.begin() as session:
+            audit.record(session, actor=actor, action="db.prune", target="runs", detail=detail)
+    return total
+
+
+def prune_expired(sessions: sessionmaker[Session], settings: Settings) -> Pruned:
+    """The periodic prune: what RUN_RETENTION_DAYS and AUDIT_RETENTION_DAYS let go."""
+    now = utcnow()
+    return prune(
+        sessions,
+        cutoff_for(settings.run_retention_days, now),
+        settings.retention_batch_size,
+        audit_cutoff=cutoff_for(settings.audit_retention_days, now),
+    )
+
+
+def retention_on(settings: Settings) -> bool:
+    """Whether anything is to be pruned periodically."""
+    return settings.run_retention_days > 0 or settings.audit_retention_days > 0
