@@ -8,8 +8,7 @@ from typing import Any
 from kombu import Queue
 
 from engine.config import Settings
-from engine.retention import PRUNE_INTERVAL_S, PRUNE_TASK, retention_on
-from engine.work import MANAGER_QUEUE, RECONCILE_TASK
+from engine.work import MANAGER_QUEUE, PRUNE_INTERVAL_S, PRUNE_TASK, RECONCILE_TASK
 from workers import redis_transport
 
 QUEUES = (MANAGER_QUEUE, "steps", "default")
@@ -24,7 +23,7 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
             "options": {"queue": MANAGER_QUEUE, "expires": settings.reconcile_interval_s * 2},
         },
     }
-    if retention_on(settings):
+    if settings.retention_on:
         # On the default queue: a long prune does not hold up planning on the manager's.
         schedule["prune"] = {
             "task": PRUNE_TASK,

@@ -368,6 +368,11 @@ class Settings:
         return soft_limit_s + max(1.0, min(30.0, soft_limit_s * 0.1))
 
     @property
+    def retention_on(self) -> bool:
+        """Whether beat prunes periodically (RUN_ or AUDIT_RETENTION_DAYS set)."""
+        return self.run_retention_days > 0 or self.audit_retention_days > 0
+
+    @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
 

@@ -30,9 +30,6 @@ from engine.models import AuditEvent, DeadLetter, Run, Step, utcnow
 from engine.state import RUN_TERMINAL, STEP_LIVE
 
 log = logging.getLogger(__name__)
-PRUNE_TASK = "maintenance.prune"
-# How often beat asks for a prune when a retention is set.
-PRUNE_INTERVAL_S = 3600.0
 runs, steps, letters, events = (
     Run.__table__,
     Step.__table__,
@@ -207,8 +204,3 @@ def prune_expired(sessions: sessionmaker[Session], settings: Settings) -> Pruned
         settings.retention_batch_size,
         audit_cutoff=cutoff_for(settings.audit_retention_days, now),
     )
-
-
-def retention_on(settings: Settings) -> bool:
-    """Whether anything is to be pruned periodically."""
-    return settings.run_retention_days > 0 or settings.audit_retention_days > 0

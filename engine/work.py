@@ -13,6 +13,9 @@ if TYPE_CHECKING:
 PLAN_TASK = "manager.plan_run"
 STEP_TASK = "steps.execute"
 RECONCILE_TASK = "manager.reconcile"
+PRUNE_TASK = "maintenance.prune"
+# How often beat asks for a prune (engine.retention) when a retention is set.
+PRUNE_INTERVAL_S = 3600.0
 MANAGER_QUEUE = "manager"
 PLAN_BUDGET_S = 60.0
 

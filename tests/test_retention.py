@@ -20,6 +20,7 @@ from engine.errors import ConfigError
 from engine.life.models import WellnessEntry
 from engine.models import AuditEvent, DeadLetter, Run, Step, utcnow
 from engine.retention import Pruned
+from engine.work import PRUNE_INTERVAL_S, PRUNE_TASK
 from tests.conftest import spec
 from tests.support import services
 from tests.support.cli import ok, run_engine
@@ -232,7 +233,7 @@ def test_a_worker_runs_the_prune_task_while_it_keeps_running_steps(platform: Sta
 
     sender = make_celery(platform.settings)
     try:
-        sender.send_task(retention.PRUNE_TASK, queue="default")
+        sender.send_task(PRUNE_TASK, queue="default")
     finally:
         sender.close()
 
@@ -248,7 +249,7 @@ def test_beat_schedules_the_prune_only_when_a_retention_is_set(tmp_path: Path) -
     for setting in ("RUN_RETENTION_DAYS", "AUDIT_RETENTION_DAYS"):
         on = celeryconfig.build(Settings.from_env({**base, setting: "90"}))["beat_schedule"]
         assert on["prune"]["task"] == "maintenance.prune"
-        assert on["prune"]["schedule"] == retention.PRUNE_INTERVAL_S
+        assert on["prune"]["schedule"] == PRUNE_INTERVAL_S
         assert set(on) == {"reconcile", "prune"}
 
 

@@ -11,7 +11,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from engine import failures, plan_failures, planning, recovery, retention
 from engine.attempts import Claim, Outcome
 from engine.dlq import describe
-from engine.work import PLAN_TASK, RECONCILE_TASK, STEP_TASK, step_task_id
+from engine.work import PLAN_TASK, PRUNE_TASK, RECONCILE_TASK, STEP_TASK, step_task_id
 from workers import broker, dispatch
 from workers.celery_app import app
 from workers.limits import StepRequest
@@ -142,7 +142,7 @@ def reconcile() -> int:
     return len(work.dispatches)
 
 
-@app.task(name=retention.PRUNE_TASK)
+@app.task(name=PRUNE_TASK)
 def prune() -> int:
     """Delete what RUN_RETENTION_DAYS and AUDIT_RETENTION_DAYS let go (engine.retention);
     safe alongside another prune: each batch deletes only what is still prunable."""
