@@ -210,6 +210,14 @@ def bury_step(
     return Outcome("dead", work, dead_letter_id=letter_id, error=message)
 
 
+LOST_ERROR_TYPE = "WorkerLostError"
+
+
+def lost_attempt_message(attempt: int) -> str:
+    """What a step's error says of an attempt whose worker died."""
+    return f"the worker running attempt {attempt} died before recording an outcome"
+
+
 def record_lost_attempt(
     session: Session,
     settings: Settings,
@@ -224,7 +232,7 @@ def record_lost_attempt(
     policy, until MAX_DELIVERIES attempts, then dead-lettered, so a step that kills its
     worker every time cannot kill workers forever. A compare-and-set on the attempt:
     recorded once."""
-    message = f"the worker running attempt {attempt} died before recording an outcome"
+    message = lost_attempt_message(attempt)
     log.warning("run %s step %s: %s", run_id, step_id, message)
     return fail_attempt(
         session,
@@ -233,7 +241,7 @@ def record_lost_attempt(
         step_id,
         task_id=task_id,
         attempt=attempt,
-        error_type="WorkerLostError",
+        error_type=LOST_ERROR_TYPE,
         message=message,
         lost=True,
     )

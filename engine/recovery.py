@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import ColumnElement, and_, exists, or_, select, update
 from sqlalchemy.orm import Session
 
-from engine import metrics, workflows
+from engine import leftovers, metrics, workflows
 from engine.attempts import Outcome, parse_task_id
 from engine.config import Settings
 from engine.errors import InvalidSpec
@@ -44,8 +44,9 @@ def reconcile(
     """Send again the work the database says is waiting but no message carries: runs left
     queued, steps left queued or retrying past DISPATCH_GRACE_S, and record the attempts of
     steps left running past their lease as lost (their retry is sent, or they are buried).
-    With `oldest_waiting` (a reading of the broker), a row whose message may still wait in
-    a backed-up queue is left alone (see _cutoffs).
+    Steps left live in a failed or cancelled run are settled (engine.leftovers). With
+    `oldest_waiting` (a reading of the broker), a row whose message may still wait in a
+    backed-up queue is left alone (see _cutoffs).
 
     Each row is stamped, or its attempt recorded, by a conditional UPDATE, and the sweep
     skips rows another sweep holds, so two sweeps at once send each message once."""
@@ -149,6 +150,7 @@ def reconcile(
         if outcome.status != "lost":
             recorded += 1
             work.extend(outcome.work)
+    leftovers.settle_ended_runs(session, now, SWEEP_LIMIT)
     fail_stalled_runs(session, stale)
     if work.dispatches or recorded:
         log.warning(

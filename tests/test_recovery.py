@@ -2,7 +2,8 @@
 whole worker, a flushed broker, a broker restarted without its data, and a step that kills
 its worker on every attempt; each drill on a private redis-server of its own. Then the
 recovery use cases on a database alone: two reconcilers at once, the delivery cap reached
-through an expired lease, messages that carry another attempt, finished runs left alone."""
+through an expired lease, messages that carry another attempt. Steps left in finished
+runs: tests/test_leftovers.py."""
 
 from __future__ import annotations
 
@@ -664,21 +665,6 @@ def test_a_redelivered_carrier_takes_as_lost_only_the_inline_step_its_own_delive
     assert isinstance(carried, attempts.Outcome) and carried.status == "retrying"
     assert [d.task_id for d in carried.work.dispatches] == [f"{run_id}:a:2"]
     assert step_row(offline, run_id, "a").error_type == "WorkerLostError"
-
-
-def test_the_reconciler_leaves_the_steps_of_a_finished_run_alone(
-    offline: Stack, unique: str
-) -> None:
-    two_steps(offline, unique)
-    waiting, holding = planned_runs(offline, unique, 2)
-    hold(offline, [holding], "a", 1, -timedelta(minutes=1))
-    with offline.sessions.begin() as session:
-        session.execute(update(Run).where(Run.id.in_([waiting, holding])).values(status="failed"))
-    with offline.sessions.begin() as session:
-        work = recovery.reconcile(session, offline.settings)
-    assert [d for d in work.dispatches if d.args[0] in (waiting, holding)] == []
-    assert step_row(offline, waiting, "a").status == "queued"
-    assert step_row(offline, holding, "a").status == "running"
 
 
 def test_a_run_left_running_with_only_a_dead_step_is_failed_by_the_reconciler(
