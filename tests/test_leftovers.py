@@ -6,6 +6,8 @@ A kill -9 drill and the reconciler called directly, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -137,6 +139,32 @@ def test_a_step_whose_worker_died_in_a_failed_run_is_skipped_past_its_lease_and_
     assert finished["status"] == "succeeded", finished
     assert set(statuses(offline, run_id).values()) == {"succeeded"}
     assert sorted(e[1:] for e in offline.executions(run_id)) == [("after", 1), ("slow", 2)]
+
+
+def test_two_reconcilers_at_once_settle_each_lost_step_once(
+    offline: Stack, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    offline.register(spec(unique, [BOOM, {"id": "slow", "action": "record"}]))
+    run_ids = [planned_run(offline, unique) for _ in range(8)]
+    for run_id in run_ids:
+        claim(offline, run_id, "slow")
+        kill_boom(offline, run_id)
+        set_step(offline, run_id, "slow", lease_expires_at=utcnow() - timedelta(seconds=1))
+    start = threading.Barrier(2)
+
+    def sweep() -> None:
+        start.wait()
+        reconcile(offline)
+
+    sweepers = [threading.Thread(target=sweep) for _ in range(2)]
+    with caplog.at_level(logging.WARNING, logger="engine.leftovers"):
+        for thread in sweepers:
+            thread.start()
+        for thread in sweepers:
+            thread.join(30)
+    settled = [r for r in caplog.records if "after its run ended" in r.getMessage()]
+    assert sorted(r.getMessage().split()[1] for r in settled) == sorted(run_ids)
+    assert all(offline.step(run_id, "slow")["status"] == "skipped" for run_id in run_ids)
 
 
 def test_a_failed_run_left_with_queued_and_retrying_steps_has_them_skipped_and_replayed(
