@@ -10,6 +10,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from limits import parse_many
+
 from engine.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +35,9 @@ def _csv(value: str | None) -> tuple[str, ...]:
 
 
 # Fields whose URL may carry a password: a Settings' repr shows them without it.
-_URL_FIELDS = ("database_url", "redis_url")
+_URL_FIELDS = ("database_url", "redis_url", "rate_limit_storage_url")
+# Where the rate limits' counters may live: a Redis, or one process's memory.
+RATE_LIMIT_STORAGE_SCHEMES = ("redis", "rediss", "redis+unix", "memory")
 
 
 def without_password(url: str) -> str:
@@ -150,6 +154,14 @@ class Settings:
     run_retention_days: float = 0.0
     audit_retention_days: float = 0.0
     retention_batch_size: int = 500
+    # Per-caller rate limits (the token's sub), in the `limits` library's notation
+    # ("50/second;1000/minute"); empty (the default): no limit. Writes are POST and
+    # DELETE, reads GET. Each tier costs one Redis round trip per request. The counters live
+    # in RATE_LIMIT_STORAGE_URL (empty: REDIS_URL, shared by every API process);
+    # memory:// counts in each process alone.
+    rate_limit_writes: str = ""
+    rate_limit_reads: str = ""
+    rate_limit_storage_url: str = ""
 
     def __repr__(self) -> str:
         """Every field but the JWT secrets, and the URLs without their passwords."""
@@ -251,6 +263,9 @@ class Settings:
             run_retention_days=number("RUN_RETENTION_DAYS", cls.run_retention_days),
             audit_retention_days=number("AUDIT_RETENTION_DAYS", cls.audit_retention_days),
             retention_batch_size=int(number("RETENTION_BATCH_SIZE", cls.retention_batch_size)),
+            rate_limit_writes=env.get("RATE_LIMIT_WRITES", cls.rate_limit_writes).strip(),
+            rate_limit_reads=env.get("RATE_LIMIT_READS", cls.rate_limit_reads).strip(),
+            rate_limit_storage_url=env.get("RATE_LIMIT_STORAGE_URL", "").strip(),
         )
         settings.check()
         return settings
@@ -350,8 +365,34 @@ class Settings:
             problems.append(
                 f"RETENTION_BATCH_SIZE must be at least 1, got {self.retention_batch_size}"
             )
+        problems.extend(self._rate_limit_problems())
         if problems:
             raise ConfigError("invalid configuration: " + "; ".join(problems))
+
+    def _rate_limit_problems(self) -> list[str]:
+        problems = []
+        for name, value in (
+            ("RATE_LIMIT_WRITES", self.rate_limit_writes),
+            ("RATE_LIMIT_READS", self.rate_limit_reads),
+        ):
+            if not value:
+                continue
+            try:
+                tiers = parse_many(value)
+            except ValueError:
+                tiers = []
+            if not tiers or any(tier.amount < 1 for tier in tiers):
+                problems.append(
+                    f"{name} must be rate limits such as 50/second or 50/second;1000/minute "
+                    f"(or empty for none), got {value!r}"
+                )
+        scheme = self.rate_limit_storage.partition("://")[0].lower()
+        if scheme not in RATE_LIMIT_STORAGE_SCHEMES:
+            problems.append(
+                f"RATE_LIMIT_STORAGE_URL must be a redis://, rediss://, redis+unix:// or "
+                f"memory:// URL, got {without_password(self.rate_limit_storage)!r}"
+            )
+        return problems
 
     def longest_message_hold_s(self) -> float:
         """How long a worker may hold one message unacknowledged: a retry's countdown, then
@@ -371,6 +412,15 @@ class Settings:
     def retention_on(self) -> bool:
         """Whether beat prunes periodically (RUN_ or AUDIT_RETENTION_DAYS set)."""
         return self.run_retention_days > 0 or self.audit_retention_days > 0
+
+    @property
+    def rate_limit_storage(self) -> str:
+        """Where the rate limits count: RATE_LIMIT_STORAGE_URL, else REDIS_URL."""
+        return self.rate_limit_storage_url or self.redis_url
+
+    @property
+    def rate_limited(self) -> bool:
+        return bool(self.rate_limit_writes or self.rate_limit_reads)
 
     @property
     def is_sqlite(self) -> bool:

@@ -23,7 +23,8 @@ from engine import specs
 from engine.models import DeadLetter
 from tests.conftest import spec
 from tests.support.stack import Stack
-from web import openapi_components, schemas
+from web import create_app, openapi_components, schemas
+from web import db as web_db
 from web.openapi import openapi_path
 
 EVERY_SCOPE = "runs.*,workflows.*,admin.*,life.*"
@@ -367,6 +368,25 @@ def test_every_problem_an_operation_documents_is_one_it_answers_and_no_other(
     answer("post", "/admin/dlq/{letter_id}/discard", status=200, **why)
     answer("post", "/admin/dlq/{letter_id}/discard", status=409, **why)
     answer("post", "/admin/dlq/{letter_id}/replay", status=409, **why)
+
+    # A caller over its rate limit: the second request in a minute that allows one.
+    limited = create_app(
+        database.settings.with_changes(
+            rate_limit_writes="1/minute",
+            rate_limit_reads="1/minute",
+            rate_limit_storage_url="memory://",
+        )
+    )
+    answer.client = limited.test_client()
+    for method, path, operation in operations(answer.document):
+        if "security" in operation:
+            ids = {name: "nothing-here" for name in re.findall(r"{([^}]+)}", path)}
+            caller = database.headers(f"{method} {path}@example.com", EVERY_SCOPE)
+            first = {"json": VALID_BODIES.get(path, {}), "headers": caller}
+            answer.client.open(path.format(**ids), method=method, **first)
+            over = answer(method, path, status=429, **first, **ids)
+            assert int(over.headers["Retry-After"]) >= 1
+    web_db.dispose(limited)
 
     for method, path, _ in operations(answer.document):
         answered = {status for m, p, status in answer.seen if (m, p) == (method, path)}

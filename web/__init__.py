@@ -19,6 +19,7 @@ from web import (
     events,
     health,
     openapi,
+    rate_limits,
     runs,
     schemas,
     status,
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["engine.celery"] = make_celery(settings)
     db.init_app(app)
     auth.init_app(app)
+    rate_limits.init_app(app)
     events.init_app(app)
     for blueprint in (health.bp, runs.bp, workflow_views.bp, openapi.bp, admin.bp):
         app.register_blueprint(blueprint)
@@ -68,7 +70,14 @@ def _allow_origins(app: Flask, settings: Settings) -> None:
         origins="*" if wildcard else list(settings.allowed_origins),
         send_wildcard=wildcard,
         supports_credentials=not wildcard,
-        expose_headers=["Location", "Retry-After", "X-Request-ID"],
+        expose_headers=[
+            "Location",
+            "Retry-After",
+            "X-Request-ID",
+            "X-RateLimit-Limit",
+            "X-RateLimit-Remaining",
+            "X-RateLimit-Reset",
+        ],
         max_age=600,
     )
 

@@ -18,6 +18,7 @@ from engine.cache import LRUCache
 from engine.config import Settings
 from engine.errors import PermissionDenied
 from engine.revocations import RevocationList
+from web import rate_limits
 from web.errors import problem
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -148,6 +149,8 @@ def require_scopes(*required: str) -> Callable[[F], F]:
                 scopes = []
             # Set before the scope check: the access log names the caller of a 403 too.
             caller = g.caller = Caller(str(claims["sub"]), tuple(str(s) for s in scopes))
+            # Every request of a known caller counts, a refused one (403) too.
+            rate_limits.count(request.method)
             missing = [scope for scope in required if not caller.can(scope)]
             if missing:
                 raise PermissionDenied(

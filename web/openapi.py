@@ -63,7 +63,7 @@ def problem_statuses(operation: Operation) -> list[int]:
     store, a bad value), and its own."""
     statuses = set(operation.problems)
     if operation.scope:
-        statuses |= {401, 403}
+        statuses |= {401, 403, 429}  # 429: over its rate limit (web.rate_limits)
     if operation.body is not None:
         statuses |= {400, 413, 415, 422}
     if "{" in operation.path:
@@ -85,6 +85,12 @@ def describe(operation: Operation, operation_id: str | None) -> dict[str, Any]:
             response["headers"] = {"Location": location}
     for status in problem_statuses(operation):
         responses[str(status)] = _response(HTTPStatus(status).phrase, "Problem", PROBLEM)
+    if "429" in responses:
+        responses["429"]["description"] = (
+            "The caller is over its rate limit (RATE_LIMIT_WRITES for POST and DELETE, "
+            "RATE_LIMIT_READS for GET); retry after Retry-After seconds"
+        )
+        responses["429"]["headers"] = parts.RATE_LIMITED
     responses["default"] = _response("A problem (RFC 9457)", "Problem", PROBLEM)
     described: dict[str, Any] = {"summary": operation.summary}
     if operation_id:

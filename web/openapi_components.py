@@ -143,6 +143,24 @@ LOCATION: dict[str, Any] = {
     "required": True,
     "schema": {"type": "string", "format": "uri-reference"},
 }
+# The headers of a 429: when to try again, and the limit that was reached (web.rate_limits).
+_SECONDS = {"type": "string", "pattern": "^[0-9]+$"}
+RATE_LIMITED: dict[str, Any] = {
+    "Retry-After": {
+        "required": True,
+        "schema": _SECONDS,
+        "description": "seconds until the caller's window of requests resets",
+    },
+    "X-RateLimit-Limit": {
+        "schema": _SECONDS,
+        "description": "requests the caller may make in the window it went over",
+    },
+    "X-RateLimit-Remaining": {"schema": _SECONDS, "description": "0"},
+    "X-RateLimit-Reset": {
+        "schema": _SECONDS,
+        "description": "when that window resets, in seconds since the epoch",
+    },
+}
 
 # The answers, each shape once.
 RESPONSES: dict[str, dict[str, Any]] = {
