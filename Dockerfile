@@ -36,6 +36,6 @@ RUN groupadd --system engine \
 USER engine
 
 ENV LOG_DIR=/var/log/engine
-EXPOSE 8000 8080 5555
+EXPOSE 8000 9101 8080 5555
 
 CMD ["gunicorn", "-c", "web/gunicorn_conf.py", "web:create_app()"]

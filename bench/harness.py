@@ -173,6 +173,9 @@ class Platform(RunReadings):
             **self.env,
             "API_BIND": "127.0.0.1",
             "API_PORT": str(port),
+            # Each gunicorn's metrics listener on a port of its own: servers run side by side.
+            "API_METRICS_HOST": "127.0.0.1",
+            "API_METRICS_PORT": str(free_port()),
             "PYTHONPATH": str(root),
         }
         # --reuse-port: each worker listens on its own socket and the kernel spreads the load

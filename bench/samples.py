@@ -26,7 +26,6 @@ LAYERS = (
     ("prometheus_client", "prometheus_client"),
     ("flask_jwt_extended", "JWT (flask-jwt-extended)"),
     ("jwt/", "JWT (PyJWT)"),
-    ("prometheus_flask_exporter", "prometheus_flask_exporter"),
     ("flask", "Flask"),
     ("werkzeug", "Werkzeug"),
     ("gunicorn", "gunicorn"),

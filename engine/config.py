@@ -89,6 +89,13 @@ class Settings:
     action_modules: tuple[str, ...] = ()
     worker_health_port: int = 8080
     worker_health_host: str = "0.0.0.0"
+    # gunicorn (web/gunicorn_conf.py): the public listener, its processes and their threads.
+    api_bind: str = "0.0.0.0"
+    api_port: int = 8000
+    web_concurrency: int = 2
+    # The API's /metrics: a listener of its own, for Prometheus only (never published).
+    api_metrics_host: str = "0.0.0.0"
+    api_metrics_port: int = 9101
     flower_url: str = "http://localhost:5555"
     max_body_bytes: int = 1_048_576
     page_limit_default: int = 50
@@ -226,6 +233,11 @@ class Settings:
             action_modules=_csv(env.get("ENGINE_ACTION_MODULES")),
             worker_health_port=int(number("WORKER_HEALTH_PORT", 8080)),
             worker_health_host=env.get("WORKER_HEALTH_HOST", cls.worker_health_host),
+            api_bind=env.get("API_BIND", cls.api_bind),
+            api_port=int(number("API_PORT", cls.api_port)),
+            web_concurrency=int(number("WEB_CONCURRENCY", cls.web_concurrency)),
+            api_metrics_host=env.get("API_METRICS_HOST", cls.api_metrics_host),
+            api_metrics_port=int(number("API_METRICS_PORT", cls.api_metrics_port)),
             flower_url=env.get("FLOWER_URL", cls.flower_url).rstrip("/"),
             max_body_bytes=int(number("MAX_BODY_BYTES", cls.max_body_bytes)),
             step_timeout_s=number("STEP_TIMEOUT_S", cls.step_timeout_s),
@@ -366,6 +378,14 @@ class Settings:
                 f"RETENTION_BATCH_SIZE must be at least 1, got {self.retention_batch_size}"
             )
         problems.extend(self._rate_limit_problems())
+        if not 0 < self.api_metrics_port < 65536 or self.api_metrics_port == self.api_port:
+            problems.append(
+                f"API_METRICS_PORT ({self.api_metrics_port}) must be a port from 1 to 65535 "
+                f"other than API_PORT ({self.api_port}): /metrics is never served on the "
+                "public port"
+            )
+        if self.web_concurrency < 1 or self.web_threads < 1:
+            problems.append("WEB_CONCURRENCY and WEB_THREADS must be at least 1")
         if problems:
             raise ConfigError("invalid configuration: " + "; ".join(problems))
 

@@ -9,6 +9,7 @@
 #   REDIS_URL       default redis://localhost:6379/0
 #   LOG_DIR         default <ENGINE_VAR_DIR>/log
 #   API_BIND, API_PORT           gunicorn bind (default 127.0.0.1, 8000)
+#   API_METRICS_HOST, API_METRICS_PORT  the API's /metrics, for Prometheus (127.0.0.1, 9101)
 #   FLOWER_ADDRESS, FLOWER_PORT  Flower bind (default 127.0.0.1, 5555)
 #   WORKER_HEALTH_HOST, WORKER_HEALTH_PORT  worker /health and /metrics (127.0.0.1, 8080)
 #   FLOWER_BASIC_AUTH            user:password; generated once into <ENGINE_VAR_DIR>/flower_auth
@@ -38,6 +39,8 @@ export REDIS_URL=${REDIS_URL:-redis://localhost:6379/0}
 export LOG_DIR=${LOG_DIR:-$var_dir/log}
 export API_BIND=${API_BIND:-127.0.0.1}
 export API_PORT=${API_PORT:-8000}
+export API_METRICS_HOST=${API_METRICS_HOST:-127.0.0.1}
+export API_METRICS_PORT=${API_METRICS_PORT:-9101}
 export FLOWER_ADDRESS=${FLOWER_ADDRESS:-127.0.0.1}
 export FLOWER_PORT=${FLOWER_PORT:-5555}
 export WORKER_HEALTH_HOST=${WORKER_HEALTH_HOST:-127.0.0.1}
@@ -46,7 +49,7 @@ export WORKER_HEALTH_PORT=${WORKER_HEALTH_PORT:-8080}
 export FLOWER_URL=${FLOWER_URL:-http://localhost:$FLOWER_PORT}
 mkdir -p "$LOG_DIR"
 # The Procfile gives the API and the worker each a prometheus_client multiprocess directory
-# here, so /metrics sums all their forked processes.
+# here, so their /metrics sum all their forked processes.
 mkdir -p "$var_dir/metrics/api" "$var_dir/metrics/worker"
 
 # redis_probe WAIT_SECONDS [PID]: 0 when Redis answers PING within the wait, 1 when nothing
@@ -181,6 +184,7 @@ mint_env=
 cat <<EOF
 
   API            http://localhost:$API_PORT  (docs at /docs)
+  API metrics    http://localhost:$API_METRICS_PORT/metrics
   Flower         http://localhost:$FLOWER_PORT  ($flower_note)
   Worker health  http://localhost:$WORKER_HEALTH_PORT/health
   Database       $DATABASE_URL

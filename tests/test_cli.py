@@ -396,13 +396,16 @@ def test_a_replay_from_the_cli_in_the_apis_environment_counts_in_the_apis_metric
     assert stack.wait_finished(run_id)["status"] == "failed"
     (letter,) = stack.dead_letters(run_id)
     env = {**stack.env, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
-    port = services.free_port()
-    api = services.start_gunicorn(env, tmp_path / "gunicorn.log", port, "-w", "1")
+    port, metrics_port = services.free_port(), services.free_port()
+    api = services.start_gunicorn(
+        env, tmp_path / "gunicorn.log", port, "-w", "1", metrics_port=metrics_port
+    )
     try:
 
         def replayed() -> float | None:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                url = f"http://127.0.0.1:{metrics_port}/metrics"
+                with urllib.request.urlopen(url, timeout=2) as r:
                     text = r.read().decode()
             except OSError:
                 return None

@@ -263,3 +263,35 @@ def test_workers_read_named_secrets_from_secrets_dir_and_settings_hold_no_value(
     assert settings.secrets_dir == mounted.resolve()
     assert "tok-5f4e3d2c1b" not in repr(settings)
     assert "tok-5f4e3d2c1b" not in repr(vars(settings))
+
+
+def test_the_api_metrics_listener_has_a_port_of_its_own(tmp_path: Path) -> None:
+    default = Settings.from_env(environment(tmp_path))
+    assert (default.api_metrics_host, default.api_metrics_port) == ("0.0.0.0", 9101)
+    moved = Settings.from_env(
+        environment(tmp_path, API_METRICS_HOST="127.0.0.1", API_METRICS_PORT="9200")
+    )
+    assert (moved.api_metrics_host, moved.api_metrics_port) == ("127.0.0.1", 9200)
+    with pytest.raises(ConfigError, match=r"API_METRICS_PORT \(8000\).*API_PORT \(8000\)"):
+        Settings.from_env(environment(tmp_path, API_METRICS_PORT="8000"))
+    with pytest.raises(ConfigError, match=r"API_METRICS_PORT \(0\)"):
+        Settings.from_env(environment(tmp_path, API_METRICS_PORT="0"))
+
+
+def test_gunicorn_takes_its_settings_from_the_engines_and_refuses_what_the_api_would(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import runpy
+
+    conf = str(Path(__file__).resolve().parents[1] / "web" / "gunicorn_conf.py")
+    for name, value in environment(tmp_path, WEB_THREADS="6", WEB_CONCURRENCY="3").items():
+        monkeypatch.setenv(name, value)
+    for name in ("API_BIND", "API_PORT", "EVENTS_MAX_STREAMS"):
+        monkeypatch.delenv(name, raising=False)
+    gunicorn = runpy.run_path(conf)
+    assert (gunicorn["bind"], gunicorn["workers"], gunicorn["threads"]) == ("0.0.0.0:8000", 3, 6)
+    # A stream cap that leaves no thread to ordinary requests stops gunicorn at its start,
+    # not each worker as it boots.
+    monkeypatch.setenv("EVENTS_MAX_STREAMS", "6")
+    with pytest.raises(ConfigError, match=r"EVENTS_MAX_STREAMS \(6\).*WEB_THREADS \(6\)"):
+        runpy.run_path(conf)

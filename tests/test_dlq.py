@@ -21,6 +21,7 @@ from engine.errors import InvalidInput
 from engine.models import DeadLetter, Run, Step
 from engine.work import plan_task_id
 from tests.conftest import spec
+from tests.support.metrics import read_api_metrics
 from tests.support.stack import Stack
 from web import db as web_db
 
@@ -560,7 +561,7 @@ def test_the_pacer_spaces_sends_at_the_configured_rate() -> None:
 
 
 def replayed_count(client: Any) -> float:
-    text = client.get("/metrics").get_data(as_text=True)
+    text = read_api_metrics(client.application)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == "dlq_events_total" and sample.labels == {"event": "replayed"}:

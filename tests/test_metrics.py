@@ -3,6 +3,7 @@ workers of the API (multiprocess mode), and the live gauges read what Redis real
 
 from __future__ import annotations
 
+import re
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from engine import queues
 from engine.work import Dispatch, Work
 from tests.conftest import spec
 from tests.support import services
+from tests.support.metrics import api_metrics, read_api_metrics
 from tests.support.stack import Stack, private_stack
 from workers import dispatch
 from workers.factory import make_celery
@@ -89,12 +91,13 @@ def test_the_api_counts_every_request_across_gunicorn_workers_even_recycled_ones
     multiprocess_stack: Stack, tmp_path: Path
 ) -> None:
     metrics_dir = tmp_path / "api-metrics"
-    port = services.free_port()
+    port, metrics_port = services.free_port(), services.free_port()
     # --max-requests recycles each worker after a few requests: the counts of workers that
     # have exited must still be in the total.
+    log = tmp_path / "gunicorn.log"
     process = services.start_gunicorn(
         {**multiprocess_stack.env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
-        tmp_path / "gunicorn.log",
+        log,
         port,
         "--workers",
         "2",
@@ -104,6 +107,7 @@ def test_the_api_counts_every_request_across_gunicorn_workers_even_recycled_ones
         "7",
         "--control-socket",
         str(tmp_path / "gunicorn.ctl"),
+        metrics_port=metrics_port,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -119,15 +123,33 @@ def test_the_api_counts_every_request_across_gunicorn_workers_even_recycled_ones
         for _ in range(requests):
             assert http_get(f"{base}/health")[0] == 200
 
-        status, text = http_get(f"{base}/metrics")
+        status, text = http_get(f"http://127.0.0.1:{metrics_port}/metrics")
         assert status == 200
         labels = {"method": "GET", "endpoint": "/health", "status": "200"}
         assert value(text, "api_requests_total", **labels) == requests
         assert value(text, "api_request_latency_seconds_count", **labels) == requests
         assert value(text, "api_requests_total", method="GET", endpoint="/readyz", status="200")
         # 31 requests with a cap of 7 per process: at least 5 processes served them.
-        counters = list(metrics_dir.glob("counter_*.db"))
+        # The metrics listener (its pid in gunicorn's log) has counters of its own.
+        listener = re.search(r"Metrics at \S+ \(pid (\d+)\)", log.read_text())
+        assert listener is not None
+        counters = [
+            path
+            for path in metrics_dir.glob("counter_*.db")
+            if path.stem != f"counter_{listener[1]}"
+        ]
         assert len(counters) >= 5, counters
+        # The live gauges, read by the listener itself: the stack's worker is online.
+        assert value(text, "workers_online") == 1
+        assert value(text, "dlq_open") is not None
+        for queue in ("manager", "steps", "default"):
+            assert value(text, "queue_depth", queue=queue) is not None, queue
+            assert value(text, "queue_lag_seconds", queue=queue) is not None, queue
+        assert value(text, "dlq_events_total", event="added") == 0
+        # Every route's error series is there from the start, so a first 5xx is an increase.
+        for method, endpoint in (("POST", "/runs"), ("GET", "/runs/<run_id>")):
+            labels = {"method": method, "endpoint": endpoint, "status": "500"}
+            assert value(text, "api_errors_total", **labels) == 0, labels
     finally:
         process.terminate()
         process.wait(20)
@@ -205,9 +227,7 @@ def test_the_api_metrics_expose_live_gauges_and_dead_letter_events_from_zero(
         open_letters = session.scalar(
             select(func.count()).select_from(DeadLetter).where(DeadLetter.status == "open")
         )
-    response = create_app(database.settings).test_client().get("/metrics")
-    assert response.status_code == 200
-    text = response.get_data(as_text=True)
+    text = read_api_metrics(create_app(database.settings))
     for event in ("added", "replayed", "discarded"):
         assert value(text, "dlq_events_total", event=event) is not None, event
     for queue in ("manager", "steps", "default"):
@@ -240,7 +260,7 @@ def test_every_answer_counts_once_and_a_5xx_counts_as_an_error_too(database: Sta
 
     def counts() -> list[float]:
         # The counters are the process's: earlier tests' requests are in them too.
-        text = client.get("/metrics").get_data(as_text=True)
+        text = read_api_metrics(app)
         return [value(text, name, **labels) or 0.0 for name, labels in series]
 
     before = counts()
@@ -254,11 +274,12 @@ def test_every_answer_counts_once_and_a_5xx_counts_as_an_error_too(database: Sta
 def test_a_method_of_the_clients_own_counts_as_other(database: Stack) -> None:
     from web import create_app
 
-    client = create_app(database.settings).test_client()
+    app = create_app(database.settings)
+    client = app.test_client()
     made_up = [f"BREW{n}" for n in range(3)]
     for method in made_up:
         assert client.open("/health", method=method).status_code == 405
-    text = client.get("/metrics").get_data(as_text=True)
+    text = read_api_metrics(app)
     assert value(text, "api_requests_total", method="other", endpoint="unmatched", status="405")
     for method in made_up:
         assert (
@@ -281,7 +302,7 @@ def test_beat_answering_pings_is_not_counted_as_a_worker(tmp_path: Path) -> None
 
         services.wait_for(beat_answers, 60, 0.2, "beat to answer a ping")
         client = stack.client()
-        assert value(client.get("/metrics").get_data(as_text=True), "workers_online") == 0
+        assert value(read_api_metrics(stack.app), "workers_online") == 0
         status = client.get("/admin/status", headers=stack.headers(scopes="admin.status"))
         assert status.get_json()["workers"]["online"] == 0
 
@@ -303,14 +324,14 @@ def test_readiness_and_the_api_metrics_follow_the_database_and_broker_away_and_b
 ) -> None:
     # ReadinessFailing reads a missing dlq_open as the database failing and a missing
     # queue_depth as the broker failing: a reading that fails is left out, never 0.
-    with private_stack("postgres", tmp_path) as (stack, server):
+    with private_stack("postgres", tmp_path) as (stack, server), api_metrics(stack.app) as read:
         client = stack.client()
 
         def state() -> tuple[int, list[str], str]:
             ready = client.get("/readyz")
             failing = [error["field"] for error in (ready.get_json().get("errors") or [])]
             assert client.get("/health").status_code == 200  # liveness depends on neither
-            return ready.status_code, failing, client.get("/metrics").get_data(as_text=True)
+            return ready.status_code, failing, read()
 
         def settled(status: int, failing: list[str], dlq: bool, depth: bool) -> None:
             def check() -> bool:
@@ -358,12 +379,13 @@ def test_a_queue_named_by_a_step_is_measured_even_with_no_worker_consuming_it(
                 "the step to wait in its queue",
             )
         client = stack.client()
+        with api_metrics(stack.app) as read:
 
-        def measured() -> str | None:
-            text = client.get("/metrics").get_data(as_text=True)
-            return text if value(text, "queue_depth", queue=queue) == 2 else None
+            def measured() -> str | None:
+                text = read()
+                return text if value(text, "queue_depth", queue=queue) == 2 else None
 
-        text = services.wait_for(measured, 20, 0.5, f"queue_depth of {queue}")
+            text = services.wait_for(measured, 20, 0.5, f"queue_depth of {queue}")
         assert value(text, "queue_lag_seconds", queue=queue) is not None
         status = client.get("/admin/status", headers=stack.headers(scopes="admin.status"))
         depths = {item["name"]: item["depth"] for item in status.get_json()["queues"]["items"]}

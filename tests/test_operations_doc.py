@@ -243,10 +243,13 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
         (directory / "flower_auth").write_text(flower_auth + "\n")
         stack.start_worker(concurrency=2)
         api_port, flower_port = services.free_port(), services.free_port()
+        metrics_port = services.free_port()
         # The API logs to files, as under `make run`; the worker keeps stdout (its readiness).
         env = {**stack.env, "FLOWER_BASIC_AUTH": flower_auth, "LOG_DIR": str(log_dir)}
         processes.append(
-            services.start_gunicorn(env, log_dir / "gunicorn.out", api_port, "-w", "1")
+            services.start_gunicorn(
+                env, log_dir / "gunicorn.out", api_port, "-w", "1", metrics_port=metrics_port
+            )
         )
         celery = [sys.executable, "-m", "celery", "-A", "workers.celery_app"]
         processes.append(
@@ -283,6 +286,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
             **env,
             "PATH": f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
             "API": api,
+            "METRICS": f"http://127.0.0.1:{metrics_port}",
             "WORKER": worker,
             "FLOWER": flower,
             "TOKEN": token,

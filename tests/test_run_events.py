@@ -19,6 +19,7 @@ from engine import logs
 from engine.auth import mint_token
 from tests.conftest import spec
 from tests.support import services
+from tests.support.metrics import read_api_metrics
 from tests.support.stack import Stack, private_stack
 from web import create_app
 from web import db as web_db
@@ -294,7 +295,7 @@ def test_the_latency_histogram_does_not_count_streams(
     response = stream(client, run_id, database.headers())
     assert list(sse(response.response))[-1]["event"] == "timeout"
     response.close()
-    metrics = client.get("/metrics").get_data(as_text=True)
+    metrics = read_api_metrics(short_streams)
     route = "/runs/<run_id>/events"
     assert samples(metrics, "api_requests_total", route, 200), "the stream is counted"
     # No series of streams in the histogram; answers that are not streams (a 404, POST

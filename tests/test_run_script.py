@@ -217,7 +217,7 @@ def test_run_serves_api_and_flower_and_sigint_stops_every_process(
     redis_mode: str, redis_server: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     require((REPO_ROOT / ".venv" / "bin" / "honcho").exists(), "no .venv: run make venv")
-    api_port, flower_port, health_port, redis_port = free_ports(4)
+    api_port, flower_port, health_port, redis_port, metrics_port = free_ports(5)
     if redis_mode == "already-running":
         redis_url = request.getfixturevalue("running_redis")
         own_redis_port = None
@@ -227,6 +227,7 @@ def test_run_serves_api_and_flower_and_sigint_stops_every_process(
     environment = script_environment(tmp_path, redis_url)
     environment.update(
         API_PORT=str(api_port),
+        API_METRICS_PORT=str(metrics_port),
         FLOWER_PORT=str(flower_port),
         WORKER_HEALTH_PORT=str(health_port),
     )
@@ -253,6 +254,10 @@ def test_run_serves_api_and_flower_and_sigint_stops_every_process(
         api = f"http://127.0.0.1:{api_port}"
         flower = f"http://127.0.0.1:{flower_port}/"
         wait_for(lambda: http_status(f"{api}/health") == 200, "GET /health -> 200", **watch)
+        # The API's metrics on their own port, not on the API's.
+        metrics = f"http://127.0.0.1:{metrics_port}/metrics"
+        wait_for(lambda: http_status(metrics) == 200, "the API's metrics -> 200", **watch)
+        assert http_status(f"{api}/metrics") == 404
         wait_for(lambda: http_status(flower) == 401, "Flower without credentials -> 401", **watch)
 
         auth_file = var_dir / "flower_auth"
@@ -275,6 +280,7 @@ def test_run_serves_api_and_flower_and_sigint_stops_every_process(
         assert f"http://localhost:{api_port}" in printed
         assert f"http://localhost:{flower_port}" in printed and password in printed
         assert f"http://localhost:{health_port}/health" in printed
+        assert f"http://localhost:{metrics_port}/metrics" in printed
         assert "engine token mint admin@example.com" in printed
         assert "stopped (rc=" not in printed, f"a process stopped early:\n{printed}"
         if own_redis_port is not None:
@@ -297,7 +303,7 @@ def test_run_serves_api_and_flower_and_sigint_stops_every_process(
         while still_running(known) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert still_running(known) == {}, "processes left running after SIGINT"
-        ports = [api_port, flower_port, health_port]
+        ports = [api_port, flower_port, health_port, metrics_port]
         if own_redis_port is not None:
             ports.append(own_redis_port)
         assert [port for port in ports if port_is_open(port)] == []

@@ -147,7 +147,6 @@ OPERATIONS: list[Operation] = [
         "Readiness: database and broker; 503 names the failing check",
         {200: "Readiness", 503: "Problem"},
     ),
-    Operation("get", "/metrics", None, "Prometheus metrics", {200: "Text"}, media="text/plain"),
     Operation(
         "post",
         "/runs",

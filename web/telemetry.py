@@ -1,5 +1,6 @@
-"""What the API tells operators: request metrics and /metrics (multiprocess-aware), request
-ids, and one access-log line per request."""
+"""What the API tells operators: request metrics (multiprocess-aware; served by the private
+metrics listener, web/metrics_listener.py, not on the API's port), request ids, and one
+access-log line per request."""
 
 from __future__ import annotations
 
@@ -12,13 +13,11 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 from prometheus_client import Counter, Histogram
-from prometheus_client.exposition import choose_encoder
-from prometheus_flask_exporter import PrometheusMetrics
 
 import celeryconfig
 from engine import logs
 from engine.config import Settings
-from engine.metrics import DURATION_BUCKETS, exposition_registry
+from engine.metrics import DURATION_BUCKETS
 from workers.observer import make_observer
 
 access_log = logging.getLogger(logs.ACCESS_LOGGER)
@@ -35,24 +34,14 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID_ENVIRON = "HTTP_" + REQUEST_ID_HEADER.upper().replace("-", "_")
 # A caller's id is kept when it is plain enough to log and echo back; else we make one.
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
-UNTRACKED_PATHS = frozenset({"/metrics"})
 STREAM_MIMETYPE = "text/event-stream"
 # Any other method a client sends is counted as "other": a label value per made-up method
 # would let clients add series without end.
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# What a route answers when it breaks: its error series starts at 0, so that increase()
+# and rate() (HighErrorRate) see the first one.
+EXPECTED_ERROR = "500"
 _SERIES: dict[tuple[str, str, int, bool], tuple[Any, Any, Any]] = {}
-
-
-class EngineMetrics(PrometheusMetrics):
-    """The exporter's /metrics, serving our registry in both modes (the exporter alone
-    would build its own multiprocess registry and leave the live gauges out)."""
-
-    def generate_metrics(
-        self, accept_header: str | None = None, names: list[str] | None = None
-    ) -> tuple[str, str]:
-        registry = self.registry.restricted_registry(names) if names else self.registry
-        encoder, content_type = choose_encoder(accept_header)
-        return encoder(registry).decode("utf-8"), content_type
 
 
 def init_app(app: Flask) -> None:
@@ -65,12 +54,19 @@ def init_app(app: Flask) -> None:
         celeryconfig.QUEUES,
     )
     app.extensions["engine.observer"] = observer
-    registry = exposition_registry(settings.metrics_dir, observer.readings)
-    # The counting is ours (below), so every response counts, 404s and auth failures too.
-    EngineMetrics(app, registry=registry, export_defaults=False)
+    expect_errors(app)
+    # Every response counts, 404s and auth failures too.
     app.before_request(_start)
     app.after_request(_finish)
     app.teardown_request(_unbind)
+
+
+def expect_errors(app: Flask) -> None:
+    """Create api_errors_total at 0 for every route and method the app serves (HEAD and
+    OPTIONS, which Flask adds to every route, left out)."""
+    for rule in app.url_map.iter_rules():
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            api_errors_total.labels(method, rule.rule, EXPECTED_ERROR)
 
 
 def _start() -> None:
@@ -94,8 +90,6 @@ def _finish(response: Response) -> Response:
         response.headers[REQUEST_ID_HEADER] = request_id
     current = request._get_current_object()  # type: ignore[attr-defined]
     path = current.path
-    if path in UNTRACKED_PATHS:
-        return response
     started = g.get("request_started")
     started = started if started is not None else time.perf_counter()
     method, status = current.method, response.status_code

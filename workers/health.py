@@ -19,16 +19,14 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from celery import Celery
 from celery.bootsteps import RUN
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from engine.config import Settings
-from engine.db import make_engine, make_session_factory
 from engine.metrics import exposition_registry
 from engine.observe import Observer, gather
 from workers import timers
-from workers.observer import BROKER_TIMEOUT_S, make_observer
+from workers.observer import BROKER_TIMEOUT_S, standalone_observer
 
 log = logging.getLogger(__name__)
 
@@ -52,20 +50,7 @@ class HealthServer:
     @property
     def observer(self) -> Observer:
         if self._observer is None:
-            import celeryconfig
-
-            options = {}
-            if not self.settings.is_sqlite:
-                options = {"pool_size": 1, "max_overflow": 2}
-            db_engine = make_engine(self.settings, **options)
-            sender = Celery("engine-health", set_as_current=False)
-            sender.config_from_object(celeryconfig.build(self.settings))
-            self._observer = make_observer(
-                self.settings,
-                sender,
-                make_session_factory(db_engine, read_only=True),
-                celeryconfig.QUEUES,
-            )
+            self._observer = standalone_observer(self.settings, "engine-health")
         return self._observer
 
     def mark_ready(self) -> None:

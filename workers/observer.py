@@ -11,6 +11,7 @@ from celery.beat import NODENAME_DEFAULT
 from sqlalchemy.orm import Session
 
 from engine.config import Settings
+from engine.db import make_engine, make_session_factory
 from engine.observe import Observer
 from engine.queues import QueueLayout, broker_client
 
@@ -45,4 +46,22 @@ def make_observer(
         queues,
         sessions=sessions,
         ping=lambda timeout: ping_workers(app, timeout),
+    )
+
+
+def standalone_observer(settings: Settings, name: str) -> Observer:
+    """An observer for a process that serves metrics beside the work (a worker's health
+    server, the API's metrics listener): a small database pool of its own, read-only, and
+    a Celery app of its own to ping the workers."""
+    import celeryconfig
+
+    options = {} if settings.is_sqlite else {"pool_size": 1, "max_overflow": 2}
+    db_engine = make_engine(settings, **options)
+    sender = Celery(name, set_as_current=False)
+    sender.config_from_object(celeryconfig.build(settings))
+    return make_observer(
+        settings,
+        sender,
+        make_session_factory(db_engine, read_only=True),
+        celeryconfig.QUEUES,
     )

@@ -209,8 +209,16 @@ def test_api_runs_gunicorn_on_8000(services):
     assert words[0] == "gunicorn"
     assert option_value(words, "-c", "--config") == "web/gunicorn_conf.py"
     assert words[-1] == "web:create_app()"
-    assert "8000:8000" in api["ports"]
+    assert api["ports"] == ["8000:8000"]
     assert "localhost:8000/health" in " ".join(api["healthcheck"]["test"])
+
+
+def test_the_apis_metrics_port_is_reachable_on_the_compose_network_only(services):
+    api = services["api"]
+    metrics_port = environment(api)["API_METRICS_PORT"]
+    assert metrics_port in api["expose"]
+    published = [str(mapping).split(":")[-1].split("/")[0] for mapping in api["ports"]]
+    assert metrics_port not in published, "anyone who reaches the host would read /metrics"
 
 
 def test_worker_consumes_every_queue_and_serves_health_on_8080(services):
@@ -242,18 +250,26 @@ def healthcheck_url(service: dict[str, Any]) -> SplitResult:
 
 
 def test_healthchecks_and_scrape_targets_reach_the_ports_and_paths_the_processes_serve(
-    services, monkeypatch
+    services, monkeypatch, tmp_path
 ):
     from flask import Flask
     from flower.urls import handlers as flower_handlers
 
     from web.health import bp as health_bp
+    from web.metrics_listener import PATH as METRICS_PATH
 
-    # The API's port: gunicorn's own settings, as compose leaves API_PORT unset.
-    for name in ("API_PORT", "API_BIND"):
-        assert name not in environment(services["api"])
+    # The API's ports: gunicorn's own settings under the service's environment (which
+    # leaves API_PORT unset).
+    for name in ("API_PORT", "API_BIND", "API_METRICS_PORT", "API_METRICS_HOST"):
         monkeypatch.delenv(name, raising=False)
-    api_port = int(runpy.run_path(str(ROOT / "web" / "gunicorn_conf.py"))["bind"].split(":")[-1])
+    assert "API_PORT" not in environment(services["api"])
+    monkeypatch.setenv("API_METRICS_PORT", environment(services["api"])["API_METRICS_PORT"])
+    monkeypatch.setenv("ENGINE_VAR_DIR", str(tmp_path))
+    gunicorn = runpy.run_path(str(ROOT / "web" / "gunicorn_conf.py"))
+    api_port = int(gunicorn["bind"].split(":")[-1])
+    metrics_port = gunicorn["engine_settings"].api_metrics_port
+    # Prometheus, in another container, must reach the listener.
+    assert gunicorn["engine_settings"].api_metrics_host == "0.0.0.0"
     worker_port = int(environment(services["worker"])["WORKER_HEALTH_PORT"])
     flower_port = int(option_value(command_words(services["flower"]), "--port") or 0)
 
@@ -272,11 +288,13 @@ def test_healthchecks_and_scrape_targets_reach_the_ports_and_paths_the_processes
 
     prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
-    assert [t for c in jobs["api"]["static_configs"] for t in c["targets"]] == [f"api:{api_port}"]
+    api_targets = [t for c in jobs["api"]["static_configs"] for t in c["targets"]]
+    assert api_targets == [f"api:{metrics_port}"] and metrics_port != api_port
     discovery = jobs["workers"]["dns_sd_configs"]
     assert [(c["names"], c["port"]) for c in discovery] == [(["worker"], worker_port)]
+    # web/metrics_listener.py and workers/health.py serve /metrics.
     for job in ("api", "workers"):
-        assert jobs[job].get("metrics_path", "/metrics") == "/metrics"
+        assert jobs[job].get("metrics_path", "/metrics") == METRICS_PATH
 
 
 def test_beat_keeps_its_schedule_on_a_volume(compose, services):

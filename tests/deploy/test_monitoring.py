@@ -113,7 +113,8 @@ def test_prometheus_scrapes_the_api_and_every_worker_and_loads_the_alerts():
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
 
     assert jobs["api"].get("metrics_path", "/metrics") == "/metrics"
-    assert jobs["api"]["static_configs"][0]["targets"] == ["api:8000"]
+    # The API's private metrics listener (API_METRICS_PORT), not its public :8000.
+    assert jobs["api"]["static_configs"][0]["targets"] == ["api:9101"]
 
     workers = jobs["workers"]
     assert workers.get("metrics_path", "/metrics") == "/metrics"
@@ -303,8 +304,9 @@ def test_metric_names_are_read_from_promql_without_functions_labels_or_keywords(
 
 
 # ---- what the processes really serve ------------------------------------------------
-# The API's /metrics (Flask test client) and a worker health server's /metrics (the same
-# server a worker starts, here in this process on a free port), on a fresh SQLite stack.
+# The API's /metrics (its metrics listener, for an app in this process) and a worker health
+# server's /metrics (the same server a worker starts, here in this process on a free port),
+# on a fresh SQLite stack.
 
 
 @pytest.fixture(scope="module")
@@ -312,6 +314,7 @@ def served_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[s
     """(API exposition text, worker health server exposition text)."""
     import urllib.request
 
+    from tests.support.metrics import read_api_metrics
     from tests.support.stack import Stack
     from workers.health import HealthServer
 
@@ -321,9 +324,7 @@ def served_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[s
         client = stack.client()
         # One request first, so the request metrics have samples too.
         assert client.get("/health").status_code == 200
-        response = client.get("/metrics")
-        assert response.status_code == 200
-        api_text = response.get_data(as_text=True)
+        api_text = read_api_metrics(stack.app)
         port = server.start()
         assert port is not None
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:

@@ -66,10 +66,16 @@ def free_port() -> int:
 
 
 def start_gunicorn(
-    env: dict[str, str], log_path: Path, port: int, *options: str
+    env: dict[str, str], log_path: Path, port: int, *options: str, metrics_port: int | None = None
 ) -> subprocess.Popen[bytes]:
     """The API under gunicorn with its own settings (web/gunicorn_conf.py) on 127.0.0.1:`port`,
-    in a session of its own, logging to `log_path`; `options` go before the app."""
+    its metrics listener on 127.0.0.1:`metrics_port` (a free port unless given), in a session
+    of its own, logging to `log_path`; `options` go before the app."""
+    env = {
+        **env,
+        "API_METRICS_HOST": "127.0.0.1",
+        "API_METRICS_PORT": str(metrics_port or free_port()),
+    }
     with open(log_path, "ab") as log:
         return subprocess.Popen(
             [

@@ -1,0 +1,134 @@
+"""The API's /metrics, on a listener of its own (API_METRICS_HOST:API_METRICS_PORT), never on
+the public port: queue depths, workflow names and dead-letter counts are for Prometheus.
+
+Under gunicorn this runs as a process the master starts before the workers fork
+(web/gunicorn_conf.py), holding the socket the master bound: `python -m web.metrics_listener
+FD MASTER_PID`. It serves what the API's /metrics served: every gunicorn worker's counts,
+summed from PROMETHEUS_MULTIPROC_DIR, and the live gauges (queue_depth, queue_lag_seconds,
+dlq_open, workers_online), read through an observer of its own. It stops on SIGTERM (the
+master's on_exit) and when the master is gone (killed, it runs no on_exit).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+from engine import logs
+from engine.config import Settings
+from engine.metrics import exposition_registry
+from workers.observer import standalone_observer
+
+# By name: run as `python -m`, this module is __main__.
+log = logging.getLogger("web.metrics_listener")
+
+PATH = "/metrics"
+# How often the process looks whether its master is still there.
+PARENT_CHECK_S = 1.0
+
+
+class MetricsListener:
+    """Serves `registry` at /metrics on an already listening socket; 404 anywhere else."""
+
+    def __init__(self, registry: CollectorRegistry, listener: socket.socket) -> None:
+        self._server = _Server(listener, _handler(registry))
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._server.socket.getsockname()[:2]
+        return host, port
+
+    def start(self, poll_interval: float = 0.5) -> None:
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": poll_interval},
+            name="metrics-listener",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread = None
+        self._server.server_close()
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, listener: socket.socket, handler: type[BaseHTTPRequestHandler]) -> None:
+        # The socket is bound and listening already (by gunicorn's master, or a test).
+        super().__init__(listener.getsockname()[:2], handler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = listener
+        self.server_address = listener.getsockname()
+
+
+def _handler(registry: CollectorRegistry) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "engine-api-metrics"
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            if self.path.split("?", 1)[0] != PATH:
+                self._send(404, b'{"status": 404, "title": "Not Found"}', "application/json")
+                return
+            try:
+                # Prometheus asks for OpenMetrics; curl gets the classic text format.
+                encoder, content_type = choose_encoder(self.headers.get("Accept"))
+                body = encoder(registry)
+            except Exception:
+                log.exception("metrics listener: the exposition failed")
+                self._send(500, b'{"status": 500, "title": "Internal error"}', "application/json")
+                return
+            self._send(200, body, content_type)
+
+        def _send(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            log.debug("metrics listener: " + format, *args)
+
+    return Handler
+
+
+def serve(settings: Settings, listener: socket.socket, master_pid: int) -> None:
+    """The process's life: serve until SIGTERM or SIGINT, or until the master is gone."""
+    observer = standalone_observer(settings, "engine-api-metrics")
+    server = MetricsListener(exposition_registry(settings.metrics_dir, observer.readings), listener)
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    server.start()
+    log.info("metrics listener serving %s on %s:%d", PATH, *server.address)
+    while not stopping.wait(PARENT_CHECK_S):
+        if os.getppid() != master_pid:
+            log.warning("metrics listener: gunicorn's master %d is gone; stopping", master_pid)
+            break
+    server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    fd, master_pid = (int(arg) for arg in (argv if argv is not None else sys.argv[1:]))
+    settings = Settings.from_env()
+    logs.configure(settings, "api")
+    serve(settings, socket.socket(fileno=fd), master_pid)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
