@@ -8,19 +8,27 @@ from typing import Any
 from kombu import Queue
 
 from engine.config import Settings
-from engine.work import MANAGER_QUEUE, PRUNE_INTERVAL_S, PRUNE_TASK, RECONCILE_TASK
+from engine.work import MANAGER_QUEUE, PRUNE_INTERVAL_S, PRUNE_TASK, RECONCILE_TASK, SCHEDULE_TASK
 from workers import redis_transport
 
 QUEUES = (MANAGER_QUEUE, "steps", "default")
 
 
 def beat_schedule(settings: Settings) -> dict[str, Any]:
-    """What beat sends: the reconciler always; the prune when a retention is set."""
+    """What beat sends: the reconciler and the schedules' fires always; the prune when a
+    retention is set."""
     schedule: dict[str, Any] = {
         "reconcile": {
             "task": RECONCILE_TASK,
             "schedule": settings.reconcile_interval_s,
             "options": {"queue": MANAGER_QUEUE, "expires": settings.reconcile_interval_s * 2},
+        },
+        # Submits the runs of due schedules (engine.schedules.firing). A tick that expired
+        # unsent is no loss: the next one fires what is still due.
+        "schedules": {
+            "task": SCHEDULE_TASK,
+            "schedule": settings.schedule_tick_s,
+            "options": {"queue": MANAGER_QUEUE, "expires": settings.schedule_tick_s * 2},
         },
     }
     if settings.retention_on:
@@ -68,7 +76,11 @@ def build(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "task_default_queue": "default",
         "task_queues": [Queue(name) for name in QUEUES],
-        "task_routes": {"manager.*": {"queue": MANAGER_QUEUE}, "steps.*": {"queue": "steps"}},
+        "task_routes": {
+            "manager.*": {"queue": MANAGER_QUEUE},
+            "schedules.*": {"queue": MANAGER_QUEUE},
+            "steps.*": {"queue": "steps"},
+        },
         # Flower shows tasks from the workers' events (received, started, succeeded...). A
         # "sent" event per message would cost a second publish on every send, a third of
         # the send: a task waiting in its queue is seen in Flower's broker page, in

@@ -1,4 +1,4 @@
-"""`engine` — token, runs, workflows and db commands."""
+"""`engine` — token, runs, workflows, schedules, dlq and db commands."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from cli.context import (
 )
 from cli.db_ops import COMMANDS as DB_COMMANDS
 from cli.dlq import dlq
+from cli.schedules import schedules
 from cli.token_ops import COMMANDS as TOKEN_COMMANDS
 from engine import actions, auth, migrations, resume, runs, specs, tokens, workflows
 from engine.config import Settings
@@ -268,6 +269,7 @@ def db_history(verbose: bool) -> None:
 
 
 main.add_command(dlq)
+main.add_command(schedules)
 for _command in TOKEN_COMMANDS:
     token.add_command(_command)
 for _command in DB_COMMANDS:

@@ -33,6 +33,8 @@ KNOWN_SCOPES = (
     "workflows.read",
     "workflows.write",
     "life.read",
+    "schedules.read",
+    "schedules.write",
     "admin.status",
     ADMIN_RUNS_SCOPE,
     ADMIN_LIFE_SCOPE,

@@ -118,6 +118,9 @@ class Settings:
     # instead of holding an API thread or a worker forever; the reconciler sends later.
     broker_socket_timeout_s: float = 10.0
     reconcile_interval_s: float = 15.0
+    # Schedules: how often beat checks for due ones, and how many one tick fires at most.
+    schedule_tick_s: float = 10.0
+    schedule_batch: int = 100
     dispatch_grace_s: float = 30.0
     lease_grace_s: float = 30.0
     bulk_replay_rate: float = 100.0
@@ -252,6 +255,8 @@ class Settings:
             ),
             broker_socket_timeout_s=number("BROKER_SOCKET_TIMEOUT_S", cls.broker_socket_timeout_s),
             reconcile_interval_s=number("RECONCILE_INTERVAL_S", cls.reconcile_interval_s),
+            schedule_tick_s=number("SCHEDULE_TICK_S", cls.schedule_tick_s),
+            schedule_batch=int(number("SCHEDULE_BATCH", cls.schedule_batch)),
             dispatch_grace_s=number("DISPATCH_GRACE_S", cls.dispatch_grace_s),
             lease_grace_s=number("LEASE_GRACE_S", cls.lease_grace_s),
             sqlite_busy_timeout_s=number("SQLITE_BUSY_TIMEOUT_S", cls.sqlite_busy_timeout_s),
@@ -333,6 +338,8 @@ class Settings:
                 "RECONCILE_INTERVAL_S, DISPATCH_GRACE_S, LEASE_GRACE_S and SQLITE_BUSY_TIMEOUT_S "
                 "must be > 0"
             )
+        if self.schedule_tick_s <= 0 or self.schedule_batch < 1:
+            problems.append("SCHEDULE_TICK_S must be > 0 and SCHEDULE_BATCH at least 1")
         if self.broker_socket_timeout_s < BROKER_SOCKET_TIMEOUT_MIN_S:
             problems.append(
                 f"BROKER_SOCKET_TIMEOUT_S must be at least {BROKER_SOCKET_TIMEOUT_MIN_S:g}: "

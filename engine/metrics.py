@@ -66,11 +66,20 @@ dlq_events_total = Counter("dlq_events_total", "Dead-letter events", ["event"])
 runs_pruned_total = Counter(
     "runs_pruned_total", "Finished runs deleted by retention, with their steps"
 )
+# Each due schedule's fire: a run submitted, one already submitted for that fire time
+# (another tick got there first), or refused (its workflow or params no longer valid).
+schedule_fires_total = Counter("schedule_fires_total", "Schedule fires by outcome", ["outcome"])
+schedule_fires_skipped_total = Counter(
+    "schedule_fires_skipped_total", "Missed fire times skipped (one run for the latest only)"
+)
 
 # Alerts compute increase() over these; a series born at its first event hides that event.
 DLQ_EVENTS = ("added", "replayed", "discarded")
 for _event in DLQ_EVENTS:
     dlq_events_total.labels(event=_event)
+SCHEDULE_OUTCOMES = ("submitted", "duplicate", "refused")
+for _outcome in SCHEDULE_OUTCOMES:
+    schedule_fires_total.labels(outcome=_outcome)
 # The outcomes a worker counts (a cancel is counted by the API).
 RUN_OUTCOMES = ("succeeded", "failed")
 STEP_OUTCOMES = ("succeeded", "retrying", "dead")

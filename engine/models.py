@@ -222,3 +222,4 @@ class RevokedToken(Base):
 # Domain modules keep their tables in modules of their own, on the same metadata: imported
 # here so that whoever sees Base.metadata (alembic, the schema checks) sees every table.
 from engine.life import models as _life_models  # noqa: E402, F401
+from engine.schedules import models as _schedule_models  # noqa: E402, F401

@@ -16,6 +16,7 @@ RECONCILE_TASK = "manager.reconcile"
 PRUNE_TASK = "maintenance.prune"
 # How often beat asks for a prune (engine.retention) when a retention is set.
 PRUNE_INTERVAL_S = 3600.0
+SCHEDULE_TASK = "schedules.fire"
 MANAGER_QUEUE = "manager"
 PLAN_BUDGET_S = 60.0
 

@@ -295,3 +295,15 @@ def test_gunicorn_takes_its_settings_from_the_engines_and_refuses_what_the_api_w
     monkeypatch.setenv("EVENTS_MAX_STREAMS", "6")
     with pytest.raises(ConfigError, match=r"EVENTS_MAX_STREAMS \(6\).*WEB_THREADS \(6\)"):
         runpy.run_path(conf)
+
+
+def test_the_schedule_tick_and_batch_are_read_from_the_environment_and_checked(
+    tmp_path: Path,
+) -> None:
+    settings = Settings.from_env(environment(tmp_path, SCHEDULE_TICK_S="3", SCHEDULE_BATCH="20"))
+    assert (settings.schedule_tick_s, settings.schedule_batch) == (3, 20)
+    assert celeryconfig.build(settings)["beat_schedule"]["schedules"]["schedule"] == 3
+    with pytest.raises(ConfigError, match="SCHEDULE_TICK_S"):
+        Settings.from_env(environment(tmp_path, SCHEDULE_TICK_S="0"))
+    with pytest.raises(ConfigError, match="SCHEDULE_BATCH"):
+        Settings.from_env(environment(tmp_path, SCHEDULE_BATCH="0"))

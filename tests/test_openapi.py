@@ -27,7 +27,7 @@ from web import create_app, openapi_components, schemas
 from web import db as web_db
 from web.openapi import openapi_path
 
-EVERY_SCOPE = "runs.*,workflows.*,admin.*,life.*"
+EVERY_SCOPE = "runs.*,workflows.*,admin.*,life.*,schedules.*"
 DOCUMENT = "urn:engine:openapi"  # the base URI the document's own $refs resolve against
 
 
@@ -262,6 +262,14 @@ def test_real_answers_match_the_documented_shapes_and_statuses(
     answer("get", "/workflows/{name}", status=200, name=unique, headers=headers)
     answer("post", "/workflows/{name}/plan", status=200, name=unique, headers=headers)
 
+    every_hour = {"name": unique, "workflow": unique, "cron": "0 * * * *"}
+    answer("post", "/schedules", status=201, json=every_hour, headers=headers)
+    answer("get", "/schedules", status=200, headers=headers)
+    for action in ("pause", "resume"):
+        answer("post", f"/schedules/{{ref}}/{action}", status=200, ref=unique, headers=headers)
+    answer("get", "/schedules/{ref}", status=200, ref=unique, headers=headers)
+    answer("delete", "/schedules/{ref}", status=204, ref=unique, headers=headers)
+
     keyed = {**headers, "Idempotency-Key": unique}
     submit = {"json": {"workflow": unique, "params": {}}, "headers": keyed}
     run = answer("post", "/runs", status=202, **submit).get_json()
@@ -353,6 +361,9 @@ def test_every_problem_an_operation_documents_is_one_it_answers_and_no_other(
     answer("post", "/workflows", status=201, json=first, headers=headers)
     changed = spec(unique, [{"id": "b", "action": "noop"}])
     answer("post", "/workflows", status=409, json=changed, headers=headers)
+    every_hour = {"name": unique, "workflow": unique, "cron": "0 * * * *"}
+    answer("post", "/schedules", status=201, json=every_hour, headers=headers)
+    answer("post", "/schedules", status=409, json=every_hour, headers=headers)
     keyed = {**headers, "Idempotency-Key": unique}
     run = answer("post", "/runs", status=202, json={"workflow": unique}, headers=keyed)
     other = {"workflow": unique, "priority": 5}

@@ -267,7 +267,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
 
         # A run that failed into the dead-letter queue, submitted and watched through the
         # API (so its log lines exist), gives the ids the runbook uses.
-        token = stack.token("ops@example.com", "admin.*,runs.*,workflows.*,life.read")
+        token = stack.token("ops@example.com", "admin.*,runs.*,workflows.*,schedules.*,life.read")
         name = f"wf_{uuid.uuid4().hex[:8]}"
         retry = {"max_attempts": 1, "backoff_s": 0.05, "max_backoff_s": 0.1}
         steps = [{"id": "boom", "action": "fail", "retry": retry}]

@@ -21,6 +21,7 @@ from web import (
     openapi,
     rate_limits,
     runs,
+    schedules,
     schemas,
     status,
     telemetry,
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(token_views.bp)
     app.register_blueprint(status.bp)
     app.register_blueprint(life_views.bp)
+    app.register_blueprint(schedules.bp)
     telemetry.init_app(app)
     _allow_origins(app, settings)
     _register_builtin_workflows(app, settings)

@@ -56,6 +56,7 @@ REQUESTS: dict[str, dict[str, Any]] = {
     "BulkReplay": admin.BULK_REPLAY,
     "MintToken": tokens.MINT,
     "RevokeToken": tokens.REVOKE,
+    "CreateSchedule": schemas.CREATE_SCHEDULE,
 }
 
 STEP = shape(
@@ -198,6 +199,27 @@ RESPONSES: dict[str, dict[str, Any]] = {
         }
     ),
     "AuditEventList": page("AuditEvent"),
+    "Schedule": shape(
+        {
+            "id": {"type": "string", "format": "uuid"},
+            "name": STRING,
+            "workflow": STRING,
+            "version": {"type": ["integer", "null"]},
+            "cron": STRING,
+            "timezone": STRING,
+            "params": {"type": "object"},
+            "priority": INTEGER,
+            "enabled": {"type": "boolean"},
+            "next_fire_at": MAYBE_TIME,
+            "last_fired_at": MAYBE_TIME,
+            "last_run_id": MAYBE_STRING,
+            "last_error": MAYBE_STRING,
+            "created_by": STRING,
+            "created_at": TIME,
+            "updated_at": TIME,
+        }
+    ),
+    "ScheduleList": page("Schedule"),
     "MintedToken": shape({"token": STRING, "jti": STRING, "expires_at": TIME}),
     "Status": shape(
         {

@@ -315,6 +315,50 @@ OPERATIONS: list[Operation] = [
         {200: "Status"},
     ),
     Operation(
+        "post",
+        "/schedules",
+        "schedules.write",
+        "Create a schedule: {name, workflow, cron, timezone?, version?, params?, priority?, "
+        "enabled?}; its runs are submitted as the caller (who needs runs.write too)",
+        {201: "Schedule"},
+        body("CreateSchedule"),
+        problems=(409,),
+        location="the schedule",
+    ),
+    Operation(
+        "get",
+        "/schedules",
+        "schedules.read",
+        "Every schedule by name: limit, cursor",
+        {200: "ScheduleList"},
+        parameters=(LIMIT, CURSOR),
+    ),
+    Operation(
+        "get", "/schedules/{ref}", "schedules.read", "A schedule by id or name", {200: "Schedule"}
+    ),
+    Operation(
+        "post",
+        "/schedules/{ref}/pause",
+        "schedules.write",
+        "Pause a schedule (by id or name): it fires no more until resumed",
+        {200: "Schedule"},
+    ),
+    Operation(
+        "post",
+        "/schedules/{ref}/resume",
+        "schedules.write",
+        "Resume a schedule (by id or name) from its first fire time after now; the times "
+        "missed while paused are not made up",
+        {200: "Schedule"},
+    ),
+    Operation(
+        "delete",
+        "/schedules/{ref}",
+        "schedules.write",
+        "Delete a schedule (by id or name); the runs it submitted stay",
+        {204: None},
+    ),
+    Operation(
         "get",
         "/life/health/wellness_daily",
         "life.read",

@@ -25,6 +25,21 @@ SUBMIT_RUN = {
         "priority": {"type": "integer", "minimum": 0, "maximum": 9},
     },
 }
+CREATE_SCHEDULE = {
+    "type": "object",
+    "required": ["name", "workflow", "cron"],
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 100},
+        "workflow": {"type": "string", "minLength": 1, "maxLength": 100},
+        "version": VERSION,
+        "cron": {"type": "string", "minLength": 1, "maxLength": 200},
+        "timezone": {"type": "string", "minLength": 1, "maxLength": 64},
+        "params": {"type": "object"},
+        "priority": {"type": "integer", "minimum": 0, "maximum": 9},
+        "enabled": {"type": "boolean"},
+    },
+}
 PLAN = {
     "type": "object",
     "additionalProperties": False,

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import Row
 
 from engine.models import DeadLetter, Run, Step, Workflow, timestamp
+from engine.schedules.models import Schedule
 
 
 def run(row: Run | Row[Any], steps: Sequence[Step | Row[Any]] | None = None) -> dict[str, Any]:
@@ -56,6 +57,27 @@ def workflow(row: Workflow) -> dict[str, Any]:
         "version": row.version,
         "spec": row.spec,
         "created_at": timestamp(row.created_at),
+    }
+
+
+def schedule(row: Schedule) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "name": row.name,
+        "workflow": row.workflow,
+        "version": row.version,
+        "cron": row.cron,
+        "timezone": row.timezone,
+        "params": row.params,
+        "priority": row.priority,
+        "enabled": row.enabled,
+        "next_fire_at": timestamp(row.next_fire_at),
+        "last_fired_at": timestamp(row.last_fired_at),
+        "last_run_id": row.last_run_id,
+        "last_error": row.last_error,
+        "created_by": row.created_by,
+        "created_at": timestamp(row.created_at),
+        "updated_at": timestamp(row.updated_at),
     }
 
 

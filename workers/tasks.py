@@ -11,7 +11,16 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from engine import failures, plan_failures, planning, recovery, retention
 from engine.attempts import Claim, Outcome
 from engine.dlq import describe
-from engine.work import PLAN_TASK, PRUNE_TASK, RECONCILE_TASK, STEP_TASK, step_task_id
+from engine.models import utcnow
+from engine.schedules import firing
+from engine.work import (
+    PLAN_TASK,
+    PRUNE_TASK,
+    RECONCILE_TASK,
+    SCHEDULE_TASK,
+    STEP_TASK,
+    step_task_id,
+)
 from workers import broker, dispatch
 from workers.celery_app import app
 from workers.limits import StepRequest
@@ -147,3 +156,14 @@ def prune() -> int:
     """Delete what RUN_RETENTION_DAYS and AUDIT_RETENTION_DAYS let go (engine.retention);
     safe alongside another prune: each batch deletes only what is still prunable."""
     return retention.prune_expired(sessions(), settings()).runs
+
+
+@app.task(name=SCHEDULE_TASK)
+def fire_schedules() -> int:
+    """Submit the runs of the schedules due now; safe to run twice or at once (each fire
+    time's run has its own idempotency key). If the broker is down the runs stay queued
+    and the reconciler sends them."""
+    with sessions().begin() as session:
+        fired = firing.fire_due(session, settings(), utcnow())
+    dispatch.send(fired.work)
+    return len(fired.runs)

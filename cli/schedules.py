@@ -1,0 +1,64 @@
+"""`engine schedules` — list, pause and resume schedules (pause --all: the emergency stop).
+
+The CLI acts as `cli:<user>` (cli.context.operator()); every change is audited under it.
+"""
+
+from __future__ import annotations
+
+import click
+
+from cli.context import emit, operator, session
+from engine.models import timestamp
+from engine.schedules import manage
+
+
+@click.group("schedules")
+def schedules() -> None:
+    """Cron schedules: list, pause, resume."""
+
+
+@schedules.command("list")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100)
+@click.option("--cursor", default=None, help="Continue after a page (its next_cursor).")
+@click.option("--json", "as_json", is_flag=True, help="The API's JSON page (GET /schedules).")
+def schedules_list(limit: int, cursor: str | None, as_json: bool) -> None:
+    """List schedules by name: state, cron and timezone, next and last fire."""
+    from web import serialize
+
+    with session() as current:
+        items, following = manage.list_schedules(current, limit=limit, cursor=cursor)
+        if as_json:
+            emit(serialize.page([serialize.schedule(item) for item in items], following))
+            return
+        for item in items:
+            state = "enabled" if item.enabled else "paused"
+            click.echo(
+                f"{item.name}  {state:<7}  {item.cron!r} {item.timezone}  {item.workflow}  "
+                f"next {timestamp(item.next_fire_at) or '-'}  "
+                f"last {timestamp(item.last_fired_at) or '-'}"
+            )
+
+
+@schedules.command("pause")
+@click.argument("name", required=False)
+@click.option("--all", "every", is_flag=True, help="Pause every enabled schedule.")
+def schedules_pause(name: str | None, every: bool) -> None:
+    """Pause the schedule NAME (or id), or --all of them: no run is submitted until resumed."""
+    if bool(name) == every:
+        raise click.UsageError("give a NAME or --all" + (", not both" if every else ""))
+    with session() as current:
+        if every:
+            click.echo(f"paused {manage.pause_all(current, operator())} schedule(s)")
+            return
+        manage.pause(current, name or "", operator())
+    click.echo(f"paused {name}")
+
+
+@schedules.command("resume")
+@click.argument("name")
+def schedules_resume(name: str) -> None:
+    """Resume the schedule NAME (or id) from its next fire time after now."""
+    with session() as current:
+        resumed = manage.resume(current, name, operator())
+        next_fire = timestamp(resumed.next_fire_at)
+    click.echo(f"resumed {name}; next fire {next_fire}")

@@ -1,0 +1,85 @@
+"""Schedules: create, list, read, pause, resume, delete. The beat task fires them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, current_app, request, url_for
+
+from engine.schedules import manage
+from web import schemas, serialize
+from web.auth import current_caller, require_scopes
+from web.db import get_session
+
+bp = Blueprint("schedules", __name__, url_prefix="/schedules")
+
+
+@bp.post("")
+@require_scopes("schedules.write")
+def create_schedule() -> Any:
+    body = schemas.json_body(schemas.CREATE_SCHEDULE)
+    session = get_session()
+    schedule = manage.create(
+        session,
+        current_app.config["SETTINGS"],
+        manage.NewSchedule(
+            name=body["name"],
+            workflow=body["workflow"],
+            cron=body["cron"],
+            timezone=body.get("timezone", "UTC"),
+            version=body.get("version"),
+            params=body.get("params", {}),
+            priority=body.get("priority", 0),
+            enabled=body.get("enabled", True),
+        ),
+        current_caller(),
+    )
+    session.commit()
+    headers = {"Location": url_for("schedules.get_schedule", ref=schedule.id)}
+    return serialize.schedule(schedule), 201, headers
+
+
+@bp.get("")
+@require_scopes("schedules.read")
+def list_schedules() -> Any:
+    settings = current_app.config["SETTINGS"]
+    limit = schemas.query_int(
+        "limit", settings.page_limit_default, minimum=1, maximum=settings.page_limit_max
+    )
+    items, following = manage.list_schedules(
+        get_session(), limit=limit, cursor=request.args.get("cursor")
+    )
+    return serialize.page([serialize.schedule(item) for item in items], following)
+
+
+@bp.get("/<ref>")
+@require_scopes("schedules.read")
+def get_schedule(ref: str) -> Any:
+    return serialize.schedule(manage.get(get_session(), ref))
+
+
+@bp.post("/<ref>/pause")
+@require_scopes("schedules.write")
+def pause_schedule(ref: str) -> Any:
+    session = get_session()
+    schedule = manage.pause(session, ref, current_caller())
+    session.commit()
+    return serialize.schedule(schedule)
+
+
+@bp.post("/<ref>/resume")
+@require_scopes("schedules.write")
+def resume_schedule(ref: str) -> Any:
+    session = get_session()
+    schedule = manage.resume(session, ref, current_caller())
+    session.commit()
+    return serialize.schedule(schedule)
+
+
+@bp.delete("/<ref>")
+@require_scopes("schedules.write")
+def delete_schedule(ref: str) -> Any:
+    session = get_session()
+    manage.delete(session, ref, current_caller())
+    session.commit()
+    return "", 204
