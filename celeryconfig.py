@@ -8,15 +8,22 @@ from typing import Any
 from kombu import Queue
 
 from engine.config import Settings
-from engine.work import MANAGER_QUEUE, PRUNE_INTERVAL_S, PRUNE_TASK, RECONCILE_TASK, SCHEDULE_TASK
+from engine.work import (
+    MANAGER_QUEUE,
+    PRUNE_INTERVAL_S,
+    PRUNE_TASK,
+    RECONCILE_TASK,
+    SCHEDULE_TASK,
+    WEBHOOK_TASK,
+)
 from workers import redis_transport
 
 QUEUES = (MANAGER_QUEUE, "steps", "default")
 
 
 def beat_schedule(settings: Settings) -> dict[str, Any]:
-    """What beat sends: the reconciler and the schedules' fires always; the prune when a
-    retention is set."""
+    """What beat sends: the reconciler, the schedules' fires and the webhook deliverer
+    always; the prune when a retention is set."""
     schedule: dict[str, Any] = {
         "reconcile": {
             "task": RECONCILE_TASK,
@@ -29,6 +36,13 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
             "task": SCHEDULE_TASK,
             "schedule": settings.schedule_tick_s,
             "options": {"queue": MANAGER_QUEUE, "expires": settings.schedule_tick_s * 2},
+        },
+        # On the default queue: a slow receiver does not hold up planning. Two passes at
+        # once are safe (engine.webhook_delivery claims each delivery once).
+        "webhooks": {
+            "task": WEBHOOK_TASK,
+            "schedule": settings.webhook_interval_s,
+            "options": {"queue": "default", "expires": settings.webhook_interval_s * 2},
         },
     }
     if settings.retention_on:

@@ -172,9 +172,20 @@ class Settings:
     rate_limit_writes: str = ""
     rate_limit_reads: str = ""
     rate_limit_storage_url: str = ""
+    # Webhooks (engine.webhooks): the secret that signs each delivery, the timeout of one
+    # attempt, how long a delivery is retried (exponential backoff with jitter from
+    # webhook_backoff_s up to webhook_max_backoff_s) before it is marked failed, how often
+    # beat looks for due deliveries, and how many one look records and sends.
+    webhook_secret: str = field(default="", repr=False)
+    webhook_timeout_s: float = 10.0
+    webhook_max_age_hours: float = 72.0
+    webhook_backoff_s: float = 30.0
+    webhook_max_backoff_s: float = 3600.0
+    webhook_interval_s: float = 5.0
+    webhook_batch_size: int = 50
 
     def __repr__(self) -> str:
-        """Every field but the JWT secrets, and the URLs without their passwords."""
+        """Every field but the JWT and webhook secrets, and the URLs without their passwords."""
         shown = []
         for item in fields(self):
             if item.repr:
@@ -195,6 +206,11 @@ class Settings:
             if mode == "production":
                 raise ConfigError("JWT_SECRET must be set when ENGINE_ENV=production")
             secret = _load_or_create_secret(var_dir / "jwt_secret")
+        webhook_secret = env.get("WEBHOOK_SECRET", "")
+        if not webhook_secret:
+            if mode == "production":
+                raise ConfigError("WEBHOOK_SECRET must be set when ENGINE_ENV=production")
+            webhook_secret = _load_or_create_secret(var_dir / "webhook_secret")
 
         def number(name: str, default: float) -> float:
             raw = env.get(name)
@@ -283,6 +299,13 @@ class Settings:
             rate_limit_writes=env.get("RATE_LIMIT_WRITES", cls.rate_limit_writes).strip(),
             rate_limit_reads=env.get("RATE_LIMIT_READS", cls.rate_limit_reads).strip(),
             rate_limit_storage_url=env.get("RATE_LIMIT_STORAGE_URL", "").strip(),
+            webhook_secret=webhook_secret,
+            webhook_timeout_s=number("WEBHOOK_TIMEOUT_S", cls.webhook_timeout_s),
+            webhook_max_age_hours=number("WEBHOOK_MAX_AGE_HOURS", cls.webhook_max_age_hours),
+            webhook_backoff_s=number("WEBHOOK_BACKOFF_S", cls.webhook_backoff_s),
+            webhook_max_backoff_s=number("WEBHOOK_MAX_BACKOFF_S", cls.webhook_max_backoff_s),
+            webhook_interval_s=number("WEBHOOK_INTERVAL_S", cls.webhook_interval_s),
+            webhook_batch_size=int(number("WEBHOOK_BATCH_SIZE", cls.webhook_batch_size)),
         )
         settings.check()
         return settings
@@ -393,6 +416,21 @@ class Settings:
             )
         if self.web_concurrency < 1 or self.web_threads < 1:
             problems.append("WEB_CONCURRENCY and WEB_THREADS must be at least 1")
+        if self.env == "production" and len(self.webhook_secret) < MIN_SECRET_LENGTH:
+            problems.append(
+                f"WEBHOOK_SECRET is too weak: use at least {MIN_SECRET_LENGTH} characters "
+                "(openssl rand -hex 32)"
+            )
+        if (
+            min(self.webhook_timeout_s, self.webhook_max_age_hours, self.webhook_interval_s) <= 0
+            or not 0 <= self.webhook_backoff_s <= self.webhook_max_backoff_s
+            or self.webhook_batch_size < 1
+        ):
+            problems.append(
+                "WEBHOOK_TIMEOUT_S, WEBHOOK_MAX_AGE_HOURS, WEBHOOK_INTERVAL_S and "
+                "WEBHOOK_BATCH_SIZE must be > 0, and WEBHOOK_BACKOFF_S from 0 to "
+                "WEBHOOK_MAX_BACKOFF_S"
+            )
         if problems:
             raise ConfigError("invalid configuration: " + "; ".join(problems))
 

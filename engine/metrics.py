@@ -72,6 +72,11 @@ schedule_fires_total = Counter("schedule_fires_total", "Schedule fires by outcom
 schedule_fires_skipped_total = Counter(
     "schedule_fires_skipped_total", "Missed fire times skipped (one run for the latest only)"
 )
+webhook_deliveries_total = Counter(
+    "webhook_deliveries_total",
+    "Webhook delivery attempts by outcome (expired and refused: given up, alert on them)",
+    ["outcome"],
+)
 
 # Alerts compute increase() over these; a series born at its first event hides that event.
 DLQ_EVENTS = ("added", "replayed", "discarded")
@@ -80,6 +85,11 @@ for _event in DLQ_EVENTS:
 SCHEDULE_OUTCOMES = ("submitted", "duplicate", "refused")
 for _outcome in SCHEDULE_OUTCOMES:
     schedule_fires_total.labels(outcome=_outcome)
+# delivered: a 2xx; retried: another attempt is due later; gone: a 410 stopped it; expired:
+# still failing past WEBHOOK_MAX_AGE_HOURS; refused: the outbound policy does not allow it.
+WEBHOOK_OUTCOMES = ("delivered", "retried", "gone", "expired", "refused")
+for _outcome in WEBHOOK_OUTCOMES:
+    webhook_deliveries_total.labels(outcome=_outcome)
 # The outcomes a worker counts (a cancel is counted by the API).
 RUN_OUTCOMES = ("succeeded", "failed")
 STEP_OUTCOMES = ("succeeded", "retrying", "dead")

@@ -71,6 +71,14 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+WEBHOOK_URL_MAX = 2048
+# A finished run with a webhook whose latest finish has no event yet (ix_runs_webhook_due).
+WEBHOOK_DUE = (
+    "webhook_url IS NOT NULL AND finished_at IS NOT NULL"
+    " AND (webhook_event_at IS NULL OR webhook_event_at <> finished_at)"
+)
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     # Every model here is mapped to a table (no joins, no selectables), so its __table__ is
@@ -103,6 +111,14 @@ class Run(Base):
             postgresql_where=text("finished_at IS NOT NULL"),
             sqlite_where=text("finished_at IS NOT NULL"),
         ),
+        # Finished runs whose run.finished event is not recorded yet (engine.webhooks): the
+        # webhook scan reads only those; a run without a webhook_url is never in it.
+        Index(
+            "ix_runs_webhook_due",
+            "finished_at",
+            postgresql_where=text(WEBHOOK_DUE),
+            sqlite_where=text(WEBHOOK_DUE),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -128,6 +144,12 @@ class Run(Base):
     dispatched_at: Mapped[datetime | None]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # Where to POST the run.finished event (engine.webhooks), and the finished_at of the
+    # latest event recorded for it: a run that finishes again (a replay) is a new event.
+    webhook_url: Mapped[str | None] = mapped_column(String(WEBHOOK_URL_MAX))
+    webhook_event_at: Mapped[datetime | None]
+    # The latest event's delivery: pending, delivered, gone or failed (engine.webhooks).
+    webhook_status: Mapped[str | None] = mapped_column(String(16))
 
 
 class Step(Base):
@@ -223,3 +245,36 @@ class RevokedToken(Base):
 # here so that whoever sees Base.metadata (alembic, the schema checks) sees every table.
 from engine.life import models as _life_models  # noqa: E402, F401
 from engine.schedules import models as _schedule_models  # noqa: E402, F401
+
+
+class WebhookDelivery(Base):
+    """One run.finished event and its delivery to the run's webhook_url (engine.webhooks)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_run_id", "run_id"),
+        # Pending deliveries only: the deliverer's lookup of what is due.
+        Index(
+            "ix_webhook_deliveries_next_attempt_at",
+            "next_attempt_at",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    run_id: Mapped[str] = mapped_column(String(36), ForeignKey("runs.id", ondelete="CASCADE"))
+    # The run's finished_at this event is about.
+    run_finished_at: Mapped[datetime]
+    url: Mapped[str] = mapped_column(String(WEBHOOK_URL_MAX))
+    # The body sent, fixed when the event is recorded: every attempt sends the same one.
+    payload: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(default=0)
+    # Due time while pending; while an attempt is in flight, the end of its lease.
+    next_attempt_at: Mapped[datetime | None]
+    # The attempt in flight: only its deliverer may record its outcome.
+    claim: Mapped[str | None] = mapped_column(String(36))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]

@@ -6,9 +6,11 @@ Kept whatever their age: a run that is not finished, one with a step still live 
 run's other branch may still be running), and one with an open dead letter (an operator
 still has to decide on it). A resolved (replayed or discarded) letter goes with its run: the
 audit trail keeps who resolved it, when and why, and a letter pointing at a run that is
-gone could be neither replayed nor followed. Audit events are kept unless
-AUDIT_RETENTION_DAYS says otherwise. Domain tables (life) keep their rows: they name the
-run that wrote them, without a foreign key, and are the user's records, not bookkeeping.
+gone could be neither replayed nor followed. A run whose webhook event is still to be
+recorded or delivered is kept too; its delivered or failed events go with it. Audit
+events are kept unless AUDIT_RETENTION_DAYS says otherwise. Domain tables (life) keep
+their rows: they name the run that wrote them, without a foreign key, and are the user's
+records, not bookkeeping.
 """
 
 from __future__ import annotations
@@ -19,22 +21,23 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, exists, func, select
+from sqlalchemy import ColumnElement, delete, exists, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine import audit, metrics
 from engine.config import Settings
 from engine.dlq_query import OPEN
 from engine.errors import InvalidInput
-from engine.models import AuditEvent, DeadLetter, Run, Step, utcnow
+from engine.models import AuditEvent, DeadLetter, Run, Step, WebhookDelivery, utcnow
 from engine.state import RUN_TERMINAL, STEP_LIVE
 
 log = logging.getLogger(__name__)
-runs, steps, letters, events = (
+runs, steps, letters, events, deliveries = (
     Run.__table__,
     Step.__table__,
     DeadLetter.__table__,
     AuditEvent.__table__,
+    WebhookDelivery.__table__,
 )
 _AGE = re.compile(r"^(?P<amount>\d+)\s*(?P<unit>[smhdw]?)$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "": 86400}
@@ -82,6 +85,9 @@ def _prunable(cutoff: datetime) -> list[ColumnElement[bool]]:
         runs.c.status.in_(sorted(RUN_TERMINAL)),
         ~exists().where(letters.c.run_id == runs.c.id, letters.c.status == OPEN),
         ~exists().where(steps.c.run_id == runs.c.id, steps.c.status.in_(sorted(STEP_LIVE))),
+        # Its run.finished event recorded (engine.webhooks) and no longer being delivered.
+        or_(runs.c.webhook_url.is_(None), runs.c.webhook_event_at == runs.c.finished_at),
+        ~exists().where(deliveries.c.run_id == runs.c.id, deliveries.c.status == "pending"),
     ]
 
 

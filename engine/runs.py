@@ -56,9 +56,12 @@ class SubmitRun:
     version: int | None = None
     priority: int = 0
     idempotency_key: str | None = None
+    webhook_url: str | None = None
 
     def digest(self) -> str:
         body = [self.workflow, self.version, self.params, self.priority]
+        if self.webhook_url is not None:  # runs submitted without one keep their digest
+            body.append(self.webhook_url)
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
@@ -115,6 +118,9 @@ def submit(
         "error": None,
         "started_at": None,
         "finished_at": None,
+        "webhook_url": request.webhook_url,
+        "webhook_event_at": None,
+        "webhook_status": None,
     }
     if request.idempotency_key is None:
         # Nothing unique to race on: no SAVEPOINT, and a Core INSERT of the values instead of

@@ -14,6 +14,7 @@ PLAN_TASK = "manager.plan_run"
 STEP_TASK = "steps.execute"
 RECONCILE_TASK = "manager.reconcile"
 PRUNE_TASK = "maintenance.prune"
+WEBHOOK_TASK = "webhooks.deliver"
 # How often beat asks for a prune (engine.retention) when a retention is set.
 PRUNE_INTERVAL_S = 3600.0
 SCHEDULE_TASK = "schedules.fire"

@@ -138,8 +138,9 @@ elif [ "$probe" -ne 0 ]; then
     start_redis=true
 fi
 
-# Applies the migrations; loading the settings also creates $ENGINE_VAR_DIR/jwt_secret
-# (mode 0600) when JWT_SECRET is unset, before any process needs it.
+# Applies the migrations; loading the settings also creates $ENGINE_VAR_DIR/jwt_secret and
+# webhook_secret (mode 0600) when JWT_SECRET or WEBHOOK_SECRET is unset, before any process
+# needs them.
 "$root/.venv/bin/engine" db upgrade
 
 flower_note="credentials from FLOWER_BASIC_AUTH"

@@ -14,7 +14,12 @@ from tests.support.services import Worker
 
 
 def environment(tmp_path: Path, **values: str) -> dict[str, str]:
-    return {"JWT_SECRET": "s" * 40, "ENGINE_VAR_DIR": str(tmp_path), **values}
+    return {
+        "JWT_SECRET": "s" * 40,
+        "WEBHOOK_SECRET": "w" * 40,
+        "ENGINE_VAR_DIR": str(tmp_path),
+        **values,
+    }
 
 
 def test_recovery_settings_are_read_from_the_environment(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine import dlq_query, specs
+from engine import dlq_query, specs, webhooks
 from engine.state import RunStatus, StepStatus
 from web import admin, schemas, tokens
 
@@ -92,6 +92,20 @@ RUN = shape(
         "started_at": MAYBE_TIME,
         "finished_at": MAYBE_TIME,
         "error": MAYBE_STRING,
+        # Null unless the run was submitted with a webhook_url (README: Being told when a
+        # run finishes): waiting until it finishes, then its latest run.finished event's
+        # delivery (failed: retried past WEBHOOK_MAX_AGE_HOURS, or refused by the policy).
+        "webhook": {
+            "oneOf": [
+                {"type": "null"},
+                shape(
+                    {
+                        "url": STRING,
+                        "status": {"enum": list(webhooks.STATUSES)},
+                    }
+                ),
+            ]
+        },
         "steps": {"type": "array", "items": ref("Step")},
     },
     optional=("steps",),  # on a single run (GET /runs/{run_id}, cancel) only

@@ -151,7 +151,8 @@ OPERATIONS: list[Operation] = [
         "post",
         "/runs",
         "runs.write",
-        "Submit a run: 202 new; 200 a repeat with the same Idempotency-Key",
+        "Submit a run: 202 new; 200 a repeat with the same Idempotency-Key; a webhook_url is "
+        "POSTed a signed run.finished event when it finishes",
         {202: "Run", 200: "Run"},
         body("SubmitRun"),
         (IDEMPOTENCY_KEY,),

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, request, url_for
 
-from engine import resume, runs
+from engine import resume, runs, webhooks
 from engine.errors import InvalidInput
 from web import events, schemas, serialize
 from web.auth import current_caller, request_claims, require_scopes
@@ -27,16 +27,21 @@ def submit_run() -> Any:
             "Idempotency-Key must be 1 to 200 characters",
             errors=[{"field": "Idempotency-Key", "message": "bad length"}],
         )
+    settings = current_app.config["SETTINGS"]
+    webhook_url = body.get("webhook_url")
+    if webhook_url is not None:
+        webhooks.check_url(webhook_url, settings)
     session = get_session()
     run, work, created = runs.submit(
         session,
-        current_app.config["SETTINGS"],
+        settings,
         runs.SubmitRun(
             body["workflow"],
             body.get("params", {}),
             body.get("version"),
             body.get("priority", 0),
             key,
+            webhook_url,
         ),
         current_caller(),
     )

@@ -12,6 +12,7 @@ from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 
 from engine import payloads
 from engine.errors import InvalidInput
+from engine.models import WEBHOOK_URL_MAX
 from engine.specs import VERSION, PlatformValidator, error_path
 
 SUBMIT_RUN = {
@@ -23,6 +24,8 @@ SUBMIT_RUN = {
         "version": VERSION,
         "params": {"type": "object"},
         "priority": {"type": "integer", "minimum": 0, "maximum": 9},
+        # Checked further by engine.webhooks.check_url (scheme, host, outbound policy).
+        "webhook_url": {"type": "string", "minLength": 1, "maxLength": WEBHOOK_URL_MAX},
     },
 }
 CREATE_SCHEDULE = {

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import Row
 
+from engine import webhooks
 from engine.models import DeadLetter, Run, Step, Workflow, timestamp
 from engine.schedules.models import Schedule
 
@@ -24,10 +25,17 @@ def run(row: Run | Row[Any], steps: Sequence[Step | Row[Any]] | None = None) -> 
         "started_at": timestamp(row.started_at),
         "finished_at": timestamp(row.finished_at),
         "error": row.error,
+        "webhook": _webhook(row),
     }
     if steps is not None:
         body["steps"] = [step(item) for item in steps]
     return body
+
+
+def _webhook(row: Run | Row[Any]) -> dict[str, Any] | None:
+    """Where the run's run.finished event goes and how its delivery stands (engine.webhooks)."""
+    status = webhooks.status(row)
+    return None if status is None else {"url": row.webhook_url, "status": status}
 
 
 def step(row: Step | Row[Any]) -> dict[str, Any]:

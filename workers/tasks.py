@@ -8,7 +8,7 @@ from functools import partial
 from celery.exceptions import Retry
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from engine import failures, plan_failures, planning, recovery, retention
+from engine import failures, plan_failures, planning, recovery, retention, webhook_delivery
 from engine.attempts import Claim, Outcome
 from engine.dlq import describe
 from engine.models import utcnow
@@ -19,6 +19,7 @@ from engine.work import (
     RECONCILE_TASK,
     SCHEDULE_TASK,
     STEP_TASK,
+    WEBHOOK_TASK,
     step_task_id,
 )
 from workers import broker, dispatch
@@ -167,3 +168,10 @@ def fire_schedules() -> int:
         fired = firing.fire_due(session, settings(), utcnow())
     dispatch.send(fired.work)
     return len(fired.runs)
+
+
+@app.task(name=WEBHOOK_TASK)
+def deliver_webhooks() -> int:
+    """Record the run.finished events of newly finished runs and send those due
+    (engine.webhook_delivery); safe alongside another pass: each is claimed once."""
+    return sum(webhook_delivery.deliver_due(sessions(), settings()).values())

@@ -195,7 +195,9 @@ def test_app_services_share_the_production_environment(services):
 
 def test_secrets_must_be_given_and_have_no_default(services):
     for name in APP_SERVICES:
-        assert re.fullmatch(r"\$\{JWT_SECRET:\?[^}]+\}", environment(services[name])["JWT_SECRET"])
+        for secret in ("JWT_SECRET", "WEBHOOK_SECRET"):
+            value = environment(services[name])[secret]
+            assert re.fullmatch(rf"\$\{{{secret}:\?[^}}]+\}}", value), f"{name}: {secret}"
     auth = environment(services["flower"])["FLOWER_BASIC_AUTH"]
     assert re.fullmatch(r"\$\{FLOWER_BASIC_AUTH:\?[^}]+\}", auth)
     # Grafana is published on the host too: admin/admin by default let anyone in as admin.
