@@ -3,31 +3,16 @@
 from __future__ import annotations
 
 import os
-import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from limits import parse_many
-
 from engine.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-MIN_SECRET_LENGTH = 32
-# Above kombu's BRPOP wait (1 s), which a socket timeout must not cut short.
-BROKER_SOCKET_TIMEOUT_MIN_S = 2.0
-# An ALLOWED_ORIGINS entry: an exact origin, scheme://host[:port]. flask-cors would take an
-# entry holding `*`, `?`, `[`, `(`... for an unanchored regular expression.
-_ORIGIN = re.compile(r"^[a-z][a-z0-9+.-]*://[a-z0-9.-]+(:[0-9]{1,5})?$", re.IGNORECASE)
-# An HTTP_ALLOWED_HOSTS entry: a host name (or IP address), or *. and a domain.
-_ALLOWED_HOST = re.compile(r"^(\*\.)?[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?$|^\[?[0-9a-f:.]+\]?$")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-# PostgreSQL's values for synchronous_commit, least durable first.
-SYNCHRONOUS_COMMIT = ("off", "local", "remote_write", "on", "remote_apply")
-# A retention of 100 years is as good as forever, and its cutoff stays a valid date.
-MAX_RETENTION_DAYS = 36_500
 
 
 def _csv(value: str | None) -> tuple[str, ...]:
@@ -36,8 +21,6 @@ def _csv(value: str | None) -> tuple[str, ...]:
 
 # Fields whose URL may carry a password: a Settings' repr shows them without it.
 _URL_FIELDS = ("database_url", "redis_url", "rate_limit_storage_url")
-# Where the rate limits' counters may live: a Redis, or one process's memory.
-RATE_LIMIT_STORAGE_SCHEMES = ("redis", "rediss", "redis+unix", "memory")
 
 
 def without_password(url: str) -> str:
@@ -312,152 +295,11 @@ class Settings:
 
     def check(self) -> None:
         """Refuse a configuration that cannot work, naming every setting involved."""
-        problems = []
-        if self.env == "production" and len(self.jwt_secret) < MIN_SECRET_LENGTH:
-            problems.append(
-                f"JWT_SECRET is too weak: use at least {MIN_SECRET_LENGTH} characters "
-                "(openssl rand -hex 32)"
-            )
-        weak = [s for s in self.jwt_previous_secrets if len(s) < MIN_SECRET_LENGTH]
-        if self.env == "production" and weak:
-            # A previous secret verifies tokens as the current one does.
-            problems.append(
-                f"JWT_PREVIOUS_SECRETS holds {len(weak)} secret(s) under {MIN_SECRET_LENGTH} "
-                "characters: a token signed with one would be accepted; drop them"
-            )
-        patterns = [o for o in self.allowed_origins if o != "*" and not _ORIGIN.match(o)]
-        if patterns:
-            problems.append(
-                f"ALLOWED_ORIGINS must list exact origins (scheme://host[:port]) or *, got "
-                f"{', '.join(map(repr, patterns))}: patterns and paths are not supported"
-            )
-        if self.step_timeout_s > self.step_timeout_max_s:
-            problems.append(
-                f"STEP_TIMEOUT_S ({self.step_timeout_s:g}) must not exceed "
-                f"STEP_TIMEOUT_MAX_S ({self.step_timeout_max_s:g})"
-            )
-        if self.broker_visibility_timeout_s <= self.longest_message_hold_s():
-            problems.append(
-                f"BROKER_VISIBILITY_TIMEOUT_S ({self.broker_visibility_timeout_s:g}) must exceed "
-                f"the longest time a worker holds a message: the hard limit of the longest "
-                f"step, STEP_TIMEOUT_MAX_S ({self.step_timeout_max_s:g}) plus its margin, plus "
-                f"LEASE_GRACE_S ({self.lease_grace_s:g}) and RETRY_MAX_BACKOFF_S "
-                f"({self.retry_max_backoff_s:g}) for a retry waiting in a worker "
-                f"({self.longest_message_hold_s():g} s in all); otherwise Redis hands a message "
-                "still held by a live worker to a second one"
-            )
-        if self.max_deliveries < 1 or self.retry_max_attempts < 1:
-            problems.append("MAX_DELIVERIES and RETRY_MAX_ATTEMPTS must be at least 1")
-        if (
-            min(
-                self.reconcile_interval_s,
-                self.dispatch_grace_s,
-                self.lease_grace_s,
-                self.sqlite_busy_timeout_s,
-            )
-            <= 0
-        ):
-            problems.append(
-                "RECONCILE_INTERVAL_S, DISPATCH_GRACE_S, LEASE_GRACE_S and SQLITE_BUSY_TIMEOUT_S "
-                "must be > 0"
-            )
-        if self.schedule_tick_s <= 0 or self.schedule_batch < 1:
-            problems.append("SCHEDULE_TICK_S must be > 0 and SCHEDULE_BATCH at least 1")
-        if self.broker_socket_timeout_s < BROKER_SOCKET_TIMEOUT_MIN_S:
-            problems.append(
-                f"BROKER_SOCKET_TIMEOUT_S must be at least {BROKER_SOCKET_TIMEOUT_MIN_S:g}: "
-                "a worker's BRPOP waits a second for a message"
-            )
-        if self.worker_synchronous_commit not in SYNCHRONOUS_COMMIT:
-            problems.append(
-                f"WORKER_SYNCHRONOUS_COMMIT must be one of {', '.join(SYNCHRONOUS_COMMIT)}, "
-                f"got {self.worker_synchronous_commit!r}"
-            )
-        hosts = [h for h in self.http_allowed_hosts if not _ALLOWED_HOST.match(h)]
-        if hosts:
-            problems.append(
-                f"HTTP_ALLOWED_HOSTS must list host names or *.domain suffixes, got "
-                f"{', '.join(map(repr, hosts))}"
-            )
-        if self.http_timeout_s <= 0 or self.http_max_response_bytes < 1:
-            problems.append("HTTP_TIMEOUT_S and HTTP_MAX_RESPONSE_BYTES must be > 0")
-        if (
-            min(self.events_poll_interval_s, self.events_heartbeat_s, self.events_max_duration_s)
-            <= 0
-        ):
-            problems.append(
-                "EVENTS_POLL_INTERVAL_S, EVENTS_HEARTBEAT_S and EVENTS_MAX_DURATION_S must be > 0"
-            )
-        if not 0 <= self.events_max_streams < max(1, self.web_threads):
-            problems.append(
-                f"EVENTS_MAX_STREAMS ({self.events_max_streams}) must be at least 0 and below "
-                f"WEB_THREADS ({self.web_threads}): each open stream holds a thread, and "
-                "ordinary requests need at least one"
-            )
-        for name, days in (
-            ("RUN_RETENTION_DAYS", self.run_retention_days),
-            ("AUDIT_RETENTION_DAYS", self.audit_retention_days),
-        ):
-            if not 0 <= days <= MAX_RETENTION_DAYS:  # NaN fails both comparisons
-                problems.append(
-                    f"{name} must be a number of days from 0 (keep forever) to "
-                    f"{MAX_RETENTION_DAYS}, got {days!r}"
-                )
-        if self.retention_batch_size < 1:
-            problems.append(
-                f"RETENTION_BATCH_SIZE must be at least 1, got {self.retention_batch_size}"
-            )
-        problems.extend(self._rate_limit_problems())
-        if not 0 < self.api_metrics_port < 65536 or self.api_metrics_port == self.api_port:
-            problems.append(
-                f"API_METRICS_PORT ({self.api_metrics_port}) must be a port from 1 to 65535 "
-                f"other than API_PORT ({self.api_port}): /metrics is never served on the "
-                "public port"
-            )
-        if self.web_concurrency < 1 or self.web_threads < 1:
-            problems.append("WEB_CONCURRENCY and WEB_THREADS must be at least 1")
-        if self.env == "production" and len(self.webhook_secret) < MIN_SECRET_LENGTH:
-            problems.append(
-                f"WEBHOOK_SECRET is too weak: use at least {MIN_SECRET_LENGTH} characters "
-                "(openssl rand -hex 32)"
-            )
-        if (
-            min(self.webhook_timeout_s, self.webhook_max_age_hours, self.webhook_interval_s) <= 0
-            or not 0 <= self.webhook_backoff_s <= self.webhook_max_backoff_s
-            or self.webhook_batch_size < 1
-        ):
-            problems.append(
-                "WEBHOOK_TIMEOUT_S, WEBHOOK_MAX_AGE_HOURS, WEBHOOK_INTERVAL_S and "
-                "WEBHOOK_BATCH_SIZE must be > 0, and WEBHOOK_BACKOFF_S from 0 to "
-                "WEBHOOK_MAX_BACKOFF_S"
-            )
-        if problems:
-            raise ConfigError("invalid configuration: " + "; ".join(problems))
+        from engine.config_checks import problems  # it reads this module's Settings
 
-    def _rate_limit_problems(self) -> list[str]:
-        problems = []
-        for name, value in (
-            ("RATE_LIMIT_WRITES", self.rate_limit_writes),
-            ("RATE_LIMIT_READS", self.rate_limit_reads),
-        ):
-            if not value:
-                continue
-            try:
-                tiers = parse_many(value)
-            except ValueError:
-                tiers = []
-            if not tiers or any(tier.amount < 1 for tier in tiers):
-                problems.append(
-                    f"{name} must be rate limits such as 50/second or 50/second;1000/minute "
-                    f"(or empty for none), got {value!r}"
-                )
-        scheme = self.rate_limit_storage.partition("://")[0].lower()
-        if scheme not in RATE_LIMIT_STORAGE_SCHEMES:
-            problems.append(
-                f"RATE_LIMIT_STORAGE_URL must be a redis://, rediss://, redis+unix:// or "
-                f"memory:// URL, got {without_password(self.rate_limit_storage)!r}"
-            )
-        return problems
+        found = problems(self)
+        if found:
+            raise ConfigError("invalid configuration: " + "; ".join(found))
 
     def longest_message_hold_s(self) -> float:
         """How long a worker may hold one message unacknowledged: a retry's countdown, then
