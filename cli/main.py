@@ -24,7 +24,7 @@ from cli.db_ops import COMMANDS as DB_COMMANDS
 from cli.dlq import dlq
 from cli.schedules import schedules
 from cli.token_ops import COMMANDS as TOKEN_COMMANDS
-from engine import actions, auth, migrations, resume, runs, specs, tokens, workflows
+from engine import actions, auth, migrations, resume, runs, spec_text, specs, tokens, workflows
 from engine.config import Settings
 from engine.errors import EngineError
 from engine.work import Work
@@ -187,7 +187,7 @@ def _read_spec(path: str) -> object:
         text = Path(path).read_text() if path != "-" else sys.stdin.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise click.BadParameter(f"cannot read {path}: {exc}", param_hint="PATH") from exc
-    return specs.parse_text(text)
+    return spec_text.parse_text(text)
 
 
 @workflows_group.command("validate")

@@ -6,36 +6,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import threading
-import time
-from collections.abc import Hashable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-import regex
-import yaml
 from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import SchemaError, ValidationError
-from yaml.constructor import ConstructorError
 
 from engine import actions, payloads, planner, step_checks, templating
 from engine.config import Settings
-from engine.errors import InvalidInput, InvalidParams, InvalidSpec
+from engine.errors import InvalidParams, InvalidSpec
+from engine.params_patterns import ParamsValidator, pattern_budget
 from engine.retry import RetryPolicy
 from engine.step_checks import error_path
 
 # "$(?!\n)": Python's "$" also matches before a newline that ends the text.
 _NAME = r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$(?!\n)"
-# A params schema's `pattern` and `patternProperties` are the workflow author's regular
-# expressions, run on every submitter's params, in the API and in the worker that plans the
-# run. Python's re backtracks without bound: `(a|aa)+$` against a crafted string pins a
-# thread for hours. They run on the regex module, and all the searches of one check of a
-# run's params share this much time (each thread its own deadline).
-PATTERN_BUDGET_S = 0.25
-_deadline = threading.local()
 _RETRY = {
     "type": "object",
     "additionalProperties": False,
@@ -133,7 +119,7 @@ class CompiledWorkflow:
         """Validate run params against the workflow's JSON Schema; 422 names the field."""
         payloads.check(params, "params", InvalidParams)
         validator = self.params_validator
-        with _pattern_budget():
+        with pattern_budget():
             if validator.is_valid(params):
                 return
             errors = [
@@ -153,157 +139,6 @@ class CompiledWorkflow:
 
     def stages(self) -> list[list[str]]:
         return planner.stages({step.id: step.needs for step in self.steps.values()})
-
-
-@contextmanager
-def _pattern_budget() -> Iterator[None]:
-    _deadline.at = time.monotonic() + PATTERN_BUDGET_S
-    try:
-        yield
-    finally:
-        _deadline.at = None
-
-
-def _search(pattern: str, text: str) -> bool | str:
-    """Whether `pattern` matches in `text`, or why it could not be told (a message)."""
-    at = getattr(_deadline, "at", None)
-    left = PATTERN_BUDGET_S if at is None else at - time.monotonic()
-    try:
-        if left <= 0:
-            raise TimeoutError
-        return regex.search(pattern, text, timeout=left) is not None
-    except TimeoutError:
-        return f"the params' patterns took longer than {PATTERN_BUDGET_S:g} s to match"
-    except regex.error as exc:
-        return f"{pattern!r} is not a pattern this platform can run: {exc}"
-
-
-def _pattern(validator: Any, pattern: str, instance: Any, _schema: Any) -> Iterator[Any]:
-    if validator.is_type(instance, "string"):
-        matched = _search(pattern, instance)
-        if isinstance(matched, str):
-            yield ValidationError(matched)
-        elif not matched:
-            yield ValidationError(f"{instance!r} does not match {pattern!r}")
-
-
-def _pattern_properties(
-    validator: Any, patterns: dict[str, Any], instance: Any, _schema: Any
-) -> Iterator[Any]:
-    if not validator.is_type(instance, "object"):
-        return
-    for pattern, subschema in patterns.items():
-        for key, value in instance.items():
-            matched = _search(pattern, key)
-            if isinstance(matched, str):
-                yield ValidationError(matched, path=[key])
-            elif matched:
-                yield from validator.descend(value, subschema, path=key, schema_path=pattern)
-
-
-# Draft 2020-12, its two regular-expression keywords run within PATTERN_BUDGET_S.
-ParamsValidator = validators.extend(
-    Draft202012Validator, {"pattern": _pattern, "patternProperties": _pattern_properties}
-)
-
-
-class _SpecLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key repeated in one mapping: PyYAML keeps the last
-    one silently, and a spec's second `with:` or `needs:` would drop the first unseen. Keys
-    a merge (`<<: *base`) brings in may be overridden, as YAML means them to be."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:
-        if isinstance(node, yaml.MappingNode):
-            seen: set[Any] = set()
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue
-                key = self.construct_object(key_node, deep=True)
-                if isinstance(key, Hashable) and key in seen:
-                    raise ConstructorError(
-                        "while constructing a mapping",
-                        node.start_mark,
-                        f"found duplicate key {key!r}",
-                        key_node.start_mark,
-                    )
-                seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-class _DuplicateKey(ValueError):
-    pass
-
-
-def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    mapping = dict(pairs)
-    if len(mapping) != len(pairs):
-        seen: set[str] = set()
-        raise _DuplicateKey(next(key for key, _ in pairs if key in seen or seen.add(key)))
-    return mapping
-
-
-def refuse_duplicate_keys(text: str | bytes) -> None:
-    """Refuse a JSON spec (already parsed once) whose objects repeat a key, as parse_text
-    refuses one in YAML: JSON parsers keep the last one silently."""
-    try:
-        json.loads(text, object_pairs_hook=_unique_pairs)
-    except _DuplicateKey as exc:
-        message = f"the key {exc.args[0]!r} appears twice in one object"
-        raise InvalidSpec(
-            f"the spec is ambiguous: {message}", errors=[{"field": "body", "message": message}]
-        ) from None
-
-
-def parse_text(text: str | bytes) -> Any:
-    """Parse a spec written as YAML or JSON (JSON is YAML). What YAML has and JSON has not
-    (dates, binary, sets, NaN) is refused: a spec is stored and served as JSON; so is a key
-    repeated in one mapping."""
-    try:
-        value = yaml.load(text, Loader=_SpecLoader)  # noqa: S506 (a safe loader)
-    except yaml.YAMLError as exc:
-        raise InvalidInput(
-            f"the spec is not valid YAML or JSON: {exc}",
-            errors=[{"field": "body", "message": str(exc).replace("\n", " ")}],
-        ) from exc
-    except RecursionError:
-        raise payloads.too_deep_to_parse() from None
-    payloads.check(value, error=InvalidSpec)  # before anything follows its aliases
-    try:
-        value = json.loads(json.dumps(value, allow_nan=False))
-    except (TypeError, ValueError) as exc:
-        raise InvalidSpec(
-            "the spec holds a value JSON cannot: quote it to make it a string",
-            errors=[{"field": _not_json_at(value), "message": str(exc)}],
-        ) from None
-    problem = payloads.unstorable_within(value)
-    if problem:
-        raise InvalidSpec(f"the spec {problem}", errors=[{"field": "body", "message": problem}])
-    return value
-
-
-def _not_json_at(value: Any) -> str:
-    """Where the first value JSON cannot hold is in a parsed spec (a YAML date, binary, set,
-    NaN or a key that is not a string), as `steps[0].with.v`; "body" if it is the whole.
-    The spec is already within engine.payloads' limits."""
-    pending: list[tuple[Any, str]] = [(value, "")]
-    while pending:
-        item, where = pending.pop()
-        if isinstance(item, dict):
-            for key, member in item.items():
-                if not _json_scalar(key):
-                    return where or "body"
-                pending.append((member, f"{where}.{key}" if where else str(key)))
-        elif isinstance(item, list):
-            pending.extend((member, f"{where}[{index}]") for index, member in enumerate(item))
-        elif not _json_scalar(item):
-            return where or "body"
-    return "body"
-
-
-def _json_scalar(item: Any) -> bool:
-    if isinstance(item, float):
-        return math.isfinite(item)
-    return item is None or isinstance(item, str | int)
 
 
 def _remote_refs(schema: Any) -> list[str]:

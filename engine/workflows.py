@@ -17,7 +17,8 @@ from engine import cursors
 from engine.config import Settings
 from engine.errors import Conflict, InvalidInput, NotFound
 from engine.models import Workflow
-from engine.specs import CompiledWorkflow, compile_spec, parse_text, spec_hash
+from engine.spec_text import parse_text
+from engine.specs import CompiledWorkflow, compile_spec, spec_hash
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, request, url_for
 
-from engine import specs, workflows
+from engine import spec_text, specs, workflows
 from engine.errors import InvalidInput
 from web import schemas, serialize
 from web.auth import require_scopes
@@ -33,10 +33,10 @@ def list_workflows() -> Any:
 @require_scopes("workflows.write")
 def register_workflow() -> Any:
     if schemas.media_type(YAML_TYPES) in YAML_TYPES:
-        spec = specs.parse_text(schemas.body_bytes())
+        spec = spec_text.parse_text(schemas.body_bytes())
     else:
         spec = schemas.parse_json()
-        specs.refuse_duplicate_keys(schemas.body_bytes())
+        spec_text.refuse_duplicate_keys(schemas.body_bytes())
     if not isinstance(spec, dict):
         raise InvalidInput(
             "the body must be a workflow spec object (JSON or YAML)",

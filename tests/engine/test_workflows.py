@@ -10,7 +10,8 @@ from engine import payloads
 from engine.config import Settings
 from engine.errors import InvalidInput, InvalidParams, InvalidSpec
 from engine.retry import RetryPolicy
-from engine.specs import compile_spec, parse_text, spec_hash
+from engine.spec_text import parse_text
+from engine.specs import compile_spec, spec_hash
 
 SETTINGS = Settings(jwt_secret="unit-test-secret-" + "z" * 32)
 
