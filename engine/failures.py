@@ -1,6 +1,6 @@
-"""Failed and lost step attempts: retry as the step's policy says, or bury the step in the
+"""Failed step attempts: retry as the step's policy says, or bury the step in the
 dead-letter queue and fail its run. Each is a compare-and-set on the attempt, in the
-caller's transaction."""
+caller's transaction. Attempts whose worker died are engine.lost_attempts'."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from sqlalchemy import Update, and_, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from engine import dlq, metrics
-from engine.attempts import B_NOW, B_RUN_ID, INLINE_MARK, MINE, RUN_IS_RUNNING, Outcome
+from engine.attempts import B_NOW, B_RUN_ID, MINE, RUN_IS_RUNNING, Outcome
 from engine.config import Settings
 from engine.models import Run, Step, utcnow
 from engine.state import RunStatus, StepStatus
@@ -210,43 +210,6 @@ def bury_step(
     return Outcome("dead", work, dead_letter_id=letter_id, error=message)
 
 
-LOST_ERROR_TYPE = "WorkerLostError"
-
-
-def lost_attempt_message(attempt: int) -> str:
-    """What a step's error says of an attempt whose worker died."""
-    return f"the worker running attempt {attempt} died before recording an outcome"
-
-
-def record_lost_attempt(
-    session: Session,
-    settings: Settings,
-    run_id: str,
-    step_id: str,
-    *,
-    task_id: str,
-    attempt: int,
-) -> Outcome:
-    """Record an attempt whose worker died before it recorded an outcome (killed, out of
-    memory, host gone) as a WorkerLostError failure: retried, whatever the step's retry
-    policy, until MAX_DELIVERIES attempts, then dead-lettered, so a step that kills its
-    worker every time cannot kill workers forever. A compare-and-set on the attempt:
-    recorded once."""
-    message = lost_attempt_message(attempt)
-    log.warning("run %s step %s: %s", run_id, step_id, message)
-    return fail_attempt(
-        session,
-        settings,
-        run_id,
-        step_id,
-        task_id=task_id,
-        attempt=attempt,
-        error_type=LOST_ERROR_TYPE,
-        message=message,
-        lost=True,
-    )
-
-
 def fail_run(session: Session, workflow_name: str, run_id: str, error: str) -> Work:
     """Fail the run, in the caller's transaction: every step of it that has not started
     (pending, queued, or waiting to retry), on the dead step's branch or another, is
@@ -269,41 +232,6 @@ def fail_run(session: Session, workflow_name: str, run_id: str, error: str) -> W
     if failed:
         metrics.runs_total.labels(workflow=workflow_name, status="failed").inc()
     return Work()
-
-
-# A run has few steps running at once (one per worker process at most): they are filtered here.
-_SELECT_RUNNING = select(
-    steps.c.step_id, steps.c.task_id, steps.c.attempts, steps.c.worker, steps.c.delivery_tag
-).where(steps.c.run_id == B_RUN_ID, steps.c.status == StepStatus.RUNNING)
-
-
-def record_lost_inline(
-    session: Session,
-    settings: Settings,
-    run_id: str,
-    carrier_task_id: str,
-    delivery: str | None,
-) -> Outcome | None:
-    """A redelivered message found its own work done: the step it was running inline when
-    its previous delivery died is still `running` under its name and that delivery's tag
-    (`delivery`). Record that attempt lost (retried, or dead-lettered at the delivery cap);
-    None when there is none. A step another copy of the carrier's message runs inline (a
-    resend has a tag of its own) is left to it."""
-    if delivery is None:
-        return None
-    outcome: Outcome | None = None
-    suffix = INLINE_MARK + carrier_task_id
-    for row in session.execute(_SELECT_RUNNING, {"b_run_id": run_id}).all():
-        if row.delivery_tag != delivery or not (row.worker or "").endswith(suffix):
-            continue
-        recorded = record_lost_attempt(
-            session, settings, run_id, row.step_id, task_id=row.task_id, attempt=row.attempts
-        )
-        if outcome is None or outcome.status == "lost":
-            outcome = recorded
-        else:
-            outcome.work.extend(recorded.work)
-    return outcome
 
 
 def bury_uncompilable(

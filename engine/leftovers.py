@@ -20,7 +20,8 @@ from typing import Any
 from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.orm import Session
 
-from engine.failures import LOST_ERROR_TYPE, NOT_STARTED, lost_attempt_message
+from engine.failures import NOT_STARTED
+from engine.lost_attempts import LOST_ERROR_TYPE, lost_attempt_message
 from engine.models import Run, Step
 from engine.state import RunStatus, StepStatus
 

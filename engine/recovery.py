@@ -18,7 +18,8 @@ from engine import leftovers, metrics, workflows
 from engine.attempts import Outcome, parse_task_id
 from engine.config import Settings
 from engine.errors import InvalidSpec
-from engine.failures import fail_attempt, record_lost_attempt
+from engine.failures import fail_attempt
+from engine.lost_attempts import record_lost_attempt
 from engine.models import Run, Step, utcnow
 from engine.state import STEP_LIVE, RunStatus, StepStatus
 from engine.work import (

@@ -27,7 +27,7 @@ from engine import (
     attempts,
     claims,
     execution,
-    failures,
+    lost_attempts,
     planning,
     recovery,
     resume,
@@ -652,7 +652,7 @@ def test_a_redelivered_carrier_takes_as_lost_only_the_inline_step_its_own_delive
                 redelivered=True,
             )
         with offline.sessions.begin() as session:
-            carried = failures.record_lost_inline(
+            carried = lost_attempts.record_lost_inline(
                 session, offline.settings, run_id, carrier, delivery
             )
         return claimed, carried
@@ -661,7 +661,9 @@ def test_a_redelivered_carrier_takes_as_lost_only_the_inline_step_its_own_delive
     assert redelivered(None) == (None, None)
     assert step_row(offline, run_id, "a").status == "running"
     with offline.sessions.begin() as session:
-        carried = failures.record_lost_inline(session, offline.settings, run_id, carrier, "first")
+        carried = lost_attempts.record_lost_inline(
+            session, offline.settings, run_id, carrier, "first"
+        )
     assert isinstance(carried, attempts.Outcome) and carried.status == "retrying"
     assert [d.task_id for d in carried.work.dispatches] == [f"{run_id}:a:2"]
     assert step_row(offline, run_id, "a").error_type == "WorkerLostError"

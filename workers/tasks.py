@@ -8,7 +8,7 @@ from functools import partial
 from celery.exceptions import Retry
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from engine import failures, plan_failures, planning, recovery, retention, webhook_delivery
+from engine import lost_attempts, plan_failures, planning, recovery, retention, webhook_delivery
 from engine.attempts import Claim, Outcome
 from engine.dlq import describe
 from engine.models import utcnow
@@ -55,7 +55,7 @@ def _recover_carried(run_id: str, task_id: str, delivery: str | None) -> Outcome
     """This redelivered message found its own work done: record as lost the step its
     previous delivery was running inline when it died."""
     with sessions().begin() as session:
-        return failures.record_lost_inline(session, settings(), run_id, task_id, delivery)
+        return lost_attempts.record_lost_inline(session, settings(), run_id, task_id, delivery)
 
 
 @app.task(name=STEP_TASK, bind=True, Request=StepRequest)
