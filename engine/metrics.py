@@ -114,10 +114,12 @@ class Readings:
     queue_lag_seconds: dict[str, float] = field(default_factory=dict)
     dlq_open: int | None = None
     workers_online: int | None = None
+    schedule_lag_seconds: float | None = None
 
 
 class LiveGauges(Collector):
-    """queue_depth, queue_lag_seconds, dlq_open and workers_online, read at scrape time. A
+    """queue_depth, queue_lag_seconds, dlq_open, workers_online and schedule_lag_seconds,
+    read at scrape time. A
     reading that failed is left out, never served as 0: the ReadinessFailing alert reads a
     missing dlq_open as the database failing and a missing queue_depth as the broker."""
 
@@ -146,7 +148,13 @@ class LiveGauges(Collector):
         )
         if readings.workers_online is not None:
             online.add_metric([], readings.workers_online)
-        yield from (depth, lag, dlq, online)
+        overdue = GaugeMetricFamily(
+            "schedule_lag_seconds",
+            "How long the most overdue enabled schedule has waited past its fire time",
+        )
+        if readings.schedule_lag_seconds is not None:
+            overdue.add_metric([], readings.schedule_lag_seconds)
+        yield from (depth, lag, dlq, online, overdue)
 
 
 class _ProcessRegistry(Collector):

@@ -1,9 +1,9 @@
 """Live readings of the platform for /metrics and /admin/status.
 
-Queue depth and lag come from the broker's Redis lists (engine.queues), runs by status and open dead
-letters from the database, online workers from a ping the caller supplies (engine never
-imports Celery). Every probe runs under a deadline, so a slow Redis, database or broker
-makes a reading missing, never a scrape or a status request hang.
+Queue depth and lag come from the broker's Redis lists (engine.queues), runs by status, open
+dead letters and the schedules' lag from the database, online workers from a ping the caller
+supplies (engine never imports Celery). Every probe runs under a deadline, so a slow Redis,
+database or broker makes a reading missing, never a scrape or a status request hang.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from engine.metrics import Readings
-from engine.models import DeadLetter, Run, Step
+from engine.models import DeadLetter, Run, Step, utcnow
 from engine.queues import FirstSeen, QueueLayout, queue_stats
+from engine.schedules.firing import lag_seconds
 from engine.state import RunStatus, StepStatus
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,9 @@ class Observer:
         self._lock = threading.Lock()
         self._cached: tuple[float, Readings] | None = None
 
-    def probes(self, *, runs: bool = False, database: bool = False) -> dict[str, Callable[[], Any]]:
+    def probes(
+        self, *, runs: bool = False, database: bool = False, schedules: bool = False
+    ) -> dict[str, Callable[[], Any]]:
         probes: dict[str, Callable[[], Any]] = {
             "broker": self.client.ping,
             "queues": lambda: queue_stats(
@@ -145,6 +148,10 @@ class Observer:
         if self.sessions is not None:
             probes["step_queues"] = self._learn_step_queues
             probes["dead_letters"] = lambda: self._query(open_dead_letters)
+            if schedules:
+                probes["schedules"] = lambda: self._query(
+                    lambda session: lag_seconds(session, utcnow())
+                )
             if runs:
                 probes["runs"] = lambda: self._query(runs_by_status)
             if database:
@@ -182,16 +189,18 @@ class Observer:
         with self.sessions() as session:
             return read(session)
 
-    def snapshot(self, *, runs: bool = False, database: bool = False) -> dict[str, Reading]:
+    def snapshot(
+        self, *, runs: bool = False, database: bool = False, schedules: bool = False
+    ) -> dict[str, Reading]:
         """Every reading now (not cached), each with its value or its error."""
-        return gather(self.probes(runs=runs, database=database), self.timeout)
+        return gather(self.probes(runs=runs, database=database, schedules=schedules), self.timeout)
 
     def readings(self) -> Readings:
         """The gauges for /metrics, reused for `ttl` seconds; what failed is left out."""
         with self._lock:
             if self._cached is not None and time.monotonic() - self._cached[0] < self.ttl:
                 return self._cached[1]
-            snapshot = self.snapshot()
+            snapshot = self.snapshot(schedules=True)
             readings = Readings()
             queues = snapshot["queues"]
             if queues.ok:
@@ -202,6 +211,9 @@ class Observer:
             letters = snapshot.get("dead_letters")
             if letters is not None and letters.ok:
                 readings.dlq_open = letters.value
+            schedules = snapshot.get("schedules")
+            if schedules is not None and schedules.ok:
+                readings.schedule_lag_seconds = schedules.value
             workers = snapshot.get("workers")
             if workers is not None:
                 # No answer means no worker, as far as this process can tell.

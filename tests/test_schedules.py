@@ -243,3 +243,42 @@ def test_the_beat_schedule_ticks_the_schedules_task_every_schedule_tick(database
     assert entry["task"] == SCHEDULE_TASK == "schedules.fire"
     assert entry["schedule"] == 7.0
     assert entry["options"]["queue"] == MANAGER_QUEUE
+
+
+def test_schedule_lag_is_how_long_the_most_overdue_enabled_schedule_has_waited(
+    database: Stack, unique: str
+) -> None:
+    database.register(spec(unique, [{"id": "a", "action": "noop"}]))
+    assert lag(database, T0) == 0.0  # no schedule at all
+    create(database, unique)  # next fire 12:05
+    with database.sessions.begin() as session:
+        every_minute = manage.NewSchedule(f"{unique}_paused", unique, "* * * * *")
+        manage.create(session, database.settings, every_minute, ALICE, T0)
+        manage.pause(session, every_minute.name, ALICE)
+
+    assert lag(database, datetime(2026, 6, 1, 12, 4, tzinfo=UTC)) == 0.0
+    # Nothing ticked since 12:05 (beat down): the lag grows; the paused one is left out.
+    assert lag(database, datetime(2026, 6, 1, 12, 7, 30, tzinfo=UTC)) == 150.0
+    tick(database, datetime(2026, 6, 1, 12, 7, 30, tzinfo=UTC))
+    assert lag(database, datetime(2026, 6, 1, 12, 7, 31, tzinfo=UTC)) == 0.0
+
+
+def test_the_api_metrics_serve_the_schedule_lag(database: Stack, unique: str) -> None:
+    from tests.support.metrics import read_api_metrics
+    from web import create_app
+
+    database.register(spec(unique, [{"id": "a", "action": "noop"}]))
+    schedule_id = create(database, unique, now=datetime.now(UTC))
+    overdue = datetime.now(UTC) - timedelta(minutes=10)
+    with database.sessions.begin() as session:
+        session.execute(
+            update(Schedule).where(Schedule.id == schedule_id).values(next_fire_at=overdue)
+        )
+    text = read_api_metrics(create_app(database.settings))
+    [served] = [line for line in text.splitlines() if line.startswith("schedule_lag_seconds ")]
+    assert 600 <= float(served.split()[1]) < 900
+
+
+def lag(database: Stack, now: datetime) -> float:
+    with database.sessions() as session:
+        return firing.lag_seconds(session, now)

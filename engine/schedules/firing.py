@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from engine import metrics, runs
@@ -38,6 +38,18 @@ class Fired:
 def idempotency_key(schedule_id: str, fire_at: datetime) -> str:
     """The key of a schedule's run for one fire time: the same from every tick."""
     return f"schedule:{schedule_id}:{timestamp(in_utc(fire_at))}"
+
+
+def lag_seconds(session: Session, now: datetime) -> float:
+    """How long the most overdue enabled schedule has waited past its fire time (0 when
+    none is due). A tick every SCHEDULE_TICK_S keeps it near 0; it grows while nothing
+    fires: beat down, no worker on the manager queue, or a tick that keeps failing."""
+    oldest = session.scalar(
+        select(func.min(Schedule.next_fire_at)).where(Schedule.enabled.is_(True))
+    )
+    if oldest is None:
+        return 0.0
+    return max(0.0, (in_utc(now) - in_utc(oldest)).total_seconds())
 
 
 def fire_due(session: Session, settings: Settings, now: datetime) -> Fired:
