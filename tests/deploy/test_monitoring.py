@@ -31,6 +31,9 @@ REQUIRED_ALERTS = {
     "DeadLettersGrowing",
     "NoWorkersOnline",
     "ReadinessFailing",
+    "WebhookDeliveriesFailing",
+    "ScheduleFiresRefused",
+    "SchedulesNotFiring",
 }
 
 
@@ -221,6 +224,8 @@ def test_dashboards_chart_what_operators_look_for():
         ), quantile
     assert "sum by (endpoint) (rate(api_requests_total" in api
     assert "api_errors_total" in api
+    # Rate-limited callers: a client error, charted (no alert) from the request counts.
+    assert 'api_requests_total{status="429"}' in api
 
     expected = {
         "orchestrator": {
@@ -233,6 +238,11 @@ def test_dashboards_chart_what_operators_look_for():
             "dlq_events_total",
             "task_retries_total",
             "workers_online",
+            "schedule_fires_total",
+            "schedule_fires_skipped_total",
+            "schedule_lag_seconds",
+            "webhook_deliveries_total",
+            "runs_pruned_total",
         },
         "manager-health": {
             "manager_planning_duration_seconds_bucket",
