@@ -1,4 +1,4 @@
-"""`engine db backup|restore|check|analyze`: database maintenance for operators."""
+"""`engine db backup|restore|check|analyze|prune`: database maintenance for operators."""
 
 from __future__ import annotations
 

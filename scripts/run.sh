@@ -193,7 +193,7 @@ cat <<EOF
   Logs           $LOG_DIR
 
   A token for the API:
-    $mint_env.venv/bin/engine token mint admin@example.com --scopes 'admin.*,life.read,runs.write,runs.read,workflows.*,schedules.*' --ttl 1h
+    $mint_env.venv/bin/engine token mint admin@example.com --scopes 'admin.*,runs.*,workflows.*,schedules.*,life.read' --ttl 1h
 
   Ctrl-C stops everything.
 

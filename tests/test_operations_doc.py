@@ -23,6 +23,8 @@ from typing import Any
 import click
 import jwt
 import pytest
+import yaml
+from jsonschema import Draft202012Validator
 from sqlalchemy import select
 
 from cli.main import main as engine_main
@@ -33,6 +35,7 @@ from tests.support.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNBOOK = ROOT / "OPERATIONS.md"
+WORKFLOWS = ROOT / "workflows"
 LABELS = {"safe", "changes", "destructive"}
 REQUIREMENTS = {
     "docker": "needs the docker compose deployment",
@@ -123,6 +126,29 @@ def test_every_documented_curl_that_sends_a_body_declares_it_json() -> None:
             ]
             assert "content-type: application/json" in declared, f"{document.name}: {line}"
     assert seen >= 4
+
+
+def test_every_documented_submission_of_a_built_in_workflow_has_params_it_accepts() -> None:
+    schemas = {
+        document["name"]: document.get("params", {})
+        for document in (yaml.safe_load(path.read_text()) for path in WORKFLOWS.glob("*.yaml"))
+    }
+    seen = 0
+    for document in (RUNBOOK, ROOT / "README.md"):
+        for line, words in api_curls_with_a_body(document.read_text()):
+            if not any(re.search(r"/runs/?$", word) for word in words):
+                continue
+            body = json.loads(words[words.index("-d") + 1])
+            if body["workflow"] in schemas:
+                seen += 1
+                problems = [
+                    error.message
+                    for error in Draft202012Validator(schemas[body["workflow"]]).iter_errors(
+                        body.get("params", {})
+                    )
+                ]
+                assert problems == [], f"{document.name}: {line}"
+    assert seen >= 2
 
 
 def engine_invocations(code: str) -> Iterator[list[str]]:
