@@ -265,6 +265,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
     try:
         # What `make run` leaves in its state directory.
         (directory / "jwt_secret").write_text(stack.settings.jwt_secret + "\n")
+        (directory / "webhook_secret").write_text(stack.settings.webhook_secret + "\n")
         flower_auth = f"ops:{uuid.uuid4().hex[:16]}"
         (directory / "flower_auth").write_text(flower_auth + "\n")
         stack.start_worker(concurrency=2)
