@@ -28,7 +28,7 @@ from engine.attempts import (
 )
 from engine.cache import LRUCache
 from engine.config import Settings
-from engine.db import one_transaction_from_here, statement_by_statement
+from engine.db import changed, one_transaction_from_here, statement_by_statement
 from engine.errors import InvalidSpec
 from engine.failures import bury_uncompilable
 from engine.lost_attempts import record_lost_attempt
@@ -101,16 +101,18 @@ def renew_lease(session: Session, settings: Settings, claim: Claim) -> bool:
     the run's other root steps, may have taken much of its lease. False when the attempt is
     no longer this caller's (its lease ran out and it was recorded lost): do not run it."""
     now = utcnow()
-    renewed = session.execute(
-        _RENEW_LEASE,
-        {
-            "b_run_id": claim.run_id,
-            "b_step_id": claim.step_id,
-            "b_task_id": claim.task_id,
-            "b_attempt": claim.attempt,
-            "b_lease": now + lease_for(settings, claim.spec.timeout_s),
-        },
-    ).rowcount
+    renewed = changed(
+        session.execute(
+            _RENEW_LEASE,
+            {
+                "b_run_id": claim.run_id,
+                "b_step_id": claim.step_id,
+                "b_task_id": claim.task_id,
+                "b_attempt": claim.attempt,
+                "b_lease": now + lease_for(settings, claim.spec.timeout_s),
+            },
+        )
+    )
     if renewed:
         claim.leased_at = time.monotonic()
     return bool(renewed)

@@ -5,9 +5,19 @@ from __future__ import annotations
 import select
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, Table, create_engine, event, insert, text
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    Engine,
+    Result,
+    Table,
+    create_engine,
+    event,
+    insert,
+    text,
+)
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -79,6 +89,12 @@ def durable(session: Session) -> None:
     else would find again if a database crash undid them, such as a dead letter."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(_SERVER_SYNCHRONOUS_COMMIT)
+
+
+def changed(result: Result[Any]) -> int:
+    """How many rows the UPDATE, DELETE or INSERT behind `result` wrote (its rowcount):
+    Session.execute is typed as returning any Result, and these return a cursor's."""
+    return cast(CursorResult[Any], result).rowcount
 
 
 def insert_rows(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:

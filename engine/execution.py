@@ -28,7 +28,7 @@ from engine.attempts import (
     Result,
 )
 from engine.config import Settings
-from engine.db import statement_by_statement
+from engine.db import changed, statement_by_statement
 from engine.errors import EngineError, InvalidInput, StepTimeout
 from engine.failures import fail_attempt
 from engine.models import Run, Step, utcnow
@@ -226,7 +226,7 @@ def finish_attempt(session: Session, settings: Settings, claim: Claim, result: R
             run = session.execute(_SUCCEED_LEAF, values).first()
             won = run is not None
         else:
-            won = bool(session.execute(_SUCCEED_STEP[bool(children)], values).rowcount)
+            won = bool(changed(session.execute(_SUCCEED_STEP[bool(children)], values)))
     except (StatementError, TypeError, ValueError) as exc:
         problem = _unstorable_output(exc, result.output)
         if problem is None:

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from engine import dlq, metrics
 from engine.attempts import B_NOW, B_RUN_ID, MINE, RUN_IS_RUNNING, Outcome
 from engine.config import Settings
+from engine.db import changed
 from engine.models import Run, Step, utcnow
 from engine.state import RunStatus, StepStatus
 from engine.work import STEP_TASK, Work, step_dispatch
@@ -99,7 +100,7 @@ def fail_attempt(
     if retryable and attempt < allowed and run.status != RunStatus.RUNNING:
         # The run failed while this attempt ran: no next attempt into it. The step is
         # skipped, as the failed run's other waiting steps are; a replay brings it back.
-        if not session.execute(_fail_update(None, inputs is not None), recorded).rowcount:
+        if not changed(session.execute(_fail_update(None, inputs is not None), recorded)):
             return Outcome("lost")
         log.info(
             "run %s step %s: attempt %s failed (%s) after its run ended; skipped",
@@ -113,10 +114,12 @@ def fail_attempt(
         delay = spec.retry.delay(attempt)
         if retry_after_s is not None:
             delay = max(delay, min(retry_after_s, spec.retry.max_backoff_s))
-        if not session.execute(
-            _fail_update(True, inputs is not None),
-            {**recorded, "b_next": now + timedelta(seconds=delay)},
-        ).rowcount:
+        if not changed(
+            session.execute(
+                _fail_update(True, inputs is not None),
+                {**recorded, "b_next": now + timedelta(seconds=delay)},
+            )
+        ):
             return Outcome("lost")
         metrics.steps_total.labels(action=spec.action, status="retrying").inc()
         metrics.task_retries_total.inc()
@@ -148,7 +151,7 @@ def fail_attempt(
             retry_in_s=delay,
             error=message,
         )
-    if not session.execute(_fail_update(False, inputs is not None), recorded).rowcount:
+    if not changed(session.execute(_fail_update(False, inputs is not None), recorded)):
         return Outcome("lost")
     return bury_step(
         session,
@@ -219,11 +222,13 @@ def fail_run(session: Session, workflow_name: str, run_id: str, error: str) -> W
     (engine.resume)."""
     # The run row first, as a resume does: a step succeeding now holds a shared lock on it
     # until it has released its children, which are then skipped here with the others.
-    failed = session.execute(
-        update(runs)
-        .where(runs.c.id == run_id, runs.c.status == RunStatus.RUNNING)
-        .values(status=RunStatus.FAILED, error=error, finished_at=utcnow())
-    ).rowcount
+    failed = changed(
+        session.execute(
+            update(runs)
+            .where(runs.c.id == run_id, runs.c.status == RunStatus.RUNNING)
+            .values(status=RunStatus.FAILED, error=error, finished_at=utcnow())
+        )
+    )
     session.execute(
         update(steps)
         .where(steps.c.run_id == run_id, steps.c.status.in_(NOT_STARTED))

@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.orm import Session
 
+from engine.db import changed
 from engine.failures import NOT_STARTED
 from engine.lost_attempts import LOST_ERROR_TYPE, lost_attempt_message
 from engine.models import Run, Step
@@ -78,7 +79,7 @@ def settle_ended_runs(session: Session, now: datetime, limit: int) -> int:
                 steps.c.lease_expires_at < now,
             ]
             values.update(error=lost_attempt_message(row.attempts), error_type=LOST_ERROR_TYPE)
-        if not session.execute(update(steps).where(*where).values(**values)).rowcount:
+        if not changed(session.execute(update(steps).where(*where).values(**values))):
             continue
         settled += 1
         if row.status == StepStatus.RUNNING:

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from engine import leftovers, metrics, workflows
 from engine.attempts import Outcome, parse_task_id
 from engine.config import Settings
+from engine.db import changed
 from engine.errors import InvalidSpec
 from engine.failures import fail_attempt
 from engine.lost_attempts import record_lost_attempt
@@ -222,11 +223,13 @@ def fail_stalled_runs(session: Session, stale: object) -> list[str]:
             )
         ).all()
         error = f"step(s) {', '.join(dead) or '?'} still dead; replay them to finish the run"
-        if session.execute(
-            update(runs)
-            .where(runs.c.id == run.id, runs.c.status == RunStatus.RUNNING, no_live_step)
-            .values(status=RunStatus.FAILED, finished_at=now, error=error)
-        ).rowcount:
+        if changed(
+            session.execute(
+                update(runs)
+                .where(runs.c.id == run.id, runs.c.status == RunStatus.RUNNING, no_live_step)
+                .values(status=RunStatus.FAILED, finished_at=now, error=error)
+            )
+        ):
             metrics.runs_total.labels(workflow=run.workflow, status="failed").inc()
             failed.append(run.id)
     if failed:

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from engine import actions, audit, metrics, payloads, redaction, resume
 from engine.auth import Caller
 from engine.config import Settings
+from engine.db import changed
 from engine.dlq_query import DISCARDED, OPEN, REPLAYED, get_letter, letters
 from engine.errors import Conflict, InvalidInput, InvalidTransition
 from engine.models import DeadLetter, Run, Step, utcnow
@@ -92,13 +93,15 @@ def replay(
     resolution: dict[str, Any] = {"reason": reason, "inputs": recorded}
     if batch:
         resolution["batch"] = batch
-    if not session.execute(
-        update(letters)
-        .where(letters.c.id == letter_id, letters.c.status == OPEN)
-        .values(
-            status=REPLAYED, resolved_by=caller.sub, resolved_at=utcnow(), resolution=resolution
+    if not changed(
+        session.execute(
+            update(letters)
+            .where(letters.c.id == letter_id, letters.c.status == OPEN)
+            .values(
+                status=REPLAYED, resolved_by=caller.sub, resolved_at=utcnow(), resolution=resolution
+            )
         )
-    ).rowcount:
+    ):
         raise Conflict(f"dead letter {letter_id} was resolved by someone else just now")
     run = session.get(Run, letter.run_id)
     if run is None:
@@ -130,16 +133,18 @@ def discard(session: Session, letter_id: str, caller: Caller, reason: str | None
     """Stop showing an open letter as open; the row stays for the audit trail."""
     reason = require_reason(reason)
     letter = get_letter(session, letter_id)
-    if not session.execute(
-        update(letters)
-        .where(letters.c.id == letter_id, letters.c.status == OPEN)
-        .values(
-            status=DISCARDED,
-            resolved_by=caller.sub,
-            resolved_at=utcnow(),
-            resolution={"reason": reason},
+    if not changed(
+        session.execute(
+            update(letters)
+            .where(letters.c.id == letter_id, letters.c.status == OPEN)
+            .values(
+                status=DISCARDED,
+                resolved_by=caller.sub,
+                resolved_at=utcnow(),
+                resolution={"reason": reason},
+            )
         )
-    ).rowcount:
+    ):
         session.refresh(letter)
         raise Conflict(f"dead letter {letter_id} is {letter.status}; only an open one is discarded")
     audit.record(

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from engine import audit, metrics, workflows
 from engine.auth import Caller
 from engine.config import Settings
+from engine.db import changed
 from engine.errors import InvalidTransition
 from engine.models import DeadLetter, Run, Step, utcnow
 from engine.runs import get_run, run_steps
@@ -59,11 +60,13 @@ def resume(
     now = utcnow()
     # The run row first: a step finishing concurrently updates it too, so that step either
     # committed before this statement (and is seen as succeeded below) or waits for us.
-    if not session.execute(
-        update(runs)
-        .where(runs.c.id == run.id, runs.c.status.in_((RunStatus.FAILED, RunStatus.RUNNING)))
-        .values(status=RunStatus.RUNNING, error=None, finished_at=None)
-    ).rowcount:
+    if not changed(
+        session.execute(
+            update(runs)
+            .where(runs.c.id == run.id, runs.c.status.in_((RunStatus.FAILED, RunStatus.RUNNING)))
+            .values(status=RunStatus.RUNNING, error=None, finished_at=None)
+        )
+    ):
         raise InvalidTransition(f"run {run.id} changed while it was being resumed; try again")
     work = Work()
     for step_id in step_ids:
@@ -144,21 +147,23 @@ def resume(
 def requeue_plan(session: Session, settings: Settings, run: Run) -> Work:
     """Send a run whose planning failed back to the manager: queued again, with its count
     of lost plan deliveries reset."""
-    if not session.execute(
-        update(runs)
-        .where(
-            runs.c.id == run.id,
-            runs.c.status == RunStatus.FAILED,
-            runs.c.started_at.is_(None),
+    if not changed(
+        session.execute(
+            update(runs)
+            .where(
+                runs.c.id == run.id,
+                runs.c.status == RunStatus.FAILED,
+                runs.c.started_at.is_(None),
+            )
+            .values(
+                status=RunStatus.QUEUED,
+                error=None,
+                finished_at=None,
+                plan_deliveries=0,
+                dispatched_at=utcnow(),
+            )
         )
-        .values(
-            status=RunStatus.QUEUED,
-            error=None,
-            finished_at=None,
-            plan_deliveries=0,
-            dispatched_at=utcnow(),
-        )
-    ).rowcount:
+    ):
         raise InvalidTransition(f"run {run.id} is not a failed run waiting to be planned")
     session.refresh(run)
     workflow = workflows.compiled(session, settings, run.workflow, run.version)

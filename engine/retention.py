@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from engine import audit, metrics
 from engine.config import Settings
+from engine.db import changed
 from engine.dlq_query import OPEN
 from engine.errors import InvalidInput
 from engine.models import AuditEvent, DeadLetter, Run, Step, WebhookDelivery, utcnow
@@ -135,9 +136,11 @@ def prune_batch(session: Session, cutoff: datetime, limit: int) -> tuple[int, Pr
     )
     resolved = 0
     if deleted:
-        resolved = session.execute(
-            delete(letters).where(letters.c.run_id.in_(deleted), letters.c.status != OPEN)
-        ).rowcount
+        resolved = changed(
+            session.execute(
+                delete(letters).where(letters.c.run_id.in_(deleted), letters.c.status != OPEN)
+            )
+        )
     return len(picked), Pruned(
         runs=len(deleted),
         steps=sum(step_counts.get(run_id, 0) for run_id in deleted),
@@ -153,7 +156,7 @@ def count_audit(session: Session, cutoff: datetime) -> int:
 def prune_audit_batch(session: Session, cutoff: datetime, limit: int) -> int:
     """Delete up to `limit` audit events recorded before `cutoff`; how many."""
     oldest = select(events.c.id).where(events.c.at < cutoff).order_by(events.c.id).limit(limit)
-    return session.execute(delete(events).where(events.c.id.in_(oldest))).rowcount
+    return changed(session.execute(delete(events).where(events.c.id.in_(oldest))))
 
 
 def prune(

@@ -18,7 +18,7 @@ from engine import audit, cursors, metrics, workflows
 from engine.attempts import INLINE_MARK
 from engine.auth import Caller
 from engine.config import Settings
-from engine.db import statement_by_statement
+from engine.db import changed, statement_by_statement
 from engine.errors import Conflict, InvalidInput, InvalidTransition, NotFound
 from engine.models import Run, Step, in_utc, new_id, utcnow
 from engine.state import RUN_LIVE, STEP_LIVE, RunStatus, StepStatus
@@ -129,7 +129,7 @@ def submit(
         # session.
         if not remembered:
             session.execute(_INSERT_RUN, values)
-        elif session.execute(_INSERT_RUN_OF_LATEST, values).rowcount != 1:
+        elif changed(session.execute(_INSERT_RUN_OF_LATEST, values)) != 1:
             # A newer version was registered since this process read the latest.
             return submit(session, settings, request, caller, remembered=False)
         run: Any = _RunRow(**values)
@@ -261,11 +261,13 @@ def cancel(session: Session, run_id: str, caller: Caller) -> tuple[Run, Work]:
     if run.status not in RUN_LIVE:
         raise InvalidTransition(f"run {run_id} is {run.status} and cannot be cancelled")
     now = utcnow()
-    if not session.execute(
-        update(runs)
-        .where(runs.c.id == run_id, runs.c.status.in_(RUN_LIVE))
-        .values(status=RunStatus.CANCELLED, finished_at=now, error="cancelled by " + caller.sub)
-    ).rowcount:
+    if not changed(
+        session.execute(
+            update(runs)
+            .where(runs.c.id == run_id, runs.c.status.in_(RUN_LIVE))
+            .values(status=RunStatus.CANCELLED, finished_at=now, error="cancelled by " + caller.sub)
+        )
+    ):
         raise Conflict(f"run {run_id} changed while it was being cancelled; try again")
     stopped = session.execute(
         update(steps)

@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from engine import metrics, outbound, webhooks
 from engine.config import Settings
+from engine.db import changed
 from engine.models import Run, WebhookDelivery, new_id, utcnow
 from engine.retry import RetryPolicy
 
@@ -164,15 +165,17 @@ def record(
             "gone": webhooks.GONE,
         }.get(outcome, webhooks.FAILED)
         values.update(status=final, next_attempt_at=None, finished_at=now)
-    won = session.execute(
-        update(deliveries)
-        .where(
-            deliveries.c.id == attempt.id,
-            deliveries.c.claim == attempt.claim,
-            deliveries.c.status == webhooks.PENDING,
+    won = changed(
+        session.execute(
+            update(deliveries)
+            .where(
+                deliveries.c.id == attempt.id,
+                deliveries.c.claim == attempt.claim,
+                deliveries.c.status == webhooks.PENDING,
+            )
+            .values(**values)
         )
-        .values(**values)
-    ).rowcount
+    )
     if not won:
         return ""
     if "status" in values:

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from engine import audit, cursors, workflows
 from engine.auth import Caller
 from engine.config import Settings
+from engine.db import changed
 from engine.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from engine.models import utcnow
 from engine.schedules import timing
@@ -154,12 +155,14 @@ def delete(session: Session, ref: str, caller: Caller) -> None:
 
 def pause_all(session: Session, caller: Caller) -> int:
     """Pause every enabled schedule (an emergency stop); how many were paused."""
-    count = session.execute(
-        update(Schedule)
-        .where(Schedule.enabled.is_(True))
-        .values(enabled=False, next_fire_at=None, updated_at=utcnow())
-        .execution_options(synchronize_session=False)
-    ).rowcount
+    count = changed(
+        session.execute(
+            update(Schedule)
+            .where(Schedule.enabled.is_(True))
+            .values(enabled=False, next_fire_at=None, updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+    )
     audit.record(
         session,
         actor=caller.sub,
