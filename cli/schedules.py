@@ -26,7 +26,7 @@ def schedules_list(limit: int, cursor: str | None, as_json: bool) -> None:
     from web import serialize
 
     with session() as current:
-        items, following = manage.list_schedules(current, limit=limit, cursor=cursor)
+        items, following = manage.list_schedules(current, operator(), limit=limit, cursor=cursor)
         if as_json:
             emit(serialize.page([serialize.schedule(item) for item in items], following))
             return

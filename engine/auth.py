@@ -26,6 +26,7 @@ OPERATOR_PREFIX = "cli:"
 MAX_JTI_LENGTH = 64
 ADMIN_RUNS_SCOPE = "admin.runs"
 ADMIN_LIFE_SCOPE = "admin.life"  # another subject's wellness summary (engine.life)
+ADMIN_SCHEDULES_SCOPE = "admin.schedules"  # every caller's schedules (engine.schedules)
 # Every scope an endpoint checks (OPERATIONS.md § 3 lists them for operators).
 KNOWN_SCOPES = (
     "runs.read",
@@ -38,6 +39,7 @@ KNOWN_SCOPES = (
     "admin.status",
     ADMIN_RUNS_SCOPE,
     ADMIN_LIFE_SCOPE,
+    ADMIN_SCHEDULES_SCOPE,
     "admin.dlq.read",
     "admin.dlq.replay",
     "admin.dlq.discard",
@@ -73,6 +75,10 @@ class Caller:
     @property
     def sees_all_runs(self) -> bool:
         return self.can(ADMIN_RUNS_SCOPE)
+
+    @property
+    def sees_all_schedules(self) -> bool:
+        return self.can(ADMIN_SCHEDULES_SCOPE)
 
 
 def key_id(secret: str) -> str:

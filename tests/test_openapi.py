@@ -119,7 +119,7 @@ def call_every_operation(
         checked.clear()
         url = re.sub(r"{[^}]+}", "00000000-0000-0000-0000-000000000000", path)
         answer = client.open(
-            url, method=method, json={} if method == "post" else None, headers=headers
+            url, method=method, json={} if method in ("post", "patch") else None, headers=headers
         )
         assert answer.status_code < 500, (method, path, answer.get_data(as_text=True))
         seen[method, path] = (set(ArgsThatRemember.asked), list(checked))
@@ -268,6 +268,8 @@ def test_real_answers_match_the_documented_shapes_and_statuses(
     for action in ("pause", "resume"):
         answer("post", f"/schedules/{{ref}}/{action}", status=200, ref=unique, headers=headers)
     answer("get", "/schedules/{ref}", status=200, ref=unique, headers=headers)
+    hourly = {"json": {"cron": "30 * * * *", "version": None}, "headers": headers}
+    answer("patch", "/schedules/{ref}", status=200, ref=unique, **hourly)
     answer("delete", "/schedules/{ref}", status=204, ref=unique, headers=headers)
 
     keyed = {**headers, "Idempotency-Key": unique}
@@ -364,6 +366,10 @@ def test_every_problem_an_operation_documents_is_one_it_answers_and_no_other(
     every_hour = {"name": unique, "workflow": unique, "cron": "0 * * * *"}
     answer("post", "/schedules", status=201, json=every_hour, headers=headers)
     answer("post", "/schedules", status=409, json=every_hour, headers=headers)
+    other_hour = {**every_hour, "name": f"{unique}_b"}
+    answer("post", "/schedules", status=201, json=other_hour, headers=headers)
+    taken = {"json": {"name": unique}, "headers": headers}
+    answer("patch", "/schedules/{ref}", status=409, ref=f"{unique}_b", **taken)
     keyed = {**headers, "Idempotency-Key": unique}
     run = answer("post", "/runs", status=202, json={"workflow": unique}, headers=keyed)
     other = {"workflow": unique, "priority": 5}

@@ -57,6 +57,7 @@ REQUESTS: dict[str, dict[str, Any]] = {
     "MintToken": tokens.MINT,
     "RevokeToken": tokens.REVOKE,
     "CreateSchedule": schemas.CREATE_SCHEDULE,
+    "PatchSchedule": schemas.PATCH_SCHEDULE,
 }
 
 STEP = shape(

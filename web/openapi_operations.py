@@ -17,6 +17,7 @@ from web.telemetry import STREAM_MIMETYPE
 from web.workflows import YAML_TYPES
 
 JSON = "application/json"
+MERGE_PATCH = "application/merge-patch+json"  # RFC 7396
 
 
 def query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -330,12 +331,28 @@ OPERATIONS: list[Operation] = [
         "get",
         "/schedules",
         "schedules.read",
-        "Every schedule by name: limit, cursor",
+        "The caller's schedules (admin.schedules: every one) by name: limit, cursor",
         {200: "ScheduleList"},
         parameters=(LIMIT, CURSOR),
     ),
     Operation(
-        "get", "/schedules/{ref}", "schedules.read", "A schedule by id or name", {200: "Schedule"}
+        "get",
+        "/schedules/{ref}",
+        "schedules.read",
+        "A schedule by id or name (another caller's is a 404 without admin.schedules)",
+        {200: "Schedule"},
+    ),
+    Operation(
+        "patch",
+        "/schedules/{ref}",
+        "schedules.write",
+        "Change a schedule (by id or name) in place, as a JSON merge patch of name, cron, "
+        "timezone, version (null: the latest), params, priority; a new cron or timezone "
+        "fires next at its first time after now. Only its owner may (who needs runs.write "
+        "too; its runs then carry this token's scopes)",
+        {200: "Schedule"},
+        body("PatchSchedule", also=(MERGE_PATCH,)),
+        problems=(409,),
     ),
     Operation(
         "post",

@@ -1,4 +1,4 @@
-"""Schedules: create, list, read, pause, resume, delete. The beat task fires them."""
+"""Schedules: create, list, read, change, pause, resume, delete. The beat task fires them."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, request, url_for
 
-from engine.schedules import manage
+from engine.schedules import edit, manage
 from web import schemas, serialize
 from web.auth import current_caller, require_scopes
 from web.db import get_session
@@ -47,7 +47,7 @@ def list_schedules() -> Any:
         "limit", settings.page_limit_default, minimum=1, maximum=settings.page_limit_max
     )
     items, following = manage.list_schedules(
-        get_session(), limit=limit, cursor=request.args.get("cursor")
+        get_session(), current_caller(), limit=limit, cursor=request.args.get("cursor")
     )
     return serialize.page([serialize.schedule(item) for item in items], following)
 
@@ -55,7 +55,17 @@ def list_schedules() -> Any:
 @bp.get("/<ref>")
 @require_scopes("schedules.read")
 def get_schedule(ref: str) -> Any:
-    return serialize.schedule(manage.get(get_session(), ref))
+    return serialize.schedule(manage.get(get_session(), ref, current_caller()))
+
+
+@bp.patch("/<ref>")
+@require_scopes("schedules.write")
+def update_schedule(ref: str) -> Any:
+    changes = schemas.json_body(schemas.PATCH_SCHEDULE)
+    session = get_session()
+    schedule = edit.change(session, current_app.config["SETTINGS"], ref, changes, current_caller())
+    session.commit()
+    return serialize.schedule(schedule)
 
 
 @bp.post("/<ref>/pause")

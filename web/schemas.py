@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 from flask import request
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, ValidationError
 from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 
 from engine import payloads
@@ -43,6 +43,20 @@ CREATE_SCHEDULE = {
         "enabled": {"type": "boolean"},
     },
 }
+# A JSON merge patch (RFC 7396) of a schedule: the fields given change; a null version
+# means the latest. engine.schedules.edit.FIELDS names the same fields.
+PATCH_SCHEDULE = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "name": CREATE_SCHEDULE["properties"]["name"],
+        "version": {**VERSION, "type": ["integer", "null"]},
+        "cron": CREATE_SCHEDULE["properties"]["cron"],
+        "timezone": CREATE_SCHEDULE["properties"]["timezone"],
+        "params": {"type": "object"},
+        "priority": CREATE_SCHEDULE["properties"]["priority"],
+    },
+}
 PLAN = {
     "type": "object",
     "additionalProperties": False,
@@ -60,17 +74,28 @@ _VALIDATORS: dict[int, tuple[dict[str, Any], Draft202012Validator]] = {}
 
 
 def check(schema: dict[str, Any], body: Any, what: str = "body") -> dict[str, Any]:
-    """Validate `body` against `schema`; every problem is listed with its field."""
+    """Validate `body` against `schema`; every problem is listed with its field (each
+    unexpected member of an object on its own)."""
     errors = [
-        {
-            "field": ".".join(map(str, error_path(error))) or what,
-            "message": error.message,
-        }
+        {"field": ".".join(map(str, path)) or what, "message": message}
         for error in _validator(schema).iter_errors(body)
+        for path, message in _located(error)
     ]
     if errors:
         raise InvalidInput(f"the request {what} is invalid", errors=errors)
     return body
+
+
+def _located(error: ValidationError) -> list[tuple[list[str | int], str]]:
+    """(path, message) of each problem one schema error stands for."""
+    simple = error.validator_value is False and "patternProperties" not in error.schema
+    if error.validator == "additionalProperties" and simple and isinstance(error.instance, dict):
+        known = error.schema.get("properties", {})
+        unexpected = sorted(str(key) for key in error.instance if key not in known)
+        if unexpected:
+            where = list(error.absolute_path)
+            return [([*where, key], "not a field this request takes") for key in unexpected]
+    return [(error_path(error), error.message)]
 
 
 def _validator(schema: dict[str, Any]) -> Draft202012Validator:

@@ -1,13 +1,17 @@
-"""Schedule use cases: create, list, read, pause, resume, delete. Callers commit."""
+"""Schedule use cases: create, list, read, pause, resume, delete (engine.schedules.edit
+changes one). A caller sees and changes its own schedules; admin.schedules, every one.
+Callers commit."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Select, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -48,25 +52,11 @@ def create(
     """A new schedule, checked as a submission of its workflow would be (the workflow and
     version exist, the params match its schema); its first fire is the first time after
     now. Its runs will act as the caller, with the caller's scopes."""
-    if not caller.can(SUBMIT_SCOPE):
-        raise PermissionDenied(f"a schedule submits runs: it needs the scope {SUBMIT_SCOPE}")
-    if not _NAME.match(request.name):
-        raise InvalidInput(
-            "invalid schedule name",
-            errors=[{"field": "name", "message": "1-100 letters, digits, '_', '.', '-'"}],
-        )
+    check_can_submit(caller)
+    check_name(request.name)
     timing.check_cron(request.cron)
     timing.zone(request.timezone)
-    try:
-        workflow = workflows.compiled_for_submit(
-            session, settings, request.workflow, request.version
-        )
-    except NotFound as exc:
-        where = "workflow"
-        if request.version is not None and _exists(session, settings, request.workflow):
-            where = "version"
-        raise InvalidInput(str(exc), errors=[{"field": where, "message": str(exc)}]) from exc
-    workflow.check_params(request.params)
+    check_submission(session, settings, request.workflow, request.version, request.params)
     now = now or utcnow()
     schedule = Schedule(
         name=request.name,
@@ -85,33 +75,78 @@ def create(
         created_at=now,
         updated_at=now,
     )
-    try:
+    with name_taken_as_conflict(request.name):
         with session.begin_nested():
             session.add(schedule)
-    except IntegrityError as exc:
-        raise Conflict(
-            f"a schedule named {request.name!r} already exists",
-            errors=[{"field": "name", "message": "already taken"}],
-        ) from exc
     return schedule
 
 
-def get(session: Session, ref: str) -> Schedule:
-    """A schedule by id or by name; NotFound when neither names one."""
+def check_can_submit(caller: Caller) -> None:
+    """PermissionDenied unless the caller may submit runs, which its schedule will do."""
+    if not caller.can(SUBMIT_SCOPE):
+        raise PermissionDenied(f"a schedule submits runs: it needs the scope {SUBMIT_SCOPE}")
+
+
+def check_name(name: str) -> None:
+    """InvalidInput naming the field `name` unless it is a valid schedule name."""
+    if not _NAME.match(name):
+        raise InvalidInput(
+            "invalid schedule name",
+            errors=[{"field": "name", "message": "1-100 letters, digits, '_', '.', '-'"}],
+        )
+
+
+def check_submission(
+    session: Session,
+    settings: Settings,
+    workflow_name: str,
+    version: int | None,
+    params: dict[str, Any],
+) -> None:
+    """InvalidInput naming the field unless the workflow (and version) exist and take the
+    params, as a submission of it now would be checked."""
+    try:
+        workflow = workflows.compiled_for_submit(session, settings, workflow_name, version)
+    except NotFound as exc:
+        where = "workflow"
+        if version is not None and _exists(session, settings, workflow_name):
+            where = "version"
+        raise InvalidInput(str(exc), errors=[{"field": where, "message": str(exc)}]) from exc
+    workflow.check_params(params)
+
+
+@contextmanager
+def name_taken_as_conflict(name: str) -> Iterator[None]:
+    """A unique-name violation within the block is a Conflict naming the field `name`."""
+    try:
+        yield
+    except IntegrityError as exc:
+        raise Conflict(
+            f"a schedule named {name!r} already exists",
+            errors=[{"field": "name", "message": "already taken"}],
+        ) from exc
+
+
+def get(session: Session, ref: str, caller: Caller, *, lock: bool = False) -> Schedule:
+    """A schedule the caller may see, by id or by name: its own, or any with
+    admin.schedules. Another caller's schedule is NotFound, like a missing one (as a run
+    is). `lock` holds its row until the commit."""
     condition = Schedule.name == ref
     if _UUID.match(ref):
         condition = or_(Schedule.id == ref, condition)
-    found = session.scalars(select(Schedule).where(condition)).first()
+    query = _visible(select(Schedule).where(condition), caller)
+    found = session.scalars(query.with_for_update() if lock else query).first()
     if found is None:
         raise NotFound(f"schedule {ref!r} does not exist")
     return found
 
 
 def list_schedules(
-    session: Session, *, limit: int, cursor: str | None = None
+    session: Session, caller: Caller, *, limit: int, cursor: str | None = None
 ) -> tuple[list[Schedule], str | None]:
-    """Every schedule by name, one page at a time."""
-    query = select(Schedule).order_by(Schedule.name).limit(limit + 1)
+    """The schedules the caller may see (its own; all with admin.schedules) by name, one
+    page at a time."""
+    query = _visible(select(Schedule).order_by(Schedule.name).limit(limit + 1), caller)
     if cursor:
         (after,) = cursors.decode(cursor, 1)
         if not isinstance(after, str):
@@ -124,7 +159,7 @@ def list_schedules(
 
 def pause(session: Session, ref: str, caller: Caller) -> Schedule:
     """Stop firing until resumed (pausing a paused schedule changes nothing)."""
-    schedule = get(session, ref)
+    schedule = get(session, ref, caller)
     if schedule.enabled:
         schedule.enabled = False
         schedule.next_fire_at = None
@@ -136,7 +171,7 @@ def pause(session: Session, ref: str, caller: Caller) -> Schedule:
 def resume(session: Session, ref: str, caller: Caller, now: datetime | None = None) -> Schedule:
     """Fire again from the first time after now: the times missed while paused are not
     made up for."""
-    schedule = get(session, ref)
+    schedule = get(session, ref, caller)
     if not schedule.enabled:
         now = now or utcnow()
         schedule.enabled = True
@@ -148,7 +183,7 @@ def resume(session: Session, ref: str, caller: Caller, now: datetime | None = No
 
 def delete(session: Session, ref: str, caller: Caller) -> None:
     """Remove a schedule; the runs it submitted stay."""
-    schedule = get(session, ref)
+    schedule = get(session, ref, caller)
     _record(session, caller, "schedule.delete", schedule)
     session.delete(schedule)
 
@@ -171,6 +206,12 @@ def pause_all(session: Session, caller: Caller) -> int:
         detail={"paused": count},
     )
     return count
+
+
+def _visible(query: Select[tuple[Schedule]], caller: Caller) -> Select[tuple[Schedule]]:
+    if caller.sees_all_schedules:
+        return query
+    return query.where(Schedule.created_by == caller.sub)
 
 
 def _exists(session: Session, settings: Settings, workflow: str) -> bool:
