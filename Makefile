@@ -18,7 +18,7 @@ help:
 	@echo "make venv     create .venv and install the pinned requirements (only when they changed)"
 	@echo "make run      start Redis (if needed), API :8000, worker, beat and Flower :5555"
 	@echo "make test     install the system test tools if missing, then run pytest (ARGS=...)"
-	@echo "make lint     ruff check and ruff format --check"
+	@echo "make lint     ruff check, ruff format --check and mypy"
 	@echo "make fmt      ruff format and ruff check --fix"
 	@echo "make bench    run the benchmarks (ARGS=...)"
 	@echo "make migrate  apply database migrations (engine db upgrade)"
@@ -46,6 +46,7 @@ test: venv
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 fmt: venv
 	$(VENV)/bin/ruff format .

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import shlex
+import sys
 from datetime import UTC, datetime
 
 import click
@@ -78,7 +79,7 @@ def inspect(token: str) -> None:
     signature, expiry and the revocations in the database); exit 1 when it would refuse it.
     TOKEN `-` reads it from standard input, out of `ps` and the shell's history."""
     if token == "-":
-        token = click.get_text_stream("stdin").read().strip()
+        token = sys.stdin.read().strip()
     try:
         header = jwt.get_unverified_header(token)
         claims = jwt.decode(token, options={"verify_signature": False})

@@ -117,10 +117,10 @@ def parse_task_id(task_id: str) -> tuple[str, str, int] | None:
 # `worker`: "celery@host inline in <task id>". The step keeps its own row, attempt and task id;
 # this says which Celery task (the one Flower shows) carried it.
 INLINE_MARK = " inline in "
-_WORKER_LENGTH = steps.c.worker.type.length or 200
+_WORKER_LENGTH = getattr(steps.c.worker.type, "length", None) or 200
 
 
-_DELIVERY_LENGTH = steps.c.delivery_tag.type.length or 64
+_DELIVERY_LENGTH = getattr(steps.c.delivery_tag.type, "length", None) or 64
 
 
 def delivery_tag(tag: object) -> str | None:

@@ -218,8 +218,8 @@ def analyze(settings: Settings) -> None:
         return
     db_engine = make_engine(settings, isolation_level="AUTOCOMMIT")
     try:
-        with db_engine.connect() as connection:
-            connection.execute(text("ANALYZE"))
+        with db_engine.connect() as analyzed:
+            analyzed.execute(text("ANALYZE"))
     finally:
         db_engine.dispose()
 

@@ -173,7 +173,7 @@ def claim_step(
         return None
     now = utcnow()
     key = {"b_run_id": run_id, "b_step_id": step_id}
-    values = {
+    values: dict[str, Any] = {
         **key,
         "b_task_id": task_id,
         "b_worker": worker,

@@ -118,7 +118,7 @@ def insert_rows(session: Session, table: Table, rows: list[dict[str, Any]]) -> N
         f"({', '.join(quote(name) for name, _ in columns)}) FROM STDIN"
     )
     dbapi_error = dialect.loaded_dbapi.Error
-    driver_connection = connection.connection.driver_connection
+    driver_connection: Any = connection.connection.driver_connection
     try:
         with driver_connection.cursor() as cursor:
             with cursor.copy(statement) as copy:
@@ -256,7 +256,7 @@ def lock_wait(db_engine: Engine, seconds: float) -> Iterator[Engine | Connection
         yield db_engine
         return
     connection = db_engine.connect()
-    driver = connection.connection.driver_connection  # no BEGIN: the session begins later
+    driver: Any = connection.connection.driver_connection  # no BEGIN: the session begins later
     previous: int | None = None
     try:
         (previous,) = driver.execute("PRAGMA busy_timeout").fetchone()

@@ -133,8 +133,8 @@ class LiveGauges(Collector):
     def collect(self) -> Iterator[Metric]:
         readings = self._read()
         depth = GaugeMetricFamily("queue_depth", "Messages waiting in a queue", labels=["queue"])
-        for queue, value in sorted(readings.queue_depth.items()):
-            depth.add_metric([queue], value)
+        for queue, count in sorted(readings.queue_depth.items()):
+            depth.add_metric([queue], count)
         lag = GaugeMetricFamily(
             "queue_lag_seconds", "Age of the oldest waiting message", labels=["queue"]
         )
@@ -161,7 +161,7 @@ class _ProcessRegistry(Collector):
     """This process's own metrics (single-process mode), inside another registry."""
 
     def collect(self) -> Iterator[Metric]:
-        return REGISTRY.collect()
+        yield from REGISTRY.collect()
 
 
 def multiprocess_active() -> bool:

@@ -76,11 +76,12 @@ def replay_letters(
     rest: list[str] = []
     lost = set(ids) - {row.id for row in won}
     if lost:
-        status_of = dict(
-            session.execute(
+        status_of: dict[str, str] = {
+            row.id: row.status
+            for row in session.execute(
                 select(letters.c.id, letters.c.status).where(letters.c.id.in_(lost))
-            ).all()
-        )
+            )
+        }
         for letter_id in (letter_id for letter_id in ids if letter_id in lost):
             status = status_of.get(letter_id)
             if status == OPEN:

@@ -194,10 +194,13 @@ class _Copy:
         READ_EVERY_S; keep it checked and the copy fresh. False when it cannot be trusted
         right now."""
         now = time.monotonic()
+        pubsub = self._pubsub
+        if pubsub is None:  # called once _subscribed() said True; never trust without one
+            return False
         if now - self._read_at < READ_EVERY_S:
             return now - self._heard_at <= TRUST_S
         self._read_at = now
-        while (message := self._pubsub.get_message(timeout=0.0)) is not None:
+        while (message := pubsub.get_message(timeout=0.0)) is not None:
             self._heard_at = now = time.monotonic()
             if message["type"] == "message":
                 self._take(message["data"])
@@ -205,7 +208,7 @@ class _Copy:
             if now - self._pinged_at > PONG_WAIT_S:
                 raise redis.ConnectionError(f"no answer to a ping within {PONG_WAIT_S:g} s")
         elif now - self._heard_at > PING_S:
-            self._pubsub.ping()
+            pubsub.ping()
             self._pinged_at = now
         if now - self._loaded_at > RESYNC_S:
             self._load()

@@ -264,8 +264,8 @@ def compile_spec(spec: Any, settings: Settings, *, registering: bool = True) -> 
                     _error(f"steps[{index}].needs", f"step {step_id!r} needs unknown step {need!r}")
                 )
     if not errors:
-        needs = {step.id: step.needs for step in steps.values()}
-        cycle = planner.find_cycle(needs)
+        graph = {step.id: step.needs for step in steps.values()}
+        cycle = planner.find_cycle(graph)
         if cycle:
             errors.append(_error("steps", "the steps form a cycle: " + " -> ".join(cycle)))
     if errors:

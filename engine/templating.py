@@ -6,7 +6,7 @@ import math
 import re
 from collections.abc import Iterator
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 from jinja2 import StrictUndefined, TemplateError, Undefined, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -190,7 +190,7 @@ def _check_source(source: str, expression: bool, steps: set[str]) -> str | None:
         tree = _parse(source, expression)
     except TemplateError as exc:
         return str(exc)
-    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+    for node in _lookups(tree):
         base = node.node
         if isinstance(base, nodes.Name) and base.name == "steps":
             if isinstance(node, nodes.Getattr):
@@ -237,12 +237,18 @@ def expression_secrets(source: str) -> bool:
     return bool(found) or dynamic
 
 
+def _lookups(tree: nodes.Node) -> Iterator[nodes.Getattr | nodes.Getitem]:
+    """Every `a.b` and `a[b]` in a parsed template or expression."""
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        yield cast(nodes.Getattr | nodes.Getitem, node)
+
+
 def _secrets_in(source: str, expression: bool) -> tuple[set[str], bool]:
     """The secret names `source` reads by name, and whether it reads `secrets` otherwise."""
     tree = _parse(source, expression)
     names: set[str] = set()
     by_name = 0
-    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+    for node in _lookups(tree):
         base = node.node
         if not (isinstance(base, nodes.Name) and base.name == "secrets"):
             continue

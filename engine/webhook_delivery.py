@@ -109,7 +109,7 @@ def claim_due(session: Session, settings: Settings, now: datetime) -> list[Attem
             deliveries.c.created_at,
         )
     ).all()
-    return [Attempt(*row, claim=claim) for row in rows]
+    return [Attempt(**row._mapping, claim=claim) for row in rows]
 
 
 def send(attempt: Attempt, settings: Settings) -> Result:

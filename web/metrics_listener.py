@@ -17,8 +17,6 @@ import signal
 import socket
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
@@ -27,6 +25,7 @@ from engine import logs
 from engine.config import Settings
 from engine.metrics import exposition_registry
 from workers.observer import standalone_observer
+from workers.probe_http import ProbeHandler, ProbeServer
 
 # By name: run as `python -m`, this module is __main__.
 log = logging.getLogger("web.metrics_listener")
@@ -64,10 +63,8 @@ class MetricsListener:
         self._server.server_close()
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, listener: socket.socket, handler: type[BaseHTTPRequestHandler]) -> None:
+class _Server(ProbeServer):
+    def __init__(self, listener: socket.socket, handler: type[ProbeHandler]) -> None:
         # The socket is bound and listening already (by gunicorn's master, or a test).
         super().__init__(listener.getsockname()[:2], handler, bind_and_activate=False)
         self.socket.close()
@@ -75,33 +72,23 @@ class _Server(ThreadingHTTPServer):
         self.server_address = listener.getsockname()
 
 
-def _handler(registry: CollectorRegistry) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+def _handler(registry: CollectorRegistry) -> type[ProbeHandler]:
+    class Handler(ProbeHandler):
         server_version = "engine-api-metrics"
+        label = "metrics listener"
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             if self.path.split("?", 1)[0] != PATH:
-                self._send(404, b'{"status": 404, "title": "Not Found"}', "application/json")
+                self.not_found()
                 return
             try:
                 # Prometheus asks for OpenMetrics; curl gets the classic text format.
-                encoder, content_type = choose_encoder(self.headers.get("Accept"))
+                encoder, content_type = choose_encoder(self.headers.get("Accept") or "")
                 body = encoder(registry)
             except Exception:
-                log.exception("metrics listener: the exposition failed")
-                self._send(500, b'{"status": 500, "title": "Internal error"}', "application/json")
+                self.failed("the exposition")
                 return
-            self._send(200, body, content_type)
-
-        def _send(self, status: int, body: bytes, content_type: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            log.debug("metrics listener: " + format, *args)
+            self.send_whole(200, body, content_type)
 
     return Handler
 

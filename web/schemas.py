@@ -28,7 +28,7 @@ SUBMIT_RUN = {
         "webhook_url": {"type": "string", "minLength": 1, "maxLength": WEBHOOK_URL_MAX},
     },
 }
-CREATE_SCHEDULE = {
+CREATE_SCHEDULE: dict[str, Any] = {
     "type": "object",
     "required": ["name", "workflow", "cron"],
     "additionalProperties": False,

@@ -26,7 +26,9 @@ def send(work: Work, app: Celery | None = None) -> bool:
         return True
     delivered = True
     if app is None:
-        from workers.celery_app import app
+        from workers.celery_app import app as default_app
+
+        app = default_app
 
     if work.dispatches:
         sent = 0

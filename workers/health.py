@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 from celery.bootsteps import RUN
@@ -27,6 +27,7 @@ from engine.metrics import exposition_registry
 from engine.observe import Observer, gather
 from workers import timers
 from workers.observer import BROKER_TIMEOUT_S, standalone_observer
+from workers.probe_http import ProbeHandler, ProbeServer
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ class HealthServer:
         last = first + PORT_SPAN if first else first
         for port in range(first, last + 1):
             try:
-                self._server = _Server((host, port), _handler(self))
+                self._server = ProbeServer((host, port), _handler(self))
                 break
             except OSError as exc:
                 if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
@@ -161,37 +162,23 @@ class HealthServer:
         self._registry = None
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-
-def _handler(health: HealthServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+def _handler(health: HealthServer) -> type[ProbeHandler]:
+    class Handler(ProbeHandler):
         server_version = "engine-worker-health"
+        label = "health server"
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             path = self.path.split("?", 1)[0]
             try:
                 if path == "/health":
                     status, body = health.health()
-                    self._send(status, json.dumps(body).encode(), "application/json")
+                    self.send_whole(status, json.dumps(body).encode(), "application/json")
                 elif path == "/metrics":
-                    self._send(200, health.metrics(), CONTENT_TYPE_LATEST)
+                    self.send_whole(200, health.metrics(), CONTENT_TYPE_LATEST)
                 else:
-                    self._send(404, b'{"status": 404, "title": "Not Found"}', "application/json")
+                    self.not_found()
             except Exception:
-                log.exception("health server: %s failed", path)
-                self._send(500, b'{"status": 500, "title": "Internal error"}', "application/json")
-
-        def _send(self, status: int, body: bytes, content_type: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            log.debug("health server: " + format, *args)
+                self.failed(path)
 
     return Handler
 

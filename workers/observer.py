@@ -5,6 +5,7 @@ and each worker's /health read through one."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from celery import Celery
 from celery.beat import NODENAME_DEFAULT
@@ -55,7 +56,7 @@ def standalone_observer(settings: Settings, name: str) -> Observer:
     a Celery app of its own to ping the workers."""
     import celeryconfig
 
-    options = {} if settings.is_sqlite else {"pool_size": 1, "max_overflow": 2}
+    options: dict[str, Any] = {} if settings.is_sqlite else {"pool_size": 1, "max_overflow": 2}
     db_engine = make_engine(settings, **options)
     sender = Celery(name, set_as_current=False)
     sender.config_from_object(celeryconfig.build(settings))

@@ -90,7 +90,8 @@ def perform(
         claimed_next = claims.claim_step(
             session,
             settings(),
-            *following.args,
+            str(following.args[0]),  # a step message's args: run id, step id
+            str(following.args[1]),
             task_id=following.task_id,
             worker=chain.worker,  # type: ignore[union-attr]
             delivery=chain.delivery,  # type: ignore[union-attr]

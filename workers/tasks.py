@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
+from typing import Any
 
 from celery.exceptions import Retry
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -35,7 +36,7 @@ class StepDeadLettered(Exception):
     """Raised after the dead letter is committed, so the task ends in FAILURE (Flower)."""
 
 
-def _redelivered(task: object) -> bool:
+def _redelivered(task: Any) -> bool:
     info = task.request.delivery_info or {}
     return bool(info.get("redelivered"))
 

@@ -18,7 +18,7 @@ from engine.models import timestamp
 # Reading another subject's summary, or recording its check-ins (a caller always reads its
 # own with life.read, and records its own through a run it submits).
 ANY_SUBJECT_SCOPE = ADMIN_LIFE_SCOPE
-SUBJECT_MAX = DailySummary.__table__.c.subject.type.length or 200
+SUBJECT_MAX = getattr(DailySummary.__table__.c.subject.type, "length", None) or 200
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _summaries = DailySummary.__table__
 _READ_SUMMARY = select(*_summaries.columns).where(
