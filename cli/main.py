@@ -24,7 +24,19 @@ from cli.db_ops import COMMANDS as DB_COMMANDS
 from cli.dlq import dlq
 from cli.schedules import schedules
 from cli.token_ops import COMMANDS as TOKEN_COMMANDS
-from engine import actions, auth, migrations, resume, runs, spec_text, specs, tokens, workflows
+from cli.workflow_pauses import COMMANDS as PAUSE_COMMANDS
+from engine import (
+    actions,
+    auth,
+    migrations,
+    pauses,
+    resume,
+    runs,
+    spec_text,
+    specs,
+    tokens,
+    workflows,
+)
 from engine.config import Settings
 from engine.errors import EngineError
 from engine.work import Work
@@ -222,11 +234,15 @@ def workflows_ls(as_json: bool) -> None:
 
     with session() as current:
         latest = workflows.list_latest(current)
+        paused = pauses.paused(current, [workflow.name for workflow in latest])
         if as_json:
-            emit(serialize.page([serialize.workflow(workflow) for workflow in latest], None))
+            items = [serialize.workflow(item, paused.get(item.name)) for item in latest]
+            emit(serialize.page(items, None))
             return
         for workflow in latest:
-            click.echo(f"{workflow.name}@{workflow.version}  {len(workflow.spec['steps'])} steps")
+            state = "  paused" if workflow.name in paused else ""
+            steps = len(workflow.spec["steps"])
+            click.echo(f"{workflow.name}@{workflow.version}  {steps} steps{state}")
 
 
 @main.group()
@@ -274,6 +290,8 @@ for _command in TOKEN_COMMANDS:
     token.add_command(_command)
 for _command in DB_COMMANDS:
     db.add_command(_command)
+for _command in PAUSE_COMMANDS:
+    workflows_group.add_command(_command)
 
 if __name__ == "__main__":
     main()

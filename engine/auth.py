@@ -27,6 +27,8 @@ MAX_JTI_LENGTH = 64
 ADMIN_RUNS_SCOPE = "admin.runs"
 ADMIN_LIFE_SCOPE = "admin.life"  # another subject's wellness summary (engine.life)
 ADMIN_SCHEDULES_SCOPE = "admin.schedules"  # every caller's schedules (engine.schedules)
+# Pausing a workflow refuses every caller's new runs of it (engine.pauses).
+ADMIN_WORKFLOWS_SCOPE = "admin.workflows"
 # Every scope an endpoint checks (OPERATIONS.md § 3 lists them for operators).
 KNOWN_SCOPES = (
     "runs.read",
@@ -40,6 +42,7 @@ KNOWN_SCOPES = (
     ADMIN_RUNS_SCOPE,
     ADMIN_LIFE_SCOPE,
     ADMIN_SCHEDULES_SCOPE,
+    ADMIN_WORKFLOWS_SCOPE,
     "admin.dlq.read",
     "admin.dlq.replay",
     "admin.dlq.discard",

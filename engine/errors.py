@@ -44,6 +44,12 @@ class Conflict(EngineError):
     code, status, title = "conflict", 409, "Conflict"
 
 
+class WorkflowPaused(Conflict):
+    """A new run of a paused workflow (engine.pauses) is refused until it is resumed."""
+
+    code, title = "workflow_paused", "Workflow paused"
+
+
 class PermissionDenied(EngineError):
     code, status, title = "permission_denied", 403, "Forbidden"
 

@@ -82,7 +82,8 @@ webhook_deliveries_total = Counter(
 DLQ_EVENTS = ("added", "replayed", "discarded")
 for _event in DLQ_EVENTS:
     dlq_events_total.labels(event=_event)
-SCHEDULE_OUTCOMES = ("submitted", "duplicate", "refused")
+# paused: its workflow is paused (engine.pauses), an operator's choice: no alert counts it.
+SCHEDULE_OUTCOMES = ("submitted", "duplicate", "refused", "paused")
 for _outcome in SCHEDULE_OUTCOMES:
     schedule_fires_total.labels(outcome=_outcome)
 # delivered: a 2xx; retried: another attempt is due later; gone: a 410 stopped it; expired:

@@ -97,6 +97,18 @@ class Workflow(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class WorkflowPause(Base):
+    """A paused workflow (every version of it): no new run of it is submitted while this row
+    exists (engine.pauses); resuming deletes it. Runs already submitted go on."""
+
+    __tablename__ = "workflow_pauses"
+
+    workflow: Mapped[str] = mapped_column(String(100), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(500))
+    paused_by: Mapped[str] = mapped_column(String(200))
+    paused_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Run(Base):
     __tablename__ = "runs"
     __table_args__ = (

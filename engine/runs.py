@@ -10,11 +10,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, bindparam, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Row,
+    and_,
+    bindparam,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from engine import audit, cursors, metrics, workflows
+from engine import audit, cursors, metrics, pauses, workflows
 from engine.attempts import INLINE_MARK
 from engine.auth import Caller
 from engine.config import Settings
@@ -31,21 +41,29 @@ from engine.work import (
 steps = Step.__table__
 runs = Run.__table__
 
-_INSERT_RUN = insert(runs)
-# A run of the latest version, inserted only while its version is still the latest: the
-# submitting process takes the latest version from memory (engine.workflows), and this one
-# statement replaces the read of it.
+# Every run's INSERT is one statement guarded by its workflow not being paused
+# (engine.pauses): a paused workflow's INSERT writes nothing, and costs no read to find out.
+# A run of the latest version is also inserted only while its version is still the latest:
+# the submitting process takes the latest version from memory (engine.workflows), and this
+# one statement replaces the read of it.
 _RUN_VALUES = {column.key: bindparam(column.key, type_=column.type) for column in runs.columns}
-_INSERT_RUN_OF_LATEST = (
-    insert(runs)
-    .from_select(
-        list(_RUN_VALUES),
-        select(*_RUN_VALUES.values()).where(
-            workflows.latest_version_is(_RUN_VALUES["workflow"], _RUN_VALUES["version"])
-        ),
+
+
+def _guarded_insert(condition: ColumnElement[bool]) -> Any:
+    return (
+        insert(runs)
+        .from_select(list(_RUN_VALUES), select(*_RUN_VALUES.values()).where(condition))
+        # SQLAlchemy keeps an INSERT's rowcount only when asked (psycopg's would be lost).
+        .execution_options(preserve_rowcount=True)
     )
-    # SQLAlchemy keeps an INSERT's rowcount only when asked (psycopg's would be lost).
-    .execution_options(preserve_rowcount=True)
+
+
+_INSERT_RUN = _guarded_insert(pauses.not_paused(_RUN_VALUES["workflow"]))
+_INSERT_RUN_OF_LATEST = _guarded_insert(
+    and_(
+        workflows.latest_version_is(_RUN_VALUES["workflow"], _RUN_VALUES["version"]),
+        pauses.not_paused(_RUN_VALUES["workflow"]),
+    )
 )
 
 
@@ -73,10 +91,11 @@ def submit(
     *,
     remembered: bool = True,
 ) -> tuple[Any, Work, bool]:
-    """Insert a queued run: returns it (a Run with an idempotency key, else a row of the
-    values inserted, its attributes named as the model's), its work, and whether it was
-    created. With an idempotency key, a repeat returns the first run
-    (created=False); the same key with another body is a Conflict. Without a version, the
+    """Insert a queued run: returns it (a Run for a repeat with an idempotency key, else a
+    row of the values inserted, its attributes named as the model's), its work, and whether
+    it was created; WorkflowPaused while its workflow is paused (engine.pauses). With an
+    idempotency key, a repeat returns the first run (created=False), even while paused; the
+    same key with another body is a Conflict. Without a version, the
     latest this process remembers is tried first (`remembered`), then read again when a
     newer one was registered since. Without a key, in a session that has not begun, the
     run's INSERT is a transaction of its own on PostgreSQL (engine.db.statement_by_statement):
@@ -128,19 +147,23 @@ def submit(
         # is a row of the values as inserted (attributes named as the model's), not in the
         # session.
         if not remembered:
-            session.execute(_INSERT_RUN, values)
+            if changed(session.execute(_INSERT_RUN, values)) != 1:
+                raise pauses.refusal(session, workflow.name)
         elif changed(session.execute(_INSERT_RUN_OF_LATEST, values)) != 1:
-            # A newer version was registered since this process read the latest.
+            # A newer version was registered since this process read the latest, or the
+            # workflow is paused: the read of the latest tells which.
             return submit(session, settings, request, caller, remembered=False)
         run: Any = _RunRow(**values)
     else:
-        run = Run(**values)
         try:
             with session.begin_nested():
-                session.add(run)
+                inserted = changed(session.execute(_INSERT_RUN, values))
         except IntegrityError:
             # Another request with the same key won the race; answer as a repeat would.
             return submit(session, settings, request, caller)
+        if inserted != 1:
+            raise pauses.refusal(session, workflow.name)
+        run = _RunRow(**values)
     work = Work([plan_dispatch(run.id, workflow, settings, run.priority)])
     return run, work, True
 

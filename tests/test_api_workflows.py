@@ -41,7 +41,8 @@ def test_a_json_spec_is_registered_once_and_the_same_spec_again_is_a_no_op(
     first = client.post("/workflows", json=body, headers=writer(database))
     assert first.status_code == 201, first.get_json()
     created = first.get_json()
-    assert set(created) == {"name", "version", "spec", "created_at"}
+    assert set(created) == {"name", "version", "spec", "created_at", "paused", "pause"}
+    assert created["paused"] is False and created["pause"] is None
     assert (created["name"], created["version"], created["spec"]) == (unique, 1, body)
     assert created["created_at"].endswith("Z")
     assert first.headers["Location"].endswith(f"/workflows/{unique}?version=1")

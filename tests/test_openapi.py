@@ -261,6 +261,12 @@ def test_real_answers_match_the_documented_shapes_and_statuses(
     answer("get", "/workflows", status=200, headers=headers)
     answer("get", "/workflows/{name}", status=200, name=unique, headers=headers)
     answer("post", "/workflows/{name}/plan", status=200, name=unique, headers=headers)
+    why = {"json": {"reason": "docs"}, "name": unique, "headers": headers}
+    answer("post", "/workflows/{name}/pause", status=200, **why)
+    answer("get", "/workflows/{name}", status=200, name=unique, headers=headers)
+    answer("get", "/workflows", status=200, headers=headers)
+    answer("post", "/runs", status=409, json={"workflow": unique}, headers=headers)
+    answer("post", "/workflows/{name}/resume", status=200, name=unique, headers=headers)
 
     every_hour = {"name": unique, "workflow": unique, "cron": "0 * * * *"}
     answer("post", "/schedules", status=201, json=every_hour, headers=headers)
@@ -324,6 +330,7 @@ VALID_BODIES: dict[str, dict[str, Any]] = {
     "/admin/dlq/{letter_id}/replay": {"reason": "r"},
     "/admin/dlq/{letter_id}/discard": {"reason": "r"},
     "/admin/dlq/replay": {"filter": {}, "dry_run": True},
+    "/workflows/{name}/pause": {"reason": "r"},
 }
 
 

@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import delete, select, update
 
 import celeryconfig
+from engine import pauses
 from engine.auth import Caller
 from engine.models import Run
 from engine.schedules import firing, manage, timing
@@ -217,6 +218,32 @@ def test_a_schedule_whose_workflow_no_longer_takes_its_params_says_why_and_moves
     assert after.next_fire_at == datetime(2026, 6, 1, 12, 10, tzinfo=UTC)
     assert counted("schedule_fires_total", outcome="refused") == refused + 1
     assert runs_of(database, unique) == []
+
+
+def test_a_paused_workflows_schedule_submits_nothing_says_why_and_fires_again_once_resumed(
+    database: Stack, unique: str
+) -> None:
+    database.register(spec(unique, [{"id": "a", "action": "noop"}]))
+    schedule_id = create(database, unique)
+    with database.sessions.begin() as session:
+        pauses.pause(session, unique, "partner API down", "ops@example.com")
+    refused = counted("schedule_fires_total", outcome="refused")
+    paused = counted("schedule_fires_total", outcome="paused")
+
+    assert tick(database, datetime(2026, 6, 1, 12, 5, tzinfo=UTC)).runs == {}
+    after = schedule(database, schedule_id)
+    assert "WorkflowPaused" in (after.last_error or "")
+    assert "partner API down" in (after.last_error or "")
+    assert after.next_fire_at == datetime(2026, 6, 1, 12, 10, tzinfo=UTC)
+    assert counted("schedule_fires_total", outcome="paused") == paused + 1
+    assert counted("schedule_fires_total", outcome="refused") == refused  # no alert
+    assert runs_of(database, unique) == []
+
+    with database.sessions.begin() as session:
+        pauses.resume(session, unique, "ops@example.com")
+    assert unique in tick(database, datetime(2026, 6, 1, 12, 10, tzinfo=UTC)).runs
+    assert len(runs_of(database, unique)) == 1
+    assert schedule(database, schedule_id).last_error is None
 
 
 def test_a_daily_schedule_keeps_its_local_time_across_a_dst_change(

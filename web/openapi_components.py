@@ -58,6 +58,7 @@ REQUESTS: dict[str, dict[str, Any]] = {
     "RevokeToken": tokens.REVOKE,
     "CreateSchedule": schemas.CREATE_SCHEDULE,
     "PatchSchedule": schemas.PATCH_SCHEDULE,
+    "PauseWorkflow": schemas.PAUSE_WORKFLOW,
 }
 
 STEP = shape(
@@ -178,6 +179,15 @@ RATE_LIMITED: dict[str, Any] = {
     },
 }
 
+# Whether a workflow is paused (engine.pauses), and by whom, when and why (null: not paused).
+WORKFLOW_PAUSE: dict[str, Any] = {
+    "paused": {"type": "boolean"},
+    "pause": {
+        **shape({"reason": STRING, "paused_by": STRING, "paused_at": TIME}),
+        "type": ["object", "null"],
+    },
+}
+
 # The answers, each shape once.
 RESPONSES: dict[str, dict[str, Any]] = {
     "Problem": PROBLEM,
@@ -190,11 +200,13 @@ RESPONSES: dict[str, dict[str, Any]] = {
             "version": INTEGER,
             "spec": {"type": "object"},
             "created_at": TIME,
+            **WORKFLOW_PAUSE,
             "versions": {"type": "array", "items": INTEGER},
         },
         optional=("versions",),  # on GET /workflows/{name}: every version of that name
     ),
     "WorkflowList": page("Workflow"),
+    "WorkflowPauseState": shape({"workflow": STRING, **WORKFLOW_PAUSE}),
     "Plan": shape({"workflow": STRING, "stages": {"type": "array", "items": STRINGS}}),
     "DeadLetter": DEAD_LETTER,
     "DeadLetterGroup": GROUP,

@@ -152,8 +152,9 @@ OPERATIONS: list[Operation] = [
         "post",
         "/runs",
         "runs.write",
-        "Submit a run: 202 new; 200 a repeat with the same Idempotency-Key; a webhook_url is "
-        "POSTed a signed run.finished event when it finishes",
+        "Submit a run: 202 new; 200 a repeat with the same Idempotency-Key; 409 "
+        "workflow_paused while its workflow is paused; a webhook_url is POSTed a signed "
+        "run.finished event when it finishes",
         {202: "Run", 200: "Run"},
         body("SubmitRun"),
         (IDEMPOTENCY_KEY,),
@@ -224,6 +225,23 @@ OPERATIONS: list[Operation] = [
         "A workflow (latest or ?version=)",
         {200: "Workflow"},
         parameters=VERSION_QUERY,
+    ),
+    Operation(
+        "post",
+        "/workflows/{name}/pause",
+        "admin.workflows",
+        "Pause a workflow (every version): new runs of it (POST /runs, schedules) are refused "
+        "with 409 workflow_paused until it is resumed; runs already submitted go on. Pausing "
+        "a paused one changes nothing",
+        {200: "WorkflowPauseState"},
+        body("PauseWorkflow"),
+    ),
+    Operation(
+        "post",
+        "/workflows/{name}/resume",
+        "admin.workflows",
+        "Resume a paused workflow: new runs of it are taken again",
+        {200: "WorkflowPauseState"},
     ),
     Operation(
         "post",

@@ -57,6 +57,12 @@ PATCH_SCHEDULE = {
         "priority": CREATE_SCHEDULE["properties"]["priority"],
     },
 }
+PAUSE_WORKFLOW = {
+    "type": "object",
+    "required": ["reason"],
+    "additionalProperties": False,
+    "properties": {"reason": {"type": "string", "minLength": 1, "maxLength": 500}},
+}
 PLAN = {
     "type": "object",
     "additionalProperties": False,

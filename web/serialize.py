@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Row
 
 from engine import webhooks
-from engine.models import DeadLetter, Run, Step, Workflow, timestamp
+from engine.models import DeadLetter, Run, Step, Workflow, WorkflowPause, timestamp
 from engine.schedules.models import Schedule
 
 
@@ -59,12 +59,27 @@ def step(row: Step | Row[Any]) -> dict[str, Any]:
     }
 
 
-def workflow(row: Workflow) -> dict[str, Any]:
+def workflow(row: Workflow, pause: WorkflowPause | None) -> dict[str, Any]:
     return {
         "name": row.name,
         "version": row.version,
         "spec": row.spec,
         "created_at": timestamp(row.created_at),
+        **workflow_pause(pause),
+    }
+
+
+def workflow_pause(pause: WorkflowPause | None) -> dict[str, Any]:
+    """Whether a workflow is paused (engine.pauses), and by whom, when and why."""
+    if pause is None:
+        return {"paused": False, "pause": None}
+    return {
+        "paused": True,
+        "pause": {
+            "reason": pause.reason,
+            "paused_by": pause.paused_by,
+            "paused_at": timestamp(pause.paused_at),
+        },
     }
 
 

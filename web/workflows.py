@@ -1,4 +1,4 @@
-"""Workflows: register versions (JSON or YAML), read them, dry-run plans."""
+"""Workflows: register versions (JSON or YAML), read them, dry-run plans, pause and resume."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ from typing import Any
 
 from flask import Blueprint, current_app, request, url_for
 
-from engine import spec_text, specs, workflows
+from engine import pauses, spec_text, specs, workflows
+from engine.auth import ADMIN_WORKFLOWS_SCOPE
 from engine.errors import InvalidInput
 from web import schemas, serialize
-from web.auth import require_scopes
+from web.auth import current_caller, require_scopes
 from web.db import get_session
 
 bp = Blueprint("workflows", __name__, url_prefix="/workflows")
@@ -23,10 +24,13 @@ def list_workflows() -> Any:
     limit = schemas.query_int(
         "limit", settings.page_limit_default, minimum=1, maximum=settings.page_limit_max
     )
+    session = get_session()
     rows, following = workflows.list_latest_page(
-        get_session(), limit=limit, cursor=request.args.get("cursor")
+        session, limit=limit, cursor=request.args.get("cursor")
     )
-    return serialize.page([serialize.workflow(row) for row in rows], following)
+    paused = pauses.paused(session, [row.name for row in rows])
+    items = [serialize.workflow(row, paused.get(row.name)) for row in rows]
+    return serialize.page(items, following)
 
 
 @bp.post("")
@@ -44,9 +48,10 @@ def register_workflow() -> Any:
         )
     session = get_session()
     workflow, created = workflows.register(session, spec, current_app.config["SETTINGS"])
+    body = serialize.workflow(workflow, pauses.paused(session, [workflow.name]).get(workflow.name))
     session.commit()
     location = url_for("workflows.get_workflow", name=workflow.name, version=workflow.version)
-    return serialize.workflow(workflow), 201 if created else 200, {"Location": location}
+    return body, 201 if created else 200, {"Location": location}
 
 
 @bp.get("/<name>")
@@ -62,7 +67,7 @@ def get_workflow(name: str) -> Any:
         )
     session = get_session()
     row = workflows.get(session, name, int(version) if version else None)
-    body = serialize.workflow(row)
+    body = serialize.workflow(row, pauses.paused(session, [name]).get(name))
     body["versions"] = [item.version for item in workflows.list_versions(session, name)]
     return body
 
@@ -79,3 +84,23 @@ def plan_workflow(name: str) -> Any:
         body.get("version"),
     )
     return {"workflow": name, "stages": stages}
+
+
+@bp.post("/<name>/pause")
+@require_scopes(ADMIN_WORKFLOWS_SCOPE)
+def pause_workflow(name: str) -> Any:
+    body = schemas.json_body(schemas.PAUSE_WORKFLOW)
+    session = get_session()
+    pause, _ = pauses.pause(session, name, body["reason"], current_caller().sub)
+    answer = {"workflow": name, **serialize.workflow_pause(pause)}
+    session.commit()
+    return answer
+
+
+@bp.post("/<name>/resume")
+@require_scopes(ADMIN_WORKFLOWS_SCOPE)
+def resume_workflow(name: str) -> Any:
+    session = get_session()
+    pauses.resume(session, name, current_caller().sub)
+    session.commit()
+    return {"workflow": name, **serialize.workflow_pause(None)}

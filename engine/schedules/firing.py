@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from engine import metrics, runs
 from engine.auth import Caller
 from engine.config import Settings
-from engine.errors import EngineError
+from engine.errors import EngineError, WorkflowPaused
 from engine.models import in_utc, timestamp
 from engine.schedules import timing
 from engine.schedules.models import Schedule
@@ -98,6 +98,12 @@ def _fire(
     creator = Caller(schedule.created_by, tuple(schedule.created_scopes or ()))
     try:
         run, work, created = runs.submit(session, settings, request, creator)
+    except WorkflowPaused as exc:
+        # An operator stopped the workflow: this fire time passes without a run (it is not
+        # made up on resume), and the schedule says why; not counted as refused, which alerts.
+        log.info("schedule %s (%s): no run submitted: %s", schedule.id, schedule.name, exc)
+        metrics.schedule_fires_total.labels(outcome="paused").inc()
+        schedule.last_error = f"{type(exc).__name__}: {exc}"
     except EngineError as exc:
         # The workflow (or its version) is gone, or its latest version wants other params:
         # this fire submits nothing, and the schedule says why until a fire succeeds.
