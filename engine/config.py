@@ -155,11 +155,13 @@ class Settings:
     rate_limit_writes: str = ""
     rate_limit_reads: str = ""
     rate_limit_storage_url: str = ""
-    # Webhooks (engine.webhooks): the secret that signs each delivery, the timeout of one
+    # Webhooks (engine.webhooks): the secret that signs each delivery (and, during a
+    # rotation, the previous ones, which sign it too, after it), the timeout of one
     # attempt, how long a delivery is retried (exponential backoff with jitter from
     # webhook_backoff_s up to webhook_max_backoff_s) before it is marked failed, how often
     # beat looks for due deliveries, and how many one look records and sends.
     webhook_secret: str = field(default="", repr=False)
+    webhook_previous_secrets: tuple[str, ...] = field(default=(), repr=False)
     webhook_timeout_s: float = 10.0
     webhook_max_age_hours: float = 72.0
     webhook_backoff_s: float = 30.0
@@ -283,6 +285,7 @@ class Settings:
             rate_limit_reads=env.get("RATE_LIMIT_READS", cls.rate_limit_reads).strip(),
             rate_limit_storage_url=env.get("RATE_LIMIT_STORAGE_URL", "").strip(),
             webhook_secret=webhook_secret,
+            webhook_previous_secrets=_csv(env.get("WEBHOOK_PREVIOUS_SECRETS")),
             webhook_timeout_s=number("WEBHOOK_TIMEOUT_S", cls.webhook_timeout_s),
             webhook_max_age_hours=number("WEBHOOK_MAX_AGE_HOURS", cls.webhook_max_age_hours),
             webhook_backoff_s=number("WEBHOOK_BACKOFF_S", cls.webhook_backoff_s),

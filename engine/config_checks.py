@@ -217,12 +217,20 @@ def _retention(settings: Settings) -> list[str]:
 
 
 def _webhooks(settings: Settings) -> list[str]:
-    """The webhooks' secret, timing and batch."""
+    """The webhooks' secrets, timing and batch."""
     found: list[str] = []
     if settings.env == "production" and len(settings.webhook_secret) < MIN_SECRET_LENGTH:
         found.append(
             f"WEBHOOK_SECRET is too weak: use at least {MIN_SECRET_LENGTH} characters "
             "(openssl rand -hex 32)"
+        )
+    weak = [s for s in settings.webhook_previous_secrets if len(s) < MIN_SECRET_LENGTH]
+    if settings.env == "production" and weak:
+        # A previous secret signs every delivery too: a receiver still accepting it would
+        # accept a delivery forged with it.
+        found.append(
+            f"WEBHOOK_PREVIOUS_SECRETS holds {len(weak)} secret(s) under {MIN_SECRET_LENGTH} "
+            "characters: a delivery signed with one would be accepted; drop them"
         )
     if (
         min(settings.webhook_timeout_s, settings.webhook_max_age_hours, settings.webhook_interval_s)

@@ -113,14 +113,16 @@ def claim_due(session: Session, settings: Settings, now: datetime) -> list[Attem
 
 
 def send(attempt: Attempt, settings: Settings) -> Result:
-    """POST the event, signed with WEBHOOK_SECRET at the current time; its Result."""
+    """POST the event, signed now with the secrets of `settings` (WEBHOOK_SECRET, then any
+    WEBHOOK_PREVIOUS_SECRETS): a retry is signed with those of its own attempt; its Result."""
+    secrets = (settings.webhook_secret, *settings.webhook_previous_secrets)
     body = json.dumps(attempt.payload, separators=(",", ":"), sort_keys=True).encode()
     headers = {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
         "Engine-Event": webhooks.EVENT_TYPE,
         "Engine-Event-Id": attempt.id,
-        "Engine-Signature": webhooks.sign(settings.webhook_secret, int(time.time()), body),
+        "Engine-Signature": webhooks.sign(secrets, int(time.time()), body),
     }
     client = outbound.session(outbound.Policy.from_settings(settings), 0)
     try:

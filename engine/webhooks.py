@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -96,10 +97,18 @@ def _url_problem(url: Any, settings: Settings) -> str | None:
     return None
 
 
-def sign(secret: str, at: int, body: bytes) -> str:
-    """The Engine-Signature header: HMAC-SHA256 of `<at>.<body>` under the secret."""
-    digest = hmac.new(secret.encode(), str(at).encode() + b"." + body, hashlib.sha256)
-    return f"t={at},v1={digest.hexdigest()}"
+def sign(secrets: Sequence[str], at: int, body: bytes) -> str:
+    """The Engine-Signature header: `t=<at>`, then one `v1=` per secret, in their order (the
+    current one first, then any previous ones of a rotation), each the HMAC-SHA256 of
+    `<at>.<body>` under that secret. A receiver accepts the delivery if any one matches."""
+    signed = str(at).encode() + b"." + body
+    return ",".join(
+        [f"t={at}"]
+        + [
+            f"v1={hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()}"
+            for secret in dict.fromkeys(secrets)
+        ]
+    )
 
 
 def run_summary(run: Any) -> dict[str, Any]:

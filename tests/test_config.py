@@ -172,13 +172,19 @@ def test_the_repr_of_settings_shows_no_secret_and_no_password(tmp_path: Path) ->
             tmp_path,
             JWT_SECRET="jwt-current-" + "c" * 30,
             JWT_PREVIOUS_SECRETS="jwt-previous-" + "p" * 30,
+            WEBHOOK_SECRET="hook-current-" + "c" * 30,
+            WEBHOOK_PREVIOUS_SECRETS=" hook-previous-" + "p" * 30 + ", hook-older-" + "o" * 30,
             DATABASE_URL="postgresql+psycopg://engine:pg-pass%40word@db:5432/engine",
             REDIS_URL="redis://default:redis-pass-word@cache:6379/0",
         )
     )
     shown = repr(settings)
-    for secret in ("jwt-current-", "jwt-previous-", "pg-pass", "redis-pass-word"):
+    for secret in ("jwt-current-", "jwt-previous-", "hook-", "pg-pass", "redis-pass-word"):
         assert secret not in shown
+    assert settings.webhook_previous_secrets == (
+        "hook-previous-" + "p" * 30,
+        "hook-older-" + "o" * 30,
+    )
     assert "postgresql+psycopg://engine:***@db:5432/engine" in shown
     assert "redis://default:***@cache:6379/0" in shown
     # The settings themselves keep what they were given.
@@ -201,6 +207,23 @@ def test_production_refuses_a_weak_previous_secret_as_it_refuses_a_weak_current_
     )
     development = {"JWT_PREVIOUS_SECRETS": "short-one"}
     assert Settings.from_env(environment(tmp_path, **development)).jwt_previous_secrets
+
+
+def test_production_refuses_a_weak_previous_webhook_secret_naming_the_setting(
+    tmp_path: Path,
+) -> None:
+    # A previous secret signs every delivery too: a receiver still accepting it would take
+    # a delivery forged with it.
+    strong = "p" * 40
+    production = {"ENGINE_ENV": "production", "WEBHOOK_PREVIOUS_SECRETS": f"{strong},short-one"}
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env(environment(tmp_path, **production))
+    assert "WEBHOOK_PREVIOUS_SECRETS" in str(refused.value)
+    assert "short-one" not in str(refused.value)
+    accepted = environment(tmp_path, **{**production, "WEBHOOK_PREVIOUS_SECRETS": strong})
+    assert Settings.from_env(accepted).webhook_previous_secrets == (strong,)
+    development = {"WEBHOOK_PREVIOUS_SECRETS": "short-one"}
+    assert Settings.from_env(environment(tmp_path, **development)).webhook_previous_secrets
 
 
 def test_the_http_action_settings_are_read_and_checked(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,17 @@ from tests.support.stack import Stack
 from workers.factory import make_celery
 
 SECRET = "webhook-test-secret-" + "w" * 30
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_verify() -> Callable[[str, bytes, str], bool]:
+    """The `verify` of README's receiver snippet, run as a receiver would paste it."""
+    text = README.read_text()
+    section = text[text.index("## Being told when a run finishes") :]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(code, namespace)
+    return namespace["verify"]
 
 
 @pytest.fixture(scope="module")
@@ -88,16 +99,23 @@ def deliveries(platform: Stack, run_id: str) -> list[WebhookDelivery]:
         )
 
 
+def signatures(received: Received) -> tuple[str, list[str]]:
+    """The timestamp and the v1 signatures of a request's Engine-Signature, in order."""
+    stamp, *rest = received.headers["Engine-Signature"].split(",")
+    assert stamp.startswith("t=") and all(part.startswith("v1=") for part in rest)
+    return stamp[2:], [part[3:] for part in rest]
+
+
+def hmac_of(secret: str, stamp: str, body: bytes) -> str:
+    return hmac.new(secret.encode(), stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
 def verified(received: Received) -> dict[str, Any]:
     """The event a request carries, once its signature checks out as README tells."""
-    stamp, signature = (
-        part.split("=", 1)[1] for part in received.headers["Engine-Signature"].split(",")
-    )
-    expected = hmac.new(
-        SECRET.encode(), stamp.encode() + b"." + received.body, hashlib.sha256
-    ).hexdigest()
-    assert hmac.compare_digest(expected, signature)
+    stamp, [signature] = signatures(received)
+    assert hmac.compare_digest(hmac_of(SECRET, stamp, received.body), signature)
     assert abs(time.time() - int(stamp)) < 300
+    assert readme_verify()(SECRET, received.body, received.headers["Engine-Signature"])
     event = json.loads(received.body)
     assert received.method == "POST"
     assert received.headers["Engine-Event"] == "run.finished" == event["type"]
@@ -188,6 +206,52 @@ def test_a_receiver_that_answers_500_is_retried_with_growing_backoff_until_it_an
     [row] = deliveries(platform, run["id"])
     assert (row.status, row.attempts, row.last_error) == ("delivered", 3, None)
     assert platform.run(run["id"])["webhook"]["status"] == "delivered"
+
+
+def test_during_a_rotation_each_attempt_is_signed_with_every_secret_set_when_it_is_sent(
+    platform: Stack, receiver: Origin, unique: str
+) -> None:
+    new, older = "webhook-new-secret-" + "n" * 30, "webhook-older-secret-" + "o" * 30
+    url = receiver.script("/hook", Answer(500), Answer(500), Answer(200))
+    run = finished_run(platform, unique, url)
+    deliver(platform, utcnow())  # before the rotation: SECRET alone
+    [row] = deliveries(platform, run["id"])
+    # The workers restart with the new secret, the old ones still signing.
+    deliver(
+        platform, row.next_attempt_at, webhook_secret=new, webhook_previous_secrets=(SECRET, older)
+    )
+    [row] = deliveries(platform, run["id"])
+    deliver(platform, row.next_attempt_at, webhook_secret=new)  # the previous ones dropped
+    before, during, after = receiver.requests_of("/hook")
+    assert before.body == during.body == after.body  # fixed when the event was recorded
+
+    stamp, given = signatures(during)
+    assert given == [hmac_of(s, stamp, during.body) for s in (new, SECRET, older)]
+    stamp, given = signatures(before)
+    assert given == [hmac_of(SECRET, stamp, before.body)]
+    stamp, given = signatures(after)
+    assert given == [hmac_of(new, stamp, after.body)]
+
+    verify = readme_verify()
+    header = during.headers["Engine-Signature"]
+    assert all(verify(secret, during.body, header) for secret in (new, SECRET, older))
+    assert not verify("webhook-other-secret-" + "x" * 30, during.body, header)
+    assert not verify(SECRET, during.body + b" ", header)
+    assert verify(SECRET, before.body, before.headers["Engine-Signature"])
+    assert not verify(new, before.body, before.headers["Engine-Signature"])
+    assert verify(new, after.body, after.headers["Engine-Signature"])
+    assert not verify(SECRET, after.body, after.headers["Engine-Signature"])
+    assert platform.run(run["id"])["webhook"]["status"] == "delivered"
+
+
+def test_the_readme_receiver_refuses_a_stale_or_unsigned_delivery() -> None:
+    verify, body = readme_verify(), b'{"id":"e"}'
+    now = str(int(time.time()))
+    assert verify(SECRET, body, webhooks.sign([SECRET], int(now), body))
+    stale = int(now) - 301
+    assert not verify(SECRET, body, webhooks.sign([SECRET], stale, body))
+    assert not verify(SECRET, body, f"t={now}")
+    assert not verify(SECRET, body, f"v1={hmac_of(SECRET, now, body)}")
 
 
 def test_the_worker_delivers_when_beat_sends_the_webhooks_task(
