@@ -28,6 +28,7 @@ from cli.workflow_pauses import COMMANDS as PAUSE_COMMANDS
 from engine import (
     actions,
     auth,
+    cancels,
     migrations,
     pauses,
     resume,
@@ -174,7 +175,7 @@ def runs_show(run_id: str) -> None:
 def runs_cancel(run_id: str) -> None:
     """Cancel a live run."""
     with session() as current:
-        _, work = runs.cancel(current, run_id, operator())
+        _, work = cancels.cancel(current, run_id, operator())
     _send(work)
     click.echo(f"cancelled {run_id}")
 

@@ -109,6 +109,9 @@ class Settings:
     bulk_replay_rate: float = 100.0
     # One bulk replay call acts on at most this many dead letters.
     bulk_replay_max: int = 10_000
+    # Runs cancelled per transaction when a workflow's live runs are cancelled at once
+    # (engine.cancels): each batch's runs are stopped as soon as it commits.
+    bulk_cancel_batch: int = 200
     # PostgreSQL's synchronous_commit for the workers' own transactions (claims, outcomes,
     # planning, reconciling). "off": a commit returns before its WAL reaches disk, and a
     # database crash can undo the last fraction of a second of step bookkeeping, which
@@ -263,6 +266,7 @@ class Settings:
             sqlite_busy_timeout_s=number("SQLITE_BUSY_TIMEOUT_S", cls.sqlite_busy_timeout_s),
             bulk_replay_rate=number("BULK_REPLAY_RATE", cls.bulk_replay_rate),
             bulk_replay_max=int(number("BULK_REPLAY_MAX", cls.bulk_replay_max)),
+            bulk_cancel_batch=int(number("BULK_CANCEL_BATCH", cls.bulk_cancel_batch)),
             worker_synchronous_commit=env.get(
                 "WORKER_SYNCHRONOUS_COMMIT", cls.worker_synchronous_commit
             ).lower(),

@@ -198,7 +198,7 @@ def _rate_limits(settings: Settings) -> list[str]:
 
 
 def _retention(settings: Settings) -> list[str]:
-    """Retention's ages and batch."""
+    """Retention's ages and batch, and a bulk cancel's batch."""
     found: list[str] = []
     for name, days in (
         ("RUN_RETENTION_DAYS", settings.run_retention_days),
@@ -209,6 +209,8 @@ def _retention(settings: Settings) -> list[str]:
                 f"{name} must be a number of days from 0 (keep forever) to "
                 f"{MAX_RETENTION_DAYS}, got {days!r}"
             )
+    if settings.bulk_cancel_batch < 1:
+        found.append(f"BULK_CANCEL_BATCH must be at least 1, got {settings.bulk_cancel_batch}")
     if settings.retention_batch_size < 1:
         found.append(
             f"RETENTION_BATCH_SIZE must be at least 1, got {settings.retention_batch_size}"

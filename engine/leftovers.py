@@ -1,7 +1,7 @@
 """Steps left live in a run that has ended, which the reconciler settles.
 
 A failed run skips its steps that have not started (engine.failures.fail_run) and a
-cancelled run cancels every live step (engine.runs.cancel). Two kinds escape that. A step
+cancelled run cancels every live step (engine.cancels.cancel). Two kinds escape that. A step
 already running when its run failed, whose whole worker then died: nothing records that
 attempt, and its lease runs out in a run the lost-lease sweep no longer looks at. And the
 steps earlier versions left pending, queued or retrying in a failed run. Both are settled

@@ -1,5 +1,6 @@
-"""Run use cases: submit, read, list, cancel. Planning is engine.planning; resuming or
-retrying a failed run is engine.resume. Callers commit, then dispatch."""
+"""Run use cases: submit, read, list. Cancelling is engine.cancels; planning is
+engine.planning; resuming or retrying a failed run is engine.resume. Callers commit, then
+dispatch."""
 
 from __future__ import annotations
 
@@ -19,23 +20,20 @@ from sqlalchemy import (
     insert,
     or_,
     select,
-    update,
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from engine import audit, cursors, metrics, pauses, workflows
-from engine.attempts import INLINE_MARK
+from engine import cursors, pauses, workflows
 from engine.auth import Caller
 from engine.config import Settings
 from engine.db import changed, statement_by_statement
-from engine.errors import Conflict, InvalidInput, InvalidTransition, NotFound
+from engine.errors import Conflict, InvalidInput, NotFound
 from engine.models import Run, Step, in_utc, new_id, utcnow
-from engine.state import RUN_LIVE, STEP_LIVE, RunStatus, StepStatus
+from engine.state import RunStatus
 from engine.work import (
     Work,
     plan_dispatch,
-    plan_task_id,
 )
 
 steps = Step.__table__
@@ -273,45 +271,3 @@ def list_runs(
         encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
     )
     return rows[:limit], following
-
-
-def cancel(session: Session, run_id: str, caller: Caller) -> tuple[Run, Work]:
-    """Cancel a live run: every step not yet finished is cancelled, in one transaction, and
-    the tasks running its steps (or carrying them inline) are to be revoked and terminated.
-    A message still waiting for one of its steps is refused when it arrives (its claim
-    finds the step cancelled)."""
-    run = get_run(session, run_id, caller)
-    if run.status not in RUN_LIVE:
-        raise InvalidTransition(f"run {run_id} is {run.status} and cannot be cancelled")
-    now = utcnow()
-    if not changed(
-        session.execute(
-            update(runs)
-            .where(runs.c.id == run_id, runs.c.status.in_(RUN_LIVE))
-            .values(status=RunStatus.CANCELLED, finished_at=now, error="cancelled by " + caller.sub)
-        )
-    ):
-        raise Conflict(f"run {run_id} changed while it was being cancelled; try again")
-    stopped = session.execute(
-        update(steps)
-        .where(steps.c.run_id == run_id, steps.c.status.in_(STEP_LIVE))
-        .values(status=StepStatus.CANCELLED, finished_at=now, lease_expires_at=None)
-        .returning(steps.c.task_id, steps.c.worker)
-    ).all()
-    if caller.sub != run.created_by:
-        audit.record(
-            session,
-            actor=caller.sub,
-            action="run.cancel",
-            target=f"run:{run_id}",
-            detail={"owner": run.created_by, "steps_cancelled": len(stopped)},
-        )
-    metrics.runs_total.labels(workflow=run.workflow, status="cancelled").inc()
-    session.refresh(run)
-    # A step running inline is carried by another task (named in its worker label): stop
-    # that one too, or the action would run on to its end.
-    carriers = [
-        row.worker.rsplit(INLINE_MARK, 1)[1] for row in stopped if INLINE_MARK in (row.worker or "")
-    ]
-    revoke = [row.task_id for row in stopped if row.task_id] + carriers + [plan_task_id(run_id)]
-    return run, Work(revoke=list(dict.fromkeys(revoke)))

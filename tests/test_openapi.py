@@ -266,6 +266,10 @@ def test_real_answers_match_the_documented_shapes_and_statuses(
     answer("get", "/workflows/{name}", status=200, name=unique, headers=headers)
     answer("get", "/workflows", status=200, headers=headers)
     answer("post", "/runs", status=409, json={"workflow": unique}, headers=headers)
+    stop = {**why, "json": {"reason": "docs", "cancel_running": True}}
+    assert (
+        answer("post", "/workflows/{name}/pause", status=200, **stop).get_json()["cancelled"] == 0
+    )
     answer("post", "/workflows/{name}/resume", status=200, name=unique, headers=headers)
 
     every_hour = {"name": unique, "workflow": unique, "cron": "0 * * * *"}

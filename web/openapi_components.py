@@ -207,6 +207,10 @@ RESPONSES: dict[str, dict[str, Any]] = {
     ),
     "WorkflowList": page("Workflow"),
     "WorkflowPauseState": shape({"workflow": STRING, **WORKFLOW_PAUSE}),
+    # With cancel_running: how many live runs of it were cancelled.
+    "PausedWorkflow": shape(
+        {"workflow": STRING, **WORKFLOW_PAUSE, "cancelled": INTEGER}, optional=("cancelled",)
+    ),
     "Plan": shape({"workflow": STRING, "stages": {"type": "array", "items": STRINGS}}),
     "DeadLetter": DEAD_LETTER,
     "DeadLetterGroup": GROUP,

@@ -232,8 +232,11 @@ OPERATIONS: list[Operation] = [
         "admin.workflows",
         "Pause a workflow (every version): new runs of it (POST /runs, schedules) are refused "
         "with 409 workflow_paused until it is resumed; runs already submitted go on. Pausing "
-        "a paused one changes nothing",
-        {200: "WorkflowPauseState"},
+        "a paused one changes nothing. With cancel_running: true (which needs admin.runs too) "
+        "every live run of it is then cancelled, as POST /runs/{run_id}/cancel would, a batch "
+        "of BULK_CANCEL_BATCH runs per transaction, audited once (workflow.cancel_runs); the "
+        "answer's cancelled counts them",
+        {200: "PausedWorkflow"},
         body("PauseWorkflow"),
     ),
     Operation(

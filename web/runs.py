@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, request, url_for
 
-from engine import resume, runs, webhooks
+from engine import cancels, resume, runs, webhooks
 from engine.errors import InvalidInput
 from web import events, schemas, serialize
 from web.auth import current_caller, request_claims, require_scopes
@@ -99,7 +99,7 @@ def run_events(run_id: str) -> Any:
 @require_scopes("runs.write")
 def cancel_run(run_id: str) -> Any:
     session = get_session()
-    run, work = runs.cancel(session, run_id, current_caller())
+    run, work = cancels.cancel(session, run_id, current_caller())
     session.commit()
     send(work)
     return serialize.run(run, runs.run_steps(session, run_id))

@@ -61,7 +61,10 @@ PAUSE_WORKFLOW = {
     "type": "object",
     "required": ["reason"],
     "additionalProperties": False,
-    "properties": {"reason": {"type": "string", "minLength": 1, "maxLength": 500}},
+    "properties": {
+        "reason": {"type": "string", "minLength": 1, "maxLength": 500},
+        "cancel_running": {"type": "boolean"},
+    },
 }
 PLAN = {
     "type": "object",

@@ -6,12 +6,13 @@ from typing import Any
 
 from flask import Blueprint, current_app, request, url_for
 
-from engine import pauses, spec_text, specs, workflows
+from engine import cancels, pauses, spec_text, specs, workflows
 from engine.auth import ADMIN_WORKFLOWS_SCOPE
 from engine.errors import InvalidInput
 from web import schemas, serialize
 from web.auth import current_caller, require_scopes
 from web.db import get_session
+from web.dispatch import send
 
 bp = Blueprint("workflows", __name__, url_prefix="/workflows")
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
@@ -89,11 +90,27 @@ def plan_workflow(name: str) -> Any:
 @bp.post("/<name>/pause")
 @require_scopes(ADMIN_WORKFLOWS_SCOPE)
 def pause_workflow(name: str) -> Any:
+    """With cancel_running (admin.runs too), the live runs are then cancelled, a batch per
+    transaction, each batch's tasks stopped after its commit."""
     body = schemas.json_body(schemas.PAUSE_WORKFLOW)
+    caller = current_caller()
+    if body.get("cancel_running"):
+        cancels.require_bulk_scope(caller)
     session = get_session()
-    pause, _ = pauses.pause(session, name, body["reason"], current_caller().sub)
-    answer = {"workflow": name, **serialize.workflow_pause(pause)}
+    pause, _ = pauses.pause(session, name, body["reason"], caller.sub)
+    answer: dict[str, Any] = {"workflow": name, **serialize.workflow_pause(pause)}
     session.commit()
+    if body.get("cancel_running"):
+        answer["cancelled"] = 0
+        for batch in cancels.cancel_workflow_runs(
+            current_app.extensions["engine.sessions"],
+            name,
+            caller,
+            body["reason"],
+            batch_size=current_app.config["SETTINGS"].bulk_cancel_batch,
+        ):
+            send(batch.work)
+            answer["cancelled"] += batch.cancelled
     return answer
 
 
