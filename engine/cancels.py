@@ -81,11 +81,11 @@ def cancel_workflow_runs(
     batch_size: int = BATCH_DEFAULT,
 ) -> Iterator[Batch]:
     """Cancel every live run of `workflow`, `batch_size` runs per transaction (oldest
-        first); yields each batch after its commit, for the caller to send its work. The caller
+    first); yields each batch after its commit, for the caller to send its work. The caller
     needs admin.runs (check require_bulk_scope before anything else is done). One audit
-        event (workflow.cancel_runs, with the count and the reason) is written in the last
-        batch's transaction, instead of a run.cancel per run. A run that finished meanwhile is
-        left as it finished. Call it after pausing the workflow, or new runs may keep coming."""
+    event (workflow.cancel_runs, with the count and the reason) is written in the last
+    batch's transaction, instead of a run.cancel per run. A run that finished meanwhile is
+    left as it finished. Call it after pausing the workflow, or new runs may keep coming."""
     require_bulk_scope(caller)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
