@@ -139,6 +139,9 @@ def send(attempt: Attempt, settings: Settings) -> Result:
         return Result("refused", f"refused: {exc}")
     except requests.RequestException as exc:
         return Result("retried", f"{type(exc).__name__}")
+    except (UnicodeError, ValueError) as exc:
+        # A URL stored before the submit check refused such a host: it can never be sent.
+        return Result("refused", f"refused: {type(exc).__name__}: {exc}")
     finally:
         client.close()
     if 200 <= code < 300:
@@ -205,7 +208,11 @@ def deliver_due(
         return outcomes
 
     def deliver(attempt: Attempt) -> str:
-        result = send(attempt, settings)
+        try:
+            result = send(attempt, settings)
+        except Exception as exc:  # one attempt's fault must not end the pass for the others
+            log.exception("webhook %s (run %s): the attempt failed", attempt.id, attempt.run_id)
+            result = Result("retried", f"{type(exc).__name__}")
         with sessions.begin() as session:
             outcome = record(session, settings, attempt, result, now)
         if outcome:

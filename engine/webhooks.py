@@ -81,6 +81,12 @@ def _url_problem(url: Any, settings: Settings) -> str | None:
         return f"must use {' or '.join(schemes)}"
     if not parts.hostname:
         return "must name a host"
+    try:
+        # As the connection will: a name IDNA cannot encode (an empty or overlong label)
+        # would fail every delivery.
+        parts.hostname.encode("idna")
+    except UnicodeError:
+        return "names a host that is not a valid domain name"
     if parts.username is not None or parts.password is not None:
         return "must not carry a user name or password"
     policy = Policy.from_settings(settings)

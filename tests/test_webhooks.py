@@ -19,12 +19,12 @@ from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from engine import webhook_delivery, webhooks
 from engine.config import Settings
 from engine.errors import InvalidInput
-from engine.models import WebhookDelivery, utcnow
+from engine.models import Run, WebhookDelivery, utcnow
 from engine.webhooks import check_url
 from engine.work import WEBHOOK_TASK
 from tests.conftest import spec
@@ -357,6 +357,28 @@ def test_a_private_address_is_refused_at_delivery_unless_allowed(
     assert platform.run(run["id"])["webhook"]["status"] == "failed"
 
 
+def test_a_stored_url_no_connection_can_use_is_refused_and_the_pass_sends_the_others(
+    platform: Stack, receiver: Origin, unique: str
+) -> None:
+    """A URL stored before the submission's check refused its host (a label IDNA cannot
+    encode) fails at delivery, and must not end the pass for the other deliveries."""
+    good = finished_run(platform, unique, receiver.script("/hook", Answer(200)))
+    bad = finished_run(platform, f"{unique}_bad", receiver.script("/other", Answer(200)))
+    with platform.sessions.begin() as session:
+        session.execute(
+            update(Run)
+            .where(Run.id == bad["id"])
+            .values(webhook_url="https://a..b.example.com/hook")
+        )
+    deliver(platform)
+    [request] = receiver.requests_of("/hook")
+    assert verified(request)["data"]["run"]["id"] == good["id"]
+    [row] = deliveries(platform, bad["id"])
+    assert row.status == "failed" and "UnicodeError" in row.last_error
+    [sent] = deliveries(platform, good["id"])
+    assert sent.status == "delivered"
+
+
 @pytest.mark.parametrize(
     "url",
     [
@@ -368,6 +390,8 @@ def test_a_private_address_is_refused_at_delivery_unless_allowed(
         "https://127.0.0.1/hook",
         "https://10.1.2.3/hook",
         "https://example.com/a b",
+        "https://a..b.example.com/hook",
+        "https://" + "x" * 64 + ".example.com/hook",
         "",
         123,
     ],
