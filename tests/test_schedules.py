@@ -264,6 +264,37 @@ def test_a_daily_schedule_keeps_its_local_time_across_a_dst_change(
     assert skipped_hour == datetime(2026, 3, 29, 1, 0, tzinfo=UTC)  # 03:00 CEST
 
 
+def fires_between(expression: str, start: datetime, end: datetime) -> list[datetime]:
+    """The fire times of `expression` in Berlin from `start` to `end`, one after another."""
+    found, moment = [], start
+    while (moment := timing.next_after(expression, "Europe/Berlin", moment)) < end:
+        found.append(moment)
+    return found
+
+
+def test_a_time_a_fall_back_repeats_fires_once_unless_the_hour_is_a_wildcard() -> None:
+    # Berlin goes back from CEST (UTC+2) to CET (UTC+1) on 26 October 2025 at 03:00 local:
+    # 02:00-02:59 happens twice.
+    start = datetime(2025, 10, 25, 12, 0, tzinfo=UTC)
+    end = datetime(2025, 10, 27, 12, 0, tzinfo=UTC)
+    assert fires_between("30 2 * * *", start, end) == [
+        datetime(2025, 10, 26, 0, 30, tzinfo=UTC),  # 02:30 CEST, the first 02:30
+        datetime(2025, 10, 27, 1, 30, tzinfo=UTC),  # 02:30 CET the next day
+    ]
+    assert len(fires_between("@daily", start, end)) == 2
+    # A wildcard hour fires in both 02:30s, as cron does: it is every half hour of real time.
+    repeated = fires_between(
+        "30 * * * *",
+        datetime(2025, 10, 25, 23, 0, tzinfo=UTC),
+        datetime(2025, 10, 26, 2, 0, tzinfo=UTC),
+    )
+    assert repeated == [
+        datetime(2025, 10, 25, 23, 30, tzinfo=UTC),
+        datetime(2025, 10, 26, 0, 30, tzinfo=UTC),
+        datetime(2025, 10, 26, 1, 30, tzinfo=UTC),
+    ]
+
+
 def test_the_beat_schedule_ticks_the_schedules_task_every_schedule_tick(database: Stack) -> None:
     settings = database.settings.with_changes(schedule_tick_s=7.0)
     entry = celeryconfig.build(settings)["beat_schedule"]["schedules"]

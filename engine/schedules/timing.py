@@ -1,7 +1,9 @@
 """Cron arithmetic (croniter) in a schedule's own timezone (zoneinfo). Times go in and come
 out timezone-aware; a cron expression's wall-clock times are read in the schedule's zone,
 so a daily 02:30 stays at 02:30 local across a DST change (croniter moves a time that a
-spring-forward skips to the first one after the gap)."""
+spring-forward skips to the first one after the gap). A wall-clock time that a fall-back
+repeats fires once, at its first occurrence, when the expression names its hours; one
+whose hour field is a wildcard (`*`, `*/2`, @hourly) fires in both, as cron does."""
 
 from __future__ import annotations
 
@@ -63,7 +65,21 @@ def next_after(expression: str, timezone: str, moment: datetime) -> datetime:
             f"cron expression {expression!r} names no time after {moment.isoformat()}",
             errors=[{"field": "cron", "message": "names no future time"}],
         ) from exc
+    if found.fold == 1 and _names_its_hours(expression):
+        # The second occurrence of a wall-clock time a fall-back repeats: its first one
+        # (fold 0, an hour earlier) was this schedule's fire, or passed before it existed.
+        if found.replace(fold=0).astimezone(UTC) <= moment:
+            return next_after(expression, timezone, found.astimezone(UTC))
     return found.astimezone(UTC)
+
+
+def _names_its_hours(expression: str) -> bool:
+    """Whether the hour field fires at hours it names, not at every hour (cron runs such a
+    job once in a repeated hour, and a wildcard one in both)."""
+    fields = expression.split()
+    if len(fields) == 1:
+        return fields[0] != "@hourly"
+    return "*" not in fields[1]
 
 
 @dataclass(frozen=True)
