@@ -22,7 +22,7 @@ def schedules() -> None:
 @click.option("--cursor", default=None, help="Continue after a page (its next_cursor).")
 @click.option("--json", "as_json", is_flag=True, help="The API's JSON page (GET /schedules).")
 def schedules_list(limit: int, cursor: str | None, as_json: bool) -> None:
-    """List schedules by name: state, cron and timezone, next and last fire."""
+    """List schedules by name: state, cron and timezone, next and last fire, and owner."""
     from web import serialize
 
     with session() as current:
@@ -35,7 +35,7 @@ def schedules_list(limit: int, cursor: str | None, as_json: bool) -> None:
             click.echo(
                 f"{item.name}  {state:<7}  {item.cron!r} {item.timezone}  {item.workflow}  "
                 f"next {timestamp(item.next_fire_at) or '-'}  "
-                f"last {timestamp(item.last_fired_at) or '-'}"
+                f"last {timestamp(item.last_fired_at) or '-'}  by {item.created_by}"
             )
 
 

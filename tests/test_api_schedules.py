@@ -77,6 +77,8 @@ def test_a_schedule_is_created_listed_read_paused_resumed_and_deleted(
         ({"params": {"n": "one"}}, "params.n"),
         ({"params": {}}, "params.n"),
         ({"name": "has space"}, "name"),
+        # Shaped like a schedule id: /schedules/{ref} would not know which one it names.
+        ({"name": "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"}, "name"),
         ({"priority": 12}, "priority"),
     ],
 )
@@ -128,6 +130,9 @@ def test_the_cli_lists_pauses_every_schedule_and_resumes_one(database: Stack, un
         assert client.post("/schedules", json=body(unique, name=name), headers=headers).status_code
     listed = ok(run_engine(database.env, "schedules", "list"))
     assert f"{unique}_a  enabled" in listed and f"{unique}_b  enabled" in listed
+    # Its owner, whose token's scopes its runs carry (a leaked token's schedules are found so).
+    [line] = [line for line in listed.splitlines() if line.startswith(f"{unique}_a ")]
+    assert line.endswith("  by alice@example.com")  # database.headers' default sub
 
     assert ok(run_engine(database.env, "schedules", "pause", f"{unique}_a")).strip() == (
         f"paused {unique}_a"

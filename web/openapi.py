@@ -87,7 +87,7 @@ def describe(operation: Operation, operation_id: str | None) -> dict[str, Any]:
         responses[str(status)] = _response(HTTPStatus(status).phrase, "Problem", PROBLEM)
     if "429" in responses:
         responses["429"]["description"] = (
-            "The caller is over its rate limit (RATE_LIMIT_WRITES for POST and DELETE, "
+            "The caller is over its rate limit (RATE_LIMIT_WRITES for POST, PATCH and DELETE, "
             "RATE_LIMIT_READS for GET); retry after Retry-After seconds"
         )
         responses["429"]["headers"] = parts.RATE_LIMITED

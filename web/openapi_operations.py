@@ -368,7 +368,8 @@ OPERATIONS: list[Operation] = [
         "/schedules/{ref}",
         "schedules.write",
         "Change a schedule (by id or name) in place, as a JSON merge patch of name, cron, "
-        "timezone, version (null: the latest), params, priority; a new cron or timezone "
+        "timezone, version (null: the latest), params (replaced whole), priority; a new "
+        "cron or timezone "
         "fires next at its first time after now. Only its owner may (who needs runs.write "
         "too; its runs then carry this token's scopes)",
         {200: "Schedule"},

@@ -1,4 +1,4 @@
-"""Per-caller rate limits: RATE_LIMIT_WRITES for POST and DELETE, RATE_LIMIT_READS for the
+"""Per-caller rate limits: RATE_LIMIT_WRITES for POST, PATCH and DELETE, RATE_LIMIT_READS for the
 rest, each one window per caller (the token's sub) across every endpoint. Off unless set.
 
 A request is counted once its token is verified (web.auth.require_scopes), so a request
@@ -152,7 +152,7 @@ def _too_many_requests(error: OverLimit) -> Response:
             "X-RateLimit-Remaining": "0",
             "X-RateLimit-Reset": str(math.ceil(stats.reset_time)),
         }
-    scope = "writes (POST, DELETE)" if error.bucket.scope == "writes" else "reads (GET)"
+    scope = "writes (POST, PATCH, DELETE)" if error.bucket.scope == "writes" else "reads (GET)"
     return problem(
         429,
         "Too many requests",

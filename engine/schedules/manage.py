@@ -94,6 +94,13 @@ def check_name(name: str) -> None:
             "invalid schedule name",
             errors=[{"field": "name", "message": "1-100 letters, digits, '_', '.', '-'"}],
         )
+    if _UUID.match(name.lower()):
+        # /schedules/{ref} takes an id or a name: a name shaped like an id could stand for
+        # another schedule's.
+        raise InvalidInput(
+            "invalid schedule name",
+            errors=[{"field": "name", "message": "must not have the shape of a schedule id"}],
+        )
 
 
 def check_submission(
