@@ -76,8 +76,10 @@ class Settings:
     api_bind: str = "0.0.0.0"
     api_port: int = 8000
     web_concurrency: int = 2
-    # The API's /metrics: a listener of its own, for Prometheus only (never published).
-    api_metrics_host: str = "0.0.0.0"
+    # The API's /metrics: a listener of its own, for Prometheus only (never published). On
+    # loopback unless told otherwise: a container reached by a Prometheus beside it binds
+    # every interface of its own network (docker-compose.yml sets 0.0.0.0).
+    api_metrics_host: str = "127.0.0.1"
     api_metrics_port: int = 9101
     flower_url: str = "http://localhost:5555"
     max_body_bytes: int = 1_048_576

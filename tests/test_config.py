@@ -295,11 +295,12 @@ def test_workers_read_named_secrets_from_secrets_dir_and_settings_hold_no_value(
 
 def test_the_api_metrics_listener_has_a_port_of_its_own(tmp_path: Path) -> None:
     default = Settings.from_env(environment(tmp_path))
-    assert (default.api_metrics_host, default.api_metrics_port) == ("0.0.0.0", 9101)
+    # Loopback unless told: a host's every interface would publish it.
+    assert (default.api_metrics_host, default.api_metrics_port) == ("127.0.0.1", 9101)
     moved = Settings.from_env(
-        environment(tmp_path, API_METRICS_HOST="127.0.0.1", API_METRICS_PORT="9200")
+        environment(tmp_path, API_METRICS_HOST="0.0.0.0", API_METRICS_PORT="9200")
     )
-    assert (moved.api_metrics_host, moved.api_metrics_port) == ("127.0.0.1", 9200)
+    assert (moved.api_metrics_host, moved.api_metrics_port) == ("0.0.0.0", 9200)
     with pytest.raises(ConfigError, match=r"API_METRICS_PORT \(8000\).*API_PORT \(8000\)"):
         Settings.from_env(environment(tmp_path, API_METRICS_PORT="8000"))
     with pytest.raises(ConfigError, match=r"API_METRICS_PORT \(0\)"):

@@ -266,6 +266,7 @@ def test_healthchecks_and_scrape_targets_reach_the_ports_and_paths_the_processes
         monkeypatch.delenv(name, raising=False)
     assert "API_PORT" not in environment(services["api"])
     monkeypatch.setenv("API_METRICS_PORT", environment(services["api"])["API_METRICS_PORT"])
+    monkeypatch.setenv("API_METRICS_HOST", environment(services["api"])["API_METRICS_HOST"])
     monkeypatch.setenv("ENGINE_VAR_DIR", str(tmp_path))
     gunicorn = runpy.run_path(str(ROOT / "web" / "gunicorn_conf.py"))
     api_port = int(gunicorn["bind"].split(":")[-1])
