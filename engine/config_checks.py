@@ -49,18 +49,30 @@ def problems(settings: Settings) -> list[str]:
 
 def _secrets(settings: Settings) -> list[str]:
     """Secrets strong enough in production."""
+    # A previous secret verifies tokens as the current one does.
+    return _signing_secrets(
+        settings, "JWT", settings.jwt_secret, settings.jwt_previous_secrets, "a token"
+    )
+
+
+def _signing_secrets(
+    settings: Settings, prefix: str, current: str, previous: tuple[str, ...], signed: str
+) -> list[str]:
+    """In production, <prefix>_SECRET and each of <prefix>_PREVIOUS_SECRETS at least
+    MIN_SECRET_LENGTH long: a previous secret still signs or verifies `signed`."""
+    if settings.env != "production":
+        return []
     found: list[str] = []
-    if settings.env == "production" and len(settings.jwt_secret) < MIN_SECRET_LENGTH:
+    if len(current) < MIN_SECRET_LENGTH:
         found.append(
-            f"JWT_SECRET is too weak: use at least {MIN_SECRET_LENGTH} characters "
+            f"{prefix}_SECRET is too weak: use at least {MIN_SECRET_LENGTH} characters "
             "(openssl rand -hex 32)"
         )
-    weak = [s for s in settings.jwt_previous_secrets if len(s) < MIN_SECRET_LENGTH]
-    if settings.env == "production" and weak:
-        # A previous secret verifies tokens as the current one does.
+    weak = [s for s in previous if len(s) < MIN_SECRET_LENGTH]
+    if weak:
         found.append(
-            f"JWT_PREVIOUS_SECRETS holds {len(weak)} secret(s) under {MIN_SECRET_LENGTH} "
-            "characters: a token signed with one would be accepted; drop them"
+            f"{prefix}_PREVIOUS_SECRETS holds {len(weak)} secret(s) under {MIN_SECRET_LENGTH} "
+            f"characters: {signed} signed with one would be accepted; drop them"
         )
     return found
 
@@ -220,20 +232,15 @@ def _retention(settings: Settings) -> list[str]:
 
 def _webhooks(settings: Settings) -> list[str]:
     """The webhooks' secrets, timing and batch."""
-    found: list[str] = []
-    if settings.env == "production" and len(settings.webhook_secret) < MIN_SECRET_LENGTH:
-        found.append(
-            f"WEBHOOK_SECRET is too weak: use at least {MIN_SECRET_LENGTH} characters "
-            "(openssl rand -hex 32)"
-        )
-    weak = [s for s in settings.webhook_previous_secrets if len(s) < MIN_SECRET_LENGTH]
-    if settings.env == "production" and weak:
-        # A previous secret signs every delivery too: a receiver still accepting it would
-        # accept a delivery forged with it.
-        found.append(
-            f"WEBHOOK_PREVIOUS_SECRETS holds {len(weak)} secret(s) under {MIN_SECRET_LENGTH} "
-            "characters: a delivery signed with one would be accepted; drop them"
-        )
+    # A previous secret signs every delivery too: a receiver still accepting it would accept
+    # a delivery forged with it.
+    found = _signing_secrets(
+        settings,
+        "WEBHOOK",
+        settings.webhook_secret,
+        settings.webhook_previous_secrets,
+        "a delivery",
+    )
     if (
         min(settings.webhook_timeout_s, settings.webhook_max_age_hours, settings.webhook_interval_s)
         <= 0
