@@ -91,7 +91,7 @@ def stream(
     a 503 with Retry-After when every stream this process may open is open (503, not 429:
     the server is at capacity, the client did nothing wrong, and another process may have
     room). `read` must not need the request's context: the stream outlives it."""
-    seen = first if client_has == state_id(encode(first)) else None
+    seen = first if client_has and client_has == state_id(encode(first)) else None
     if seen is not None and watch.finished(seen):
         return Response(status=204)
     slots: threading.BoundedSemaphore = current_app.extensions[_SLOTS]
