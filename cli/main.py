@@ -27,6 +27,7 @@ from cli.token_ops import COMMANDS as TOKEN_COMMANDS
 from cli.workflow_pauses import COMMANDS as PAUSE_COMMANDS
 from engine import (
     actions,
+    audit,
     auth,
     cancels,
     migrations,
@@ -137,18 +138,34 @@ def runs_watch(run_id: str, as_json: bool) -> None:
 @runs_group.command("ls")
 @click.option("--status", default=None)
 @click.option("--workflow", default=None)
+@click.option("--since", default=None, help="Only runs submitted at or after this time (UTC).")
+@click.option("--until", default=None, help="Only runs submitted before this time (UTC).")
 @click.option("--limit", type=click.IntRange(1, 1000), default=20)
 @click.option("--cursor", default=None, help="Continue after a page (its next_cursor).")
 @click.option("--json", "as_json", is_flag=True, help="The API's JSON page (GET /runs).")
 def runs_ls(
-    status: str | None, workflow: str | None, limit: int, cursor: str | None, as_json: bool
+    status: str | None,
+    workflow: str | None,
+    since: str | None,
+    until: str | None,
+    limit: int,
+    cursor: str | None,
+    as_json: bool,
 ) -> None:
     """List runs, newest first."""
     from web import serialize
 
+    start, end = audit.parse_window(since, until)
     with session() as current:
         items, following = runs.list_runs(
-            current, operator(), limit=limit, cursor=cursor, status=status, workflow=workflow
+            current,
+            operator(),
+            limit=limit,
+            cursor=cursor,
+            status=status,
+            workflow=workflow,
+            since=start,
+            until=end,
         )
         if as_json:
             emit(serialize.page([serialize.run(run) for run in items], following))

@@ -38,6 +38,21 @@ def parse_time(value: str | None, field: str) -> datetime | None:
         ) from exc
 
 
+def parse_window(
+    since: str | None, until: str | None, prefix: str = ""
+) -> tuple[datetime | None, datetime | None]:
+    """`since` and `until` parsed as parse_time does; InvalidInput names `<prefix>until` when
+    it is not after `since`."""
+    start = parse_time(since, prefix + "since")
+    end = parse_time(until, prefix + "until")
+    if start is not None and end is not None and end <= start:
+        raise InvalidInput(
+            "until must be after since",
+            errors=[{"field": prefix + "until", "message": "must be after since"}],
+        )
+    return start, end
+
+
 def record(
     session: Session,
     *,

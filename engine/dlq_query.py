@@ -57,13 +57,9 @@ class LetterFilter:
                 "unknown dead-letter status",
                 errors=[{"field": prefix + "status", "message": f"one of {', '.join(STATUSES)}"}],
             )
-        since = audit.parse_time(values.pop("since", None), prefix + "since")
-        until = audit.parse_time(values.pop("until", None), prefix + "until")
-        if since is not None and until is not None and until <= since:
-            raise InvalidInput(
-                "until must be after since",
-                errors=[{"field": prefix + "until", "message": "must be after since"}],
-            )
+        since, until = audit.parse_window(
+            values.pop("since", None), values.pop("until", None), prefix
+        )
         return cls(since=since, until=until, **values)
 
     def clauses(self) -> list[ColumnElement[bool]]:

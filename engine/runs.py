@@ -244,9 +244,12 @@ def list_runs(
     cursor: str | None = None,
     status: str | None = None,
     workflow: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> tuple[list[Row[Any]], str | None]:
     """The caller's runs (all runs for an admin), newest first, one page at a time: their
-    rows (attributes named as the models' are). A session or a bare connection will do."""
+    rows (attributes named as the models' are), submitted at or after `since` and before
+    `until` when given. A session or a bare connection will do."""
     query = select(*runs.columns)
     if not caller.sees_all_runs:
         query = query.where(runs.c.created_by == caller.sub)
@@ -259,6 +262,10 @@ def list_runs(
         query = query.where(runs.c.status == status)
     if workflow:
         query = query.where(runs.c.workflow == workflow)
+    if since is not None:
+        query = query.where(runs.c.created_at >= since)
+    if until is not None:
+        query = query.where(runs.c.created_at < until)
     if cursor:
         at, row_id = decode_cursor(cursor)
         query = query.where(

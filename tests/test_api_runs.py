@@ -366,6 +366,36 @@ def test_cursor_pagination_walks_every_run_once_even_with_equal_timestamps(
     assert stamps == sorted(stamps, reverse=True)
 
 
+def test_since_and_until_bound_when_the_listed_runs_were_submitted(
+    database: Stack, unique: str
+) -> None:
+    sub = caller(unique)
+    now = utcnow().replace(microsecond=0)
+    insert_runs(database, unique, sub, 3, created_at=now - timedelta(days=2))
+    insert_runs(database, unique, sub, 2, created_at=now - timedelta(hours=1))
+    headers = database.headers(sub)
+    day_ago = (now - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    hour_ago = (now - timedelta(hours=1)).isoformat()  # no offset: UTC
+
+    def count(query: str) -> int:
+        return sum(len(page) for page in walk(database, headers, f"limit=2&{query}"))
+
+    assert count(f"since={day_ago}") == 2
+    assert count(f"until={day_ago}") == 3
+    # since is inclusive, until exclusive: a run at the very instant is in one window only.
+    assert count(f"since={hour_ago}") == 2
+    assert count(f"since={day_ago}&until={hour_ago}") == 0
+    client = database.client()
+    for query, field in [
+        ("since=yesterday", "since"),
+        ("until=2024-13-01", "until"),
+        (f"since={hour_ago}&until={day_ago}", "until"),
+        (f"since={day_ago}&until={day_ago}", "until"),
+    ]:
+        body = problem(client.get(f"/runs?{query}", headers=headers), 422)
+        assert fields(body) == [field], query
+
+
 def test_a_limit_above_the_cap_is_capped(database: Stack, unique: str) -> None:
     cap = database.settings.page_limit_max
     sub = caller(unique)

@@ -123,7 +123,11 @@ def test_audit_events_are_listed_newest_first_with_filters_and_a_cursor(
     assert len(events(database, actor=actor, since="2000-01-01T00:00:00Z")) == 4
     assert events(database, actor=actor, since="2999-01-01T00:00:00Z") == []
     assert [e["action"] for e in events(database, target=f"run:{unique}")] == ["run.cancel"]
-    for query, field in (({"since": "last week"}, "since"), ({"cursor": "abc"}, "cursor")):
+    for query, field in (
+        ({"since": "last week"}, "since"),
+        ({"cursor": "abc"}, "cursor"),
+        ({"since": "2030-01-02T00:00:00Z", "until": "2030-01-01T00:00:00Z"}, "until"),
+    ):
         bad = client.get("/admin/audit", query_string=query, headers=headers)
         assert bad.status_code == 422
         assert bad.get_json()["errors"][0]["field"] == field

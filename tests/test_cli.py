@@ -132,6 +132,13 @@ def test_a_run_submitted_from_the_cli_is_executed_and_can_be_listed_and_shown(
     assert run_id not in ok(
         engine_cli(stack, "runs", "ls", "--workflow", unique, "--status", "failed")
     )
+    assert run_id in ok(engine_cli(stack, "runs", "ls", "--since", "2000-01-01T00:00:00Z"))
+    assert run_id not in ok(
+        engine_cli(stack, "runs", "ls", "--workflow", unique, "--until", "2000-01-01")
+    )
+    assert "until" in failed(
+        engine_cli(stack, "runs", "ls", "--since", "2001-01-01", "--until", "2000-01-01")
+    )
     shown = json.loads(ok(engine_cli(stack, "runs", "show", run_id)))
     assert shown["id"] == run_id and [s["step_id"] for s in shown["steps"]] == list("abcd")
 

@@ -183,6 +183,7 @@ def _event(row: AuditEvent) -> dict[str, Any]:
 @require_scopes("admin.audit")
 def list_audit_events() -> Any:
     """Newest first; actor, action and target match exactly; since/until bound `at`."""
+    since, until = audit.parse_window(request.args.get("since"), request.args.get("until"))
     items, following = audit.list_events(
         get_session(),
         limit=_limit(),
@@ -190,7 +191,7 @@ def list_audit_events() -> Any:
         actor=request.args.get("actor"),
         action=request.args.get("action"),
         target=request.args.get("target"),
-        since=audit.parse_time(request.args.get("since"), "since"),
-        until=audit.parse_time(request.args.get("until"), "until"),
+        since=since,
+        until=until,
     )
     return serialize.page([_event(item) for item in items], following)

@@ -40,6 +40,8 @@ UNTIL = query("until", TIME, "only those before this ISO 8601 time (no offset: U
 RUN_QUERY = (
     query("status", {"enum": [status.value for status in RunStatus]}, "only runs in this status"),
     WORKFLOW,
+    query("since", TIME, "only runs submitted at or after this ISO 8601 time (no offset: UTC)"),
+    query("until", TIME, "only runs submitted before this ISO 8601 time (no offset: UTC)"),
     LIMIT,
     CURSOR,
 )
@@ -165,7 +167,8 @@ OPERATIONS: list[Operation] = [
         "get",
         "/runs",
         "runs.read",
-        "List runs (own; admin sees all): status, workflow, limit, cursor",
+        "List runs (own; admin sees all), newest first: status, workflow, since, until, "
+        "limit, cursor",
         {200: "RunList"},
         parameters=RUN_QUERY,
     ),

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, request, url_for
 
-from engine import cancels, resume, runs, webhooks
+from engine import audit, cancels, resume, runs, webhooks
 from engine.errors import InvalidInput
 from web import events, schemas, serialize
 from web.auth import current_caller, request_claims, require_scopes
@@ -58,6 +58,7 @@ def list_runs() -> Any:
     limit = schemas.query_int(
         "limit", settings.page_limit_default, minimum=1, maximum=settings.page_limit_max
     )
+    since, until = audit.parse_window(request.args.get("since"), request.args.get("until"))
     with read_connection() as connection:
         items, following = runs.list_runs(
             connection,
@@ -66,6 +67,8 @@ def list_runs() -> Any:
             cursor=request.args.get("cursor"),
             status=request.args.get("status"),
             workflow=request.args.get("workflow"),
+            since=since,
+            until=until,
         )
     return serialize.page([serialize.run(item) for item in items], following)
 
