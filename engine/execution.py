@@ -111,7 +111,11 @@ def attempt(
     try:
         context = {"params": claim.params, "steps": claim.upstream}
         if claim.inputs_override is not None:
-            inputs = result.inputs = claim.inputs_override
+            # A replay's inputs, stored as given: `[SECRET:name]` in them is the secret's value.
+            result.inputs = claim.inputs_override
+            inputs, result.secrets = secret_store.resolve(
+                settings or Settings(), claim.inputs_override, claim.spec.secrets
+            )
         elif claim.spec.secrets:
             inputs = _render_with_secrets(claim, context, result, settings)
         else:

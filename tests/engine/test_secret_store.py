@@ -44,3 +44,37 @@ def test_an_output_has_each_secret_value_replaced_by_its_placeholder_keys_includ
         "n": 5,
     }
     assert secret_store.mask(output, {"short": "s3c"}) is output
+
+
+def test_a_replays_inputs_get_each_placeholder_replaced_by_its_secret_read_now(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "token").write_text("t0k\\en-value\n")
+    settings = Settings(secrets_dir=tmp_path)
+    inputs = {
+        "headers": {"Authorization": "Bearer [SECRET:token]", "X-Key": "[SECRET:token]"},
+        "[SECRET:token]": ["[SECRET:token][SECRET:token]", 3, None],
+        "note": "[SECRET:] and [secret:token] are text",
+    }
+    resolved, values = secret_store.resolve(settings, inputs, frozenset({"token", "other"}))
+    assert resolved == {
+        "headers": {"Authorization": "Bearer t0k\\en-value", "X-Key": "t0k\\en-value"},
+        "t0k\\en-value": ["t0k\\en-valuet0k\\en-value", 3, None],
+        "note": "[SECRET:] and [secret:token] are text",
+    }
+    assert values == {"token": "t0k\\en-value"}
+    assert "[SECRET:token]" in repr(inputs)
+
+
+def test_a_placeholder_the_step_does_not_read_or_that_is_missing_is_invalid_input(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "other").write_text("value-1234")
+    settings = Settings(secrets_dir=tmp_path)
+    with pytest.raises(InvalidInput) as unread:
+        secret_store.resolve(settings, {"a": "x [SECRET:other]"}, frozenset({"token"}))
+    assert "secret 'other'" in str(unread.value) and "do not read" in str(unread.value)
+    with pytest.raises(InvalidInput) as missing:
+        secret_store.resolve(settings, {"a": "[SECRET:token]"}, frozenset({"token"}))
+    assert "secret 'token' is not set" in str(missing.value)
+    assert "value-1234" not in str(unread.value) + str(missing.value)
