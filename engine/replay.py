@@ -10,19 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from engine import actions, audit, metrics, payloads, redaction, resume
+from engine import audit, metrics, payloads, redaction, replay_inputs, resume
 from engine.auth import Caller
 from engine.config import Settings
 from engine.db import changed
 from engine.dlq_query import DISCARDED, OPEN, REPLAYED, get_letter, letters
 from engine.errors import Conflict, InvalidInput, InvalidTransition
-from engine.models import DeadLetter, Run, Step, utcnow
+from engine.models import DeadLetter, Run, utcnow
 from engine.work import Work
-
-steps = Step.__table__
 
 
 @dataclass
@@ -41,30 +39,6 @@ def require_reason(reason: str | None) -> str:
             "a reason is required", errors=[{"field": "reason", "message": "required, non-empty"}]
         )
     return reason.strip()
-
-
-def _check_inputs(session: Session, settings: Settings, letter: DeadLetter, inputs: Any) -> None:
-    """Edited inputs must pass the step action's input schema, as rendered ones do."""
-    if letter.step_id is None:
-        raise InvalidInput(
-            "this dead letter is a run's planning; it takes no inputs",
-            errors=[{"field": "inputs", "message": "only a step's dead letter takes inputs"}],
-        )
-    name = session.scalar(
-        select(steps.c.action).where(
-            steps.c.run_id == letter.run_id, steps.c.step_id == letter.step_id
-        )
-    )
-    if name is None:
-        raise InvalidTransition(f"step {letter.step_id!r} of run {letter.run_id} is gone")
-    actions.load_plugins(settings.action_modules)
-    action = actions.get(name)
-    if action is None:
-        raise InvalidInput(
-            f"unknown action {name!r}",
-            errors=[{"field": "inputs", "message": f"action {name!r} is not installed here"}],
-        )
-    action.check_inputs(inputs)
 
 
 def replay(
@@ -87,8 +61,9 @@ def replay(
         raise InvalidTransition(f"dead letter {letter_id} belongs to no run; discard it")
     if inputs is not None:
         payloads.check(inputs, "inputs")
-        _check_inputs(session, settings, letter, inputs)
-    # The step gets the inputs as given; the records of the replay keep no secret of them.
+        replay_inputs.check(session, settings, letter, inputs)
+    # The step gets the inputs as given (its worker puts each named secret in place of its
+    # `[SECRET:name]`); the records of the replay keep no secret-named value of them.
     recorded = redaction.masked(inputs)
     resolution: dict[str, Any] = {"reason": reason, "inputs": recorded}
     if batch:

@@ -163,6 +163,123 @@ def test_a_secret_an_action_puts_in_its_failure_is_masked_wherever_the_failure_g
     assert value not in worker_logs(platform)
 
 
+def calling_twice(url: str, name: str) -> dict[str, Any]:
+    """A step that sends the secret `name` in two headers, once alone and once inside a longer
+    string, and fails for good at the first error."""
+    step = calling(url, name, retry={"max_attempts": 1})
+    step["with"]["headers"]["X-Api-Key"] = "{{ secrets." + name + " }}"
+    return step
+
+
+def replay(platform: Stack, letter_id: str, inputs: dict[str, Any]) -> Any:
+    return platform.client().post(
+        f"/admin/dlq/{letter_id}/replay",
+        json={"reason": "the API moved", "inputs": inputs},
+        headers=admin(platform),
+    )
+
+
+def test_a_replay_of_the_stored_inputs_edited_sends_the_secrets_their_placeholders_name(
+    platform: Stack, server: Origin, unique: str
+) -> None:
+    name, value = f"kept_{unique}", f"tok-{uuid.uuid4().hex}"
+    provide(platform, name, value)
+    moved = server.script("/v1/me", Answer(503, {"error": "gone to v2"}))
+    # The new address answers with the headers it got, as an echo service does.
+    current = server.script("/v2/me", Answer(200, {"seen": f"Bearer {value}", "key": value}))
+    platform.register(spec(unique, [calling_twice(moved, name)]))
+    run = platform.wait_finished(platform.submit(unique))
+    assert run["status"] == "failed", run
+    stored = run["steps"][0]["inputs"]
+    assert stored["headers"] == {
+        "Authorization": f"Bearer [SECRET:{name}]",
+        "X-Api-Key": f"[SECRET:{name}]",
+    }
+    (letter,) = platform.dead_letters(run["id"])
+
+    # The operator copies the stored inputs and edits the address alone.
+    edited = {**stored, "url": current}
+    replayed = replay(platform, letter.id, edited)
+    assert replayed.status_code == 202, replayed.get_json()
+    run = platform.wait_finished(run["id"])
+
+    assert run["status"] == "succeeded", run
+    (request,) = server.requests_of("/v2/me")
+    assert request.headers["Authorization"] == f"Bearer {value}"
+    assert request.headers["X-Api-Key"] == value
+    step = run["steps"][0]
+    assert step["inputs"] == edited
+    assert step["output"]["body"] == {"seen": f"Bearer [SECRET:{name}]", "key": f"[SECRET:{name}]"}
+    shown = platform.client().get("/admin/audit", headers=admin(platform))
+    assert letter.id in shown.get_data(as_text=True)
+    assert value not in shown.get_data(as_text=True)
+    assert value not in database_text(platform)
+    assert value not in worker_logs(platform)
+
+
+def test_a_replay_whose_inputs_hold_redacted_or_a_secret_the_step_does_not_read_is_refused(
+    platform: Stack, server: Origin, unique: str
+) -> None:
+    name = f"read_{unique}"
+    provide(platform, name, f"tok-{uuid.uuid4().hex}")
+    url = server.script("/refused", Answer(503, {"error": "down"}))
+    platform.register(spec(unique, [calling_twice(url, name)]))
+    run = platform.wait_finished(platform.submit(unique))
+    assert run["status"] == "failed", run
+    stored = run["steps"][0]["inputs"]
+    (letter,) = platform.dead_letters(run["id"])
+
+    # What a failure shows in place of the token, copied into the inputs.
+    redacted = replay(platform, letter.id, {**stored, "headers": {"Authorization": "[REDACTED]"}})
+    other = {"Authorization": "Bearer [SECRET:jwt_secret]", "X-Api-Key": f"[SECRET:{name}]"}
+    unread = replay(platform, letter.id, {**stored, "headers": other})
+
+    assert redacted.status_code == 422, redacted.get_json()
+    assert redacted.mimetype == "application/problem+json"
+    (error,) = redacted.get_json()["errors"]
+    assert error["field"] == "inputs.headers.Authorization"
+    assert "[REDACTED]" in error["message"] and "[SECRET:name]" in error["message"]
+    assert unread.status_code == 422, unread.get_json()
+    (error,) = unread.get_json()["errors"]
+    assert error["field"] == "inputs.headers.Authorization"
+    assert "'jwt_secret'" in error["message"] and name in error["message"]
+    assert platform.dead_letters(run["id"])[0].status == "open"
+    assert len(server.requests_of("/refused")) == 1
+
+
+def test_a_replay_naming_a_secret_not_provided_dies_again_naming_it_and_sends_nothing(
+    platform: Stack, server: Origin, unique: str
+) -> None:
+    name, value = f"absent_{unique}", f"tok-{uuid.uuid4().hex}"
+    moved = server.script("/v1/absent", Answer(200, {"ok": True}))
+    current = server.script("/v2/absent", Answer(200, {"ok": True}))
+    platform.register(spec(unique, [calling_twice(moved, name)]))
+    run = platform.wait_finished(platform.submit(unique))
+    assert run["status"] == "failed", run
+    edited = {**run["steps"][0]["inputs"], "url": current}
+    (first,) = platform.dead_letters(run["id"])
+
+    assert replay(platform, first.id, edited).status_code == 202
+    run = platform.wait_finished(run["id"])
+
+    assert run["status"] == "failed", run
+    step = run["steps"][0]
+    assert step["status"] == "dead" and f"secret {name!r} is not set" in step["error"], step
+    assert step["inputs"] == edited
+    assert server.requests_of("/v2/absent") == []
+    second = platform.dead_letters(run["id"])[-1]
+    assert second.id != first.id and name in second.message
+
+    provide(platform, name, value)
+    assert replay(platform, second.id, edited).status_code == 202
+    run = platform.wait_finished(run["id"])
+
+    assert run["status"] == "succeeded", run
+    (request,) = server.requests_of("/v2/absent")
+    assert request.headers["X-Api-Key"] == value
+    assert value not in database_text(platform)
+
+
 @pytest.mark.parametrize(
     ("step", "field"),
     [
