@@ -101,7 +101,11 @@ def dlq_show(letter_id: str) -> None:
     default=None,
     help="Why (recorded in the audit trail). Required, except for a --dry-run.",
 )
-@click.option("--inputs", default=None, help="JSON object replacing the step's inputs.")
+@click.option(
+    "--inputs",
+    default=None,
+    help="JSON object replacing the step's inputs; a [SECRET:name] in it sends that secret.",
+)
 @click.option("--all", "bulk", is_flag=True, help="Every open letter matching the filter.")
 @filter_options
 @click.option("--dry-run", is_flag=True, help="With --all: only count and list the ids.")

@@ -24,7 +24,20 @@ REPLAY = {
     "type": "object",
     "required": ["reason"],
     "additionalProperties": False,
-    "properties": {"reason": REASON, "inputs": {"type": "object"}},
+    "properties": {
+        "reason": REASON,
+        "inputs": {
+            "type": "object",
+            "description": (
+                "Replaces the step's rendered inputs, as given (checked against the action's "
+                "schema). Copy them from the step's stored inputs: a [SECRET:name] in them, "
+                "alone or inside a longer string, is replaced by that secret's value by the "
+                "worker as the step runs, and may name only a secret the step's templates "
+                "read. A [REDACTED] (what failures and records show) is refused, 422 naming "
+                "the field (inputs.<path>): write the value, or [SECRET:name]."
+            ),
+        },
+    },
 }
 DISCARD = {
     "type": "object",
