@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from cli.context import emit, json_option, operator, sender, session, settings
-from engine import bulk_replay, dlq_query, replay
+from engine import bulk_discard, bulk_replay, dlq_query, replay
 from engine.db import make_engine, make_session_factory
 
 FILTER_OPTIONS = (
@@ -194,10 +194,58 @@ def _replay_all(
 
 
 @dlq.command("discard")
-@click.argument("letter_id")
-@click.option("--reason", required=True, help="Why (recorded in the audit trail).")
-def dlq_discard(letter_id: str, reason: str) -> None:
-    """Discard an open dead letter: kept for audit, no longer open."""
+@click.argument("letter_id", required=False)
+@click.option(
+    "--reason",
+    default=None,
+    help="Why (recorded in the audit trail). Required, except for a --dry-run.",
+)
+@click.option("--all", "bulk", is_flag=True, help="Every open letter matching the filter.")
+@filter_options
+@click.option("--dry-run", is_flag=True, help="With --all: only count and list the ids.")
+@click.option("--confirm-count", type=int, default=None, help="With --all: the dry run's count.")
+def dlq_discard(
+    letter_id: str | None,
+    reason: str | None,
+    bulk: bool,
+    dry_run: bool,
+    confirm_count: int | None,
+    **options: Any,
+) -> None:
+    """Discard an open dead letter (kept for audit, no longer open), or with --all every
+    open letter matching a filter (first --dry-run, then --confirm-count N --reason R)."""
+    if letter_id and bulk:
+        raise click.UsageError("give a LETTER_ID or --all, not both")
+    if not letter_id and not bulk:
+        raise click.UsageError("give a LETTER_ID or --all")
+    if not bulk:
+        _require_reason(reason)
+        with session() as current:
+            replay.discard(current, letter_id or "", operator(), reason)
+        click.echo(f"discarded {letter_id}")
+        return
+    if not dry_run and confirm_count is None:
+        raise click.UsageError("--all needs --dry-run first, then --confirm-count N --reason R")
+    if not dry_run:
+        _require_reason(reason)
     with session() as current:
-        replay.discard(current, letter_id, operator(), reason)
-    click.echo(f"discarded {letter_id}")
+        where = _filter(options)
+        if dry_run:
+            plan = bulk_discard.dry_run(current, settings(), where, operator())
+            for found in plan.ids:
+                click.echo(found)
+            click.echo(f"{len(plan.ids)} open dead letter(s) match; confirm with --confirm-count")
+            return
+        done = bulk_discard.discard_matching(
+            current,
+            settings(),
+            where,
+            operator(),
+            confirm_count=confirm_count or 0,
+            reason=reason,
+        )
+    for found in done.discarded:
+        click.echo(f"{found}  discarded")
+    for found in done.not_open:
+        click.echo(f"{found}  not_open")
+    click.echo(f"{len(done.discarded)} dead letter(s) discarded")

@@ -54,13 +54,15 @@ def plan_bulk(
     *,
     confirm_count: int | None = None,
     reason: str | None = None,
+    action: str = "replay",
 ) -> BulkPlan:
-    """The open letters matching `where`, oldest first. A dry run passes no confirm_count;
-    a real call must confirm exactly the number matching now (else Conflict), and is
-    audited. More than settings.bulk_replay_max letters is refused."""
+    """The open letters matching `where`, oldest first, for a bulk `action` (replay, or
+    discard: engine.bulk_discard). A dry run passes no confirm_count; a real call must
+    confirm exactly the number matching now (else Conflict), and is audited as
+    dlq.bulk_<action>. More than settings.bulk_replay_max letters is refused."""
     if where.status not in (None, OPEN):
         raise InvalidInput(
-            "only open dead letters are replayed",
+            f"only open dead letters are {action}ed",
             errors=[{"field": "filter.status", "message": "leave it out or use open"}],
         )
     if confirm_count is not None:
@@ -78,7 +80,7 @@ def plan_bulk(
     if len(ids) > limit:
         total = session.scalar(select(func.count()).where(*open_only.clauses()))
         raise InvalidInput(
-            f"{total} dead letters match; one bulk replay takes at most {limit}",
+            f"{total} dead letters match; one bulk {action} takes at most {limit}",
             errors=[{"field": "filter", "message": f"narrow it to at most {limit} letters"}],
         )
     batch = uuid.uuid4().hex
@@ -97,7 +99,7 @@ def plan_bulk(
         audit.record(
             session,
             actor=caller.sub,
-            action="dlq.bulk_replay",
+            action=f"dlq.bulk_{action}",
             target=f"dead_letter_batch:{batch}",
             reason=reason,
             detail={"filter": where.describe(), "count": len(ids)},

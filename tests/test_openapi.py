@@ -334,6 +334,7 @@ VALID_BODIES: dict[str, dict[str, Any]] = {
     "/admin/dlq/{letter_id}/replay": {"reason": "r"},
     "/admin/dlq/{letter_id}/discard": {"reason": "r"},
     "/admin/dlq/replay": {"filter": {}, "dry_run": True},
+    "/admin/dlq/discard": {"filter": {}, "dry_run": True},
     "/workflows/{name}/pause": {"reason": "r"},
 }
 
@@ -392,6 +393,7 @@ def test_every_problem_an_operation_documents_is_one_it_answers_and_no_other(
     letter = a_dead_letter(database, unique)
     too_many = {"filter": {"fingerprint": unique}, "confirm_count": 2, "reason": "r"}
     answer("post", "/admin/dlq/replay", status=409, json=too_many, headers=headers)
+    answer("post", "/admin/dlq/discard", status=409, json=too_many, headers=headers)
     why = {"json": {"reason": "r"}, "letter_id": letter, "headers": headers}
     answer("post", "/admin/dlq/{letter_id}/discard", status=200, **why)
     answer("post", "/admin/dlq/{letter_id}/discard", status=409, **why)

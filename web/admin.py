@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, request, url_for
 
-from engine import audit, dlq_query, replay
+from engine import audit, bulk_discard, dlq_query, replay
 from engine import bulk_replay as bulk
 from engine.errors import InvalidInput
 from engine.models import AuditEvent
@@ -61,6 +61,8 @@ BULK_REPLAY = {
         "reason": REASON,
     },
 }
+# The same body: a filter, a dry run, then the count confirmed with a reason.
+BULK_DISCARD = BULK_REPLAY
 
 
 def _settings() -> Any:
@@ -131,12 +133,7 @@ def bulk_replay() -> Any:
     if body.get("dry_run"):
         plan = bulk.plan_bulk(session, settings, where, caller)
         return {"count": len(plan.ids), "ids": plan.ids}
-    missing = [name for name in ("confirm_count", "reason") if name not in body]
-    if missing:
-        raise InvalidInput(
-            "a bulk replay needs confirm_count and reason (or dry_run: true)",
-            errors=[{"field": name, "message": "required unless dry_run"} for name in missing],
-        )
+    _require_confirmation(body, "replay")
     plan = bulk.plan_bulk(
         session,
         settings,
@@ -159,6 +156,44 @@ def bulk_replay() -> Any:
                 send(item.work)
             results.append(_item(item))
     return {"count": len(results), "results": results}, 202
+
+
+def _require_confirmation(body: dict[str, Any], action: str) -> None:
+    missing = [name for name in ("confirm_count", "reason") if name not in body]
+    if missing:
+        raise InvalidInput(
+            f"a bulk {action} needs confirm_count and reason (or dry_run: true)",
+            errors=[{"field": name, "message": "required unless dry_run"} for name in missing],
+        )
+
+
+@bp.post("/dlq/discard")
+@require_scopes("admin.dlq.discard")
+def bulk_discard_dead_letters() -> Any:
+    """Dry run first (`dry_run: true` -> count and ids), then the real call confirms the
+    count and discards the letters at once, in one transaction."""
+    body = schemas.json_body(BULK_DISCARD)
+    settings = _settings()
+    where = dlq_query.LetterFilter.parse(body.get("filter") or {}, prefix="filter.")
+    session = get_session()
+    caller = current_caller()
+    if body.get("dry_run"):
+        plan = bulk_discard.dry_run(session, settings, where, caller)
+        return {"count": len(plan.ids), "ids": plan.ids}
+    _require_confirmation(body, "discard")
+    done = bulk_discard.discard_matching(
+        session,
+        settings,
+        where,
+        caller,
+        confirm_count=body["confirm_count"],
+        reason=body["reason"],
+    )
+    session.commit()
+    results = [{"id": letter_id, "outcome": "discarded"} for letter_id in done.discarded] + [
+        {"id": letter_id, "outcome": "not_open"} for letter_id in done.not_open
+    ]
+    return {"count": len(results), "results": results}
 
 
 def _item(item: bulk.ItemResult) -> dict[str, Any]:

@@ -54,6 +54,7 @@ REQUESTS: dict[str, dict[str, Any]] = {
     "Replay": admin.REPLAY,
     "Discard": admin.DISCARD,
     "BulkReplay": admin.BULK_REPLAY,
+    "BulkDiscard": admin.BULK_DISCARD,
     "MintToken": tokens.MINT,
     "RevokeToken": tokens.REVOKE,
     "CreateSchedule": schemas.CREATE_SCHEDULE,
@@ -218,6 +219,11 @@ RESPONSES: dict[str, dict[str, Any]] = {
     "Replayed": shape({"dead_letter": ref("DeadLetter"), "run_id": STRING}),
     "BulkReplayPlan": shape({"count": INTEGER, "ids": STRINGS}),
     "BulkReplayResults": shape({"count": INTEGER, "results": {"type": "array", "items": RESULT}}),
+    # A dry run's {count, ids}, or the confirmed call's {count, results}.
+    "BulkDiscardResults": shape(
+        {"count": INTEGER, "ids": STRINGS, "results": {"type": "array", "items": RESULT}},
+        ("ids", "results"),
+    ),
     "AuditEvent": shape(
         {
             "id": INTEGER,

@@ -295,6 +295,17 @@ OPERATIONS: list[Operation] = [
     ),
     Operation(
         "post",
+        "/admin/dlq/discard",
+        "admin.dlq.discard",
+        "Bulk discard by filter: {filter, dry_run: true} -> 200 {count, ids}; then "
+        "{filter, confirm_count, reason} -> 200 per-item results (discarded or not_open), "
+        "all in one transaction",
+        {200: "BulkDiscardResults"},
+        body("BulkDiscard"),
+        problems=(409,),
+    ),
+    Operation(
+        "post",
         "/admin/dlq/{letter_id}/discard",
         "admin.dlq.discard",
         "Discard an open dead letter (kept for audit): {reason}",
