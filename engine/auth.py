@@ -71,6 +71,10 @@ def has_scope(granted: Iterable[str], required: str) -> bool:
 class Caller:
     sub: str
     scopes: tuple[str, ...]
+    # The id of the token the request came with (its jti claim); None for the CLI's operator
+    # and for the owner a run or schedule acts as. A schedule remembers its creator's, so
+    # that revoking that token stops it (engine.schedules.tokens).
+    jti: str | None = None
 
     def can(self, scope: str) -> bool:
         return has_scope(self.scopes, scope)

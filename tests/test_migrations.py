@@ -123,3 +123,49 @@ def test_the_life_tables_come_with_0003_and_leave_with_its_downgrade(fresh_datab
     migrations.downgrade(fresh_database, "0002")
     assert tables(fresh_database) & life == set()
     assert migrations.current(fresh_database) == "0002"
+
+
+def test_0010_gives_schedules_a_token_id_that_those_made_before_it_lack(
+    fresh_database: str,
+) -> None:
+    from sqlalchemy import text
+
+    def columns() -> set[str]:
+        db_engine = make_engine(fresh_database)
+        try:
+            return {column["name"] for column in inspect(db_engine).get_columns("schedules")}
+        finally:
+            db_engine.dispose()
+
+    migrations.upgrade(fresh_database, "0009")
+    assert "created_jti" not in columns()
+    db_engine = make_engine(fresh_database)
+    try:
+        with db_engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO schedules (id, name, workflow, cron, timezone, params, priority, "
+                    "enabled, next_fire_at, created_by, created_scopes, created_at, updated_at) "
+                    "VALUES ('s1', 'nightly', 'w', '0 3 * * *', 'UTC', '{}', 0, :enabled, "
+                    "'2026-01-02 03:00:00', 'me', '[\"runs.write\"]', '2026-01-01 00:00:00', "
+                    "'2026-01-01 00:00:00')"
+                ),
+                {"enabled": True},
+            )
+        db_engine.dispose()
+        migrations.upgrade(fresh_database, "0010")
+        with db_engine.connect() as connection:
+            rows = connection.execute(text("SELECT id, name, created_jti FROM schedules")).all()
+        # Made before: no token remembered, so no revocation stops it (it fires as before).
+        assert [tuple(row) for row in rows] == [("s1", "nightly", None)]
+        db_engine.dispose()
+        migrations.downgrade(fresh_database, "0009")
+        assert "created_jti" not in columns()
+        with db_engine.connect() as connection:
+            assert connection.execute(text("SELECT name FROM schedules")).scalars().all() == [
+                "nightly"
+            ]
+    finally:
+        db_engine.dispose()
+    migrations.upgrade(fresh_database)
+    assert "created_jti" in columns() and drift(fresh_database) == []

@@ -148,7 +148,9 @@ def require_scopes(*required: str) -> Callable[[F], F]:
             if not isinstance(scopes, list):
                 scopes = []
             # Set before the scope check: the access log names the caller of a 403 too.
-            caller = g.caller = Caller(str(claims["sub"]), tuple(str(s) for s in scopes))
+            caller = g.caller = Caller(
+                str(claims["sub"]), tuple(str(s) for s in scopes), jti=str(claims["jti"])
+            )
             # Every request of a known caller counts, a refused one (403) too.
             rate_limits.count(request.method)
             missing = [scope for scope in required if not caller.can(scope)]

@@ -72,6 +72,7 @@ def create(
         ),
         created_by=caller.sub,
         created_scopes=list(caller.scopes),
+        created_jti=caller.jti,
         created_at=now,
         updated_at=now,
     )

@@ -13,7 +13,8 @@ from engine.models import Base, new_id, utcnow
 
 class Schedule(Base):
     """A workflow submitted at each time its cron expression names, in its timezone. Its
-    runs are submitted as its creator, with the scopes the creator held when creating it."""
+    runs are submitted as its creator, with the scopes of the creator's token that created
+    it (or last resumed or changed it)."""
 
     __tablename__ = "schedules"
     __table_args__ = (Index("ix_schedules_enabled_next_fire_at", "enabled", "next_fire_at"),)
@@ -36,5 +37,9 @@ class Schedule(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_by: Mapped[str] = mapped_column(String(200))
     created_scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # The jti of the token whose scopes it acts with (the one that created it, or last resumed
+    # or changed it as its owner): once that token is revoked, it fires no more
+    # (engine.schedules.tokens). None for a schedule made before revision 0010: it goes on.
+    created_jti: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
