@@ -50,6 +50,12 @@ class WorkflowPaused(Conflict):
     code, title = "workflow_paused", "Workflow paused"
 
 
+class ScheduleTokenRevoked(Conflict):
+    """Only its owner may resume a schedule whose token was revoked (engine.schedules.tokens)."""
+
+    code, title = "schedule_token_revoked", "Schedule's token revoked"
+
+
 class PermissionDenied(EngineError):
     code, status, title = "permission_denied", 403, "Forbidden"
 

@@ -67,7 +67,8 @@ runs_pruned_total = Counter(
     "runs_pruned_total", "Finished runs deleted by retention, with their steps"
 )
 # Each due schedule's fire: a run submitted, one already submitted for that fire time
-# (another tick got there first), or refused (its workflow or params no longer valid).
+# (another tick got there first), refused (its workflow or params no longer valid), paused
+# (its workflow is), or revoked (its token was: the schedule is paused).
 schedule_fires_total = Counter("schedule_fires_total", "Schedule fires by outcome", ["outcome"])
 schedule_fires_skipped_total = Counter(
     "schedule_fires_skipped_total", "Missed fire times skipped (one run for the latest only)"
@@ -82,8 +83,10 @@ webhook_deliveries_total = Counter(
 DLQ_EVENTS = ("added", "replayed", "discarded")
 for _event in DLQ_EVENTS:
     dlq_events_total.labels(event=_event)
-# paused: its workflow is paused (engine.pauses), an operator's choice: no alert counts it.
-SCHEDULE_OUTCOMES = ("submitted", "duplicate", "refused", "paused")
+# paused: its workflow is paused (engine.pauses); revoked: the token the schedule acts with
+# was revoked, and the schedule is paused (engine.schedules.tokens). Both are an operator's
+# choice: no alert counts them.
+SCHEDULE_OUTCOMES = ("submitted", "duplicate", "refused", "paused", "revoked")
 for _outcome in SCHEDULE_OUTCOMES:
     schedule_fires_total.labels(outcome=_outcome)
 # delivered: a 2xx; retried: another attempt is due later; gone: a 410 stopped it; expired:

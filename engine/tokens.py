@@ -26,10 +26,13 @@ from engine.auth import (
 from engine.config import Settings
 from engine.errors import InvalidInput, PermissionDenied
 from engine.models import AuditEvent, RevokedToken
+from engine.schedules.models import Schedule
 
 MINT_ACTION = "token.mint"
 REVOKE_ACTION = "token.revoke"
-# Rows of tokens that expired this long ago are deleted on the next revocation.
+# Rows of tokens that expired this long ago are deleted on the next revocation, but for
+# those a schedule still acts with: the schedule outlives its token's expiry, and its next
+# fire (weeks away, maybe) must still find the token revoked (engine.schedules.tokens).
 KEEP_EXPIRED = timedelta(days=1)
 
 
@@ -112,7 +115,12 @@ def revoke(session: Session, caller: Caller, jti: str, reason: str | None = None
         reason=reason,
         detail={"expires_at": expires_at.isoformat() if expires_at else None},
     )
-    session.execute(delete(RevokedToken).where(RevokedToken.expires_at < now - KEEP_EXPIRED))
+    bound = select(Schedule.created_jti).where(Schedule.created_jti.is_not(None))
+    session.execute(
+        delete(RevokedToken).where(
+            RevokedToken.expires_at < now - KEEP_EXPIRED, RevokedToken.jti.not_in(bound)
+        )
+    )
     return Revocation(jti, expires_at)
 
 

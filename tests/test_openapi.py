@@ -17,10 +17,12 @@ from markupsafe import escape
 from openapi_spec_validator import validate
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
+from sqlalchemy import select
 from werkzeug.datastructures import ImmutableMultiDict
 
 from engine import specs
 from engine.models import DeadLetter
+from engine.schedules.models import Schedule
 from tests.conftest import spec
 from tests.support.stack import Stack
 from web import create_app, openapi_components, schemas
@@ -382,6 +384,18 @@ def test_every_problem_an_operation_documents_is_one_it_answers_and_no_other(
     answer("post", "/schedules", status=201, json=other_hour, headers=headers)
     taken = {"json": {"name": unique}, "headers": headers}
     answer("patch", "/schedules/{ref}", status=409, ref=f"{unique}_b", **taken)
+    # Another's schedule whose token was revoked: only its owner may resume it.
+    owner = database.headers(f"{unique}@example.com", "schedules.write,runs.write")
+    client = database.client()
+    orphan = {**every_hour, "name": f"{unique}_c"}
+    made = client.post("/schedules", json=orphan, headers=owner)
+    assert made.status_code == 201, made.get_json()
+    assert client.post(f"/schedules/{unique}_c/pause", headers=headers).status_code == 200
+    with database.sessions() as session:
+        jti = session.scalars(select(Schedule.created_jti).where(Schedule.name == orphan["name"]))
+        revoke = {"jti": jti.one()}
+    assert client.post("/admin/tokens/revoke", json=revoke, headers=headers).status_code == 204
+    answer("post", "/schedules/{ref}/resume", status=409, ref=f"{unique}_c", headers=headers)
     keyed = {**headers, "Idempotency-Key": unique}
     run = answer("post", "/runs", status=202, json={"workflow": unique}, headers=keyed)
     other = {"workflow": unique, "priority": 5}

@@ -356,7 +356,9 @@ OPERATIONS: list[Operation] = [
         "/schedules",
         "schedules.write",
         "Create a schedule: {name, workflow, cron, timezone?, version?, params?, priority?, "
-        "enabled?}; its runs are submitted as the caller (who needs runs.write too)",
+        "enabled?}; its runs are submitted as the caller (who needs runs.write too), with "
+        "this token's scopes; once this token is revoked, the schedule is paused at its next "
+        "fire (last_error says why). Its expiry stops nothing",
         {201: "Schedule"},
         body("CreateSchedule"),
         problems=(409,),
@@ -385,7 +387,7 @@ OPERATIONS: list[Operation] = [
         "timezone, version (null: the latest), params (replaced whole), priority; a new "
         "cron or timezone "
         "fires next at its first time after now. Only its owner may (who needs runs.write "
-        "too; its runs then carry this token's scopes)",
+        "too; its runs then carry this token's scopes, until this token is revoked)",
         {200: "Schedule"},
         body("PatchSchedule", also=(MERGE_PATCH,)),
         problems=(409,),
@@ -402,8 +404,12 @@ OPERATIONS: list[Operation] = [
         "/schedules/{ref}/resume",
         "schedules.write",
         "Resume a schedule (by id or name) from its first fire time after now; the times "
-        "missed while paused are not made up",
+        "missed while paused are not made up. Its owner's resume binds it to this token (its "
+        "scopes, and its revocation pauses the schedule at its next fire; runs.write needed, "
+        "as on create). Another's (admin.schedules) keeps the owner's token, and is a 409 "
+        "schedule_token_revoked when that token was revoked: only the owner resumes it then",
         {200: "Schedule"},
+        problems=(409,),
     ),
     Operation(
         "delete",

@@ -3,8 +3,9 @@
 Only its owner may change it, even a caller who sees every schedule (admin.schedules): its
 runs act as its owner, with the owner's scopes, and letting another decide what they do
 would lend that other the owner's authority. An administrator pauses or deletes another's
-schedule instead. The owner's edit also takes the scopes of the token that made it: the
-runs carry the authority of whoever last said what they do, never more."""
+schedule instead. The owner's edit also binds it to the token that made it (its scopes, and
+its revocation stops the schedule: engine.schedules.tokens): the runs carry the authority
+of whoever last said what they do, never more."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from engine.auth import Caller
 from engine.config import Settings
 from engine.errors import PermissionDenied
 from engine.models import utcnow
-from engine.schedules import manage, timing
+from engine.schedules import manage, timing, tokens
 from engine.schedules.models import Schedule
 
 # What a change may name; `None` for version means the latest. The workflow stays (another
@@ -72,7 +73,7 @@ def change(
         setattr(schedule, field, value)
     if wanted.keys() & _TIMING and schedule.enabled:
         schedule.next_fire_at = timing.next_after(schedule.cron, schedule.timezone, now)
-    schedule.created_scopes = list(caller.scopes)
+    tokens.bind(schedule, caller)
     schedule.updated_at = now
     with manage.name_taken_as_conflict(schedule.name):
         with session.begin_nested():

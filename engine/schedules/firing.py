@@ -3,7 +3,8 @@
 Each fire's run carries an idempotency key made of the schedule's id and the fire time,
 under the schedule's creator, so a tick repeated (a second beat, a redelivered message)
 finds the run already there instead of submitting another. Fire times missed while
-nothing ticked are skipped but the latest (like Airflow's catchup=False)."""
+nothing ticked are skipped but the latest (like Airflow's catchup=False). A due schedule
+whose token was revoked is paused instead (engine.schedules.tokens)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from engine.auth import Caller
 from engine.config import Settings
 from engine.errors import EngineError, WorkflowPaused
 from engine.models import in_utc, timestamp
-from engine.schedules import timing
+from engine.schedules import timing, tokens
 from engine.schedules.models import Schedule
 from engine.work import Work
 
@@ -28,11 +29,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Fired:
-    """What a tick did: the work to send once committed, and the runs per schedule name."""
+    """What a tick did: the work to send once committed, the runs per schedule name, and
+    the schedules it paused because their token was revoked."""
 
     work: Work = field(default_factory=Work)
     runs: dict[str, str] = field(default_factory=dict)
     skipped: int = 0
+    revoked: list[str] = field(default_factory=list)
 
 
 def idempotency_key(schedule_id: str, fire_at: datetime) -> str:
@@ -56,7 +59,8 @@ def fire_due(session: Session, settings: Settings, now: datetime) -> Fired:
     """Submit a run for each enabled schedule due at `now` (at most SCHEDULE_BATCH of them,
     the longest overdue first; the next tick takes the rest) and move each to its next
     fire time after now. On PostgreSQL rows another tick holds are skipped (SKIP LOCKED);
-    SQLite's writers take turns. The caller commits, then sends `work`."""
+    SQLite's writers take turns. One whose token was revoked is paused instead (one query
+    looks up the revocations of them all). The caller commits, then sends `work`."""
     now = in_utc(now)
     due = session.scalars(
         select(Schedule)
@@ -65,9 +69,15 @@ def fire_due(session: Session, settings: Settings, now: datetime) -> Fired:
         .limit(settings.schedule_batch)
         .with_for_update(skip_locked=True)
     ).all()
+    revoked = tokens.revocations(session, (schedule.created_jti for schedule in due))
     fired = Fired()
     for schedule in due:
-        _fire(session, settings, schedule, now, fired)
+        revocation = revoked.get(schedule.created_jti or "")
+        if revocation is not None:
+            tokens.stop(session, schedule, revocation, now)
+            fired.revoked.append(schedule.name)
+        else:
+            _fire(session, settings, schedule, now, fired)
     return fired
 
 

@@ -21,7 +21,7 @@ from engine.config import Settings
 from engine.db import changed
 from engine.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from engine.models import utcnow
-from engine.schedules import timing
+from engine.schedules import timing, tokens
 from engine.schedules.models import Schedule
 
 # Submitting runs is what a schedule does: its creator must be allowed to.
@@ -51,7 +51,8 @@ def create(
 ) -> Schedule:
     """A new schedule, checked as a submission of its workflow would be (the workflow and
     version exist, the params match its schema); its first fire is the first time after
-    now. Its runs will act as the caller, with the caller's scopes."""
+    now. Its runs will act as the caller, with the scopes of the caller's token, until that
+    token is revoked (engine.schedules.tokens)."""
     check_can_submit(caller)
     check_name(request.name)
     timing.check_cron(request.cron)
@@ -178,9 +179,16 @@ def pause(session: Session, ref: str, caller: Caller) -> Schedule:
 
 def resume(session: Session, ref: str, caller: Caller, now: datetime | None = None) -> Schedule:
     """Fire again from the first time after now: the times missed while paused are not
-    made up for."""
+    made up for. Its owner's resume binds it to the owner's token (who needs runs.write,
+    as on create); another's keeps the token it has, and is refused when that token was
+    revoked (engine.schedules.tokens)."""
     schedule = get(session, ref, caller)
     if not schedule.enabled:
+        if schedule.created_by == caller.sub:
+            check_can_submit(caller)
+            tokens.bind(schedule, caller)
+        else:
+            tokens.check_not_revoked(session, schedule)
         now = now or utcnow()
         schedule.enabled = True
         schedule.next_fire_at = timing.next_after(schedule.cron, schedule.timezone, now)
