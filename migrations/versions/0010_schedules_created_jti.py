@@ -8,7 +8,7 @@ resumes or changes them with a token.
 
 Revision ID: 0010
 Revises: 0009
-Create Date: 2027-01-04 10:00:00
+Create Date: 2026-12-07 18:00:00
 """
 
 from __future__ import annotations
