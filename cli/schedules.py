@@ -1,4 +1,5 @@
-"""`engine schedules` — list, pause and resume schedules (pause --all: the emergency stop).
+"""`engine schedules` — list, pause, resume and trigger schedules (pause --all: the emergency
+stop).
 
 The CLI acts as `cli:<user>` (cli.context.operator()); every change is audited under it.
 """
@@ -7,14 +8,14 @@ from __future__ import annotations
 
 import click
 
-from cli.context import emit, operator, session
+from cli.context import emit, operator, sender, session, settings
 from engine.models import timestamp
-from engine.schedules import manage
+from engine.schedules import manage, trigger
 
 
 @click.group("schedules")
 def schedules() -> None:
-    """Cron schedules: list, pause, resume."""
+    """Cron schedules: list, pause, resume, trigger."""
 
 
 @schedules.command("list")
@@ -62,3 +63,16 @@ def schedules_resume(name: str) -> None:
         resumed = manage.resume(current, name, operator())
         next_fire = timestamp(resumed.next_fire_at)
     click.echo(f"resumed {name}; next fire {next_fire}")
+
+
+@schedules.command("trigger")
+@click.argument("name")
+def schedules_trigger(name: str) -> None:
+    """Submit the run the schedule NAME (or id) would submit at its next fire, now; its fire
+    times stay as they are. Prints the run's id."""
+    with session() as current:
+        run, work, _ = trigger.trigger(current, settings(), name, operator())
+        run_id = run.id
+    with sender() as send:
+        send(work)
+    click.echo(run_id)

@@ -384,6 +384,11 @@ def test_every_problem_an_operation_documents_is_one_it_answers_and_no_other(
     answer("post", "/schedules", status=201, json=other_hour, headers=headers)
     taken = {"json": {"name": unique}, "headers": headers}
     answer("patch", "/schedules/{ref}", status=409, ref=f"{unique}_b", **taken)
+    answer("post", "/schedules/{ref}/trigger", status=202, ref=unique, headers=headers)
+    pause = {"json": {"reason": "r"}, "headers": headers, "name": unique}
+    answer("post", "/workflows/{name}/pause", status=200, **pause)
+    answer("post", "/schedules/{ref}/trigger", status=409, ref=unique, headers=headers)
+    answer("post", "/workflows/{name}/resume", status=200, name=unique, headers=headers)
     # Another's schedule whose token was revoked: only its owner may resume it.
     owner = database.headers(f"{unique}@example.com", "schedules.write,runs.write")
     client = database.client()

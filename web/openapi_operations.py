@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine import dlq_query, specs
+from engine.schedules import trigger
 from engine.state import RunStatus
 from web.openapi_components import MAYBE_TIME, STRING, TIME, ref, shape
 from web.runs import MAX_IDEMPOTENCY_KEY
@@ -109,6 +110,15 @@ IDEMPOTENCY_KEY = {
     "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
     "description": "a repeat with the same key and body answers 200 with the first run; "
     "with another body, 409",
+}
+
+TRIGGER_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": trigger.KEY_MAX},
+    "description": "a repeated trigger with the same key answers 200 with the first run; "
+    "409 when the schedule's run has changed since (another version, params or priority)",
 }
 
 
@@ -410,6 +420,20 @@ OPERATIONS: list[Operation] = [
         "schedule_token_revoked when that token was revoked: only the owner resumes it then",
         {200: "Schedule"},
         problems=(409,),
+    ),
+    Operation(
+        "post",
+        "/schedules/{ref}/trigger",
+        "schedules.write",
+        "Run a schedule (by id or name) now, outside its cron times, paused or not: 202 and "
+        "the run its next fire would submit (as its owner, with the scopes of the token it "
+        "acts with); its fire times stay. Its owner or admin.schedules (audited) may; 409 "
+        "schedule_token_revoked while its token is revoked, workflow_paused while its "
+        "workflow is",
+        {202: "Run", 200: "Run"},
+        parameters=(TRIGGER_KEY,),
+        problems=(409,),
+        location="the run (GET it for its status and steps)",
     ),
     Operation(
         "delete",

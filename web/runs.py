@@ -7,7 +7,6 @@ from typing import Any
 from flask import Blueprint, current_app, request, url_for
 
 from engine import audit, cancels, resume, runs, webhooks
-from engine.errors import InvalidInput
 from web import events, schemas, serialize
 from web.auth import current_caller, request_claims, require_scopes
 from web.db import get_session, read_connection
@@ -21,12 +20,7 @@ MAX_IDEMPOTENCY_KEY = 200
 @require_scopes("runs.write")
 def submit_run() -> Any:
     body = schemas.json_body(schemas.SUBMIT_RUN)
-    key = request.headers.get("Idempotency-Key")
-    if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
-        raise InvalidInput(
-            "Idempotency-Key must be 1 to 200 characters",
-            errors=[{"field": "Idempotency-Key", "message": "bad length"}],
-        )
+    key = schemas.idempotency_key(MAX_IDEMPOTENCY_KEY)
     settings = current_app.config["SETTINGS"]
     webhook_url = body.get("webhook_url")
     if webhook_url is not None:

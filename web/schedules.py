@@ -1,4 +1,5 @@
-"""Schedules: create, list, read, change, pause, resume, delete. The beat task fires them."""
+"""Schedules: create, list, read, change, pause, resume, trigger, delete. The beat task fires
+them."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ from typing import Any
 
 from flask import Blueprint, current_app, request, url_for
 
-from engine.schedules import edit, manage
+from engine.schedules import edit, manage, trigger
 from web import schemas, serialize
 from web.auth import current_caller, require_scopes
 from web.db import get_session
+from web.dispatch import send
 
 bp = Blueprint("schedules", __name__, url_prefix="/schedules")
 
@@ -84,6 +86,22 @@ def resume_schedule(ref: str) -> Any:
     schedule = manage.resume(session, ref, current_caller())
     session.commit()
     return serialize.schedule(schedule)
+
+
+@bp.post("/<ref>/trigger")
+@require_scopes("schedules.write")
+def trigger_schedule(ref: str) -> Any:
+    """202 and the run its next fire would submit, now; 200 with the first run for a repeated
+    Idempotency-Key."""
+    key = schemas.idempotency_key(trigger.KEY_MAX)
+    session = get_session()
+    run, work, created = trigger.trigger(
+        session, current_app.config["SETTINGS"], ref, current_caller(), key
+    )
+    session.commit()
+    send(work)
+    headers = {"Location": url_for("runs.get_run", run_id=run.id)}
+    return serialize.run(run), 202 if created else 200, headers
 
 
 @bp.delete("/<ref>")

@@ -218,3 +218,15 @@ def query_int(name: str, default: int, *, minimum: int, maximum: int) -> int:
             errors=[{"field": name, "message": f"minimum is {minimum}"}],
         )
     return min(value, maximum)
+
+
+def idempotency_key(maximum: int) -> str | None:
+    """The request's Idempotency-Key header, if any: 1 to `maximum` characters, else a 422
+    naming it."""
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 0 < len(key) <= maximum:
+        raise InvalidInput(
+            f"Idempotency-Key must be 1 to {maximum} characters",
+            errors=[{"field": "Idempotency-Key", "message": "bad length"}],
+        )
+    return key
