@@ -11,8 +11,9 @@ id lets the receiver drop the repeat).
 
 A 2xx is delivered; a 410 Gone stops (gone); a URL the outbound policy refuses is failed
 at once; anything else (another status, a timeout, a refused connection) is tried again
-after an exponential backoff with jitter, until the event is WEBHOOK_MAX_AGE_HOURS old,
-then failed. Each outcome is counted in webhook_deliveries_total.
+after an exponential backoff with jitter, counted from the end of the attempt (a slow
+receiver does not shorten it), until the event is WEBHOOK_MAX_AGE_HOURS old, then failed.
+Each outcome is counted in webhook_deliveries_total.
 """
 
 from __future__ import annotations
@@ -155,7 +156,8 @@ def record(
     session: Session, settings: Settings, attempt: Attempt, result: Result, now: datetime
 ) -> str:
     """Record an attempt's outcome, if this claim still holds it; the outcome counted
-    (a retry past WEBHOOK_MAX_AGE_HOURS is `expired`), or "" when the claim was lost."""
+    (a retry past WEBHOOK_MAX_AGE_HOURS is `expired`), or "" when the claim was lost. `now`
+    is when the attempt ended: a retry is due a backoff after it."""
     outcome = result.outcome
     max_age = timedelta(hours=settings.webhook_max_age_hours)
     if outcome == "retried" and now - attempt.created_at >= max_age:
@@ -199,6 +201,7 @@ def deliver_due(
     """One pass: record the events of newly finished runs, then send what is due at `now`
     (the clock when None); the outcomes counted."""
     now = now or utcnow()
+    started = time.monotonic()
     with sessions.begin() as session:
         webhooks.record_events(session, now, settings.webhook_batch_size)
     with sessions.begin() as session:
@@ -213,8 +216,10 @@ def deliver_due(
         except Exception as exc:  # one attempt's fault must not end the pass for the others
             log.exception("webhook %s (run %s): the attempt failed", attempt.id, attempt.run_id)
             result = Result("retried", f"{type(exc).__name__}")
+        # On the pass's clock: `now` plus the time the pass has taken so far.
+        ended = now + timedelta(seconds=time.monotonic() - started)
         with sessions.begin() as session:
-            outcome = record(session, settings, attempt, result, now)
+            outcome = record(session, settings, attempt, result, ended)
         if outcome:
             metrics.webhook_deliveries_total.labels(outcome=outcome).inc()
         level = logging.WARNING if outcome in ("expired", "refused") else logging.INFO

@@ -208,6 +208,22 @@ def test_a_receiver_that_answers_500_is_retried_with_growing_backoff_until_it_an
     assert platform.run(run["id"])["webhook"]["status"] == "delivered"
 
 
+def test_a_retry_after_a_slow_answer_waits_its_backoff_from_the_answer_not_the_pass_start(
+    platform: Stack, receiver: Origin, unique: str
+) -> None:
+    slow_s = 3.0
+    url = receiver.script("/hook", Answer(500, delay_s=slow_s))
+    run = finished_run(platform, unique, url)
+    now = utcnow()
+    deliver(platform, now, webhook_backoff_s=2.0)
+    answered_by = utcnow()
+    [row] = deliveries(platform, run["id"])
+    assert (row.status, row.attempts, row.last_error) == ("pending", 1, "HTTP 500")
+    # WEBHOOK_BACKOFF_S (2 s here), half of it jittered, after the answer came 3 s in.
+    assert now + timedelta(seconds=slow_s + 1) <= row.next_attempt_at
+    assert row.next_attempt_at <= answered_by + timedelta(seconds=2)
+
+
 def test_during_a_rotation_each_attempt_is_signed_with_every_secret_set_when_it_is_sent(
     platform: Stack, receiver: Origin, unique: str
 ) -> None:
