@@ -5,8 +5,9 @@ prometheus_client's multiprocess mode: with PROMETHEUS_MULTIPROC_DIR set (Settin
 every process counts into its own files there, and whoever serves /metrics sums them.
 
 Gauges that describe the platform rather than one process (queue depth and lag, open dead
-letters, workers online) are not stored at all: `LiveGauges` reads them when /metrics is
-scraped, so a gauge from a process that has since died never lingers in the files.
+letters, workers online, the schedules' and webhooks' lag) are not stored at all:
+`LiveGauges` reads them when /metrics is scraped, so a gauge from a process that has since
+died never lingers in the files.
 """
 
 from __future__ import annotations
@@ -119,13 +120,14 @@ class Readings:
     dlq_open: int | None = None
     workers_online: int | None = None
     schedule_lag_seconds: float | None = None
+    webhook_lag_seconds: float | None = None
 
 
 class LiveGauges(Collector):
-    """queue_depth, queue_lag_seconds, dlq_open, workers_online and schedule_lag_seconds,
-    read at scrape time. A
-    reading that failed is left out, never served as 0: the ReadinessFailing alert reads a
-    missing dlq_open as the database failing and a missing queue_depth as the broker."""
+    """queue_depth, queue_lag_seconds, dlq_open, workers_online, schedule_lag_seconds and
+    webhook_lag_seconds, read at scrape time. A reading that failed is left out, never
+    served as 0: the ReadinessFailing alert reads a missing dlq_open as the database
+    failing and a missing queue_depth as the broker."""
 
     def __init__(self, read: Callable[[], Readings]) -> None:
         self._read = read
@@ -158,7 +160,13 @@ class LiveGauges(Collector):
         )
         if readings.schedule_lag_seconds is not None:
             overdue.add_metric([], readings.schedule_lag_seconds)
-        yield from (depth, lag, dlq, online, overdue)
+        undelivered = GaugeMetricFamily(
+            "webhook_lag_seconds",
+            "How long the most overdue webhook event has waited past its due time",
+        )
+        if readings.webhook_lag_seconds is not None:
+            undelivered.add_metric([], readings.webhook_lag_seconds)
+        yield from (depth, lag, dlq, online, overdue, undelivered)
 
 
 class _ProcessRegistry(Collector):

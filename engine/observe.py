@@ -1,9 +1,10 @@
 """Live readings of the platform for /metrics and /admin/status.
 
 Queue depth and lag come from the broker's Redis lists (engine.queues), runs by status, open
-dead letters and the schedules' lag from the database, online workers from a ping the caller
-supplies (engine never imports Celery). Every probe runs under a deadline, so a slow Redis,
-database or broker makes a reading missing, never a scrape or a status request hang.
+dead letters and the schedules' and webhooks' lag from the database, online workers from a
+ping the caller supplies (engine never imports Celery). Every probe runs under a deadline,
+so a slow Redis, database or broker makes a reading missing, never a scrape or a status
+request hang.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from engine.models import DeadLetter, Run, Step, utcnow
 from engine.queues import FirstSeen, QueueLayout, queue_stats
 from engine.schedules.firing import lag_seconds
 from engine.state import RunStatus, StepStatus
+from engine.webhooks import lag_seconds as webhook_lag_seconds
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +139,12 @@ class Observer:
         self._cached: tuple[float, Readings] | None = None
 
     def probes(
-        self, *, runs: bool = False, database: bool = False, schedules: bool = False
+        self,
+        *,
+        runs: bool = False,
+        database: bool = False,
+        schedules: bool = False,
+        webhooks: bool = False,
     ) -> dict[str, Callable[[], Any]]:
         probes: dict[str, Callable[[], Any]] = {
             "broker": self.client.ping,
@@ -151,6 +158,10 @@ class Observer:
             if schedules:
                 probes["schedules"] = lambda: self._query(
                     lambda session: lag_seconds(session, utcnow())
+                )
+            if webhooks:
+                probes["webhooks"] = lambda: self._query(
+                    lambda session: webhook_lag_seconds(session, utcnow())
                 )
             if runs:
                 probes["runs"] = lambda: self._query(runs_by_status)
@@ -190,17 +201,23 @@ class Observer:
             return read(session)
 
     def snapshot(
-        self, *, runs: bool = False, database: bool = False, schedules: bool = False
+        self,
+        *,
+        runs: bool = False,
+        database: bool = False,
+        schedules: bool = False,
+        webhooks: bool = False,
     ) -> dict[str, Reading]:
         """Every reading now (not cached), each with its value or its error."""
-        return gather(self.probes(runs=runs, database=database, schedules=schedules), self.timeout)
+        probes = self.probes(runs=runs, database=database, schedules=schedules, webhooks=webhooks)
+        return gather(probes, self.timeout)
 
     def readings(self) -> Readings:
         """The gauges for /metrics, reused for `ttl` seconds; what failed is left out."""
         with self._lock:
             if self._cached is not None and time.monotonic() - self._cached[0] < self.ttl:
                 return self._cached[1]
-            snapshot = self.snapshot(schedules=True)
+            snapshot = self.snapshot(schedules=True, webhooks=True)
             readings = Readings()
             queues = snapshot["queues"]
             if queues.ok:
@@ -214,6 +231,9 @@ class Observer:
             schedules = snapshot.get("schedules")
             if schedules is not None and schedules.ok:
                 readings.schedule_lag_seconds = schedules.value
+            deliveries = snapshot.get("webhooks")
+            if deliveries is not None and deliveries.ok:
+                readings.webhook_lag_seconds = deliveries.value
             workers = snapshot.get("workers")
             if workers is not None:
                 # No answer means no worker, as far as this process can tell.

@@ -24,12 +24,12 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import bindparam, insert, or_, select, update
+from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from engine.config import Settings
 from engine.errors import InvalidInput
-from engine.models import WEBHOOK_URL_MAX, Run, WebhookDelivery, new_id, timestamp
+from engine.models import WEBHOOK_URL_MAX, Run, WebhookDelivery, in_utc, new_id, timestamp
 from engine.outbound import Policy, Refused, forbidden
 
 EVENT_TYPE = "run.finished"
@@ -183,3 +183,23 @@ def record_events(session: Session, now: datetime, limit: int) -> int:
     session.execute(insert(deliveries), events)
     session.execute(_MARK_RECORDED, [{"b_id": r.id, "b_finished": r.finished_at} for r in due])
     return len(events)
+
+
+def lag_seconds(session: Session, now: datetime) -> float:
+    """How long the most overdue run.finished event has waited past its due time (0 when
+    none is): a finished run's event not yet recorded is due from the finish, a pending
+    delivery from its next_attempt_at (an attempt in flight is not due until its lease
+    ends). A pass every WEBHOOK_INTERVAL_S keeps it near 0 whatever the receivers answer;
+    it grows while nothing delivers: beat down, no worker on `default`, passes too slow.
+    One statement, each minimum read from its partial index (ix_runs_webhook_due,
+    ix_webhook_deliveries_next_attempt_at)."""
+    unrecorded = select(func.min(runs.c.finished_at)).where(*_DUE).scalar_subquery()
+    undelivered = (
+        select(func.min(deliveries.c.next_attempt_at))
+        .where(deliveries.c.status == PENDING)
+        .scalar_subquery()
+    )
+    due = [moment for moment in session.execute(select(unrecorded, undelivered)).one() if moment]
+    if not due:
+        return 0.0
+    return max(0.0, (in_utc(now) - min(in_utc(moment) for moment in due)).total_seconds())
