@@ -119,8 +119,10 @@ def _age(option: str, text: str) -> timedelta:
 @click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
 def prune(older_than: str, audit_older_than: str | None, dry_run: bool) -> None:
     """Delete finished runs (succeeded, failed, cancelled) older than --older-than, with
-    their steps and resolved dead letters, in batches of RETENTION_BATCH_SIZE; a run with an
-    open dead letter or a live step stays. Safe while the platform runs. Back up first."""
+    their steps and resolved dead letters, and the resolved dead letters with no run
+    resolved before then, in batches of RETENTION_BATCH_SIZE; a run with an open dead
+    letter or a live step stays, and so does every open letter. Safe while the platform
+    runs. Back up first."""
     age = _age("--older-than", older_than)
     audit_age = _age("--audit-older-than", audit_older_than) if audit_older_than else None
     current = settings()

@@ -6,11 +6,12 @@ Kept whatever their age: a run that is not finished, one with a step still live 
 run's other branch may still be running), and one with an open dead letter (an operator
 still has to decide on it). A resolved (replayed or discarded) letter goes with its run: the
 audit trail keeps who resolved it, when and why, and a letter pointing at a run that is
-gone could be neither replayed nor followed. A run whose webhook event is still to be
-recorded or delivered is kept too; its delivered or failed events go with it. Audit
-events are kept unless AUDIT_RETENTION_DAYS says otherwise. Domain tables (life) keep
-their rows: they name the run that wrote them, without a foreign key, and are the user's
-records, not bookkeeping.
+gone could be neither replayed nor followed. A resolved letter whose run is gone already,
+or that had none, goes once resolved before the cutoff; an open one stays, whatever its
+age. A run whose webhook event is still to be recorded or delivered is kept too; its
+delivered or failed events go with it. Audit events are kept unless AUDIT_RETENTION_DAYS
+says otherwise. Domain tables (life) keep their rows: they name the run that wrote them,
+without a foreign key, and are the user's records, not bookkeeping.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from engine import audit, metrics
 from engine.config import Settings
 from engine.db import changed
-from engine.dlq_query import OPEN
+from engine.dlq_query import DISCARDED, OPEN, REPLAYED
 from engine.errors import InvalidInput
 from engine.models import AuditEvent, DeadLetter, Run, Step, WebhookDelivery, utcnow
 from engine.state import RUN_TERMINAL, STEP_LIVE
@@ -92,16 +93,27 @@ def _prunable(cutoff: datetime) -> list[ColumnElement[bool]]:
     ]
 
 
+def _orphaned(cutoff: datetime) -> list[ColumnElement[bool]]:
+    """A resolved dead letter with no run to go with: its run is gone, or it had none.
+    failed_at comes before resolved_at: stated too, so ix_dead_letters_status_failed_at
+    narrows the search."""
+    return [
+        letters.c.status.in_((REPLAYED, DISCARDED)),
+        letters.c.failed_at < cutoff,
+        letters.c.resolved_at < cutoff,
+        or_(letters.c.run_id.is_(None), ~exists().where(runs.c.id == letters.c.run_id)),
+    ]
+
+
 def count_prunable(session: Session, cutoff: datetime) -> Pruned:
     """What a prune with this cutoff would delete now (a dry run: nothing changes)."""
     chosen = select(runs.c.id).where(*_prunable(cutoff)).scalar_subquery()
+    with_runs = select(func.count()).where(letters.c.run_id.in_(chosen), letters.c.status != OPEN)
     return Pruned(
         runs=session.scalar(select(func.count()).select_from(runs).where(*_prunable(cutoff))) or 0,
         steps=session.scalar(select(func.count()).where(steps.c.run_id.in_(chosen))) or 0,
-        dead_letters=session.scalar(
-            select(func.count()).where(letters.c.run_id.in_(chosen), letters.c.status != OPEN)
-        )
-        or 0,
+        dead_letters=(session.scalar(with_runs) or 0)
+        + (session.scalar(select(func.count()).where(*_orphaned(cutoff))) or 0),
     )
 
 
@@ -148,6 +160,24 @@ def prune_batch(session: Session, cutoff: datetime, limit: int) -> tuple[int, Pr
     )
 
 
+def prune_orphaned_batch(session: Session, cutoff: datetime, limit: int) -> int:
+    """Delete up to `limit` resolved dead letters resolved before `cutoff` whose run is
+    gone (or that had none); how many. Picked as prune_batch picks runs."""
+    picked = list(
+        session.scalars(
+            select(letters.c.id)
+            .where(*_orphaned(cutoff))
+            .limit(limit)
+            .with_for_update(of=letters, skip_locked=True)
+        )
+    )
+    if not picked:
+        return 0
+    return changed(
+        session.execute(delete(letters).where(letters.c.id.in_(picked), *_orphaned(cutoff)))
+    )
+
+
 def count_audit(session: Session, cutoff: datetime) -> int:
     """How many audit events were recorded before `cutoff`."""
     return session.scalar(select(func.count()).where(events.c.at < cutoff)) or 0
@@ -167,9 +197,10 @@ def prune(
     audit_cutoff: datetime | None = None,
     actor: str | None = None,
 ) -> Pruned:
-    """Delete every prunable run finished before `cutoff` (None: none), and the audit events
-    before `audit_cutoff`, one transaction per batch; a batch committed stays deleted if a
-    later one fails. `actor` (a manual prune) records an audit event of the totals."""
+    """Delete every prunable run finished before `cutoff` (None: none), the resolved dead
+    letters with no run resolved before it, and the audit events before `audit_cutoff`,
+    one transaction per batch; a batch committed stays deleted if a later one fails.
+    `actor` (a manual prune) records an audit event of the totals."""
     total = Pruned()
     while cutoff is not None:
         with sessions.begin() as session:
@@ -177,6 +208,12 @@ def prune(
         metrics.runs_pruned_total.inc(done.runs)
         total += done
         if picked < batch_size or not done.runs:
+            break
+    while cutoff is not None:
+        with sessions.begin() as session:
+            removed = prune_orphaned_batch(session, cutoff, batch_size)
+        total += Pruned(dead_letters=removed)
+        if removed < batch_size:
             break
     while audit_cutoff is not None:
         with sessions.begin() as session:

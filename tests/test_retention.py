@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import delete, event, func, select
 
 import celeryconfig
 from engine import retention
@@ -90,6 +90,40 @@ def add_run(
         return run.id
 
 
+def add_letter(
+    stack: Stack, status: str, *, run_id: str | None = None, resolved_at: Any = LONG_AGO
+) -> str:
+    """A dead letter failed long ago, resolved at `resolved_at` unless it is open."""
+    with stack.sessions.begin() as session:
+        letter = DeadLetter(
+            task_name="manager.plan_run",
+            queue="manager",
+            run_id=run_id,
+            exception_type="RuntimeError",
+            fingerprint="e" * 64,
+            status=status,
+            failed_at=LONG_AGO,
+            resolved_by=None if status == "open" else "alice@example.com",
+            resolved_at=None if status == "open" else resolved_at,
+        )
+        session.add(letter)
+        session.flush()
+        return letter.id
+
+
+def gone_run(stack: Stack) -> str:
+    """The id of a run that no longer exists (dead letters name their run without a key)."""
+    run_id = add_run(stack, "failed", steps=())
+    with stack.sessions.begin() as session:
+        session.execute(delete(Run).where(Run.id == run_id))
+    return run_id
+
+
+def letter_ids(stack: Stack) -> set[str]:
+    with stack.sessions() as session:
+        return set(session.scalars(select(DeadLetter.id)))
+
+
 def remaining(stack: Stack, model: type, *where: Any) -> int:
     with stack.sessions() as session:
         return session.scalar(select(func.count()).select_from(model).where(*where)) or 0
@@ -141,6 +175,33 @@ def test_finished_runs_older_than_the_cutoff_go_with_their_steps_and_resolved_le
     assert retention.prune(platform.sessions, utcnow() - CUTOFF, 500) == Pruned()
 
 
+def test_resolved_letters_whose_run_is_gone_or_that_had_none_go_too_open_ones_stay(
+    platform: Stack,
+) -> None:
+    gone = [
+        add_letter(platform, "discarded"),
+        add_letter(platform, "replayed", run_id=gone_run(platform)),
+        add_letter(platform, "discarded", run_id=gone_run(platform)),
+    ]
+    kept = {
+        add_letter(platform, "open"),
+        add_letter(platform, "open", run_id=gone_run(platform)),
+        # Resolved within the retention, though it failed long ago.
+        add_letter(platform, "discarded", resolved_at=utcnow() - timedelta(days=2)),
+        # Its run is kept (finished recently): the letter stays with it.
+        add_letter(platform, "discarded", run_id=add_run(platform, "failed", at=utcnow())),
+    }
+    cutoff = utcnow() - CUTOFF
+    with platform.sessions() as session:
+        assert retention.count_prunable(session, cutoff) == Pruned(dead_letters=3)
+    assert letter_ids(platform) == kept | set(gone)
+
+    assert retention.prune(platform.sessions, cutoff, 2) == Pruned(dead_letters=3)
+    assert letter_ids(platform) == kept
+    with platform.sessions() as session:
+        assert retention.count_prunable(session, cutoff) == Pruned()
+
+
 def test_a_small_batch_deletes_everything_eligible_across_several_transactions(
     platform: Stack,
 ) -> None:
@@ -153,7 +214,7 @@ def test_a_small_batch_deletes_everything_eligible_across_several_transactions(
 
     assert pruned == Pruned(runs=7, steps=7)
     assert run_ids(platform) == {kept}
-    assert len(commits) == 4  # 2 + 2 + 2 + 1
+    assert len(commits) == 5  # 2 + 2 + 2 + 1, then the letters left with no run: none
     assert remaining(platform, Step, Step.run_id.in_(old)) == 0
 
 
@@ -197,18 +258,21 @@ def test_the_cli_dry_run_counts_and_changes_nothing_then_the_prune_is_audited(
     add_run(platform, "succeeded", steps=("succeeded", "succeeded"))
     add_run(platform, "failed", steps=("dead",), letters=("discarded",))
     kept = add_run(platform, "failed", steps=("dead",), letters=("open",))
+    add_letter(platform, "discarded", run_id=gone_run(platform))
     env = {**platform.env, "RETENTION_BATCH_SIZE": "1"}
 
     out = ok(run_engine(env, "db", "prune", "--older-than", "30d", "--dry-run"))
     assert out.startswith("would delete 2 run(s) finished before ")
-    assert out.rstrip().endswith("with 3 step(s) and 1 resolved dead letter(s)")
+    assert out.rstrip().endswith("with 3 step(s) and 2 resolved dead letter(s)")
     assert len(run_ids(platform)) == 3
+    assert len(letter_ids(platform)) == 3
     assert remaining(platform, AuditEvent) == 0
 
     out = ok(run_engine(env, "db", "prune", "--older-than", "30d"))
     assert out.startswith("deleted 2 run(s) finished before ")
-    assert out.rstrip().endswith("with 3 step(s) and 1 resolved dead letter(s)")
+    assert out.rstrip().endswith("with 3 step(s) and 2 resolved dead letter(s)")
     assert run_ids(platform) == {kept}
+    assert remaining(platform, DeadLetter) == 1
     with platform.sessions() as session:
         audited = session.scalars(select(AuditEvent)).one()
     assert (audited.actor, audited.action, audited.target) == (
