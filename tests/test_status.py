@@ -67,6 +67,9 @@ def test_admin_status_reports_version_checks_queues_workers_runs_and_dead_letter
         "failed",
         "cancelled",
     }
+    for part in ("schedules", "webhooks"):
+        assert body[part]["status"] == "ok"
+        assert isinstance(body[part]["lag_s"], float) and body[part]["lag_s"] >= 0
     assert body["status"] == "ok"
 
 

@@ -269,6 +269,8 @@ RESPONSES: dict[str, dict[str, Any]] = {
             "workers": part(online=INTEGER, names=STRINGS),
             "runs": part(by_status={"type": ["object", "null"]}),
             "dead_letters": part(open={"type": ["integer", "null"]}),
+            "schedules": part(lag_s={"type": ["number", "null"]}),
+            "webhooks": part(lag_s={"type": ["number", "null"]}),
             "status": {"enum": ["ok", "degraded"]},
         }
     ),

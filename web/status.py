@@ -33,6 +33,10 @@ def _workers(reading: Reading | None) -> dict[str, Any]:
     return {**_part(reading), "online": len(names), "names": names}
 
 
+def _rounded(reading: Reading | None) -> float | None:
+    return round(reading.value, 3) if reading is not None and reading.ok else None
+
+
 def _iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
@@ -42,12 +46,14 @@ def _iso(moment: datetime) -> str:
 def admin_status() -> dict[str, Any]:
     observer: Observer = current_app.extensions["engine.observer"]
     started_at, started = current_app.extensions["engine.started"]
-    readings = observer.snapshot(runs=True, database=True)
+    readings = observer.snapshot(runs=True, database=True, schedules=True, webhooks=True)
 
     queues = readings["queues"]
     workers = readings.get("workers")
     runs = readings.get("runs")
     letters = readings.get("dead_letters")
+    schedules = readings.get("schedules")
+    webhooks = readings.get("webhooks")
     body: dict[str, Any] = {
         "version": engine.__version__,
         "started_at": _iso(started_at),
@@ -64,8 +70,21 @@ def admin_status() -> dict[str, Any]:
         "workers": _workers(workers),
         "runs": _part(runs, by_status=runs.value if runs else None),
         "dead_letters": _part(letters, open=letters.value if letters else None),
+        # How far behind the schedules' fires and the webhooks' deliveries are (the
+        # schedule_lag_seconds and webhook_lag_seconds gauges): near 0 while beat keeps up.
+        "schedules": _part(schedules, lag_s=_rounded(schedules)),
+        "webhooks": _part(webhooks, lag_s=_rounded(webhooks)),
     }
-    parts = ("database", "broker", "queues", "workers", "runs", "dead_letters")
+    parts = (
+        "database",
+        "broker",
+        "queues",
+        "workers",
+        "runs",
+        "dead_letters",
+        "schedules",
+        "webhooks",
+    )
     healthy = all(body[part]["status"] == "ok" for part in parts)
     # Up but useless: nothing would run the work.
     body["status"] = "ok" if healthy and body["workers"]["online"] else "degraded"
