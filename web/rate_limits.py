@@ -11,25 +11,28 @@ process), a fixed window each, counted by the `limits` library: one Redis round 
 tier and request. While that storage is unreachable, each process counts in its own memory
 and requests go on being answered (the database is the record: a run submitted then is
 stored and sent once the broker is back); the storage is tried again after 1, 2, 4 ... 32
-seconds. A request
-over a limit is a 429 in the API's error shape, with Retry-After and X-RateLimit-* headers;
-the window behind them is read only then."""
+seconds. Memory is counted in web.rate_limits_memory, safe across a worker's threads.
+Requests under way when the storage goes away fail together: they count as one failure.
+A request over a limit is a 429 in the API's error shape, with Retry-After and
+X-RateLimit-* headers; the window behind them is read only then."""
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass
 
 from flask import Flask, Response, current_app, g
 from limits import RateLimitItem, parse_many
-from limits.storage import MemoryStorage, storage_from_string
+from limits.storage import StorageTypes, storage_from_string
 from limits.strategies import FixedWindowRateLimiter
 from werkzeug.exceptions import TooManyRequests
 
 from engine.config import Settings
 from web.errors import problem
+from web.rate_limits_memory import MemoryWindows
 
 log = logging.getLogger(__name__)
 _KEY = "engine.rate_limits"
@@ -58,22 +61,24 @@ class OverLimit(TooManyRequests):
 
 class _Limits:
     def __init__(self, settings: Settings) -> None:
-        options: dict[str, float | str | bool] = {}
-        if not settings.rate_limit_storage.startswith("memory"):
-            options = {
-                "key_prefix": f"{settings.redis_key_prefix}ratelimit",
-                "socket_timeout": STORAGE_TIMEOUT_S,
-                "socket_connect_timeout": STORAGE_TIMEOUT_S,
-            }
-        self.limiter = FixedWindowRateLimiter(
-            storage_from_string(settings.rate_limit_storage, **options)
-        )
+        if settings.rate_limit_storage.startswith("memory"):
+            storage: StorageTypes = MemoryWindows()
+        else:
+            storage = storage_from_string(
+                settings.rate_limit_storage,
+                key_prefix=f"{settings.redis_key_prefix}ratelimit",
+                socket_timeout=STORAGE_TIMEOUT_S,
+                socket_connect_timeout=STORAGE_TIMEOUT_S,
+            )
+        self.limiter = FixedWindowRateLimiter(storage)
         self.writes = _bucket("writes", settings.rate_limit_writes)
         self.reads = _bucket("reads", settings.rate_limit_reads)
-        # Where requests are counted while the storage is away, and until when.
-        self.fallback = FixedWindowRateLimiter(MemoryStorage())
+        # Where requests are counted while the storage is away, and until when. The switch
+        # back and forth is under a lock a request takes only while the storage fails.
+        self.fallback = FixedWindowRateLimiter(MemoryWindows())
         self.fallback_until = 0.0
         self.retry_s = RETRY_FIRST_S
+        self._switching = threading.Lock()
 
     def counting(self) -> FixedWindowRateLimiter:
         """The storage's limiter, or this process's memory while the storage is away."""
@@ -82,17 +87,28 @@ class _Limits:
         return self.limiter
 
     def storage_failed(self, exc: Exception) -> None:
-        if not self.fallback_until:
-            log.warning(
-                "rate limits: their storage failed (%s); counting in this process's memory", exc
-            )
-        self.fallback_until = time.monotonic() + self.retry_s
-        self.retry_s = min(self.retry_s * 2, RETRY_LAST_S)
+        with self._switching:
+            now = time.monotonic()
+            if now < self.fallback_until:
+                # Another request's failure switched already: the requests under way when
+                # the storage went away fail together, and each doubling the wait would
+                # keep the storage untried for 32 s after the first failure.
+                return
+            if not self.fallback_until:
+                log.warning(
+                    "rate limits: their storage failed (%s); counting in this process's memory",
+                    exc,
+                )
+            self.fallback_until = now + self.retry_s
+            self.retry_s = min(self.retry_s * 2, RETRY_LAST_S)
 
     def storage_answered(self) -> None:
-        if self.fallback_until:
-            log.warning("rate limits: their storage answers again")
-            self.fallback_until, self.retry_s = 0.0, RETRY_FIRST_S
+        if not self.fallback_until:  # it has been answering: no lock on the usual path
+            return
+        with self._switching:
+            if self.fallback_until:
+                log.warning("rate limits: their storage answers again")
+                self.fallback_until, self.retry_s = 0.0, RETRY_FIRST_S
 
 
 def _bucket(scope: str, limits: str) -> _Bucket | None:
