@@ -106,6 +106,7 @@ class MetricsListenerProcess:
         self.due = time.monotonic() + METRICS_BIND_RETRY_S
 
     def check(self):
+        """Start another listener if the last one ended and its delay has passed."""
         now = time.monotonic()
         if self.process is not None:
             if self.process.poll() is None:
@@ -180,7 +181,10 @@ def when_ready(server):
     manage_workers = server.manage_workers
 
     def manage_workers_and_the_metrics_listener():
-        listener.check()
+        try:
+            listener.check()
+        except Exception:  # an error escaping the master's loop would stop the API
+            server.log.exception("Metrics listener: keeping it running failed")
         manage_workers()
 
     server.manage_workers = manage_workers_and_the_metrics_listener
