@@ -1,32 +1,18 @@
 """Planning, the manager's work: a queued run becomes its steps, the roots are released and
-the first one on the inline queue is claimed for the planner to run itself. A run that
-cannot be planned is buried by engine.plan_failures. Callers commit, then dispatch."""
+the first one on the inline queue is claimed for the planner to run itself. On PostgreSQL a
+small plan is written in one statement (engine.plan_statement). A run that cannot be planned
+is buried by engine.plan_failures. Callers commit, then dispatch."""
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (
-    JSON,
-    Row,
-    Text,
-    bindparam,
-    case,
-    cast,
-    delete,
-    func,
-    insert,
-    literal_column,
-    select,
-    true,
-    update,
-)
+from sqlalchemy import bindparam, update
 from sqlalchemy.orm import Session
 
-from engine import metrics, workflows
+from engine import metrics, plan_statement, workflows
 from engine.attempts import Claim, lease_for
 from engine.config import Settings
 from engine.db import COPY_MIN_ROWS, insert_rows, statement_by_statement
@@ -62,64 +48,6 @@ _COUNT_LEAVES = (
     .where(runs.c.id == _B_RUN_ID)
     .values(leaves_left=bindparam("b_leaves_left", type_=runs.c.leaves_left.type))
 )
-
-# PostgreSQL: a queued run of the expected workflow and version is started and its steps are
-# written in one statement (one round trip, and no BEGIN and COMMIT of its own), the rows
-# passed as one JSON document. The steps are written only if the run was started; the
-# statement returns the run's params and priority, or no row when the run was not queued so.
-_STARTED = (
-    update(runs)
-    .where(
-        runs.c.id == _B_RUN_ID,
-        runs.c.status == RunStatus.QUEUED,
-        runs.c.workflow == bindparam("b_workflow", type_=runs.c.workflow.type),
-        runs.c.version == bindparam("b_version", type_=runs.c.version.type),
-    )
-    .values(
-        status=RunStatus.RUNNING,
-        started_at=bindparam("b_now", type_=runs.c.started_at.type),
-        leaves_left=case(
-            (runs.c.leaves_left == 0, bindparam("b_leaves_left", type_=runs.c.leaves_left.type)),
-            else_=runs.c.leaves_left,
-        ),
-    )
-    .returning(runs.c.params, runs.c.priority)
-    .cte("started")
-)
-# Every column of the steps table: a key _step_rows leaves out (the outcome's columns) is NULL.
-_PLANNED_COLUMNS = [column.key for column in steps.columns]
-# The rows as the steps table's own row type, so each value takes its column's type.
-_PLANNED = (
-    func.json_populate_recordset(
-        literal_column(f"NULL::{steps.name}"), cast(bindparam("b_rows", type_=Text), JSON)
-    )
-    .table_valued(*_PLANNED_COLUMNS)
-    .alias("planned")
-)
-_WRITTEN = (
-    insert(steps)
-    .from_select(
-        _PLANNED_COLUMNS,
-        select(*[_PLANNED.c[name] for name in _PLANNED_COLUMNS]).join_from(
-            _STARTED, _PLANNED, true()
-        ),
-    )
-    .cte("written")
-)
-_START_AND_PLAN = select(_STARTED.c.params, _STARTED.c.priority).add_cte(_WRITTEN)
-# What a run not started by _START_AND_PLAN is, while it is still queued.
-_QUEUED_AS = select(runs.c.workflow, runs.c.version).where(
-    runs.c.id == _B_RUN_ID, runs.c.status == RunStatus.QUEUED
-)
-# A plan written, then refused (its params): the run back to queued, its steps gone.
-_REQUEUED = (
-    update(runs)
-    .where(runs.c.id == _B_RUN_ID, runs.c.status == RunStatus.RUNNING)
-    .values(status=RunStatus.QUEUED, started_at=None)
-    .returning(runs.c.id)
-    .cte("requeued")
-)
-_UNPLAN = delete(steps).where(steps.c.run_id.in_(select(_REQUEUED.c.id))).add_cte(_REQUEUED)
 
 
 def plan_run(session: Session, settings: Settings, run_id: str) -> Work:
@@ -197,19 +125,19 @@ def _start_and_plan(
     workflow: CompiledWorkflow,
 ) -> tuple[Work, Claim | None]:
     """PostgreSQL: start the run, if still queued as a run of `workflow`, and write its steps
-    in one statement (_START_AND_PLAN). From here on every write is one statement, so the
-    session may run each outside a transaction."""
+    in one statement (engine.plan_statement). From here on every write is one statement, so
+    the session may run each outside a transaction."""
     statement_by_statement(session)
     rows, inline = _step_rows(settings, workflow, run_id, now, carrier)
-    run = _write_plan(session, run_id, now, workflow, rows)
+    run = plan_statement.write_plan(session, run_id, now, workflow, rows)
     if run is None:
-        actual = session.execute(_QUEUED_AS, {"b_run_id": run_id}).first()
+        actual = plan_statement.queued_as(session, run_id)
         if actual is None or (actual.workflow, actual.version) == (workflow.name, workflow.version):
             return Work(), None  # planned already, cancelled, or gone
         # The message named another workflow than the run's: plan the run's own.
         workflow = workflows.compiled(session, settings, actual.workflow, actual.version)
         rows, inline = _step_rows(settings, workflow, run_id, now, carrier)
-        run = _write_plan(session, run_id, now, workflow, rows)
+        run = plan_statement.write_plan(session, run_id, now, workflow, rows)
         if run is None:
             return Work(), None
     try:
@@ -217,35 +145,9 @@ def _start_and_plan(
     except Exception:
         # The plan is written already: take it back, so the run is buried as one that never
         # started (and can be planned again on replay).
-        session.execute(_UNPLAN, {"b_run_id": run_id})
+        plan_statement.unplan(session, run_id)
         raise
     return _released(settings, workflow, run_id, inline, run.priority, run.params)
-
-
-def _write_plan(
-    session: Session,
-    run_id: str,
-    now: datetime,
-    workflow: CompiledWorkflow,
-    rows: list[dict[str, Any]],
-) -> Row[Any] | None:
-    """_START_AND_PLAN: the run's params and priority, or None when the run is not queued as
-    a run of `workflow`."""
-    values = {
-        "b_run_id": run_id,
-        "b_workflow": workflow.name,
-        "b_version": workflow.version,
-        "b_now": now,
-        "b_leaves_left": workflow.leaves,
-        "b_rows": json.dumps(rows, default=_json_time),
-    }
-    return session.execute(_START_AND_PLAN, values).first()
-
-
-def _json_time(value: Any) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 def _step_rows(
