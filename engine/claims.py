@@ -29,8 +29,8 @@ from engine.attempts import (
 from engine.cache import LRUCache
 from engine.config import Settings
 from engine.db import changed, one_transaction_from_here, statement_by_statement
+from engine.dead_steps import bury_uncompilable
 from engine.errors import InvalidSpec
-from engine.failures import bury_uncompilable
 from engine.lost_attempts import record_lost_attempt
 from engine.models import Run, Step, utcnow
 from engine.state import RunStatus, StepStatus

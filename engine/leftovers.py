@@ -1,6 +1,6 @@
 """Steps left live in a run that has ended, which the reconciler settles.
 
-A failed run skips its steps that have not started (engine.failures.fail_run) and a
+A failed run skips its steps that have not started (engine.dead_steps.fail_run) and a
 cancelled run cancels every live step (engine.cancels.cancel). Two kinds escape that. A step
 already running when its run failed, whose whole worker then died: nothing records that
 attempt, and its lease runs out in a run the lost-lease sweep no longer looks at. And the
@@ -21,7 +21,7 @@ from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from engine.db import changed
-from engine.failures import NOT_STARTED
+from engine.dead_steps import NOT_STARTED
 from engine.lost_attempts import LOST_ERROR_TYPE, lost_attempt_message
 from engine.models import Run, Step
 from engine.state import RunStatus, StepStatus
