@@ -33,6 +33,7 @@ from engine import (
     migrations,
     pauses,
     resume,
+    run_query,
     runs,
     spec_text,
     specs,
@@ -157,7 +158,7 @@ def runs_ls(
 
     start, end = audit.parse_window(since, until)
     with session() as current:
-        items, following = runs.list_runs(
+        items, following = run_query.list_runs(
             current,
             operator(),
             limit=limit,
@@ -184,7 +185,7 @@ def runs_show(run_id: str) -> None:
     from web import serialize
 
     with session() as current:
-        emit(serialize.run(*runs.read_run_with_steps(current, run_id, operator())))
+        emit(serialize.run(*run_query.read_run_with_steps(current, run_id, operator())))
 
 
 @runs_group.command("cancel")

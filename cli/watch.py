@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from cli.context import operator, require_database, settings
-from engine import runs, watch
+from engine import run_query, watch
 from engine.db import make_engine, read_engine
 from engine.state import RunStatus
 
@@ -29,7 +29,7 @@ def follow(run_id: str, as_json: bool) -> int:
 
     def read() -> dict[str, Any]:
         with read_db.connect() as connection:
-            return serialize.run(*runs.read_run_with_steps(connection, run_id, caller))
+            return serialize.run(*run_query.read_run_with_steps(connection, run_id, caller))
 
     last: Mapping[str, Any] | None = None
     try:

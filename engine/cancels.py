@@ -22,7 +22,7 @@ from engine.attempts import INLINE_MARK
 from engine.auth import ADMIN_RUNS_SCOPE, Caller
 from engine.errors import Conflict, InvalidTransition, PermissionDenied
 from engine.models import Run, Step, utcnow
-from engine.runs import get_run
+from engine.run_query import get_run
 from engine.state import RUN_LIVE, STEP_LIVE, RunStatus, StepStatus
 from engine.work import Work, plan_task_id
 

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from engine import audit, runs
+from engine import audit, run_query
 from engine.attempts import INLINE_MARK
 from engine.errors import InvalidInput, NotFound
 from engine.models import DeadLetter, Step
@@ -135,7 +135,7 @@ def list_letters(
     """Dead letters newest first, one page at a time (the cursor of GET /runs)."""
     query = select(DeadLetter).where(*where.clauses())
     if cursor:
-        at, row_id = runs.decode_cursor(cursor)
+        at, row_id = run_query.decode_cursor(cursor)
         query = query.where(
             or_(
                 DeadLetter.failed_at < at,
@@ -149,7 +149,7 @@ def list_letters(
     )
     following = None
     if len(rows) > limit:
-        following = runs.encode_cursor(rows[limit - 1].failed_at, rows[limit - 1].id)
+        following = run_query.encode_cursor(rows[limit - 1].failed_at, rows[limit - 1].id)
     return rows[:limit], following
 
 

@@ -17,7 +17,7 @@ from engine.config import Settings
 from engine.db import changed
 from engine.errors import InvalidTransition
 from engine.models import DeadLetter, Run, Step, utcnow
-from engine.runs import get_run, run_steps
+from engine.run_query import get_run, run_steps
 from engine.state import RunStatus, StepStatus
 from engine.work import Work, plan_dispatch, step_dispatch
 

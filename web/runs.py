@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, request, url_for
 
-from engine import audit, cancels, resume, runs, webhooks
+from engine import audit, cancels, resume, run_query, runs, webhooks
 from web import events, schemas, serialize
 from web.auth import current_caller, request_claims, require_scopes
 from web.db import get_session, read_connection
@@ -54,7 +54,7 @@ def list_runs() -> Any:
     )
     since, until = audit.parse_window(request.args.get("since"), request.args.get("until"))
     with read_connection() as connection:
-        items, following = runs.list_runs(
+        items, following = run_query.list_runs(
             connection,
             current_caller(),
             limit=limit,
@@ -71,7 +71,7 @@ def list_runs() -> Any:
 @require_scopes("runs.read")
 def get_run(run_id: str) -> Any:
     with read_connection() as connection:
-        run, steps = runs.read_run_with_steps(connection, run_id, current_caller())
+        run, steps = run_query.read_run_with_steps(connection, run_id, current_caller())
     return serialize.run(run, steps)
 
 
@@ -86,7 +86,7 @@ def run_events(run_id: str) -> Any:
     def read() -> dict[str, Any]:
         still_valid()  # a token that expires or is revoked while it streams ends the stream
         with read_db.connect() as connection:
-            return serialize.run(*runs.read_run_with_steps(connection, run_id, caller))
+            return serialize.run(*run_query.read_run_with_steps(connection, run_id, caller))
 
     # Read once before answering: another caller's run is a 404, as GET /runs/{id} says.
     return events.stream(read, read(), client_has)
@@ -99,7 +99,7 @@ def cancel_run(run_id: str) -> Any:
     run, work = cancels.cancel(session, run_id, current_caller())
     session.commit()
     send(work)
-    return serialize.run(run, runs.run_steps(session, run_id))
+    return serialize.run(run, run_query.run_steps(session, run_id))
 
 
 @bp.post("/<run_id>/retry")

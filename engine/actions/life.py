@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from engine import runs
+from engine import run_query
 from engine.actions import ActionContext, register
 from engine.errors import NonRetryableError
 from engine.life import workflow
@@ -96,7 +96,7 @@ def summarise_day(inputs: dict[str, Any], context: ActionContext) -> dict[str, A
 def _subject(session: Session, context: ActionContext, inputs: dict[str, Any], doing: str) -> str:
     """The subject named in the inputs, or the submitter's; refused (PermissionDenied, so
     the step fails without retries) when the run's submitter may not act for it."""
-    return subject_for(runs.submitter(session, context.run_id), inputs.get("subject"), doing)
+    return subject_for(run_query.submitter(session, context.run_id), inputs.get("subject"), doing)
 
 
 def _sessions(context: ActionContext) -> sessionmaker[Session]:
