@@ -1,6 +1,7 @@
 """A step attempt's vocabulary: its task id and lease, the claim a worker holds, the result
 of running the action and the outcome recorded for it; and the bind parameters the attempt
-statements of engine.execution (claim, success) and engine.failures (failure, loss) share."""
+statements of engine.claims (claim), engine.outcomes (success) and engine.failures (failure,
+loss) share."""
 
 from __future__ import annotations
 

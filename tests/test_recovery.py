@@ -26,8 +26,8 @@ from sqlalchemy import func, select, update
 from engine import (
     attempts,
     claims,
-    execution,
     lost_attempts,
+    outcomes,
     planning,
     recovery,
     resume,
@@ -732,7 +732,7 @@ def test_a_resume_racing_a_finishing_step_still_sees_its_release(
 
     finishing = offline.sessions()
     finishing.begin()
-    execution.finish_attempt(finishing, offline.settings, claim, attempts.Result(output=1))
+    outcomes.finish_attempt(finishing, offline.settings, claim, attempts.Result(output=1))
 
     def resume_d() -> None:
         with offline.sessions.begin() as session:

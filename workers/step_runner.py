@@ -14,7 +14,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from engine import claims, execution, logs
+from engine import claims, execution, logs, outcomes
 from engine.attempts import Claim, Outcome, delivery_tag, inline_worker
 from engine.planning import INLINE_QUEUE
 from engine.work import STEP_TASK, Dispatch
@@ -82,7 +82,7 @@ def perform(
 
     def write(session: Session) -> tuple[Outcome, Dispatch | None, Claim | Outcome | None]:
         # Not begun: on PostgreSQL a leaf's success is one statement, committed as it returns.
-        outcome = execution.finish_attempt(session, settings(), claimed, result)
+        outcome = outcomes.finish_attempt(session, settings(), claimed, result)
         following = chain.next_step(outcome) if chain is not None else None
         if following is None:
             session.commit()

@@ -1,5 +1,5 @@
 """How a worker writes a one-step run (engine.planning.plan_and_claim, then
-engine.execution.finish_attempt): on PostgreSQL, in a session that has not begun, planning
+engine.outcomes.finish_attempt): on PostgreSQL, in a session that has not begun, planning
 with the workflow and version from the plan message is one statement that starts the run and
 writes its steps, and a leaf's success is one statement; each is a transaction of its own
 (no BEGIN or COMMIT sent), so others see it before the caller commits. On SQLite both stay
@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select, update
 
-from engine import execution, plan_failures, planning, runs
+from engine import execution, outcomes, plan_failures, planning, runs
 from engine.attempts import Claim
 from engine.auth import Caller
 from engine.db import make_session_factory
@@ -64,7 +64,7 @@ def test_a_one_step_run_is_planned_and_succeeds_in_one_statement_each_on_postgre
 
     result = execution.attempt(claim)
     with database.sessions() as session:
-        outcome = execution.finish_attempt(session, database.settings, claim, result)
+        outcome = outcomes.finish_attempt(session, database.settings, claim, result)
         assert outcome.status == "succeeded" and not outcome.work
         assert in_transaction(session) is not postgres
         done = ("succeeded", [("only", "succeeded")])
