@@ -16,7 +16,7 @@ from alembic.util import CommandError
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Session
 
-from engine import backup, payloads, pg_client
+from engine import actions, backup, payloads, pg_client
 from engine.auth import OPERATOR_PREFIX, Caller
 from engine.config import Settings
 from engine.db import make_engine, make_session_factory
@@ -52,6 +52,14 @@ def configure_logging(debug: bool) -> None:
 @lru_cache(maxsize=1)
 def settings() -> Settings:
     return Settings.from_env()
+
+
+def settings_with_actions() -> Settings:
+    """Settings, with the action modules they name imported: specs are checked against
+    the registered actions, as the API and the workers check them."""
+    current = settings()
+    actions.load_plugins(current.action_modules)
+    return current
 
 
 def click_error(exc: Exception) -> click.ClickException | None:

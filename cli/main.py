@@ -8,41 +8,23 @@ from pathlib import Path
 import click
 from alembic import command as alembic_command
 
-from cli import watch
 from cli.context import (
     EngineGroup,
     configure_logging,
     emit,
-    json_option,
-    operator,
     require_database,
-    sender,
     session,
     settings,
+    settings_with_actions,
 )
 from cli.db_ops import COMMANDS as DB_COMMANDS
 from cli.dlq import dlq
+from cli.runs import runs_group
 from cli.schedules import schedules
 from cli.token_ops import COMMANDS as TOKEN_COMMANDS
 from cli.workflow_pauses import COMMANDS as PAUSE_COMMANDS
-from engine import (
-    actions,
-    audit,
-    auth,
-    cancels,
-    migrations,
-    pauses,
-    resume,
-    run_query,
-    runs,
-    spec_text,
-    specs,
-    tokens,
-    workflows,
-)
-from engine.config import Settings
+from engine import auth, migrations, pauses, spec_text, specs, tokens, workflows
 from engine.errors import EngineError
-from engine.work import Work
 
 
 @click.group(cls=EngineGroup)
@@ -81,133 +63,6 @@ def token_mint(sub: str, scopes: str, ttl: str) -> None:
     click.echo(minted.token)
 
 
-def _with_actions() -> Settings:
-    """Settings, with the action modules they name imported: specs are checked against
-    the registered actions, as the API and the workers check them."""
-    current = settings()
-    actions.load_plugins(current.action_modules)
-    return current
-
-
-def _send(work: Work) -> None:
-    with sender() as send:
-        send(work)
-
-
-@main.group("runs")
-def runs_group() -> None:
-    """Runs."""
-
-
-@runs_group.command("submit")
-@click.argument("workflow")
-@click.option("--params", default="{}", help="JSON object of run params.")
-@click.option("--version", type=click.IntRange(1, specs.MAX_VERSION), default=None)
-@click.option("--priority", type=click.IntRange(0, 9), default=0)
-@click.option("--wait", is_flag=True, help="Then follow it as `runs watch` does.")
-@click.option("--json", "as_json", is_flag=True, help="With --wait: states as JSON.")
-def runs_submit(
-    workflow: str, params: str, version: int | None, priority: int, wait: bool, as_json: bool
-) -> None:
-    """Submit a run of WORKFLOW and print its id; with --wait, follow it until it finishes
-    (exit 0 when it succeeded, 1 when it failed or was cancelled)."""
-    parsed = json_option(params, "--params")
-    with session() as current:
-        run, work, _ = runs.submit(
-            current,
-            _with_actions(),
-            runs.SubmitRun(workflow, parsed, version, priority),
-            operator(),
-        )
-        run_id = run.id
-    _send(work)
-    if not (wait and as_json):  # each state printed as JSON has the id
-        click.echo(run_id)
-    if wait:
-        raise SystemExit(watch.follow(run_id, as_json))
-
-
-@runs_group.command("watch")
-@click.argument("run_id")
-@click.option("--json", "as_json", is_flag=True, help="Each state as JSON (GET /runs/{id}).")
-def runs_watch(run_id: str, as_json: bool) -> None:
-    """Print a line each time RUN_ID or one of its steps changes, until it finishes: exit 0
-    when it succeeded, 1 when it failed or was cancelled."""
-    raise SystemExit(watch.follow(run_id, as_json))
-
-
-@runs_group.command("ls")
-@click.option("--status", default=None)
-@click.option("--workflow", default=None)
-@click.option("--since", default=None, help="Only runs submitted at or after this time (UTC).")
-@click.option("--until", default=None, help="Only runs submitted before this time (UTC).")
-@click.option("--limit", type=click.IntRange(1, 1000), default=20)
-@click.option("--cursor", default=None, help="Continue after a page (its next_cursor).")
-@click.option("--json", "as_json", is_flag=True, help="The API's JSON page (GET /runs).")
-def runs_ls(
-    status: str | None,
-    workflow: str | None,
-    since: str | None,
-    until: str | None,
-    limit: int,
-    cursor: str | None,
-    as_json: bool,
-) -> None:
-    """List runs, newest first."""
-    from web import serialize
-
-    start, end = audit.parse_window(since, until)
-    with session() as current:
-        items, following = run_query.list_runs(
-            current,
-            operator(),
-            limit=limit,
-            cursor=cursor,
-            status=status,
-            workflow=workflow,
-            since=start,
-            until=end,
-        )
-        if as_json:
-            emit(serialize.page([serialize.run(run) for run in items], following))
-            return
-        for run in items:
-            click.echo(
-                f"{run.id}  {run.status:<10} {run.workflow}@{run.version}  "
-                f"{run.created_at:%Y-%m-%d %H:%M:%S}  {run.created_by}"
-            )
-
-
-@runs_group.command("show")
-@click.argument("run_id")
-def runs_show(run_id: str) -> None:
-    """Show a run and its steps as JSON."""
-    from web import serialize
-
-    with session() as current:
-        emit(serialize.run(*run_query.read_run_with_steps(current, run_id, operator())))
-
-
-@runs_group.command("cancel")
-@click.argument("run_id")
-def runs_cancel(run_id: str) -> None:
-    """Cancel a live run."""
-    with session() as current:
-        _, work = cancels.cancel(current, run_id, operator())
-    _send(work)
-    click.echo(f"cancelled {run_id}")
-
-
-@runs_group.command("retry")
-@click.argument("run_id")
-def runs_retry(run_id: str) -> None:
-    """Resume a failed run from its failed steps."""
-    with session() as current:
-        _, work = resume.retry_run(current, _with_actions(), run_id, operator())
-    _send(work)
-    click.echo(f"retrying {run_id}")
-
-
 @main.group("workflows")
 def workflows_group() -> None:
     """Workflow specs."""
@@ -225,7 +80,7 @@ def _read_spec(path: str) -> object:
 @click.argument("path")
 def workflows_validate(path: str) -> None:
     """Check a spec file (YAML or JSON) and print its stages."""
-    current = _with_actions()  # a plugin that cannot be imported is an error of its own
+    current = settings_with_actions()  # a plugin that cannot be imported is an error of its own
     try:
         compiled = specs.compile_spec(_read_spec(path), current)
     except EngineError as exc:
@@ -240,7 +95,7 @@ def workflows_validate(path: str) -> None:
 def workflows_register(path: str) -> None:
     """Register a spec file as a new workflow version."""
     with session() as current:
-        workflow, created = workflows.register(current, _read_spec(path), _with_actions())
+        workflow, created = workflows.register(current, _read_spec(path), settings_with_actions())
         label = f"{workflow.name}@{workflow.version}"
     click.echo(("registered " if created else "already registered ") + label)
 
@@ -304,6 +159,7 @@ def db_history(verbose: bool) -> None:
 
 
 main.add_command(dlq)
+main.add_command(runs_group)
 main.add_command(schedules)
 for _command in TOKEN_COMMANDS:
     token.add_command(_command)
