@@ -1,4 +1,4 @@
-"""`engine db backup|restore|check|analyze|prune`: database maintenance for operators."""
+"""`engine db backup|restore|check|analyze|vacuum|prune`: database maintenance for operators."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from redis import RedisError
 
 from cli.context import operator, require_database, settings
 from engine import backup as backups
-from engine import retention
+from engine import maintenance, retention
 from engine.config import Settings
 from engine.db import make_engine, make_session_factory
 from engine.errors import EngineError, InvalidInput
@@ -43,6 +43,23 @@ def backup(path: Path | None, force: bool) -> None:
     click.echo(str(backups.backup(settings(), path, replace=force)))
 
 
+def _require_workers_stopped(current: Settings) -> None:
+    """A ClickException unless no worker answers a ping (or the broker cannot be asked)."""
+    try:
+        workers = online_workers(current)
+    except (OSError, KombuError, RedisError) as exc:
+        raise click.ClickException(
+            f"could not ask the workers whether they are running: the broker at "
+            f"{re.sub(r'//[^@/]*@', '//***@', current.redis_url)} did not answer ({exc}). "
+            "Make sure they are stopped, then pass --force"
+        ) from exc
+    if workers:
+        raise click.ClickException(
+            f"workers are online: {', '.join(workers)}. Stop them first (Ctrl-C "
+            "`make run`, or `docker compose stop worker beat`), or pass --force"
+        )
+
+
 @click.command("restore")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="Restore even while workers answer a ping.")
@@ -57,19 +74,7 @@ def restore(path: Path, force: bool, no_safety_copy: bool) -> None:
     # Before anything is written (the safety copy among it): is PATH a backup at all?
     backups.verify_backup(current, path)
     if not force:
-        try:
-            workers = online_workers(current)
-        except (OSError, KombuError, RedisError) as exc:
-            raise click.ClickException(
-                f"could not ask the workers whether they are running: the broker at "
-                f"{re.sub(r'//[^@/]*@', '//***@', current.redis_url)} did not answer ({exc}). "
-                "Make sure they are stopped, then pass --force"
-            ) from exc
-        if workers:
-            raise click.ClickException(
-                f"workers are online: {', '.join(workers)}. Stop them first (Ctrl-C "
-                "`make run`, or `docker compose stop worker beat`), or pass --force"
-            )
+        _require_workers_stopped(current)
     if not no_safety_copy:
         try:
             safety = backups.backup(current, backups.default_backup_path(current, "pre-restore"))
@@ -97,8 +102,25 @@ def check() -> None:
 @click.command("analyze")
 def analyze() -> None:
     """Refresh the query planner's statistics (ANALYZE; SQLite also PRAGMA optimize)."""
-    backups.analyze(settings())
+    maintenance.analyze(settings())
     click.echo(f"analyzed {backups.describe(settings())}")
+
+
+@click.command("vacuum")
+@click.option("--force", is_flag=True, help="SQLite: vacuum even while workers answer a ping.")
+def vacuum(force: bool) -> None:
+    """Give back the space deleted rows left (after a large prune). SQLite rewrites its file
+    holding the write lock, so stop the workers first; PostgreSQL vacuums and analyzes
+    while the platform runs. Prints the size before and after."""
+    current = settings()
+    if current.is_sqlite and not force:
+        _require_workers_stopped(current)
+    done = maintenance.vacuum(current)
+    click.echo(f"vacuumed {backups.describe(current)}: {_mib(done.before)} -> {_mib(done.after)}")
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
 
 
 def _age(option: str, text: str) -> timedelta:
@@ -161,4 +183,4 @@ def prune(older_than: str, audit_older_than: str | None, dry_run: bool) -> None:
         )
 
 
-COMMANDS = (backup, restore, check, analyze, prune)
+COMMANDS = (backup, restore, check, analyze, vacuum, prune)

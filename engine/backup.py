@@ -1,4 +1,5 @@
-"""Database maintenance: backup, restore, check and analyze, on SQLite and PostgreSQL.
+"""Database maintenance: backup, restore and check, on SQLite and PostgreSQL (analyze and
+vacuum: engine.maintenance).
 
 SQLite uses its online backup API both ways, so a backup is consistent while the platform
 writes, and a restore replaces the live file under SQLite's own locks. PostgreSQL uses
@@ -204,24 +205,6 @@ def check(settings: Settings) -> list[CheckResult]:
         )
     )
     return results
-
-
-def analyze(settings: Settings) -> None:
-    """Refresh the query planner's statistics."""
-    if settings.is_sqlite:
-        connection = sqlite_file.connect(sqlite_path(settings))
-        try:
-            connection.execute("ANALYZE")
-            connection.execute("PRAGMA optimize")
-        finally:
-            connection.close()
-        return
-    db_engine = make_engine(settings, isolation_level="AUTOCOMMIT")
-    try:
-        with db_engine.connect() as analyzed:
-            analyzed.execute(text("ANALYZE"))
-    finally:
-        db_engine.dispose()
 
 
 def describe(settings: Settings) -> str:
