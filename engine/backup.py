@@ -21,7 +21,7 @@ from engine import migrations, pg_client, sqlite_file
 from engine.config import Settings
 from engine.db import make_engine, normalise_url
 from engine.errors import DatabaseOperationError
-from engine.models import Base, RevokedToken, utcnow
+from engine.models import Base, RevokedToken
 from engine.sqlite_file import CheckResult, sqlite_path
 
 # Every database of this platform has alembic's table; a backup without it is not one.
@@ -128,19 +128,14 @@ def _replace(settings: Settings, path: Path) -> None:
 
 
 def _revocations(settings: Settings) -> list[dict[str, Any]]:
-    """The live database's revocations of tokens not yet expired; none when it cannot be
-    read (a database damaged or missing, which is why one restores)."""
+    """The live database's revocations, of expired tokens too: a schedule the backup holds
+    may act with a token revoked since, and expired since, which must still stop it
+    (engine.schedules.tokens). None when the database cannot be read (damaged or missing,
+    which is why one restores)."""
     db_engine = make_engine(settings)
     try:
         with db_engine.connect() as connection:
-            return [
-                dict(row._mapping)
-                for row in connection.execute(
-                    select(_revoked).where(
-                        (_revoked.c.expires_at.is_(None)) | (_revoked.c.expires_at > utcnow())
-                    )
-                )
-            ]
+            return [dict(row._mapping) for row in connection.execute(select(_revoked))]
     except SQLAlchemyError:
         return []
     finally:

@@ -9,6 +9,7 @@ import sqlite3
 import stat
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import jwt
@@ -17,7 +18,7 @@ from click.testing import Result
 from sqlalchemy import delete, insert, select, text
 
 from engine import migrations
-from engine.models import RevokedToken, Run, Workflow
+from engine.models import RevokedToken, Run, Workflow, utcnow
 from tests.conftest import spec
 from tests.support import services
 from tests.support.cli import failed, ok, run_engine
@@ -256,6 +257,28 @@ def test_tokens_revoked_since_a_backup_stay_revoked_when_it_is_restored(
     assert {jti_of(leaked), jti_of(kept_out)} <= revoked
     refused = engine_cli(platform, "token", "inspect", leaked)
     assert refused.exit_code == 1 and "revoked" in refused.output, refused.output
+
+
+def test_a_revocation_of_a_token_expired_since_is_carried_over_too(
+    platform: Stack, tmp_path: Path
+) -> None:
+    # A schedule in the backup may act with a token revoked, and expired, since it was
+    # taken: the revocation must still be there to stop it.
+    backup = tmp_path / "before-expiry.bak"
+    ok(engine_cli(platform, "db", "backup", str(backup)))
+    jti = f"expired-{uuid.uuid4().hex}"
+    with platform.sessions.begin() as session:
+        session.add(
+            RevokedToken(
+                jti=jti,
+                revoked_by="ops@example.com",
+                expires_at=utcnow() - timedelta(minutes=5),
+            )
+        )
+    out = ok(engine_cli(platform, "db", "restore", "--no-safety-copy", "--force", str(backup)))
+    assert "token revocation(s) made since that backup kept" in out
+    with platform.sessions() as session:
+        assert jti in set(session.scalars(select(RevokedToken.jti)))
 
 
 def test_a_database_that_is_not_the_platforms_is_refused_before_anything_is_touched(
