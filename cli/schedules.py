@@ -10,7 +10,7 @@ import click
 
 from cli.context import emit, operator, sender, session, settings
 from engine.models import timestamp
-from engine.schedules import manage, trigger
+from engine.schedules import manage, tokens, trigger
 
 
 @click.group("schedules")
@@ -23,7 +23,8 @@ def schedules() -> None:
 @click.option("--cursor", default=None, help="Continue after a page (its next_cursor).")
 @click.option("--json", "as_json", is_flag=True, help="The API's JSON page (GET /schedules).")
 def schedules_list(limit: int, cursor: str | None, as_json: bool) -> None:
-    """List schedules by name: state, cron and timezone, next and last fire, and owner."""
+    """List schedules by name: state, cron and timezone, next and last fire, and owner;
+    "token revoked" marks one whose token was revoked (its next fire pauses it)."""
     from web import serialize
 
     with session() as current:
@@ -31,12 +32,14 @@ def schedules_list(limit: int, cursor: str | None, as_json: bool) -> None:
         if as_json:
             emit(serialize.page([serialize.schedule(item) for item in items], following))
             return
+        revoked = tokens.revocations(current, (item.created_jti for item in items))
         for item in items:
             state = "enabled" if item.enabled else "paused"
+            flag = "  token revoked" if item.created_jti in revoked else ""
             click.echo(
                 f"{item.name}  {state:<7}  {item.cron!r} {item.timezone}  {item.workflow}  "
                 f"next {timestamp(item.next_fire_at) or '-'}  "
-                f"last {timestamp(item.last_fired_at) or '-'}  by {item.created_by}"
+                f"last {timestamp(item.last_fired_at) or '-'}  by {item.created_by}{flag}"
             )
 
 

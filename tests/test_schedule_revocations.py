@@ -173,6 +173,13 @@ def test_an_administrator_may_pause_but_not_resume_a_schedule_whose_token_was_re
     create(database, unique, creator, unique)
     create(database, f"{unique}_kept", kept, unique)
     revoke(database, creator.jti)
+    # Before its next fire pauses it, the list already tells it from the others.
+    listed = {
+        line.split()[0]: line
+        for line in run_engine(database.env, "schedules", "list").output.splitlines()
+    }
+    assert listed[unique].endswith("token revoked")
+    assert not listed[f"{unique}_kept"].endswith("token revoked")
     admin = database.headers("root@example.com", f"{WRITER},admin.schedules")
     client = database.client()
     for name in (unique, f"{unique}_kept"):
