@@ -28,6 +28,9 @@ MAX_RETENTION_DAYS = 36_500
 # Where the rate limits' counters may live: a Redis, or one process's memory.
 RATE_LIMIT_STORAGE_SCHEMES = ("redis", "rediss", "redis+unix", "memory")
 
+# Rows a batch (a bulk cancel, a prune) names in one statement, at most.
+MAX_BATCH = 10_000
+
 
 def problems(settings: Settings) -> list[str]:
     """Every problem of `settings`, in the order the areas are listed; none: it can work."""
@@ -221,12 +224,13 @@ def _retention(settings: Settings) -> list[str]:
                 f"{name} must be a number of days from 0 (keep forever) to "
                 f"{MAX_RETENTION_DAYS}, got {days!r}"
             )
-    if settings.bulk_cancel_batch < 1:
-        found.append(f"BULK_CANCEL_BATCH must be at least 1, got {settings.bulk_cancel_batch}")
-    if settings.retention_batch_size < 1:
-        found.append(
-            f"RETENTION_BATCH_SIZE must be at least 1, got {settings.retention_batch_size}"
-        )
+    for name, size in (
+        ("BULK_CANCEL_BATCH", settings.bulk_cancel_batch),
+        ("RETENTION_BATCH_SIZE", settings.retention_batch_size),
+    ):
+        # A batch's ids go in one statement, a bound parameter each: SQLite takes 32,766.
+        if not 1 <= size <= MAX_BATCH:
+            found.append(f"{name} must be from 1 to {MAX_BATCH}, got {size}")
     return found
 
 

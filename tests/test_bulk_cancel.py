@@ -222,5 +222,8 @@ def test_the_cli_pauses_and_cancels_the_live_runs_as_the_operator(
 def test_a_bulk_cancel_batch_below_one_is_a_start_up_error_naming_it(tmp_path: Path) -> None:
     base = {"JWT_SECRET": "s" * 40, "ENGINE_VAR_DIR": str(tmp_path)}
     assert Settings.from_env({**base, "BULK_CANCEL_BATCH": "50"}).bulk_cancel_batch == 50
-    with pytest.raises(ConfigError, match="BULK_CANCEL_BATCH"):
-        Settings.from_env({**base, "BULK_CANCEL_BATCH": "0"})
+    for size in ("0", "10001"):
+        with pytest.raises(ConfigError, match="BULK_CANCEL_BATCH must be from 1 to 10000"):
+            Settings.from_env({**base, "BULK_CANCEL_BATCH": size})
+    with pytest.raises(ConfigError, match="RETENTION_BATCH_SIZE must be from 1 to 10000"):
+        Settings.from_env({**base, "RETENTION_BATCH_SIZE": "20000"})
