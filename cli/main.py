@@ -79,7 +79,7 @@ def _read_spec(path: str) -> object:
 @workflows_group.command("validate")
 @click.argument("path")
 def workflows_validate(path: str) -> None:
-    """Check a spec file (YAML or JSON) and print its stages."""
+    """Check a spec file (YAML or JSON) and print its stages and its steps' conditions."""
     current = settings_with_actions()  # a plugin that cannot be imported is an error of its own
     try:
         compiled = specs.compile_spec(_read_spec(path), current)
@@ -88,6 +88,8 @@ def workflows_validate(path: str) -> None:
             click.echo(f"{error['field']}: {error['message']}", err=True)
         raise SystemExit(1) from exc
     click.echo(f"{compiled.name}@{compiled.version} is valid; stages: {compiled.stages()}")
+    for step_id, when in compiled.conditions().items():
+        click.echo(f"{step_id} runs when: {when}")
 
 
 @workflows_group.command("register")

@@ -78,6 +78,8 @@ class Result:
     inputs: Any = None
     error: BaseException | None = None
     duration_s: float = 0.0
+    # The step's `when` was falsy: the action was not called (engine.execution).
+    skipped: bool = False
     # The values of the secrets the step read (engine.secret_store), by name: in memory
     # only, for masking its output and failure; never stored, never shown.
     secrets: dict[str, str] | None = field(default=None, repr=False)

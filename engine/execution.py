@@ -1,5 +1,6 @@
 """Step attempts: run the action of a claimed attempt (engine.claims), its inputs rendered
 (the secrets they read, engine.secret_store) and its failure kept as data in the Result.
+A step whose `when` is falsy is not run: its result says it is skipped.
 It runs between transactions and touches no table itself (an action may, through the
 sessions it is handed); engine.outcomes records the result.
 """
@@ -25,11 +26,16 @@ def attempt(
     settings: Settings | None = None,
 ) -> Result:
     """Render the inputs and run the action, handing it `sessions`, the step's time limit
-    and `settings` (see ActionContext). Never raises: the result carries the error."""
+    and `settings` (see ActionContext); first, a step with a `when` that is falsy is not
+    run: the result says it is skipped. Never raises: the result carries the error."""
     started = time.perf_counter()
     result = Result()
     try:
         context = {"params": claim.params, "steps": claim.upstream}
+        if claim.spec.when is not None and not condition_holds(claim.spec.when, context):
+            result.skipped = True
+            result.duration_s = time.perf_counter() - started
+            return result
         if claim.inputs_override is not None:
             # A replay's inputs, stored as given: `[SECRET:name]` in them is the secret's value.
             result.inputs = claim.inputs_override
@@ -72,6 +78,17 @@ def attempt(
     result.duration_s = time.perf_counter() - started
     metrics.step_duration_seconds.labels(action=claim.spec.action).observe(result.duration_s)
     return result
+
+
+def condition_holds(when: str, context: dict[str, Any]) -> bool:
+    """Whether a step's `when` is truthy in `context` (params, the needed steps' outputs). One
+    that fails to evaluate is InvalidInput naming `when`: it would fail the same way again."""
+    try:
+        return bool(templating.evaluate(when, context))
+    except InvalidInput as exc:
+        raise InvalidInput(
+            f"when: {exc.detail}", errors=[{"field": "when", "message": exc.detail}]
+        ) from exc
 
 
 def _render_with_secrets(

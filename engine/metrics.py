@@ -97,7 +97,8 @@ for _outcome in WEBHOOK_OUTCOMES:
     webhook_deliveries_total.labels(outcome=_outcome)
 # The outcomes a worker counts (a cancel is counted by the API).
 RUN_OUTCOMES = ("succeeded", "failed")
-STEP_OUTCOMES = ("succeeded", "retrying", "dead")
+# skipped: a step whose `when` was false (a failed run's skipped steps are not counted).
+STEP_OUTCOMES = ("succeeded", "skipped", "retrying", "dead")
 
 
 def expect_outcomes(workflows: Iterable[str], actions: Iterable[str]) -> None:

@@ -1,6 +1,7 @@
 """Recording an attempt's outcome (engine.execution ran it): a success is written, its run
-counted down when the step is a leaf, and the steps it unblocked released; a failure goes to
-engine.failures.
+counted down when the step is a leaf, and the steps it unblocked released; a step skipped by
+its `when` is recorded the same way, by the same statements, as `skipped` with a null
+output; a failure goes to engine.failures.
 
 Each write is one short transaction of Core statements on the steps and runs tables whose
 WHERE clause states what the writer expects; the row count says whether it won.
@@ -31,8 +32,9 @@ log = logging.getLogger(__name__)
 steps = Step.__table__
 runs = Run.__table__
 
+# `b_status`: succeeded, or skipped when its `when` was falsy (downstream, it counts as done).
 _SUCCEEDED = {
-    "status": StepStatus.SUCCEEDED,
+    "status": bindparam("b_status", type_=steps.c.status.type),
     "output": bindparam("b_output", type_=steps.c.output.type),
     "inputs": bindparam("b_inputs", type_=steps.c.inputs.type),
     "error": None,
@@ -136,7 +138,9 @@ def finish_attempt(session: Session, settings: Settings, claim: Claim, result: R
         )
     now = utcnow()
     children = claim.workflow.children.get(claim.step_id, ())
+    status = StepStatus.SKIPPED if result.skipped else StepStatus.SUCCEEDED
     values = {
+        "b_status": status,
         "b_run_id": claim.run_id,
         "b_step_id": claim.step_id,
         "b_task_id": claim.task_id,
@@ -171,8 +175,15 @@ def finish_attempt(session: Session, settings: Settings, claim: Claim, result: R
             claim.attempt,
         )
         return Outcome("lost")
-    metrics.steps_total.labels(action=claim.spec.action, status="succeeded").inc()
-    outcome = Outcome("succeeded")
+    metrics.steps_total.labels(action=claim.spec.action, status=status).inc()
+    if result.skipped:
+        log.info(
+            "run %s step %s: skipped, its when %r is false",
+            claim.run_id,
+            claim.step_id,
+            claim.spec.when,
+        )
+    outcome = Outcome(status)
     if not children:
         if run is None:
             run = session.execute(_COUNT_DOWN_RUN, {"b_run_id": claim.run_id, "b_now": now}).first()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import insert, select, tuple_, update
+from sqlalchemy import bindparam, insert, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from engine import audit, workflows
@@ -19,14 +19,26 @@ from engine.auth import Caller
 from engine.config import Settings
 from engine.dlq_query import OPEN, REPLAYED, letters
 from engine.models import Run, Step, utcnow
-from engine.resume import RESUMABLE_STEP, requeued
+from engine.resume import RESUMABLE_STEP, leaves_to_run, requeued
 from engine.specs import CompiledWorkflow
 from engine.state import RunStatus, StepStatus
 from engine.work import Dispatch, Work, step_dispatch
 
 steps = Step.__table__
 runs = Run.__table__
-RESUMABLE_RUN = (RunStatus.FAILED, RunStatus.RUNNING)
+# Failed (b_was) or running runs re-entered.
+_REENTER = (
+    update(runs)
+    .where(runs.c.id.in_(bindparam("b_ids", expanding=True)), runs.c.status == bindparam("b_was"))
+    .values(status=RunStatus.RUNNING, error=None, finished_at=None)
+    .returning(runs.c.id, runs.c.workflow, runs.c.version, runs.c.priority, runs.c.leaves_left)
+)
+# A resumed run's leaves_left, where its leaves skipped by their `when` changed it.
+_RECOUNT_LEAVES = (
+    update(runs)
+    .where(runs.c.id == bindparam("b_id", type_=runs.c.id.type))
+    .values(leaves_left=bindparam("b_leaves_left", type_=runs.c.leaves_left.type))
+)
 
 
 @dataclass
@@ -121,18 +133,18 @@ def _resume_steps(
     session: Session, settings: Settings, targets: list[tuple[str, str]], now: datetime
 ) -> tuple[dict[tuple[str, str], Dispatch], dict[str, list[Dispatch]]]:
     """engine.resume.resume for many (run, step) pairs in a few statements: runs running again,
-    the dead steps queued, skipped steps pending on their unmet parents, children whose
-    parents all succeeded released. Raises Mismatch if any pair cannot be resumed (the
-    caller's transaction is then rolled back). Returns each pair's dispatch and, per run, the
-    released children's dispatches."""
+    the dead steps queued, a failed run's skipped steps pending on their unmet parents and
+    its leaves_left recounted, children whose parents all succeeded released. Raises
+    Mismatch if any pair cannot be resumed (the caller's transaction is then rolled back).
+    Returns each pair's dispatch and, per run, the released children's dispatches."""
     run_ids = sorted({run_id for run_id, _ in targets})
     # Runs first, as resume.resume does: a step finishing concurrently updates its run too.
-    resumed = session.execute(
-        update(runs)
-        .where(runs.c.id.in_(run_ids), runs.c.status.in_(RESUMABLE_RUN))
-        .values(status=RunStatus.RUNNING, error=None, finished_at=None)
-        .returning(runs.c.id, runs.c.workflow, runs.c.version, runs.c.priority)
-    ).all()
+    # Failed ones first: only their skipped steps come back (resume.wake_skipped).
+    resumed = list(session.execute(_REENTER, {"b_ids": run_ids, "b_was": RunStatus.FAILED}))
+    failed = {row.id: row.leaves_left for row in resumed}
+    if len(resumed) != len(run_ids):
+        rest = [run_id for run_id in run_ids if run_id not in failed]
+        resumed += session.execute(_REENTER, {"b_ids": rest, "b_was": RunStatus.RUNNING}).all()
     if len(resumed) != len(run_ids):
         raise Mismatch(f"{len(run_ids) - len(resumed)} run(s) are gone or not failed")
     compiled: dict[tuple[str, int], CompiledWorkflow] = {}
@@ -171,12 +183,23 @@ def _resume_steps(
         raise Mismatch(f"{len(targets) - len(queued)} step(s) are not dead")
     own = {(row.run_id, row.step_id): dispatch(*row) for row in queued}
 
+    # As resume.wake_skipped does, for the runs that were failed.
     current = session.execute(
         select(steps.c.run_id, steps.c.step_id, steps.c.status, steps.c.depends_on).where(
-            steps.c.run_id.in_(run_ids)
+            steps.c.run_id.in_(list(failed))
         )
     ).all()
     succeeded = {(row.run_id, row.step_id) for row in current if row.status == StepStatus.SUCCEEDED}
+    done: dict[str, set[str]] = {}
+    for run_id, step_id in succeeded:
+        done.setdefault(run_id, set()).add(step_id)
+    recounted = []
+    for run_id, leaves_left in failed.items():
+        left = leaves_to_run(run_of[run_id][0], done.get(run_id, set()))
+        if left != leaves_left:
+            recounted.append({"b_id": run_id, "b_leaves_left": left})
+    if recounted:
+        session.execute(_RECOUNT_LEAVES, recounted)
     waiting: dict[int, list[tuple[str, str]]] = {}
     for row in current:
         if row.status == StepStatus.SKIPPED:

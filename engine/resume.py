@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from engine import audit, metrics, workflows
@@ -18,6 +18,7 @@ from engine.db import changed
 from engine.errors import InvalidTransition
 from engine.models import DeadLetter, Run, Step, utcnow
 from engine.run_query import get_run, run_steps
+from engine.specs import CompiledWorkflow
 from engine.state import RunStatus, StepStatus
 from engine.work import Work, plan_dispatch, step_dispatch
 
@@ -42,6 +43,59 @@ def requeued(now: datetime) -> dict[str, Any]:
     }
 
 
+# A failed (b_was) or running run re-entered.
+_REENTER = (
+    update(runs)
+    .where(runs.c.id == bindparam("b_run_id"), runs.c.status == bindparam("b_was"))
+    .values(status=RunStatus.RUNNING, error=None, finished_at=None)
+    .returning(runs.c.leaves_left)
+)
+
+
+def leaves_to_run(workflow: CompiledWorkflow, succeeded: set[str]) -> int:
+    """A resumed failed run's leaves_left: its leaves that have not succeeded. A leaf skipped
+    by its `when` was counted down, but comes back as pending with the other skipped steps
+    and is counted down again when it skips again (or succeeds)."""
+    return sum(
+        1
+        for step_id in workflow.steps
+        if not workflow.children.get(step_id) and step_id not in succeeded
+    )
+
+
+def wake_skipped(
+    session: Session, workflow: CompiledWorkflow, run_id: str, leaves_left: int
+) -> None:
+    """Bring a failed run's skipped steps back as pending, each counting its needs that have
+    not succeeded, and recount its leaves_left (read as the run was re-entered). Those a
+    failure skipped run now; those their `when` skipped are evaluated again (and skip again:
+    their params and needs' outputs are the same). A running run's skipped steps (a second
+    dead letter of it replayed) were all skipped by their `when`, and stay done: a replay
+    of one had already brought the rest back."""
+    current = session.execute(
+        select(steps.c.step_id, steps.c.status, steps.c.depends_on).where(steps.c.run_id == run_id)
+    ).all()
+    succeeded = {row.step_id for row in current if row.status == StepStatus.SUCCEEDED}
+    left = leaves_to_run(workflow, succeeded)
+    if left != leaves_left:
+        session.execute(update(runs).where(runs.c.id == run_id).values(leaves_left=left))
+    waiting: dict[int, list[str]] = {}
+    for row in current:
+        if row.status == StepStatus.SKIPPED:
+            unmet = sum(1 for need in row.depends_on if need not in succeeded)
+            waiting.setdefault(unmet, []).append(row.step_id)
+    for unmet, skipped in waiting.items():
+        session.execute(
+            update(steps)
+            .where(
+                steps.c.run_id == run_id,
+                steps.c.step_id.in_(skipped),
+                steps.c.status == StepStatus.SKIPPED,
+            )
+            .values(status=StepStatus.PENDING, pending_deps=unmet)
+        )
+
+
 def resume(
     session: Session,
     settings: Settings,
@@ -50,7 +104,8 @@ def resume(
     inputs_override: dict[str, Any] | None = None,
 ) -> Work:
     """Re-enter a failed run at the given dead steps (their next attempt): succeeded steps
-    stay done, skipped steps wait for their parents again, the run is running again.
+    stay done, skipped steps wait for their parents again (wake_skipped), the run is
+    running again.
 
     Every move is a conditional UPDATE, so two callers resuming one step cannot both win:
     the loser gets InvalidTransition and its transaction must be rolled back."""
@@ -60,12 +115,12 @@ def resume(
     now = utcnow()
     # The run row first: a step finishing concurrently updates it too, so that step either
     # committed before this statement (and is seen as succeeded below) or waits for us.
-    if not changed(
-        session.execute(
-            update(runs)
-            .where(runs.c.id == run.id, runs.c.status.in_((RunStatus.FAILED, RunStatus.RUNNING)))
-            .values(status=RunStatus.RUNNING, error=None, finished_at=None)
-        )
+    # Failed first: only a failed run's skipped steps come back (see wake_skipped).
+    failed = session.execute(_REENTER, {"b_run_id": run.id, "b_was": RunStatus.FAILED}).first()
+    if (
+        failed is None
+        and session.execute(_REENTER, {"b_run_id": run.id, "b_was": RunStatus.RUNNING}).first()
+        is None
     ):
         raise InvalidTransition(f"run {run.id} changed while it was being resumed; try again")
     work = Work()
@@ -97,25 +152,8 @@ def resume(
                 priority=run.priority,
             )
         )
-    current = session.execute(
-        select(steps.c.step_id, steps.c.status, steps.c.depends_on).where(steps.c.run_id == run.id)
-    ).all()
-    succeeded = {row.step_id for row in current if row.status == StepStatus.SUCCEEDED}
-    waiting: dict[int, list[str]] = {}
-    for row in current:
-        if row.status == StepStatus.SKIPPED:
-            unmet = sum(1 for need in row.depends_on if need not in succeeded)
-            waiting.setdefault(unmet, []).append(row.step_id)
-    for unmet, skipped in waiting.items():
-        session.execute(
-            update(steps)
-            .where(
-                steps.c.run_id == run.id,
-                steps.c.step_id.in_(skipped),
-                steps.c.status == StepStatus.SKIPPED,
-            )
-            .values(status=StepStatus.PENDING, pending_deps=unmet)
-        )
+    if failed is not None:
+        wake_skipped(session, workflow, run.id, failed.leaves_left)
     # Children whose parents all succeeded while the run was failed were never released.
     released = session.execute(
         update(steps)

@@ -61,6 +61,7 @@ SPEC_SCHEMA: dict[str, Any] = {
                     "id": {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_-]{0,99}$(?!\n)"},
                     "action": {"type": "string", "minLength": 1},
                     "needs": {"type": "array", "items": {"type": "string"}},
+                    "when": {"type": "string", "minLength": 1},
                     "with": {},
                     "retry": _RETRY,
                     "timeout_s": _TIMEOUT,
@@ -99,6 +100,9 @@ class StepSpec:
     # The secrets its templates read (engine.secret_store): empty for most steps, which
     # render their inputs once; a step that reads some renders them twice.
     secrets: frozenset[str] = frozenset()
+    # The step's condition (a sandboxed expression): falsy when its attempt starts, the step
+    # is skipped instead of run (engine.execution). None: it always runs.
+    when: str | None = None
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,10 @@ class CompiledWorkflow:
 
     def stages(self) -> list[list[str]]:
         return planner.stages({step.id: step.needs for step in self.steps.values()})
+
+    def conditions(self) -> dict[str, str]:
+        """The `when` of each step that has one, by step id."""
+        return {step.id: step.when for step in self.steps.values() if step.when is not None}
 
 
 def _remote_refs(schema: Any) -> list[str]:
@@ -239,6 +247,8 @@ def compile_spec(spec: Any, settings: Settings, *, registering: bool = True) -> 
             errors.extend(step_checks.secret_errors(action, raw.get("with"), step_id, where))
         else:
             errors.extend(step_checks.syntax_errors(raw.get("with"), step_id, where))
+        if "when" in raw:
+            errors.extend(step_checks.when_errors(raw["when"], step_id, needs, where, registering))
         try:
             retry = RetryPolicy.from_spec(
                 raw.get("retry"), default_retry, f"{where}.retry", settings.retry_max_backoff_s
@@ -255,6 +265,7 @@ def compile_spec(spec: Any, settings: Settings, *, registering: bool = True) -> 
             float(timeout),
             raw.get("queue", defaults.get("queue", "steps")),
             frozenset().union(*templating.secrets_read(raw.get("with"))[0].values()),
+            raw.get("when"),
         )
 
     for step_id, index in indexes.items():

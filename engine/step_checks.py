@@ -1,7 +1,7 @@
-"""What registering a workflow checks in each step's `with`, beyond the spec's schema: the
-templates compile and read only the steps the step needs, and the inputs can pass the
-action's schema whatever the templates render to. A stored version is checked for the
-templates' syntax alone (engine.specs.compile_spec)."""
+"""What registering a workflow checks in each step's `with` and `when`, beyond the spec's
+schema: the templates and the condition compile and read only the steps the step needs, and
+the inputs can pass the action's schema whatever the templates render to. A stored version
+is checked for their syntax alone (engine.specs.compile_spec)."""
 
 from __future__ import annotations
 
@@ -140,4 +140,37 @@ def secret_errors(
                     "step's output, which is stored, and secrets never are",
                 )
             )
+    return found
+
+
+def when_errors(
+    when: str, step_id: str, needs: tuple[str, ...], where: str, registering: bool = True
+) -> list[dict[str, str]]:
+    """What is wrong with a step's `when` (a sandboxed expression, as `transform`'s): it does
+    not compile; and, registering, it reads a step this one does not need, or secrets (there
+    are none in its context). A stored version is checked for its syntax alone."""
+    field = f"{where}.when"
+    read: set[str] = set()
+    problem = templating.check_expression(when, read)
+    if problem and templating.is_template(when):
+        problem += "; write the expression bare, without {{ }}"
+    found = [_problem(field, f"step {step_id!r}: when {when!r}: {problem}")] if problem else []
+    if not registering:
+        return found
+    for other in sorted(read - set(needs)):
+        found.append(
+            _problem(
+                field,
+                f"step {step_id!r}: when reads steps.{other} but the step does not need "
+                f"{other!r}: a step sees the outputs of the steps in its needs only",
+            )
+        )
+    if templating.expression_secrets(when):
+        found.append(
+            _problem(
+                field,
+                f"step {step_id!r}: when {when!r} reads secrets: a condition sees params and "
+                "the outputs of the steps it needs only",
+            )
+        )
     return found

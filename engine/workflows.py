@@ -167,12 +167,13 @@ def latest_version_is(name: Any, version: Any) -> ColumnElement[bool]:
 
 def plan_stages(
     session: Session, settings: Settings, name: str, params: Any, version: int | None = None
-) -> list[list[str]]:
-    """The dry-run plan: stages of steps that can run in parallel. Writes nothing."""
+) -> tuple[list[list[str]], dict[str, str]]:
+    """The dry-run plan: stages of steps that can run in parallel, and the `when` of each step
+    that has one (it runs only if that holds). Writes nothing."""
     workflow = get(session, name, version)
     compiled_workflow = compiled(session, settings, workflow.name, workflow.version)
     compiled_workflow.check_params(params)
-    return compiled_workflow.stages()
+    return compiled_workflow.stages(), compiled_workflow.conditions()
 
 
 def register_directory(session: Session, settings: Settings) -> list[str]:

@@ -212,7 +212,14 @@ RESPONSES: dict[str, dict[str, Any]] = {
     "PausedWorkflow": shape(
         {"workflow": STRING, **WORKFLOW_PAUSE, "cancelled": INTEGER}, optional=("cancelled",)
     ),
-    "Plan": shape({"workflow": STRING, "stages": {"type": "array", "items": STRINGS}}),
+    # `when`: the condition of each step that has one, by step id (it runs only if that holds).
+    "Plan": shape(
+        {
+            "workflow": STRING,
+            "stages": {"type": "array", "items": STRINGS},
+            "when": {"type": "object", "additionalProperties": STRING},
+        }
+    ),
     "DeadLetter": DEAD_LETTER,
     "DeadLetterGroup": GROUP,
     "DeadLetterList": page("DeadLetter", groups={"type": "array", "items": ref("DeadLetterGroup")}),

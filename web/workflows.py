@@ -77,14 +77,14 @@ def get_workflow(name: str) -> Any:
 @require_scopes("workflows.read")
 def plan_workflow(name: str) -> Any:
     body = schemas.json_body(schemas.PLAN, default={})
-    stages = workflows.plan_stages(
+    stages, conditions = workflows.plan_stages(
         get_session(),
         current_app.config["SETTINGS"],
         name,
         body.get("params", {}),
         body.get("version"),
     )
-    return {"workflow": name, "stages": stages}
+    return {"workflow": name, "stages": stages, "when": conditions}
 
 
 @bp.post("/<name>/pause")

@@ -42,6 +42,8 @@ BACKOFF_MAX_S = 2.0
 
 
 def _describe(result: Result) -> str:
+    if result.skipped:
+        return "skipped: its when is false"
     if result.error is None:
         return f"succeeded in {result.duration_s:.3g} s"
     # Without the credentials a recorded failure would lose (engine.redaction).

@@ -190,7 +190,9 @@ class Chain:
 
     def next_step(self, outcome: Outcome | None) -> Dispatch | None:
         """The step to run next in this task, or None when it is to be sent (or none)."""
-        if outcome is None or outcome.status != "succeeded" or outcome.work.revoke:
+        # A step skipped by its `when` releases its children as a success does.
+        finished = outcome is not None and outcome.status in ("succeeded", "skipped")
+        if outcome is None or not finished or outcome.work.revoke:
             return None
         if len(outcome.work.dispatches) != 1 or self.length >= settings().inline_chain_max:
             return None
