@@ -33,6 +33,48 @@ def filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
+def reason_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--reason",
+        default=None,
+        help="Why (recorded in the audit trail). Required, except for a --dry-run.",
+    )(command)
+
+
+def bulk_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--all with the filter, --dry-run and --confirm-count: the bulk form of a command."""
+    command = click.option(
+        "--confirm-count", type=int, default=None, help="With --all: the dry run's count."
+    )(command)
+    command = click.option(
+        "--dry-run", is_flag=True, help="With --all: only count and list the ids."
+    )(command)
+    command = filter_options(command)
+    return click.option(
+        "--all", "bulk", is_flag=True, help="Every open letter matching the filter."
+    )(command)
+
+
+def _one_or_all(letter_id: str | None, bulk: bool) -> None:
+    if letter_id and bulk:
+        raise click.UsageError("give a LETTER_ID or --all, not both")
+    if not letter_id and not bulk:
+        raise click.UsageError("give a LETTER_ID or --all")
+
+
+def _check_bulk(dry_run: bool, confirm_count: int | None, reason: str | None) -> None:
+    if not dry_run and confirm_count is None:
+        raise click.UsageError("--all needs --dry-run first, then --confirm-count N --reason R")
+    if not dry_run:
+        _require_reason(reason)
+
+
+def _list_matching(ids: list[str]) -> None:
+    for letter_id in ids:
+        click.echo(letter_id)
+    click.echo(f"{len(ids)} open dead letter(s) match; confirm with --confirm-count")
+
+
 def _filter(options: dict[str, Any]) -> dlq_query.LetterFilter:
     return dlq_query.LetterFilter.parse(
         {name: options.get(name) for name in dlq_query.FILTER_FIELDS}, prefix="--"
@@ -96,20 +138,13 @@ def dlq_show(letter_id: str) -> None:
 
 @dlq.command("replay")
 @click.argument("letter_id", required=False)
-@click.option(
-    "--reason",
-    default=None,
-    help="Why (recorded in the audit trail). Required, except for a --dry-run.",
-)
+@reason_option
 @click.option(
     "--inputs",
     default=None,
     help="JSON object replacing the step's inputs; a [SECRET:name] in it sends that secret.",
 )
-@click.option("--all", "bulk", is_flag=True, help="Every open letter matching the filter.")
-@filter_options
-@click.option("--dry-run", is_flag=True, help="With --all: only count and list the ids.")
-@click.option("--confirm-count", type=int, default=None, help="With --all: the dry run's count.")
+@bulk_options
 def dlq_replay(
     letter_id: str | None,
     reason: str | None,
@@ -121,10 +156,7 @@ def dlq_replay(
 ) -> None:
     """Replay LETTER_ID into its run, or with --all every open letter matching a filter
     (first --dry-run, then --confirm-count N --reason R)."""
-    if letter_id and bulk:
-        raise click.UsageError("give a LETTER_ID or --all, not both")
-    if not letter_id and not bulk:
-        raise click.UsageError("give a LETTER_ID or --all")
+    _one_or_all(letter_id, bulk)
     if bulk:
         if inputs is not None:
             raise click.UsageError("--inputs replaces one letter's inputs; it cannot go with --all")
@@ -154,10 +186,7 @@ def _require_reason(reason: str | None) -> None:
 def _replay_all(
     options: dict[str, Any], reason: str | None, dry_run: bool, confirm_count: int | None
 ) -> None:
-    if not dry_run and confirm_count is None:
-        raise click.UsageError("--all needs --dry-run first, then --confirm-count N --reason R")
-    if not dry_run:
-        _require_reason(reason)
+    _check_bulk(dry_run, confirm_count, reason)
     with session() as current:
         where = _filter(options)
         plan = bulk_replay.plan_bulk(
@@ -169,9 +198,7 @@ def _replay_all(
             reason=reason,
         )
     if dry_run:
-        for letter_id in plan.ids:
-            click.echo(letter_id)
-        click.echo(f"{len(plan.ids)} open dead letter(s) match; confirm with --confirm-count")
+        _list_matching(plan.ids)
         return
     db_engine = make_engine(settings())
     pacer = bulk_replay.Pacer(settings().bulk_replay_rate)
@@ -195,15 +222,8 @@ def _replay_all(
 
 @dlq.command("discard")
 @click.argument("letter_id", required=False)
-@click.option(
-    "--reason",
-    default=None,
-    help="Why (recorded in the audit trail). Required, except for a --dry-run.",
-)
-@click.option("--all", "bulk", is_flag=True, help="Every open letter matching the filter.")
-@filter_options
-@click.option("--dry-run", is_flag=True, help="With --all: only count and list the ids.")
-@click.option("--confirm-count", type=int, default=None, help="With --all: the dry run's count.")
+@reason_option
+@bulk_options
 def dlq_discard(
     letter_id: str | None,
     reason: str | None,
@@ -214,27 +234,18 @@ def dlq_discard(
 ) -> None:
     """Discard an open dead letter (kept for audit, no longer open), or with --all every
     open letter matching a filter (first --dry-run, then --confirm-count N --reason R)."""
-    if letter_id and bulk:
-        raise click.UsageError("give a LETTER_ID or --all, not both")
-    if not letter_id and not bulk:
-        raise click.UsageError("give a LETTER_ID or --all")
+    _one_or_all(letter_id, bulk)
     if not bulk:
         _require_reason(reason)
         with session() as current:
             replay.discard(current, letter_id or "", operator(), reason)
         click.echo(f"discarded {letter_id}")
         return
-    if not dry_run and confirm_count is None:
-        raise click.UsageError("--all needs --dry-run first, then --confirm-count N --reason R")
-    if not dry_run:
-        _require_reason(reason)
+    _check_bulk(dry_run, confirm_count, reason)
     with session() as current:
         where = _filter(options)
         if dry_run:
-            plan = bulk_discard.dry_run(current, settings(), where, operator())
-            for found in plan.ids:
-                click.echo(found)
-            click.echo(f"{len(plan.ids)} open dead letter(s) match; confirm with --confirm-count")
+            _list_matching(bulk_discard.dry_run(current, settings(), where, operator()).ids)
             return
         done = bulk_discard.discard_matching(
             current,

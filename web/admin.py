@@ -125,15 +125,10 @@ def replay_dead_letter(letter_id: str) -> Any:
 def bulk_replay() -> Any:
     """Dry run first (`dry_run: true` -> count and ids), then the real call confirms the
     count; sends are paced at settings.bulk_replay_rate per second."""
-    body = schemas.json_body(BULK_REPLAY)
-    settings = _settings()
-    where = dlq_query.LetterFilter.parse(body.get("filter") or {}, prefix="filter.")
-    session = get_session()
-    caller = current_caller()
-    if body.get("dry_run"):
-        plan = bulk.plan_bulk(session, settings, where, caller)
-        return {"count": len(plan.ids), "ids": plan.ids}
-    _require_confirmation(body, "replay")
+    body, where, dry_run = _bulk_request(BULK_REPLAY, "replay")
+    if dry_run is not None:
+        return dry_run
+    settings, session, caller = _settings(), get_session(), current_caller()
     plan = bulk.plan_bulk(
         session,
         settings,
@@ -158,13 +153,23 @@ def bulk_replay() -> Any:
     return {"count": len(results), "results": results}, 202
 
 
-def _require_confirmation(body: dict[str, Any], action: str) -> None:
+def _bulk_request(
+    schema: dict[str, Any], action: str
+) -> tuple[dict[str, Any], dlq_query.LetterFilter, dict[str, Any] | None]:
+    """A bulk call's body and filter, and the answer when it is a dry run (the count and
+    ids of the open letters matching); a real call lacking confirm_count or reason is a 422."""
+    body = schemas.json_body(schema)
+    where = dlq_query.LetterFilter.parse(body.get("filter") or {}, prefix="filter.")
+    if body.get("dry_run"):
+        plan = bulk.plan_bulk(get_session(), _settings(), where, current_caller(), action=action)
+        return body, where, {"count": len(plan.ids), "ids": plan.ids}
     missing = [name for name in ("confirm_count", "reason") if name not in body]
     if missing:
         raise InvalidInput(
             f"a bulk {action} needs confirm_count and reason (or dry_run: true)",
             errors=[{"field": name, "message": "required unless dry_run"} for name in missing],
         )
+    return body, where, None
 
 
 @bp.post("/dlq/discard")
@@ -172,20 +177,15 @@ def _require_confirmation(body: dict[str, Any], action: str) -> None:
 def bulk_discard_dead_letters() -> Any:
     """Dry run first (`dry_run: true` -> count and ids), then the real call confirms the
     count and discards the letters at once, in one transaction."""
-    body = schemas.json_body(BULK_DISCARD)
-    settings = _settings()
-    where = dlq_query.LetterFilter.parse(body.get("filter") or {}, prefix="filter.")
+    body, where, dry_run = _bulk_request(BULK_DISCARD, "discard")
+    if dry_run is not None:
+        return dry_run
     session = get_session()
-    caller = current_caller()
-    if body.get("dry_run"):
-        plan = bulk_discard.dry_run(session, settings, where, caller)
-        return {"count": len(plan.ids), "ids": plan.ids}
-    _require_confirmation(body, "discard")
     done = bulk_discard.discard_matching(
         session,
-        settings,
+        _settings(),
         where,
-        caller,
+        current_caller(),
         confirm_count=body["confirm_count"],
         reason=body["reason"],
     )
