@@ -66,6 +66,7 @@ def runs_watch(run_id: str, as_json: bool) -> None:
 @click.option("--workflow", default=None)
 @click.option("--since", default=None, help="Only runs submitted at or after this time (UTC).")
 @click.option("--until", default=None, help="Only runs submitted before this time (UTC).")
+@click.option("--by", "created_by", default=None, help="Only runs submitted by this sub.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=20)
 @click.option("--cursor", default=None, help="Continue after a page (its next_cursor).")
 @click.option("--json", "as_json", is_flag=True, help="The API's JSON page (GET /runs).")
@@ -74,6 +75,7 @@ def runs_ls(
     workflow: str | None,
     since: str | None,
     until: str | None,
+    created_by: str | None,
     limit: int,
     cursor: str | None,
     as_json: bool,
@@ -92,6 +94,7 @@ def runs_ls(
             workflow=workflow,
             since=start,
             until=end,
+            created_by=created_by,
         )
         if as_json:
             emit(serialize.page([serialize.run(run) for run in items], following))

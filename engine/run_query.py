@@ -102,13 +102,17 @@ def list_runs(
     workflow: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
+    created_by: str | None = None,
 ) -> tuple[list[Row[Any]], str | None]:
     """The caller's runs (all runs for an admin), newest first, one page at a time: their
     rows (attributes named as the models' are), submitted at or after `since` and before
-    `until` when given. A session or a bare connection will do."""
+    `until`, and by `created_by` (an admin's question: whose runs), when given. A session
+    or a bare connection will do."""
     query = select(*runs.columns)
     if not caller.sees_all_runs:
         query = query.where(runs.c.created_by == caller.sub)
+    if created_by:
+        query = query.where(runs.c.created_by == created_by)
     if status:
         if status not in RunStatus.__members__.values():
             raise InvalidInput(

@@ -341,6 +341,10 @@ def test_a_caller_lists_only_their_own_runs_and_an_admin_lists_all(
     assert ids(bob) == {bob_run}
     admin = stack.headers("root@example.com", ADMIN)
     assert ids(admin, f"workflow={good}") == {*alice_runs, bob_run}
+    assert ids(admin, f"workflow={good}&created_by={caller(unique, 'bob')}") == {bob_run}
+    # A caller who sees only its own runs finds none of another's by naming them.
+    assert ids(alice, f"created_by={caller(unique, 'bob')}") == set()
+    assert ids(alice, f"created_by={caller(unique)}") == {*alice_runs, failed}
     assert ids(alice, "status=failed") == {failed}
     assert ids(alice, f"status=succeeded&workflow={good}") == set(alice_runs)
     assert ids(alice, f"status=failed&workflow={good}") == set()

@@ -133,6 +133,8 @@ def test_a_run_submitted_from_the_cli_is_executed_and_can_be_listed_and_shown(
         engine_cli(stack, "runs", "ls", "--workflow", unique, "--status", "failed")
     )
     assert run_id in ok(engine_cli(stack, "runs", "ls", "--since", "2000-01-01T00:00:00Z"))
+    assert run_id in ok(engine_cli(stack, "runs", "ls", "--by", run["created_by"]))
+    assert run_id not in ok(engine_cli(stack, "runs", "ls", "--by", "nobody@example.com"))
     assert run_id not in ok(
         engine_cli(stack, "runs", "ls", "--workflow", unique, "--until", "2000-01-01")
     )

@@ -43,6 +43,7 @@ RUN_QUERY = (
     WORKFLOW,
     query("since", TIME, "only runs submitted at or after this ISO 8601 time (no offset: UTC)"),
     query("until", TIME, "only runs submitted before this ISO 8601 time (no offset: UTC)"),
+    query("created_by", STRING, "only runs submitted by this caller (its token's sub)"),
     LIMIT,
     CURSOR,
 )
@@ -178,7 +179,7 @@ OPERATIONS: list[Operation] = [
         "/runs",
         "runs.read",
         "List runs (own; admin sees all), newest first: status, workflow, since, until, "
-        "limit, cursor",
+        "created_by, limit, cursor",
         {200: "RunList"},
         parameters=RUN_QUERY,
     ),

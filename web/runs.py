@@ -63,6 +63,7 @@ def list_runs() -> Any:
             workflow=request.args.get("workflow"),
             since=since,
             until=until,
+            created_by=request.args.get("created_by"),
         )
     return serialize.page([serialize.run(item) for item in items], following)
 
