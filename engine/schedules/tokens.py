@@ -86,12 +86,15 @@ def stop(session: Session, schedule: Schedule, revocation: RevokedToken, now: da
     )
 
 
+def is_revoked(session: Session, schedule: Schedule) -> bool:
+    """Whether the token the schedule acts with was revoked (one with no token: never)."""
+    return bool(schedule.created_jti and revocations(session, [schedule.created_jti]))
+
+
 def check_not_revoked(session: Session, schedule: Schedule) -> None:
     """ScheduleTokenRevoked when the token the schedule acts with was revoked: only its
     owner may resume it then (binding it to the owner's valid token)."""
-    if schedule.created_jti and schedule.created_jti in revocations(
-        session, [schedule.created_jti]
-    ):
+    if is_revoked(session, schedule):
         raise ScheduleTokenRevoked(
             f"{REVOKED} (jti {schedule.created_jti}): only its owner "
             f"({schedule.created_by}) may resume {schedule.name!r}, with a valid token that "

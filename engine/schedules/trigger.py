@@ -38,7 +38,7 @@ def trigger(
     """Submit the run the schedule's next fire would, now: (the run, the work to send once
     committed, whether it is new; a repeated key answers the first run)."""
     schedule = manage.get(session, ref, caller)
-    if schedule.created_jti and tokens.revocations(session, [schedule.created_jti]):
+    if tokens.is_revoked(session, schedule):
         raise ScheduleTokenRevoked(
             f"{tokens.REVOKED} (jti {schedule.created_jti}): its owner "
             f"({schedule.created_by}) binds {schedule.name!r} to a valid token by resuming or "
