@@ -49,6 +49,21 @@ def fresh_database(backend: str, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
+def no_other_schedules(database: Stack) -> Iterator[None]:
+    """A tick fires every due schedule of the database: the test starts with none, and
+    leaves none behind. A schedule test module names it in its pytestmark."""
+    from sqlalchemy import delete
+
+    from engine.schedules.models import Schedule
+
+    with database.sessions.begin() as session:
+        session.execute(delete(Schedule))
+    yield
+    with database.sessions.begin() as session:
+        session.execute(delete(Schedule))
+
+
+@pytest.fixture
 def unique() -> str:
     """A name no other test uses (tests share a database per backend)."""
     return f"wf_{uuid.uuid4().hex[:10]}"

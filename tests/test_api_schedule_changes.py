@@ -4,13 +4,12 @@ schedules a caller sees and changes: its own, or every one with admin.schedules.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import delete, update
+from sqlalchemy import update
 
 from engine.models import utcnow
 from engine.schedules.models import Schedule
@@ -24,11 +23,7 @@ PARAMS = {"type": "object", "required": ["n"], "properties": {"n": {"type": "int
 WORKFLOW = f"wf_schedule_changes_{uuid.uuid4().hex[:8]}"
 
 
-@pytest.fixture(autouse=True)
-def no_other_schedules(database: Stack) -> Iterator[None]:
-    with database.sessions.begin() as session:
-        session.execute(delete(Schedule))
-    yield
+pytestmark = pytest.mark.usefixtures("no_other_schedules")
 
 
 def create(database: Stack, unique: str, sub: str = "alice@example.com") -> dict[str, Any]:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import delete, update
+from sqlalchemy import update
 
 from engine.models import utcnow
 from engine.schedules.models import Schedule
@@ -22,11 +21,7 @@ WRITER = "runs.read,runs.write,schedules.read,schedules.write"
 PARAMS = {"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}}
 
 
-@pytest.fixture(autouse=True)
-def no_other_schedules(database: Stack) -> Iterator[None]:
-    with database.sessions.begin() as session:
-        session.execute(delete(Schedule))
-    yield
+pytestmark = pytest.mark.usefixtures("no_other_schedules")
 
 
 def body(unique: str, **changes: object) -> dict[str, object]:

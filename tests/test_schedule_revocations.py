@@ -4,13 +4,12 @@ it with): once that token is revoked, its next fire pauses it instead of submitt
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import delete, event, select, update
+from sqlalchemy import event, select, update
 
 from engine.auth import MintedToken, mint_token, parse_ttl
 from engine.models import AuditEvent, RevokedToken, Run, in_utc, utcnow
@@ -26,14 +25,7 @@ OWNER = "alice@example.com"
 REVOKED = "the token that created this schedule was revoked"
 
 
-@pytest.fixture(autouse=True)
-def no_other_schedules(database: Stack) -> Iterator[None]:
-    """A tick fires every due schedule of the database: each test starts with none."""
-    with database.sessions.begin() as session:
-        session.execute(delete(Schedule))
-    yield
-    with database.sessions.begin() as session:
-        session.execute(delete(Schedule))
+pytestmark = pytest.mark.usefixtures("no_other_schedules")
 
 
 def token(database: Stack, scopes: str = WRITER, sub: str = OWNER) -> MintedToken:

@@ -4,11 +4,10 @@ the CLI, on SQLite and PostgreSQL, and end to end on a real worker."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, select
+from sqlalchemy import select
 
 from engine.models import AuditEvent, Run
 from engine.schedules.models import Schedule
@@ -22,11 +21,7 @@ OWNER = "alice@example.com"
 PARAMS = {"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}}
 
 
-@pytest.fixture(autouse=True)
-def no_other_schedules(database: Stack) -> Iterator[None]:
-    with database.sessions.begin() as session:
-        session.execute(delete(Schedule))
-    yield
+pytestmark = pytest.mark.usefixtures("no_other_schedules")
 
 
 def create(stack: Stack, name: str, **changes: Any) -> dict[str, Any]:

@@ -5,12 +5,11 @@ latest, pause and resume, the creator's authority, a DST change, and the beat en
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import delete, select, update
+from sqlalchemy import select, update
 
 import celeryconfig
 from engine import pauses
@@ -26,14 +25,7 @@ T0 = datetime(2026, 6, 1, 12, 0, 30, tzinfo=UTC)
 ALICE = Caller("alice@example.com", ("runs.write", "runs.read", "schedules.write"))
 
 
-@pytest.fixture(autouse=True)
-def no_other_schedules(database: Stack) -> Iterator[None]:
-    """A tick fires every due schedule of the database: each test starts with none."""
-    with database.sessions.begin() as session:
-        session.execute(delete(Schedule))
-    yield
-    with database.sessions.begin() as session:
-        session.execute(delete(Schedule))
+pytestmark = pytest.mark.usefixtures("no_other_schedules")
 
 
 def create(
