@@ -162,6 +162,10 @@ class Run(Base):
     webhook_event_at: Mapped[datetime | None]
     # The latest event's delivery: pending, delivered, gone or failed (engine.webhooks).
     webhook_status: Mapped[str | None] = mapped_column(String(16))
+    # The fire time a schedule submitted it for (a tick's or a backfill's), or the moment it
+    # was triggered; None for a run submitted otherwise. Its steps read it as
+    # run.scheduled_for (engine.run_context).
+    scheduled_for: Mapped[datetime | None]
 
 
 class Step(Base):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, bindparam, insert, select
@@ -59,6 +60,9 @@ class SubmitRun:
     priority: int = 0
     idempotency_key: str | None = None
     webhook_url: str | None = None
+    # The fire time a schedule submits it for (engine.schedules): not part of the digest, so
+    # a repeated key answers the first run whenever it is asked again.
+    scheduled_for: datetime | None = None
 
     def digest(self) -> str:
         body = [self.workflow, self.version, self.params, self.priority]
@@ -124,6 +128,7 @@ def submit(
         "webhook_url": request.webhook_url,
         "webhook_event_at": None,
         "webhook_status": None,
+        "scheduled_for": request.scheduled_for,
     }
     if request.idempotency_key is None:
         # Nothing unique to race on: no SAVEPOINT, and a Core INSERT of the values instead of

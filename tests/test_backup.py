@@ -9,15 +9,16 @@ import sqlite3
 import stat
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import jwt
 import pytest
 from click.testing import Result
-from sqlalchemy import delete, insert, select, text
+from sqlalchemy import delete, insert, select, text, update
 
-from engine import migrations
+from engine import migrations, runs
+from engine.auth import Caller
 from engine.models import RevokedToken, Run, Workflow, utcnow
 from tests.conftest import spec
 from tests.support import services
@@ -279,6 +280,23 @@ def test_a_revocation_of_a_token_expired_since_is_carried_over_too(
     assert "token revocation(s) made since that backup kept" in out
     with platform.sessions() as session:
         assert jti in set(session.scalars(select(RevokedToken.jti)))
+
+
+def test_a_runs_fire_time_comes_back_with_a_restored_backup(
+    platform: Stack, unique: str, tmp_path: Path
+) -> None:
+    platform.register(spec(unique, [{"id": "a", "action": "noop"}]))
+    fire_time = datetime(2026, 3, 29, 1, 30, tzinfo=UTC)
+    with platform.sessions.begin() as session:
+        request = runs.SubmitRun(unique, {}, idempotency_key=unique, scheduled_for=fire_time)
+        run_id = runs.submit(session, platform.settings, request, Caller("me", ()))[0].id
+    backup = tmp_path / "scheduled.bak"
+    ok(engine_cli(platform, "db", "backup", str(backup)))
+    with platform.sessions.begin() as session:
+        session.execute(update(Run).where(Run.id == run_id).values(scheduled_for=None))
+    ok(engine_cli(platform, "db", "restore", "--no-safety-copy", "--force", str(backup)))
+    with platform.sessions() as session:
+        assert session.get(Run, run_id).scheduled_for == fire_time  # type: ignore[union-attr]
 
 
 def test_a_database_that_is_not_the_platforms_is_refused_before_anything_is_touched(

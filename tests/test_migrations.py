@@ -169,3 +169,44 @@ def test_0010_gives_schedules_a_token_id_that_those_made_before_it_lack(
         db_engine.dispose()
     migrations.upgrade(fresh_database)
     assert "created_jti" in columns() and drift(fresh_database) == []
+
+
+def test_0011_gives_runs_a_fire_time_that_those_submitted_before_it_lack(
+    fresh_database: str,
+) -> None:
+    from sqlalchemy import text
+
+    def columns() -> set[str]:
+        db_engine = make_engine(fresh_database)
+        try:
+            return {column["name"] for column in inspect(db_engine).get_columns("runs")}
+        finally:
+            db_engine.dispose()
+
+    migrations.upgrade(fresh_database, "0010")
+    assert "scheduled_for" not in columns()
+    db_engine = make_engine(fresh_database)
+    try:
+        with db_engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO runs (id, workflow, version, params, status, priority, "
+                    "created_by, leaves_left, plan_deliveries, created_at) VALUES ('r1', 'w', 1, "
+                    "'{}', 'queued', 0, 'me', 1, 0, '2026-01-01 00:00:00')"
+                )
+            )
+        db_engine.dispose()
+        migrations.upgrade(fresh_database, "0011")
+        with db_engine.connect() as connection:
+            rows = connection.execute(text("SELECT id, scheduled_for FROM runs")).all()
+        # Submitted before: no fire time known (its steps see run.scheduled_for as null).
+        assert [tuple(row) for row in rows] == [("r1", None)]
+        db_engine.dispose()
+        migrations.downgrade(fresh_database, "0010")
+        assert "scheduled_for" not in columns()
+        with db_engine.connect() as connection:
+            assert connection.execute(text("SELECT id FROM runs")).scalars().all() == ["r1"]
+    finally:
+        db_engine.dispose()
+    migrations.upgrade(fresh_database)
+    assert "scheduled_for" in columns() and drift(fresh_database) == []

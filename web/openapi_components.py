@@ -92,6 +92,10 @@ RUN = shape(
         "priority": INTEGER,
         "created_by": STRING,
         "created_at": TIME,
+        # The fire time a schedule submitted it for (a tick's or a backfill's), or the moment
+        # it was triggered; null for a run submitted by POST /runs. Steps see it as
+        # run.scheduled_for.
+        "scheduled_for": MAYBE_TIME,
         "started_at": MAYBE_TIME,
         "finished_at": MAYBE_TIME,
         "error": MAYBE_STRING,

@@ -22,6 +22,7 @@ def run(row: Run | Row[Any], steps: Sequence[Step | Row[Any]] | None = None) -> 
         "priority": row.priority,
         "created_by": row.created_by,
         "created_at": timestamp(row.created_at),
+        "scheduled_for": timestamp(row.scheduled_for),
         "started_at": timestamp(row.started_at),
         "finished_at": timestamp(row.finished_at),
         "error": row.error,

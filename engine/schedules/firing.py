@@ -2,9 +2,11 @@
 
 Each fire's run carries an idempotency key made of the schedule's id and the fire time,
 under the schedule's creator, so a tick repeated (a second beat, a redelivered message)
-finds the run already there instead of submitting another. Fire times missed while
-nothing ticked are skipped but the latest (like Airflow's catchup=False). A due schedule
-whose token was revoked is paused instead (engine.schedules.tokens)."""
+finds the run already there instead of submitting another (and so does a backfill of that
+time, engine.schedules.backfill); the run's scheduled_for is its fire time. Fire times
+missed while nothing ticked are skipped but the latest (like Airflow's catchup=False); a
+backfill submits them later. A due schedule whose token was revoked is paused instead
+(engine.schedules.tokens)."""
 
 from __future__ import annotations
 
@@ -104,6 +106,7 @@ def _fire(
         schedule.version,
         schedule.priority,
         idempotency_key(schedule.id, step.fire_at),
+        scheduled_for=step.fire_at,
     )
     creator = Caller(schedule.created_by, tuple(schedule.created_scopes or ()))
     try:

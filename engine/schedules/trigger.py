@@ -3,7 +3,8 @@ is wanted early (Airflow's "Trigger DAG", sidekiq-cron's "Enqueue now").
 
 The run is the one the schedule's next fire would submit: its workflow, version, params and
 priority, submitted as its owner with the scopes of the token it acts with, through the same
-use case as `POST /runs` (a paused workflow refuses it). Its cron times stay as they were,
+use case as `POST /runs` (a paused workflow refuses it); its scheduled_for is the moment of
+the trigger, as a fire's is its fire time. Its cron times stay as they were,
 paused or not; the schedule's `last_run_id` names the run. Who may see the schedule may
 trigger it (its owner, or admin.schedules, audited then), since the schedule, not the caller,
 says what the run does; but not while the token it acts with is revoked. An Idempotency-Key
@@ -50,6 +51,7 @@ def trigger(
         schedule.version,
         schedule.priority,
         f"{KEY_PREFIX}{schedule.id}:{key}" if key is not None else None,
+        scheduled_for=utcnow(),
     )
     owner = Caller(schedule.created_by, tuple(schedule.created_scopes or ()))
     run, work, created = runs.submit(session, settings, request, owner)
