@@ -60,6 +60,8 @@ class Claim:
     params: dict[str, Any]
     upstream: dict[str, dict[str, Any]]
     inputs_override: Any
+    # What its templates see of the run itself (engine.run_context).
+    run: dict[str, Any]
     # When its lease was stamped (time.monotonic()): the lease runs out lease_for() later.
     leased_at: float = field(default_factory=time.monotonic)
 

@@ -33,6 +33,7 @@ from engine.dead_steps import bury_uncompilable
 from engine.errors import InvalidSpec
 from engine.lost_attempts import record_lost_attempt
 from engine.models import Run, Step, utcnow
+from engine.run_context import run_facts
 from engine.state import RunStatus, StepStatus
 from engine.workflows import compiled
 
@@ -41,15 +42,21 @@ runs = Run.__table__
 
 # Statements built once (see engine.attempts).
 _SELECT_RUN = select(
-    runs.c.workflow, runs.c.version, runs.c.params, runs.c.status, runs.c.priority
+    runs.c.workflow,
+    runs.c.version,
+    runs.c.params,
+    runs.c.status,
+    runs.c.priority,
+    runs.c.created_at,
+    runs.c.scheduled_for,
 ).where(runs.c.id == B_RUN_ID)
 
 
-# A run's workflow, version, params and priority never change, and a succeeded step's output
-# never changes (only dead steps run again): each worker process keeps the ones it read, so
-# the steps of a fan-out claim in one statement instead of three. Only a run's status
-# changes, and the claim checks it in its own WHERE clause.
-_RUN_FACTS: LRUCache[str, tuple[str, int, dict[str, Any], int]] = LRUCache(4096)
+# A run's workflow, version, params, priority, creation and fire time never change, and a
+# succeeded step's output never changes (only dead steps run again): each worker process
+# keeps the ones it read, so the steps of a fan-out claim in one statement instead of three.
+# Only a run's status changes, and the claim checks it in its own WHERE clause.
+_RUN_FACTS: LRUCache[str, tuple[str, int, dict[str, Any], int, dict[str, Any]]] = LRUCache(4096)
 _OUTPUTS: LRUCache[tuple[str, str], Any] = LRUCache(4096)
 
 
@@ -152,8 +159,14 @@ def claim_step(
         run = session.execute(_SELECT_RUN, {"b_run_id": run_id}).first()
         if run is None or run.status != RunStatus.RUNNING:
             return None
-        facts = _RUN_FACTS[run_id] = (run.workflow, run.version, run.params, run.priority)
-    workflow_name, version, params, priority = facts
+        facts = _RUN_FACTS[run_id] = (
+            run.workflow,
+            run.version,
+            run.params,
+            run.priority,
+            run_facts(run_id, run.workflow, run.version, run.created_at, run.scheduled_for),
+        )
+    workflow_name, version, params, priority, run_seen = facts
     number = attempt_number(task_id, run_id, step_id)
     try:
         workflow = compiled(session, settings, workflow_name, version)
@@ -236,4 +249,5 @@ def claim_step(
         params,
         upstream,
         claimed.inputs_override,
+        run_seen,
     )

@@ -31,7 +31,7 @@ def attempt(
     started = time.perf_counter()
     result = Result()
     try:
-        context = {"params": claim.params, "steps": claim.upstream}
+        context = {"params": claim.params, "steps": claim.upstream, "run": claim.run}
         if claim.spec.when is not None and not condition_holds(claim.spec.when, context):
             result.skipped = True
             result.duration_s = time.perf_counter() - started
@@ -64,6 +64,7 @@ def attempt(
                 sessions,
                 claim.spec.timeout_s,
                 settings,
+                claim.run,
             ),
         )
         if result.secrets:
@@ -81,8 +82,9 @@ def attempt(
 
 
 def condition_holds(when: str, context: dict[str, Any]) -> bool:
-    """Whether a step's `when` is truthy in `context` (params, the needed steps' outputs). One
-    that fails to evaluate is InvalidInput naming `when`: it would fail the same way again."""
+    """Whether a step's `when` is truthy in `context` (params, the needed steps' outputs, the
+    run). One that fails to evaluate is InvalidInput naming `when`: it would fail the same
+    way again."""
     try:
         return bool(templating.evaluate(when, context))
     except InvalidInput as exc:

@@ -39,7 +39,8 @@ _B_RUN_ID = bindparam("b_run_id", type_=runs.c.id.type)
 # PostgreSQL: a queued run of the expected workflow and version is started and its steps are
 # written in one statement (one round trip, and no BEGIN and COMMIT of its own), the rows
 # passed as one JSON document. The steps are written only if the run was started; the
-# statement returns the run's params and priority, or no row when the run was not queued so.
+# statement returns the run's params, priority, creation and fire time (what its steps see,
+# engine.run_context), or no row when the run was not queued so.
 _STARTED = (
     update(runs)
     .where(
@@ -56,7 +57,7 @@ _STARTED = (
             else_=runs.c.leaves_left,
         ),
     )
-    .returning(runs.c.params, runs.c.priority)
+    .returning(runs.c.params, runs.c.priority, runs.c.created_at, runs.c.scheduled_for)
     .cte("started")
 )
 # Every column of the steps table: a key the plan's rows leave out (engine.planning: the
@@ -80,7 +81,9 @@ _WRITTEN = (
     )
     .cte("written")
 )
-_START_AND_PLAN = select(_STARTED.c.params, _STARTED.c.priority).add_cte(_WRITTEN)
+_START_AND_PLAN = select(
+    _STARTED.c.params, _STARTED.c.priority, _STARTED.c.created_at, _STARTED.c.scheduled_for
+).add_cte(_WRITTEN)
 # What a run not started by _START_AND_PLAN is, while it is still queued.
 _QUEUED_AS = select(runs.c.workflow, runs.c.version).where(
     runs.c.id == _B_RUN_ID, runs.c.status == RunStatus.QUEUED
@@ -103,8 +106,9 @@ def write_plan(
     workflow: CompiledWorkflow,
     rows: list[dict[str, Any]],
 ) -> Row[Any] | None:
-    """Start the run and write its steps' `rows` (_START_AND_PLAN): the run's params and
-    priority, or None when the run is not queued as a run of `workflow`."""
+    """Start the run and write its steps' `rows` (_START_AND_PLAN): the run's params,
+    priority, created_at and scheduled_for, or None when the run is not queued as a run of
+    `workflow`."""
     values = {
         "b_run_id": run_id,
         "b_workflow": workflow.name,

@@ -9,7 +9,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import Row, bindparam, update
 from sqlalchemy.orm import Session
 
 from engine import metrics, plan_statement, workflows
@@ -18,6 +18,7 @@ from engine.config import Settings
 from engine.db import COPY_MIN_ROWS, insert_rows, statement_by_statement
 from engine.errors import NotFound
 from engine.models import Run, Step, utcnow
+from engine.run_context import run_facts
 from engine.specs import CompiledWorkflow, StepSpec
 from engine.state import RunStatus, StepStatus
 from engine.work import Work, step_dispatch, step_task_id
@@ -40,7 +41,15 @@ _START_RUN = (
     update(runs)
     .where(runs.c.id == _B_RUN_ID, runs.c.status == RunStatus.QUEUED)
     .values(status=RunStatus.RUNNING, started_at=bindparam("b_now", type_=runs.c.started_at.type))
-    .returning(runs.c.workflow, runs.c.version, runs.c.params, runs.c.priority, runs.c.leaves_left)
+    .returning(
+        runs.c.workflow,
+        runs.c.version,
+        runs.c.params,
+        runs.c.priority,
+        runs.c.leaves_left,
+        runs.c.created_at,
+        runs.c.scheduled_for,
+    )
 )
 # A run submitted before runs counted their leaves at submit (every workflow has a leaf).
 _COUNT_LEAVES = (
@@ -113,7 +122,7 @@ def _start_then_plan(
         session.execute(_COUNT_LEAVES, {"b_run_id": run_id, "b_leaves_left": workflow.leaves})
     rows, inline = _step_rows(settings, workflow, run_id, now, carrier)
     insert_rows(session, steps, rows)
-    return _released(settings, workflow, run_id, inline, run.priority, run.params)
+    return _released(settings, workflow, run_id, inline, run)
 
 
 def _start_and_plan(
@@ -147,7 +156,7 @@ def _start_and_plan(
         # started (and can be planned again on replay).
         plan_statement.unplan(session, run_id)
         raise
-    return _released(settings, workflow, run_id, inline, run.priority, run.params)
+    return _released(settings, workflow, run_id, inline, run)
 
 
 def _step_rows(
@@ -204,10 +213,11 @@ def _released(
     workflow: CompiledWorkflow,
     run_id: str,
     inline: StepSpec | None,
-    priority: int,
-    params: dict[str, Any],
+    run: Row[Any],
 ) -> tuple[Work, Claim | None]:
-    """The messages of the planned run's root steps, and the claim of the inline one."""
+    """The messages of the planned run's root steps, and the claim of the inline one (`run`:
+    the started run's params, priority, creation and fire time, as its start returned them)."""
+    priority = run.priority
     work = Work()
     for spec in workflow.steps.values():
         if spec.needs or spec is inline:
@@ -220,7 +230,11 @@ def _released(
     if inline is None:
         return work, None
     task_id = step_task_id(run_id, inline.id, 1)
-    return work, Claim(run_id, inline.id, task_id, 1, workflow, inline, priority, params, {}, None)
+    seen = run_facts(run_id, workflow.name, workflow.version, run.created_at, run.scheduled_for)
+    claim = Claim(
+        run_id, inline.id, task_id, 1, workflow, inline, priority, run.params, {}, None, seen
+    )
+    return work, claim
 
 
 def first_inline_step(session: Session, settings: Settings, run_id: str) -> str | None:

@@ -1,7 +1,8 @@
 """What registering a workflow checks in each step's `with` and `when`, beyond the spec's
-schema: the templates and the condition compile and read only the steps the step needs, and
-the inputs can pass the action's schema whatever the templates render to. A stored version
-is checked for their syntax alone (engine.specs.compile_spec)."""
+schema: the templates and the condition compile, read only names a step's context holds
+(engine.run_context) and only the steps the step needs, and the inputs can pass the action's
+schema whatever the templates render to. A stored version is checked for their syntax alone
+(engine.specs.compile_spec)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from jsonschema.exceptions import ValidationError
 
-from engine import actions, secret_store, templating
+from engine import actions, run_context, secret_store, templating
 
 
 def _problem(field: str, message: str) -> dict[str, str]:
@@ -102,7 +103,44 @@ def template_errors(
                 "a step sees the outputs of the steps in its needs only",
             )
         )
+    return found + root_errors(action, inputs, step_id, where)
+
+
+def root_errors(
+    action: actions.Action | None, inputs: Any, step_id: str, where: str
+) -> list[dict[str, str]]:
+    """Templates in a step's `with`, and the action's constant expressions, that read a name
+    no step's context holds (a misspelt `parms`, Airflow's `ds`): a template sees params,
+    steps, run and secrets; an expression, params, steps, run and the action's inputs."""
+    found = []
+    for field, template in templating.template_leaves(inputs, f"{where}.with"):
+        read = templating.names_read(template)
+        found += _unknown(field, step_id, f"template {template!r}", read, run_context.WITH_ROOTS)
+    for name in action.expressions if action is not None and isinstance(inputs, dict) else ():
+        source = inputs.get(name)
+        if isinstance(source, str) and not templating.is_template(source):
+            # secrets is refused by secret_errors, with its own reason.
+            read = templating.names_read(source, expression=True) - {"secrets"}
+            what = f"expression {source!r}"
+            found += _unknown(
+                f"{where}.with.{name}", step_id, what, read, run_context.EXPRESSION_ROOTS
+            )
     return found
+
+
+def _unknown(
+    field: str, step_id: str, what: str, read: set[str], known: frozenset[str]
+) -> list[dict[str, str]]:
+    unknown = sorted(read - known)
+    if not unknown:
+        return []
+    return [
+        _problem(
+            field,
+            f"step {step_id!r}: {what} reads {', '.join(unknown)}, which no step's context "
+            f"holds: it holds {', '.join(sorted(known))}",
+        )
+    ]
 
 
 def secret_errors(
@@ -147,8 +185,9 @@ def when_errors(
     when: str, step_id: str, needs: tuple[str, ...], where: str, registering: bool = True
 ) -> list[dict[str, str]]:
     """What is wrong with a step's `when` (a sandboxed expression, as `transform`'s): it does
-    not compile; and, registering, it reads a step this one does not need, or secrets (there
-    are none in its context). A stored version is checked for its syntax alone."""
+    not compile; and, registering, it reads a step this one does not need, secrets (there
+    are none in its context) or a name its context lacks (it holds params, steps and run). A
+    stored version is checked for its syntax alone."""
     field = f"{where}.when"
     read: set[str] = set()
     problem = templating.check_expression(when, read)
@@ -169,8 +208,10 @@ def when_errors(
         found.append(
             _problem(
                 field,
-                f"step {step_id!r}: when {when!r} reads secrets: a condition sees params and "
-                "the outputs of the steps it needs only",
+                f"step {step_id!r}: when {when!r} reads secrets: a condition sees params, "
+                "the run and the outputs of the steps it needs only",
             )
         )
-    return found
+    # secrets is refused above, with its own reason.
+    read = templating.names_read(when, expression=True) - {"secrets"}
+    return found + _unknown(field, step_id, f"when {when!r}", read, run_context.ROOTS)

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any, cast
 
-from jinja2 import StrictUndefined, TemplateError, Undefined, nodes
+from jinja2 import StrictUndefined, TemplateError, Undefined, meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from engine.errors import InvalidInput
@@ -118,7 +118,7 @@ def _render(value: Any, context: dict[str, Any]) -> Any:
 def _first_failure(value: Any, context: dict[str, Any], field: str) -> tuple[str, str | None]:
     """Where rendering `value` fails, and why (rendered again leaf by leaf: the sandbox
     changes nothing, so this only runs once a render has failed)."""
-    for where, leaf in _template_leaves(value, field):
+    for where, leaf in template_leaves(value, field):
         try:
             _render(leaf, context)
         except _FAILURES as exc:
@@ -126,17 +126,17 @@ def _first_failure(value: Any, context: dict[str, Any], field: str) -> tuple[str
     return field, None
 
 
-def _template_leaves(value: Any, where: str) -> Iterator[tuple[str, str]]:
+def template_leaves(value: Any, where: str) -> Iterator[tuple[str, str]]:
     """Each template string inside `value`, with its path (`with.a.b[0]`)."""
     if isinstance(value, str):
         if is_template(value):
             yield where, value
     elif isinstance(value, dict):
         for key, item in value.items():
-            yield from _template_leaves(item, f"{where}.{key}")
+            yield from template_leaves(item, f"{where}.{key}")
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            yield from _template_leaves(item, f"{where}[{index}]")
+            yield from template_leaves(item, f"{where}[{index}]")
 
 
 def template_paths(value: Any) -> list[tuple[str | int, ...]]:
@@ -166,7 +166,7 @@ def check(value: Any, field: str = "with") -> tuple[list[tuple[str, str]], set[s
     with where it is, and the ids of the steps they read (`steps.x`, `steps['x']`)."""
     problems: list[tuple[str, str]] = []
     steps: set[str] = set()
-    for where, template in _template_leaves(value, field):
+    for where, template in template_leaves(value, field):
         whole = _WHOLE_EXPRESSION.match(template.strip())
         source = whole.group("expr") if whole else template
         problem = _check_source(source, bool(whole), steps)
@@ -209,7 +209,7 @@ def secrets_read(
     Templates that do not compile are left to `check`."""
     read: dict[str, frozenset[str]] = {}
     problems: list[tuple[str, str]] = []
-    for where, template in _template_leaves(value, field):
+    for where, template in template_leaves(value, field):
         whole = _WHOLE_EXPRESSION.match(template.strip())
         try:
             found, dynamic = _secrets_in(whole.group("expr") if whole else template, bool(whole))
@@ -260,6 +260,18 @@ def _secrets_in(source: str, expression: bool) -> tuple[set[str], bool]:
             by_name += 1
     uses = sum(1 for node in tree.find_all(nodes.Name) if node.name == "secrets")
     return names, uses > by_name
+
+
+def names_read(template: str, expression: bool = False) -> set[str]:
+    """The names a template (with `expression`, a bare sandboxed expression) reads from its
+    context: neither the sandbox's globals (range, dict...) nor the names it sets itself (a
+    loop's, a `set`'s). Empty when it does not parse, which `check` reports."""
+    whole = None if expression else _WHOLE_EXPRESSION.match(template.strip())
+    source = whole.group("expr") if whole else template
+    try:
+        return set(meta.find_undeclared_variables(_parse(source, expression or bool(whole))))
+    except TemplateError:
+        return set()
 
 
 def check_syntax(value: Any) -> list[str]:

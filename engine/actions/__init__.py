@@ -28,7 +28,8 @@ class ActionContext:
     for actions that keep data (domain actions): each `with sessions.begin()` is a short
     transaction of its own, between the step's claim and the record of its outcome, so
     what it writes must be keyed to be written once (delivery is at least once).
-    `timeout_s` is the step's time limit, `settings` the worker's."""
+    `timeout_s` is the step's time limit, `settings` the worker's, `run` what its templates
+    see of the run (engine.run_context: id, workflow, version, created_at, scheduled_for)."""
 
     run_id: str
     step_id: str
@@ -38,6 +39,7 @@ class ActionContext:
     sessions: sessionmaker[Session] | None = None
     timeout_s: float | None = None
     settings: Settings | None = None
+    run: dict[str, Any] = field(default_factory=dict)
 
 
 ActionFunction = Callable[[Any, ActionContext], Any]

@@ -75,6 +75,7 @@ def fail(inputs: dict[str, Any] | None, context: ActionContext) -> dict[str, Any
     echoes_inputs=True,
 )
 def transform(inputs: dict[str, Any], context: ActionContext) -> Any:
-    """Evaluate a sandboxed expression over params, upstream outputs and the other inputs."""
-    scope = {"params": context.params, "steps": context.steps, "inputs": inputs}
+    """Evaluate a sandboxed expression over params, upstream outputs, the run and the other
+    inputs."""
+    scope = {"params": context.params, "steps": context.steps, "run": context.run, "inputs": inputs}
     return templating.evaluate(inputs["expression"], scope)
