@@ -1,5 +1,5 @@
-"""`engine schedules` — list, pause, resume and trigger schedules (pause --all: the emergency
-stop).
+"""`engine schedules` — list, pause, resume, trigger and backfill schedules (pause --all: the
+emergency stop).
 
 The CLI acts as `cli:<user>` (cli.context.operator()); every change is audited under it.
 """
@@ -10,12 +10,12 @@ import click
 
 from cli.context import emit, operator, sender, session, settings
 from engine.models import timestamp
-from engine.schedules import manage, tokens, trigger
+from engine.schedules import backfill, manage, tokens, trigger
 
 
 @click.group("schedules")
 def schedules() -> None:
-    """Cron schedules: list, pause, resume, trigger."""
+    """Cron schedules: list, pause, resume, trigger, backfill."""
 
 
 @schedules.command("list")
@@ -79,3 +79,46 @@ def schedules_trigger(name: str) -> None:
     with sender() as send:
         send(work)
     click.echo(run_id)
+
+
+@schedules.command("backfill")
+@click.argument("name")
+@click.option("--since", required=True, help="The first fire time's earliest (ISO 8601; UTC).")
+@click.option("--until", required=True, help="The window's end, excluded; not in the future.")
+@click.option(
+    "--reason", default=None, help="Why (audited). Without it, only the dry run is shown."
+)
+@click.option("--yes", is_flag=True, help="Submit without asking to confirm the count.")
+def schedules_backfill(name: str, since: str, until: str, reason: str | None, yes: bool) -> None:
+    """Submit a run of the schedule NAME (or id) for each of its fire times from --since to
+    --until, as its fires would have; a fire time that has its run keeps it. First the dry
+    run: each fire time, with its run if it has one. With --reason, the count is then
+    confirmed (asked, unless --yes) and the runs are submitted."""
+    if reason is not None and not reason.strip():
+        raise click.BadParameter("must not be blank", param_hint="'--reason'")
+    with session() as current:
+        found = backfill.plan(current, settings(), name, operator(), since, until)
+        existing = dict(found.existing)
+        count = len(found.fire_times)
+        for moment in found.fire_times:
+            click.echo(f"{timestamp(moment)}  {existing.get(moment, '-')}")
+    click.echo(f"{count} fire time(s), {len(existing)} with a run already")
+    if reason is None:
+        click.echo("dry run: nothing submitted; add --reason R to submit the others")
+        return
+    if not yes:
+        click.confirm(f"submit the runs of {count - len(existing)} fire time(s)?", abort=True)
+    with session() as current:
+        done = backfill.backfill(
+            current, settings(), name, operator(), since, until, confirm_count=count, reason=reason
+        )
+        submitted, work = done.submitted, done.work
+        lines = [
+            f"{timestamp(moment)}  {run_id}  {'submitted' if created else 'existing'}"
+            for moment, run_id, created in done.runs
+        ]
+    with sender() as send:
+        send(work)
+    for line in lines:
+        click.echo(line)
+    click.echo(f"submitted {submitted} run(s); {count - submitted} had theirs already")

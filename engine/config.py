@@ -106,6 +106,8 @@ class Settings:
     # Schedules: how often beat checks for due ones, and how many one tick fires at most.
     schedule_tick_s: float = 10.0
     schedule_batch: int = 100
+    # One backfill submits at most this many runs (engine.schedules.backfill).
+    schedule_backfill_max: int = 1000
     dispatch_grace_s: float = 30.0
     lease_grace_s: float = 30.0
     bulk_replay_rate: float = 100.0
@@ -263,6 +265,7 @@ class Settings:
             reconcile_interval_s=number("RECONCILE_INTERVAL_S", cls.reconcile_interval_s),
             schedule_tick_s=number("SCHEDULE_TICK_S", cls.schedule_tick_s),
             schedule_batch=int(number("SCHEDULE_BATCH", cls.schedule_batch)),
+            schedule_backfill_max=int(number("SCHEDULE_BACKFILL_MAX", cls.schedule_backfill_max)),
             dispatch_grace_s=number("DISPATCH_GRACE_S", cls.dispatch_grace_s),
             lease_grace_s=number("LEASE_GRACE_S", cls.lease_grace_s),
             sqlite_busy_timeout_s=number("SQLITE_BUSY_TIMEOUT_S", cls.sqlite_busy_timeout_s),

@@ -135,6 +135,12 @@ def _steps(settings: Settings) -> list[str]:
         )
     if settings.schedule_tick_s <= 0 or settings.schedule_batch < 1:
         found.append("SCHEDULE_TICK_S must be > 0 and SCHEDULE_BATCH at least 1")
+    if not 1 <= settings.schedule_backfill_max <= MAX_BATCH:
+        # A backfill's runs are one transaction, and its fire times' keys one lookup.
+        found.append(
+            f"SCHEDULE_BACKFILL_MAX must be from 1 to {MAX_BATCH}, "
+            f"got {settings.schedule_backfill_max}"
+        )
     if settings.broker_socket_timeout_s < BROKER_SOCKET_TIMEOUT_MIN_S:
         found.append(
             f"BROKER_SOCKET_TIMEOUT_S must be at least {BROKER_SOCKET_TIMEOUT_MIN_S:g}: "

@@ -336,3 +336,14 @@ def test_the_schedule_tick_and_batch_are_read_from_the_environment_and_checked(
         Settings.from_env(environment(tmp_path, SCHEDULE_TICK_S="0"))
     with pytest.raises(ConfigError, match="SCHEDULE_BATCH"):
         Settings.from_env(environment(tmp_path, SCHEDULE_BATCH="0"))
+
+
+def test_the_backfill_cap_is_read_from_the_environment_and_bounded(tmp_path: Path) -> None:
+    assert Settings.from_env(environment(tmp_path)).schedule_backfill_max == 1000
+    settings = Settings.from_env(environment(tmp_path, SCHEDULE_BACKFILL_MAX="20"))
+    assert settings.schedule_backfill_max == 20
+    for value in ("0", "10001"):
+        with pytest.raises(
+            ConfigError, match=f"SCHEDULE_BACKFILL_MAX must be from 1 to 10000, got {value}"
+        ):
+            Settings.from_env(environment(tmp_path, SCHEDULE_BACKFILL_MAX=value))

@@ -282,6 +282,11 @@ def test_real_answers_match_the_documented_shapes_and_statuses(
     answer("get", "/schedules/{ref}", status=200, ref=unique, headers=headers)
     hourly = {"json": {"cron": "30 * * * *", "version": None}, "headers": headers}
     answer("patch", "/schedules/{ref}", status=200, ref=unique, **hourly)
+    window = {"since": "2026-01-01T00:00:00Z", "until": "2026-01-01T02:00:00Z"}
+    path = "/schedules/{ref}/backfill"
+    answer("post", path, status=200, ref=unique, json={**window, "dry_run": True}, headers=headers)
+    confirmed = {**window, "confirm_count": 2, "reason": "docs"}
+    answer("post", path, status=202, ref=unique, json=confirmed, headers=headers)
     answer("delete", "/schedules/{ref}", status=204, ref=unique, headers=headers)
 
     keyed = {**headers, "Idempotency-Key": unique}
@@ -338,6 +343,11 @@ VALID_BODIES: dict[str, dict[str, Any]] = {
     "/admin/dlq/replay": {"filter": {}, "dry_run": True},
     "/admin/dlq/discard": {"filter": {}, "dry_run": True},
     "/workflows/{name}/pause": {"reason": "r"},
+    "/schedules/{ref}/backfill": {
+        "since": "2026-01-01T00:00:00Z",
+        "until": "2026-01-01T02:00:00Z",
+        "dry_run": True,
+    },
 }
 
 
@@ -385,6 +395,17 @@ def test_every_problem_an_operation_documents_is_one_it_answers_and_no_other(
     taken = {"json": {"name": unique}, "headers": headers}
     answer("patch", "/schedules/{ref}", status=409, ref=f"{unique}_b", **taken)
     answer("post", "/schedules/{ref}/trigger", status=202, ref=unique, headers=headers)
+    # A backfill whose count is not the dry run's.
+    miscounted = {**VALID_BODIES["/schedules/{ref}/backfill"], "dry_run": False}
+    miscounted.update(confirm_count=3, reason="r")
+    answer(
+        "post",
+        "/schedules/{ref}/backfill",
+        status=409,
+        ref=unique,
+        json=miscounted,
+        headers=headers,
+    )
     pause = {"json": {"reason": "r"}, "headers": headers, "name": unique}
     answer("post", "/workflows/{name}/pause", status=200, **pause)
     answer("post", "/schedules/{ref}/trigger", status=409, ref=unique, headers=headers)

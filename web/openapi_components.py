@@ -8,7 +8,7 @@ from typing import Any
 
 from engine import dlq_query, specs, webhooks
 from engine.state import RunStatus, StepStatus
-from web import admin, schemas, tokens
+from web import admin, schedules, schemas, tokens
 
 STRING: dict[str, Any] = {"type": "string"}
 INTEGER: dict[str, Any] = {"type": "integer"}
@@ -60,6 +60,7 @@ REQUESTS: dict[str, dict[str, Any]] = {
     "CreateSchedule": schemas.CREATE_SCHEDULE,
     "PatchSchedule": schemas.PATCH_SCHEDULE,
     "PauseWorkflow": schemas.PAUSE_WORKFLOW,
+    "BackfillSchedule": schedules.BACKFILL,
 }
 
 STEP = shape(
@@ -268,6 +269,38 @@ RESPONSES: dict[str, dict[str, Any]] = {
         }
     ),
     "ScheduleList": page("Schedule"),
+    # A backfill's dry run: the fire times in its window, and how many have their run.
+    "BackfillPlan": shape(
+        {
+            "schedule": STRING,
+            "since": TIME,
+            "until": TIME,
+            "count": INTEGER,
+            "existing": INTEGER,
+            "fire_times": {"type": "array", "items": TIME},
+        }
+    ),
+    # A confirmed backfill: each fire time's run, submitted now or there already.
+    "Backfilled": shape(
+        {
+            "schedule": STRING,
+            "since": TIME,
+            "until": TIME,
+            "count": INTEGER,
+            "submitted": INTEGER,
+            "existing": INTEGER,
+            "runs": {
+                "type": "array",
+                "items": shape(
+                    {
+                        "fire_time": TIME,
+                        "run_id": STRING,
+                        "outcome": {"enum": ["submitted", "existing"]},
+                    }
+                ),
+            },
+        }
+    ),
     "MintedToken": shape({"token": STRING, "jti": STRING, "expires_at": TIME}),
     "Status": shape(
         {

@@ -437,6 +437,23 @@ OPERATIONS: list[Operation] = [
         location="the run (GET it for its status and steps)",
     ),
     Operation(
+        "post",
+        "/schedules/{ref}/backfill",
+        "schedules.write",
+        "Backfill a schedule (by id or name): one run per cron fire time in [since, until) "
+        "(ISO 8601; no offset: UTC; until not in the future), each submitted as its fire "
+        "would have been (as its owner, under the fire's idempotency key, scheduled_for its "
+        "fire time), paused or not; a fire time that has its run keeps it. {since, until, "
+        "dry_run: true} -> 200 the fire times and how many have their run; then {since, "
+        "until, confirm_count, reason} -> 202 each fire time's run, audited "
+        "(schedule.backfill). 409 when the count changed, schedule_token_revoked while its "
+        "token is revoked, workflow_paused while its workflow is; 422 naming until past "
+        "SCHEDULE_BACKFILL_MAX fire times. Its next fire and last run stay",
+        {200: "BackfillPlan", 202: "Backfilled"},
+        body("BackfillSchedule"),
+        problems=(409,),
+    ),
+    Operation(
         "delete",
         "/schedules/{ref}",
         "schedules.write",

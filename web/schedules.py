@@ -1,5 +1,5 @@
-"""Schedules: create, list, read, change, pause, resume, trigger, delete. The beat task fires
-them."""
+"""Schedules: create, list, read, change, pause, resume, trigger, backfill, delete. The beat
+task fires them."""
 
 from __future__ import annotations
 
@@ -7,13 +7,29 @@ from typing import Any
 
 from flask import Blueprint, current_app, request, url_for
 
-from engine.schedules import edit, manage, trigger
+from engine.schedules import backfill, edit, manage, trigger
 from web import schemas, serialize
 from web.auth import current_caller, require_scopes
 from web.db import get_session
 from web.dispatch import send
 
 bp = Blueprint("schedules", __name__, url_prefix="/schedules")
+
+_TIME = {"type": "string", "minLength": 1, "maxLength": 64}
+# A window of fire times, a dry run first, then its count confirmed with a reason (the bulk
+# protocol of POST /admin/dlq/replay).
+BACKFILL = {
+    "type": "object",
+    "required": ["since", "until"],
+    "additionalProperties": False,
+    "properties": {
+        "since": _TIME,
+        "until": _TIME,
+        "dry_run": {"type": "boolean"},
+        "confirm_count": {"type": "integer", "minimum": 0},
+        "reason": {"type": "string", "minLength": 1, "maxLength": 2000},
+    },
+}
 
 
 @bp.post("")
@@ -102,6 +118,30 @@ def trigger_schedule(ref: str) -> Any:
     send(work)
     headers = {"Location": url_for("runs.get_run", run_id=run.id)}
     return serialize.run(run), 202 if created else 200, headers
+
+
+@bp.post("/<ref>/backfill")
+@require_scopes("schedules.write")
+def backfill_schedule(ref: str) -> Any:
+    """Dry run first (`dry_run: true` -> the window's fire times, and how many have their
+    run), then the real call confirms the count with a reason: 202 and each fire time's run."""
+    body = schemas.json_body(BACKFILL)
+    settings, session, caller = current_app.config["SETTINGS"], get_session(), current_caller()
+    window = (body["since"], body["until"])
+    if body.get("dry_run"):
+        return serialize.backfill_plan(backfill.plan(session, settings, ref, caller, *window))
+    done = backfill.backfill(
+        session,
+        settings,
+        ref,
+        caller,
+        *window,
+        confirm_count=body.get("confirm_count"),
+        reason=body.get("reason"),
+    )
+    session.commit()
+    send(done.work)
+    return serialize.backfilled(done), 202
 
 
 @bp.delete("/<ref>")

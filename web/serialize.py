@@ -9,6 +9,7 @@ from sqlalchemy import Row
 
 from engine import webhooks
 from engine.models import DeadLetter, Run, Step, Workflow, WorkflowPause, timestamp
+from engine.schedules import backfill
 from engine.schedules.models import Schedule
 
 
@@ -102,6 +103,38 @@ def schedule(row: Schedule) -> dict[str, Any]:
         "created_by": row.created_by,
         "created_at": timestamp(row.created_at),
         "updated_at": timestamp(row.updated_at),
+    }
+
+
+def backfill_plan(found: backfill.Plan) -> dict[str, Any]:
+    """A backfill's dry run: its window, the fire times in it and how many have their run."""
+    return {
+        "schedule": found.schedule.name,
+        "since": timestamp(found.since),
+        "until": timestamp(found.until),
+        "count": len(found.fire_times),
+        "existing": len(found.existing),
+        "fire_times": [timestamp(moment) for moment in found.fire_times],
+    }
+
+
+def backfilled(done: backfill.Backfilled) -> dict[str, Any]:
+    """A confirmed backfill: each fire time's run, submitted now or there already."""
+    return {
+        "schedule": done.plan.schedule.name,
+        "since": timestamp(done.plan.since),
+        "until": timestamp(done.plan.until),
+        "count": len(done.runs),
+        "submitted": done.submitted,
+        "existing": done.existing,
+        "runs": [
+            {
+                "fire_time": timestamp(moment),
+                "run_id": run_id,
+                "outcome": "submitted" if created else "existing",
+            }
+            for moment, run_id, created in done.runs
+        ],
     }
 
 

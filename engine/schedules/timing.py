@@ -73,6 +73,19 @@ def next_after(expression: str, timezone: str, moment: datetime) -> datetime:
     return found.astimezone(UTC)
 
 
+def between(
+    expression: str, timezone: str, since: datetime, until: datetime, limit: int
+) -> list[datetime]:
+    """The fire times from `since` (included) to `until` (excluded), in UTC and in order, at
+    most `limit` of them: the same times a tick going from one fire to the next names."""
+    found: list[datetime] = []
+    moment = next_after(expression, timezone, since - _TINY)
+    while moment < until and len(found) < limit:
+        found.append(moment)
+        moment = next_after(expression, timezone, moment)
+    return found
+
+
 def _names_its_hours(expression: str) -> bool:
     """Whether the hour field fires at hours it names, not at every hour (cron runs such a
     job once in a repeated hour, and a wildcard one in both)."""
