@@ -127,6 +127,7 @@ def run_summary(run: Any) -> dict[str, Any]:
         "priority": run.priority,
         "created_by": run.created_by,
         "created_at": timestamp(run.created_at),
+        "scheduled_for": timestamp(run.scheduled_for),
         "started_at": timestamp(run.started_at),
         "finished_at": timestamp(run.finished_at),
         "error": run.error,

@@ -144,6 +144,7 @@ def test_a_run_that_succeeds_is_posted_one_signed_event_naming_it_and_its_status
     assert event["data"]["run"]["id"] == run["id"]
     assert event["data"]["run"]["status"] == "succeeded"
     assert event["data"]["run"]["workflow"] == unique
+    assert event["data"]["run"]["scheduled_for"] == run["scheduled_for"]
     assert event["created"] == run["finished_at"]
     assert platform.run(run["id"])["webhook"] == {"url": url, "status": "delivered"}
     assert counted("delivered") - before >= 1
