@@ -21,6 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
+from engine import sqlite_tuning
 from engine.config import Settings
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -60,7 +61,7 @@ def make_engine(
             else round(settings_or_url.sqlite_busy_timeout_s * 1000)
         )
         db_engine = create_engine(url, connect_args={"timeout": busy_ms / 1000}, **options)
-        _tune_sqlite(db_engine, writes=writes, busy_ms=busy_ms)
+        sqlite_tuning.tune(db_engine, writes=writes, busy_ms=busy_ms)
         return db_engine
     options.setdefault("pool_size", 5)
     options.setdefault("max_overflow", 10)
@@ -156,31 +157,6 @@ def _drop_closed_connections(db_engine: Engine) -> None:
         poller.register(dbapi_connection.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
         if poller.poll(0):
             raise DisconnectionError("the server closed the connection")
-
-
-def _tune_sqlite(db_engine: Engine, *, writes: bool, busy_ms: int) -> None:
-    @event.listens_for(db_engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Let SQLAlchemy's "begin" event below (writers' engines only) decide how a
-        # transaction starts; without it, each statement is its own transaction.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
-        cursor.close()
-
-    if not writes:
-        return
-
-    @event.listens_for(db_engine, "begin")
-    def _on_begin(connection: Any) -> None:
-        # Writers take the write lock up front, so two writers never deadlock on the
-        # upgrade from a read lock. Read-only sessions begin nothing: each statement is its
-        # own transaction (the driver's isolation_level None), as on PostgreSQL.
-        if not connection.get_execution_options().get("engine_read_only"):
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def make_session_factory(db_engine: Engine, *, read_only: bool = False) -> sessionmaker[Session]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from engine import db
 
@@ -93,3 +93,40 @@ def test_a_writer_gives_up_after_the_busy_timeout(
         connection.execute(text("INSERT INTO items VALUES ('after')"))
     assert _names(engine) == ["after"]
     engine.dispose()
+
+
+def test_a_commit_sqlite_refuses_is_rolled_back_and_holds_no_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deferred foreign key is checked at COMMIT; SQLite refuses it and keeps the
+    transaction open, with its write lock, where SQLAlchemy takes it as ended."""
+    monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_MS", 1000)
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'refused.db'}", pool_size=1, max_overflow=0)
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE parents (id TEXT PRIMARY KEY)"))
+        connection.execute(
+            text(
+                "CREATE TABLE children (parent TEXT REFERENCES parents (id)"
+                " DEFERRABLE INITIALLY DEFERRED)"
+            )
+        )
+    other = db.make_engine(f"sqlite:///{tmp_path / 'refused.db'}")
+    try:
+        sessions = db.make_session_factory(engine)
+        # As a view does it: commit, and the session closed at the request's end.
+        with sessions() as session:
+            session.execute(text("INSERT INTO children VALUES ('nobody')"))
+            with pytest.raises(IntegrityError, match="FOREIGN KEY"):
+                session.commit()
+        # Another process's writer is not held up by a lock left behind...
+        with other.begin() as connection:
+            connection.execute(text("INSERT INTO parents VALUES ('p')"))
+        # ...and the one pooled connection begins its next transaction as usual.
+        with sessions.begin() as session:
+            session.execute(text("INSERT INTO children VALUES ('p')"))
+        with other.connect() as connection:
+            rows = connection.execute(text("SELECT parent FROM children")).scalars().all()
+        assert rows == ["p"]
+    finally:
+        other.dispose()
+        engine.dispose()
