@@ -238,7 +238,8 @@ def dlq_discard(
     if not bulk:
         _require_reason(reason)
         with session() as current:
-            replay.discard(current, letter_id or "", operator(), reason)
+            _, work = replay.discard(current, letter_id or "", operator(), reason)
+        work.count_committed()
         click.echo(f"discarded {letter_id}")
         return
     _check_bulk(dry_run, confirm_count, reason)
@@ -255,6 +256,7 @@ def dlq_discard(
             confirm_count=confirm_count or 0,
             reason=reason,
         )
+    done.work.count_committed()
     for found in done.discarded:
         click.echo(f"{found}  discarded")
     for found in done.not_open:

@@ -11,7 +11,7 @@ discarded.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session
@@ -23,14 +23,17 @@ from engine.config import Settings
 from engine.dlq_query import DISCARDED, OPEN, LetterFilter, letters
 from engine.models import utcnow
 from engine.replay import require_reason
+from engine.work import Work
 
 
 @dataclass(frozen=True)
 class Discarded:
-    """The letters the call discarded, and those it found no longer open."""
+    """The letters the call discarded, those it found no longer open, and the work to send
+    once the caller committed (their count)."""
 
     discarded: list[str]
     not_open: list[str]
+    work: Work = field(default_factory=Work)
 
 
 def dry_run(session: Session, settings: Settings, where: LetterFilter, caller: Caller) -> BulkPlan:
@@ -48,7 +51,8 @@ def discard_matching(
     reason: str | None,
 ) -> Discarded:
     """Discard the open letters `where` matches, in the caller's transaction, once
-    `confirm_count` is the number matching now (else Conflict)."""
+    `confirm_count` is the number matching now (else Conflict). The caller commits, then
+    sends the result's work."""
     reason = require_reason(reason)
     plan = plan_bulk(
         session,
@@ -74,9 +78,11 @@ def discard_matching(
                 .returning(letters.c.id)
             ).scalars()
         )
+    work = Work()
     if discarded:
-        metrics.dlq_events_total.labels(event="discarded").inc(len(discarded))
+        work.count(metrics.dlq_events_total.labels(event="discarded"), len(discarded))
     return Discarded(
         [letter_id for letter_id in plan.ids if letter_id in discarded],
         [letter_id for letter_id in plan.ids if letter_id not in discarded],
+        work,
     )

@@ -166,6 +166,7 @@ def _replay_one(
     except Exception as exc:  # reported per item and logged: the rest still go
         log.exception("dead letter %s: bulk replay failed", letter_id)
         return ItemResult(letter_id, "error", f"{type(exc).__name__}: see the API log")
+    replayed.work.count_committed()  # as a batch's count: once committed, not when sent
     return ItemResult(letter_id, "replayed", run_id=replayed.run_id, work=replayed.work)
 
 

@@ -48,9 +48,10 @@ def cancel(session: Session, run_id: str, caller: Caller) -> tuple[Run, Work]:
             target=f"run:{run_id}",
             detail={"owner": run.created_by, "steps_cancelled": len(stopped)},
         )
-    metrics.runs_total.labels(workflow=run.workflow, status="cancelled").inc()
     session.refresh(run)
-    return run, Work(revoke=_revocations(run_id, stopped))
+    work = Work(revoke=_revocations(run_id, stopped))
+    work.count(metrics.runs_total.labels(workflow=run.workflow, status="cancelled"))
+    return run, work
 
 
 def require_bulk_scope(caller: Caller) -> None:

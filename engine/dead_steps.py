@@ -42,8 +42,10 @@ def bury_step(
     """A step recorded dead (by its caller): its dead letter, the run failed, in the
     caller's transaction. `failure` is (exception type, message, traceback)."""
     error_type, message, trace = failure
+    work = Work()
     letter_id = dlq.record(
         session,
+        work,
         task_name=STEP_TASK,
         task_id=task_id,
         queue=queue,
@@ -57,9 +59,9 @@ def bury_step(
         attempts=attempts,
         failed_at=failed_at,
     )
-    metrics.steps_total.labels(action=action, status="dead").inc()
+    work.count(metrics.steps_total.labels(action=action, status="dead"))
     summary = f"step {step_id!r} failed after {attempts} attempt(s): {error_type}: {message}"
-    work = fail_run(session, workflow_name, run_id, summary[:2000])
+    work.extend(fail_run(session, workflow_name, run_id, summary[:2000]))
     log.error(
         "run %s step %s: dead after %s attempt(s): %s: %s (dead letter %s)",
         run_id,
@@ -93,9 +95,10 @@ def fail_run(session: Session, workflow_name: str, run_id: str, error: str) -> W
         .where(steps.c.run_id == run_id, steps.c.status.in_(NOT_STARTED))
         .values(status=StepStatus.SKIPPED, next_attempt_at=None)
     )
+    work = Work()
     if failed:
-        metrics.runs_total.labels(workflow=workflow_name, status="failed").inc()
-    return Work()
+        work.count(metrics.runs_total.labels(workflow=workflow_name, status="failed"))
+    return work
 
 
 def bury_uncompilable(

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from engine import metrics
 from engine.db import durable
 from engine.models import DeadLetter, new_id, utcnow
+from engine.work import Work
 
 _NUMBERS = re.compile(r"\d+")
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line \d+, in (?P<function>\S+)')
@@ -50,6 +51,7 @@ def describe(error: BaseException) -> tuple[str, str, str]:
 
 def record(
     session: Session,
+    work: Work,
     *,
     task_name: str,
     task_id: str | None,
@@ -65,7 +67,7 @@ def record(
     failed_at: datetime | None = None,
 ) -> str:
     """Insert an open dead letter in the caller's transaction, which then commits durably
-    (db.durable); returns its id."""
+    (db.durable), and count it in `work` (once committed); returns its id."""
     durable(session)
     letter_id = new_id()
     session.execute(
@@ -88,5 +90,5 @@ def record(
             status="open",
         )
     )
-    metrics.dlq_events_total.labels(event="added").inc()
+    work.count(metrics.dlq_events_total.labels(event="added"))
     return letter_id

@@ -120,8 +120,6 @@ def fail_attempt(
             )
         ):
             return Outcome("lost")
-        metrics.steps_total.labels(action=spec.action, status="retrying").inc()
-        metrics.task_retries_total.inc()
         log.info(
             "run %s step %s: attempt %s/%s failed (%s), retry in %.2f s",
             run_id,
@@ -131,25 +129,23 @@ def fail_attempt(
             error_type,
             delay,
         )
-        return Outcome(
-            "retrying",
-            Work(
-                [
-                    step_dispatch(
-                        run_id,
-                        step_id,
-                        attempt + 1,
-                        spec.queue,
-                        spec.timeout_s,
-                        settings,
-                        countdown=delay,
-                        priority=run.priority,
-                    )
-                ]
-            ),
-            retry_in_s=delay,
-            error=message,
+        work = Work(
+            [
+                step_dispatch(
+                    run_id,
+                    step_id,
+                    attempt + 1,
+                    spec.queue,
+                    spec.timeout_s,
+                    settings,
+                    countdown=delay,
+                    priority=run.priority,
+                )
+            ]
         )
+        work.count(metrics.steps_total.labels(action=spec.action, status="retrying"))
+        work.count(metrics.task_retries_total)
+        return Outcome("retrying", work, retry_in_s=delay, error=message)
     if not changed(session.execute(_fail_update(False, inputs is not None), recorded)):
         return Outcome("lost")
     return bury_step(

@@ -4,7 +4,7 @@ letter and fails, in the caller's transaction; the caller commits."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session
@@ -14,7 +14,7 @@ from engine.config import Settings
 from engine.models import Run, utcnow
 from engine.redaction import failure_redactor
 from engine.state import RunStatus
-from engine.work import MANAGER_QUEUE, PLAN_TASK, plan_task_id
+from engine.work import MANAGER_QUEUE, PLAN_TASK, Work, plan_task_id
 
 runs = Run.__table__
 
@@ -22,14 +22,17 @@ runs = Run.__table__
 @dataclass(frozen=True)
 class Buried:
     """What bury_plan kept: the dead letter's id (None when the run was no longer waiting
-    for its plan) and the failure's message as stored, for the caller's log line."""
+    for its plan), the failure's message as stored, for the caller's log line, and the work
+    to send once the caller committed (the counts of the letter and the failed run)."""
 
     letter_id: str | None
     message: str
+    work: Work = field(default_factory=Work)
 
 
-def count_plan_redelivery(session: Session, settings: Settings, run_id: str) -> bool:
-    """Count a redelivered plan_run; True when it is past the delivery cap (then buried)."""
+def count_plan_redelivery(session: Session, settings: Settings, run_id: str) -> Buried | None:
+    """Count a redelivered plan_run; past the delivery cap the run is buried (what
+    bury_plan kept), else None."""
     row = session.execute(
         update(runs)
         .where(runs.c.id == run_id, runs.c.status == RunStatus.QUEUED)
@@ -37,8 +40,8 @@ def count_plan_redelivery(session: Session, settings: Settings, run_id: str) -> 
         .returning(runs.c.plan_deliveries)
     ).first()
     if row is None or row.plan_deliveries < settings.max_deliveries:
-        return False
-    bury_plan(
+        return None
+    return bury_plan(
         session,
         settings,
         run_id,
@@ -48,7 +51,6 @@ def count_plan_redelivery(session: Session, settings: Settings, run_id: str) -> 
         "",
         row.plan_deliveries,
     )
-    return True
 
 
 def bury_plan(
@@ -71,8 +73,10 @@ def bury_plan(
     message, trace = redactor.redact(message), redactor.redact(trace)
     if run is None or run.status not in (RunStatus.QUEUED, RunStatus.PLANNING):
         return Buried(None, message)
+    work = Work()
     letter_id = dlq.record(
         session,
+        work,
         task_name=PLAN_TASK,
         task_id=plan_task_id(run_id),
         queue=MANAGER_QUEUE,
@@ -86,5 +90,5 @@ def bury_plan(
         attempts=attempts,
     )
     run.status, run.error, run.finished_at = RunStatus.FAILED, f"{error_type}: {message}", utcnow()
-    metrics.runs_total.labels(workflow=run.workflow, status="failed").inc()
-    return Buried(letter_id, message)
+    work.count(metrics.runs_total.labels(workflow=run.workflow, status="failed"))
+    return Buried(letter_id, message, work)

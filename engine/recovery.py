@@ -153,7 +153,7 @@ def reconcile(
             recorded += 1
             work.extend(outcome.work)
     leftovers.settle_ended_runs(session, now, SWEEP_LIMIT)
-    fail_stalled_runs(session, stale)
+    fail_stalled_runs(session, stale, work)
     if work.dispatches or recorded:
         log.warning(
             "reconciler: %d message(s) the broker no longer carries sent again, "
@@ -205,9 +205,10 @@ def _dispatched_before(cutoffs: dict[str, datetime], stale: datetime) -> ColumnE
     )
 
 
-def fail_stalled_runs(session: Session, stale: object) -> list[str]:
+def fail_stalled_runs(session: Session, stale: object, work: Work) -> list[str]:
     """Fail runs shown `running` with no step left that can run: a replay of one dead step
-    finished while another of the run's steps is still dead. Replaying that one resumes it."""
+    finished while another of the run's steps is still dead. Replaying that one resumes it.
+    Each is counted in `work`, once the caller committed."""
     now = utcnow()
     no_live_step = ~exists().where(steps.c.run_id == runs.c.id, steps.c.status.in_(STEP_LIVE))
     stalled = session.execute(
@@ -230,7 +231,7 @@ def fail_stalled_runs(session: Session, stale: object) -> list[str]:
                 .values(status=RunStatus.FAILED, finished_at=now, error=error)
             )
         ):
-            metrics.runs_total.labels(workflow=run.workflow, status="failed").inc()
+            work.count(metrics.runs_total.labels(workflow=run.workflow, status="failed"))
             failed.append(run.id)
     if failed:
         log.warning("reconciler: %d run(s) with no step left to run marked failed", len(failed))

@@ -100,12 +100,15 @@ def replay(
         detail=detail,
     )
     session.refresh(letter)
-    metrics.dlq_events_total.labels(event="replayed").inc()
+    work.count(metrics.dlq_events_total.labels(event="replayed"))
     return Replayed(letter, run.id, work)
 
 
-def discard(session: Session, letter_id: str, caller: Caller, reason: str | None) -> DeadLetter:
-    """Stop showing an open letter as open; the row stays for the audit trail."""
+def discard(
+    session: Session, letter_id: str, caller: Caller, reason: str | None
+) -> tuple[DeadLetter, Work]:
+    """Stop showing an open letter as open; the row stays for the audit trail. The caller
+    commits, then sends the work (its count)."""
     reason = require_reason(reason)
     letter = get_letter(session, letter_id)
     if not changed(
@@ -131,5 +134,6 @@ def discard(session: Session, letter_id: str, caller: Caller, reason: str | None
         detail={"run_id": letter.run_id, "step_id": letter.step_id},
     )
     session.refresh(letter)
-    metrics.dlq_events_total.labels(event="discarded").inc()
-    return letter
+    work = Work()
+    work.count(metrics.dlq_events_total.labels(event="discarded"))
+    return letter, work

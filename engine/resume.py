@@ -249,5 +249,5 @@ def retry_run(
     else:
         work = resume(session, settings, run, failed)
     if letters:
-        metrics.dlq_events_total.labels(event="replayed").inc(len(letters))
+        work.count(metrics.dlq_events_total.labels(event="replayed"), len(letters))
     return run, work

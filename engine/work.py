@@ -1,4 +1,5 @@
-"""What a use case asks its caller to send after the commit: messages and revocations."""
+"""What a use case asks its caller to do after the commit: messages to send, tasks to revoke,
+and counts to add (a metric counts only what committed)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import TYPE_CHECKING
 from engine.config import Settings
 
 if TYPE_CHECKING:
+    from prometheus_client import Counter
+
     from engine.specs import CompiledWorkflow
 
 PLAN_TASK = "manager.plan_run"
@@ -38,17 +41,32 @@ class Dispatch:
 
 @dataclass
 class Work:
-    """The messages to send and the task ids to revoke once the transaction committed."""
+    """The messages to send, the task ids to revoke and the counts to add once the
+    transaction committed. A use case counts what it did here rather than on the metric
+    itself: a commit that fails then counts nothing."""
 
     dispatches: list[Dispatch] = field(default_factory=list)
     revoke: list[str] = field(default_factory=list)
+    counts: list[tuple[Counter, float]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.dispatches or self.revoke)
+        return bool(self.dispatches or self.revoke or self.counts)
 
     def extend(self, other: Work) -> None:
         self.dispatches.extend(other.dispatches)
         self.revoke.extend(other.revoke)
+        self.counts.extend(other.counts)
+
+    def count(self, counter: Counter, amount: float = 1) -> None:
+        """Add `amount` to `counter` (a metric's labelled child) once committed."""
+        self.counts.append((counter, amount))
+
+    def count_committed(self) -> None:
+        """The transaction committed: add its counts, once. workers.dispatch.send does it
+        before sending; a caller with nothing to send calls it itself."""
+        counts, self.counts = self.counts, []
+        for counter, amount in counts:
+            counter.inc(amount)
 
 
 def step_task_id(run_id: str, step_id: str, attempt: int) -> str:

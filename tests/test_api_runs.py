@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import redis
+from prometheus_client import REGISTRY
 from sqlalchemy import func, insert, select
 
 from engine import payloads
@@ -21,6 +22,7 @@ from engine.queues import QueueLayout
 from engine.work import MANAGER_QUEUE, PLAN_TASK, plan_task_id
 from tests.conftest import spec
 from tests.support import services
+from tests.support.commit_trap import refusing_commits
 from tests.support.http import fields, problem
 from tests.support.stack import Stack
 from web import db as web_db
@@ -547,6 +549,28 @@ def test_cancelling_a_finished_run_is_a_conflict(stack: Stack, unique: str) -> N
     body = problem(stack.client().post(f"/runs/{run_id}/cancel", headers=headers), 409)
     assert body["code"] == "invalid_transition"
     assert stack.run(run_id)["status"] == "succeeded"
+
+
+def test_a_cancel_whose_commit_the_database_refuses_cancels_and_counts_nothing(
+    database: Stack, unique: str
+) -> None:
+    database.register(spec(unique, [{"id": "only", "action": "noop"}]))
+    sub = caller(unique)
+    headers = database.headers(sub)
+    run_id = database.submit(unique, headers=headers)  # no worker here: it stays queued
+
+    def cancelled() -> float:
+        labels = {"workflow": unique, "status": "cancelled"}
+        return REGISTRY.get_sample_value("runs_total", labels) or 0.0
+
+    with refusing_commits(database, "runs", f"NEW.error = 'cancelled by {sub}'"):
+        assert database.client().post(f"/runs/{run_id}/cancel", headers=headers).status_code == 500
+    assert database.run(run_id)["status"] == "queued"
+    assert cancelled() == 0
+
+    answer = database.client().post(f"/runs/{run_id}/cancel", headers=headers)
+    assert answer.status_code == 200, answer.get_json()
+    assert cancelled() == 1
 
 
 # --- the HTTP contract -----------------------------------------------------------------

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select, update
 
@@ -21,6 +22,7 @@ from engine.errors import InvalidInput
 from engine.models import DeadLetter, Run, Step
 from engine.work import plan_task_id
 from tests.conftest import spec
+from tests.support.commit_trap import refusing_commits
 from tests.support.metrics import read_api_metrics
 from tests.support.stack import Stack
 from web import db as web_db
@@ -674,3 +676,60 @@ def test_a_bulk_batch_is_small_enough_to_be_sent_well_inside_the_dispatch_grace(
     assert bulk_replay.batch_size(slow) == 15
     assert bulk_replay.batch_size(settings.with_changes(bulk_replay_rate=0.01)) == 1
     assert bulk_replay.batch_size(settings.with_changes(bulk_replay_rate=0.0)) == 200
+
+
+def dlq_counted(event: str) -> float:
+    """dlq_events_total{event} as this process counted it (the test client's app is here)."""
+    return REGISTRY.get_sample_value("dlq_events_total", {"event": event}) or 0.0
+
+
+def planning_letter(database: Stack, workflow: str) -> str:
+    """An open dead letter of a run of `workflow` whose planning failed (no worker needed)."""
+    run_id = database.submit(workflow)  # no worker here: the run stays queued
+    with database.sessions.begin() as session:
+        buried = plan_failures.bury_plan(
+            session, database.settings, run_id, "WorkerLostError", "planning died", ""
+        )
+    assert buried.letter_id is not None
+    return buried.letter_id
+
+
+def letter_status(database: Stack, letter_id: str) -> str:
+    with database.sessions() as session:
+        return str(session.get(DeadLetter, letter_id).status)
+
+
+def test_a_replay_a_retry_or_a_discard_whose_commit_the_database_refuses_counts_nothing(
+    database: Stack, unique: str
+) -> None:
+    database.register(spec(unique, [{"id": "a", "action": "noop"}]))
+    to_replay, to_retry, to_discard = (planning_letter(database, unique) for _ in range(3))
+    with database.sessions() as session:
+        retried_run = session.get(DeadLetter, to_retry).run_id
+    refused = f"{unique}@example.com"
+    headers, client = database.headers(refused, "admin.*,runs.*"), database.client()
+    before = {event: dlq_counted(event) for event in ("replayed", "discarded")}
+
+    def replay_it() -> Any:
+        url = f"/admin/dlq/{to_replay}/replay"
+        return client.post(url, json={"reason": "fixed"}, headers=headers)
+
+    def retry_it() -> Any:
+        return client.post(f"/runs/{retried_run}/retry", headers=headers)
+
+    def discard_it() -> Any:
+        url = f"/admin/dlq/{to_discard}/discard"
+        return client.post(url, json={"reason": "obsolete"}, headers=headers)
+
+    with refusing_commits(database, "dead_letters", f"NEW.resolved_by = '{refused}'"):
+        assert [call().status_code for call in (replay_it, retry_it, discard_it)] == [500] * 3
+    assert {letter_status(database, letter) for letter in (to_replay, to_retry, to_discard)} == {
+        "open"
+    }
+    assert {event: dlq_counted(event) for event in before} == before
+
+    assert [call().status_code for call in (replay_it, retry_it, discard_it)] == [202, 202, 200]
+    assert {event: dlq_counted(event) - before[event] for event in before} == {
+        "replayed": 2,
+        "discarded": 1,
+    }

@@ -9,9 +9,20 @@ from click.testing import CliRunner
 
 from cli import context as cli_context
 from cli.main import main as cli
+from tests.conftest import spec
+from tests.support.commit_trap import refusing_commits
 from tests.support.http import fields, problem
 from tests.support.stack import Stack
-from tests.test_dlq import OPS, admin, failed_run, letters_of, register_failing
+from tests.test_dlq import (
+    OPS,
+    admin,
+    dlq_counted,
+    failed_run,
+    letter_status,
+    letters_of,
+    planning_letter,
+    register_failing,
+)
 
 URL = "/admin/dlq/discard"
 
@@ -132,3 +143,23 @@ def test_the_cli_discards_every_open_letter_of_a_filter_after_a_dry_run(
     assert "2 dead letter(s) discarded" in done.output
     assert open_letter_ids(stack, runs) == set()
     assert all(len(letters_of(stack, run_id, "discarded")) == 1 for run_id in runs)
+
+
+def test_a_bulk_discard_whose_commit_the_database_refuses_discards_and_counts_nothing(
+    database: Stack, unique: str
+) -> None:
+    database.register(spec(unique, [{"id": "a", "action": "noop"}]))
+    letter_ids = {planning_letter(database, unique) for _ in range(3)}
+    refused = f"{unique}@example.com"
+    headers, client = database.headers(refused, "admin.*"), database.client()
+    body = {"filter": {"workflow": unique}, "confirm_count": 3, "reason": "obsolete"}
+    before = dlq_counted("discarded")
+
+    with refusing_commits(database, "dead_letters", f"NEW.resolved_by = '{refused}'"):
+        assert client.post(URL, json=body, headers=headers).status_code == 500
+    assert {letter_status(database, letter_id) for letter_id in letter_ids} == {"open"}
+    assert dlq_counted("discarded") == before
+
+    done = client.post(URL, json=body, headers=headers)
+    assert done.status_code == 200, done.get_json()
+    assert dlq_counted("discarded") == before + 3

@@ -14,6 +14,7 @@ from engine import dlq
 from engine.config import Settings
 from engine.db import make_engine
 from engine.errors import ConfigError
+from engine.work import Work
 from tests.conftest import spec
 from tests.support.stack import Stack
 
@@ -54,6 +55,7 @@ def test_a_dead_letter_commits_durably_in_a_session_that_commits_asynchronously(
             )
             dlq.record(
                 session,
+                Work(),
                 task_name="engine.test",
                 task_id=None,
                 queue="default",

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import event, select, update
+from sqlalchemy.exc import IntegrityError
 
 from engine.auth import MintedToken, mint_token, parse_ttl
 from engine.models import AuditEvent, RevokedToken, Run, in_utc, utcnow
@@ -17,6 +18,7 @@ from engine.schedules import firing
 from engine.schedules.models import Schedule
 from tests.conftest import spec
 from tests.support.cli import failed, run_engine
+from tests.support.commit_trap import refusing_commits
 from tests.support.http import problem
 from tests.support.stack import Stack
 
@@ -60,7 +62,9 @@ def tick_when_due(database: Stack, name: str) -> firing.Fired:
     """Tick at the schedule's next fire time (a minute on when it has none)."""
     due = stored(database, name).next_fire_at
     with database.sessions.begin() as session:
-        return firing.fire_due(session, database.settings, in_utc(due or utcnow()))
+        fired = firing.fire_due(session, database.settings, in_utc(due or utcnow()))
+    fired.work.count_committed()  # as the beat task's send does, once committed
+    return fired
 
 
 def runs_of(database: Stack, workflow: str) -> list[Run]:
@@ -255,3 +259,34 @@ def test_one_tick_looks_up_the_revocations_of_every_due_schedule_in_one_query(
     assert sorted(fired.revoked) == [f"{unique}_0", f"{unique}_1"]
     assert sorted(fired.runs) == [f"{unique}_2", f"{unique}_3"]
     assert len([s for s in statements if "FROM revoked_tokens" in s]) == 1
+
+
+def test_a_tick_whose_commit_the_database_refuses_pauses_submits_and_counts_nothing(
+    database: Stack, unique: str
+) -> None:
+    database.register(spec(unique, [{"id": "a", "action": "noop"}]))
+    revoked_token, valid = token(database), token(database)
+    create(database, f"{unique}_revoked", revoked_token, unique)
+    create(database, f"{unique}_valid", valid, unique)
+    # Revoked as a restore brings a revocation back: the schedule is still enabled.
+    with database.sessions.begin() as session:
+        session.add(RevokedToken(jti=revoked_token.jti, revoked_by="root@example.com"))
+    due = max(in_utc(stored(database, f"{unique}_{n}").next_fire_at) for n in ("revoked", "valid"))
+    before = {outcome: counted(outcome) for outcome in ("revoked", "submitted")}
+
+    with refusing_commits(database, "schedules", f"NEW.workflow = '{unique}'"):
+        with pytest.raises(IntegrityError):
+            with database.sessions.begin() as session:
+                fired = firing.fire_due(session, database.settings, due)
+                assert fired.revoked == [f"{unique}_revoked"] and list(fired.runs)
+    assert {outcome: counted(outcome) for outcome in before} == before
+    assert runs_of(database, unique) == []
+    assert stored(database, f"{unique}_revoked").enabled
+
+    with database.sessions.begin() as session:
+        fired = firing.fire_due(session, database.settings, due)
+    fired.work.count_committed()
+    assert {outcome: counted(outcome) - before[outcome] for outcome in before} == {
+        "revoked": 1,
+        "submitted": 1,
+    }

@@ -42,8 +42,11 @@ def create(
 
 
 def tick(database: Stack, now: datetime) -> firing.Fired:
+    """A tick as the beat task runs it: committed, then its counts added."""
     with database.sessions.begin() as session:
-        return firing.fire_due(session, database.settings, now)
+        fired = firing.fire_due(session, database.settings, now)
+    fired.work.count_committed()
+    return fired
 
 
 def schedule(database: Stack, schedule_id: str) -> Schedule:

@@ -190,6 +190,7 @@ def bulk_discard_dead_letters() -> Any:
         reason=body["reason"],
     )
     session.commit()
+    send(done.work)
     results = [{"id": letter_id, "outcome": "discarded"} for letter_id in done.discarded] + [
         {"id": letter_id, "outcome": "not_open"} for letter_id in done.not_open
     ]
@@ -210,8 +211,9 @@ def _item(item: bulk.ItemResult) -> dict[str, Any]:
 def discard_dead_letter(letter_id: str) -> Any:
     body = schemas.json_body(DISCARD)
     session = get_session()
-    letter = replay.discard(session, letter_id, current_caller(), body["reason"])
+    letter, work = replay.discard(session, letter_id, current_caller(), body["reason"])
     session.commit()
+    send(work)
     return _letter(letter)
 
 

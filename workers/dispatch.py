@@ -19,11 +19,13 @@ BATCH = 100
 
 
 def send(work: Work, app: Celery | None = None) -> bool:
-    """Send messages and revocations; True when all went out. A failed send is logged, not
-    raised: the rows are committed, and the reconciler sends their work again after its
-    grace period."""
+    """Add the committed counts, then send messages and revocations; True when all went out.
+    A failed send is logged, not raised: the rows are committed, and the reconciler sends
+    their work again after its grace period."""
     if not work:
         return True
+    if work.counts:
+        work.count_committed()
     delivered = True
     if app is None:
         from workers.celery_app import app as default_app

@@ -106,8 +106,14 @@ def perform(
     outcome, following, claimed_next = recording.record(
         claimed.task_id, write, deadline - recording.DEADLINE_MARGIN_S, result
     )
-    if following is None or not isinstance(claimed_next, Claim):
-        return outcome, None  # none, or not ours to run here: its message goes out as usual
+    if following is None:
+        return outcome, None
+    if not isinstance(claimed_next, Claim):
+        # Not ours to run here: its message goes out as usual. What the claim recorded
+        # instead (an attempt lost, a version this process cannot compile) is counted.
+        if claimed_next is not None:
+            outcome.work.counts.extend(claimed_next.work.counts)
+        return outcome, None
     outcome.work.dispatches.remove(following)
     return outcome, claimed_next
 

@@ -84,8 +84,10 @@ def plan_run(self, run_id: str, workflow: str | None = None, version: int | None
     is known before the run is read (a message naming the run alone still plans it)."""
     if _redelivered(self):
         with sessions().begin() as session:
-            if plan_failures.count_plan_redelivery(session, settings(), run_id):
-                raise StepDeadLettered(f"{self.request.id}: past the delivery cap")
+            capped = plan_failures.count_plan_redelivery(session, settings(), run_id)
+        if capped is not None:
+            dispatch.send(capped.work)
+            raise StepDeadLettered(f"{self.request.id}: past the delivery cap")
     chain = Chain(self)
     claimed: Claim | Outcome | None = None
     try:
@@ -108,6 +110,7 @@ def plan_run(self, run_id: str, workflow: str | None = None, version: int | None
             buried = plan_failures.bury_plan(
                 session, settings(), run_id, error_type, message, trace
             )
+        dispatch.send(buried.work)
         log.error(
             "run %s: planning failed (%s: %s); dead letter %s",
             run_id,

@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Fired:
-    """What a tick did: the work to send once committed, the runs per schedule name, and
-    the schedules it paused because their token was revoked."""
+    """What a tick did: the work to send once committed (its messages and its counts), the
+    runs per schedule name, and the schedules it paused because their token was revoked."""
 
     work: Work = field(default_factory=Work)
     runs: dict[str, str] = field(default_factory=dict)
@@ -76,7 +76,7 @@ def fire_due(session: Session, settings: Settings, now: datetime) -> Fired:
     for schedule in due:
         revocation = revoked.get(schedule.created_jti or "")
         if revocation is not None:
-            tokens.stop(session, schedule, revocation, now)
+            tokens.stop(session, schedule, revocation, now, fired.work)
             fired.revoked.append(schedule.name)
         else:
             _fire(session, settings, schedule, now, fired)
@@ -98,7 +98,7 @@ def _fire(
             more,
             timestamp(step.fire_at),
         )
-        metrics.schedule_fires_skipped_total.inc(step.skipped)
+        fired.work.count(metrics.schedule_fires_skipped_total, step.skipped)
         fired.skipped += step.skipped
     request = runs.SubmitRun(
         schedule.workflow,
@@ -115,16 +115,17 @@ def _fire(
         # An operator stopped the workflow: this fire time passes without a run (it is not
         # made up on resume), and the schedule says why; not counted as refused, which alerts.
         log.info("schedule %s (%s): no run submitted: %s", schedule.id, schedule.name, exc)
-        metrics.schedule_fires_total.labels(outcome="paused").inc()
+        fired.work.count(metrics.schedule_fires_total.labels(outcome="paused"))
         schedule.last_error = f"{type(exc).__name__}: {exc}"
     except EngineError as exc:
         # The workflow (or its version) is gone, or its latest version wants other params:
         # this fire submits nothing, and the schedule says why until a fire succeeds.
         log.error("schedule %s (%s): no run submitted: %s", schedule.id, schedule.name, exc)
-        metrics.schedule_fires_total.labels(outcome="refused").inc()
+        fired.work.count(metrics.schedule_fires_total.labels(outcome="refused"))
         schedule.last_error = f"{type(exc).__name__}: {exc}"
     else:
-        metrics.schedule_fires_total.labels(outcome="submitted" if created else "duplicate").inc()
+        outcome = "submitted" if created else "duplicate"
+        fired.work.count(metrics.schedule_fires_total.labels(outcome=outcome))
         fired.work.extend(work)
         fired.runs[schedule.name] = run.id
         schedule.last_run_id = run.id

@@ -28,6 +28,7 @@ from engine.auth import Caller
 from engine.errors import ScheduleTokenRevoked
 from engine.models import RevokedToken
 from engine.schedules.models import Schedule
+from engine.work import Work
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +54,12 @@ def revocations(session: Session, jtis: Iterable[str | None]) -> dict[str, Revok
     return {row.jti: row for row in found}
 
 
-def stop(session: Session, schedule: Schedule, revocation: RevokedToken, now: datetime) -> None:
+def stop(
+    session: Session, schedule: Schedule, revocation: RevokedToken, now: datetime, work: Work
+) -> None:
     """Pause a due schedule whose token was revoked, instead of firing it: no run, the fire
-    time passes (it is not made up on resume), and `last_error` says why."""
+    time passes (it is not made up on resume), and `last_error` says why; counted in `work`
+    once the caller committed."""
     schedule.enabled = False
     schedule.next_fire_at = None
     schedule.last_error = (
@@ -76,7 +80,7 @@ def stop(session: Session, schedule: Schedule, revocation: RevokedToken, now: da
             "revoked_by": revocation.revoked_by,
         },
     )
-    metrics.schedule_fires_total.labels(outcome="revoked").inc()
+    work.count(metrics.schedule_fires_total.labels(outcome="revoked"))
     log.warning(
         "schedule %s (%s): paused, no run submitted: %s (jti %s)",
         schedule.id,
