@@ -131,9 +131,11 @@ def _verdict(token: str, header: dict[str, object], claims: dict[str, object]) -
 @click.argument("jti")
 @click.option("--reason", default=None, help="Why (recorded in the audit trail).")
 def revoke(jti: str, reason: str | None) -> None:
-    """Revoke the token whose jti is JTI (`engine token inspect TOKEN` shows it)."""
+    """Revoke the token whose jti is JTI (`engine token inspect TOKEN` shows it); the
+    schedules acting with it are paused, each named."""
     with session() as current:
         revocation = tokens.revoke(current, operator(), jti, reason)
+    revocation.work.count_committed()
     db_engine = make_engine(settings())
     try:
         revocations = RevocationList.for_settings(
@@ -143,6 +145,8 @@ def revoke(jti: str, reason: str | None) -> None:
     finally:
         db_engine.dispose()
     click.echo(f"revoked {revocation.jti}")
+    for schedule in revocation.paused:
+        click.echo(f"paused schedule {schedule.name} (owner {schedule.created_by})")
 
 
 COMMANDS = (rotate, inspect, revoke)

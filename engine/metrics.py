@@ -69,7 +69,8 @@ runs_pruned_total = Counter(
 )
 # Each due schedule's fire: a run submitted, one already submitted for that fire time
 # (another tick got there first), refused (its workflow or params no longer valid), paused
-# (its workflow is), or revoked (its token was: the schedule is paused).
+# (its workflow is), or revoked (its token was: the schedule paused, by the revocation
+# itself, or by a fire that found it enabled).
 schedule_fires_total = Counter("schedule_fires_total", "Schedule fires by outcome", ["outcome"])
 schedule_fires_skipped_total = Counter(
     "schedule_fires_skipped_total", "Missed fire times skipped (one run for the latest only)"

@@ -1,13 +1,14 @@
 """Minting tokens for callers, and revoking them by jti.
 
 A revocation is a row in `revoked_tokens`, the truth, which nothing Redis does can undo.
-How the API checks it on every request is engine.revocations.
+How the API checks it on every request is engine.revocations. The schedules that act with
+the token are paused in the revocation's transaction (engine.schedules.tokens).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, select
@@ -26,13 +27,16 @@ from engine.auth import (
 from engine.config import Settings
 from engine.errors import InvalidInput, PermissionDenied
 from engine.models import AuditEvent, RevokedToken
+from engine.schedules import tokens as schedule_tokens
 from engine.schedules.models import Schedule
+from engine.work import Work
 
 MINT_ACTION = "token.mint"
 REVOKE_ACTION = "token.revoke"
 # Rows of tokens that expired this long ago are deleted on the next revocation, but for
-# those a schedule still acts with: the schedule outlives its token's expiry, and its next
-# fire (weeks away, maybe) must still find the token revoked (engine.schedules.tokens).
+# those a schedule still acts with: the schedule outlives its token's expiry, and an
+# administrator's resume of it, or its fire after a restore (weeks away, maybe), must still
+# find the token revoked (engine.schedules.tokens).
 KEEP_EXPIRED = timedelta(days=1)
 
 
@@ -87,12 +91,18 @@ def mint(
 
 @dataclass(frozen=True)
 class Revocation:
+    """A token revoked: the schedules that acted with it and were paused, and the work to
+    send once the caller committed (their count)."""
+
     jti: str
     expires_at: datetime | None
+    paused: list[Schedule] = field(default_factory=list)
+    work: Work = field(default_factory=Work)
 
 
 def revoke(session: Session, caller: Caller, jti: str, reason: str | None = None) -> Revocation:
-    """Record `jti` as revoked (again is fine); the caller commits, then publishes."""
+    """Record `jti` as revoked (again is fine) and pause the enabled schedules acting with
+    it; the caller commits, sends the work, then publishes."""
     jti = (jti or "").strip()
     if not jti or len(jti) > MAX_JTI_LENGTH:
         raise InvalidInput(
@@ -115,13 +125,17 @@ def revoke(session: Session, caller: Caller, jti: str, reason: str | None = None
         reason=reason,
         detail={"expires_at": expires_at.isoformat() if expires_at else None},
     )
+    # The row as stored: revoked again, it names the first revocation's author.
+    stored = session.get_one(RevokedToken, jti)
+    work = Work()
+    paused = schedule_tokens.pause_bound(session, stored, caller.sub, now, work)
     bound = select(Schedule.created_jti).where(Schedule.created_jti.is_not(None))
     session.execute(
         delete(RevokedToken).where(
             RevokedToken.expires_at < now - KEEP_EXPIRED, RevokedToken.jti.not_in(bound)
         )
     )
-    return Revocation(jti, expires_at)
+    return Revocation(jti, expires_at, paused, work)
 
 
 def _minted_expiry(session: Session, jti: str) -> datetime | None:

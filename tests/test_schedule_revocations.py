@@ -1,6 +1,8 @@
 """A schedule acts with the token that created it (or that its owner last resumed or changed
-it with): once that token is revoked, its next fire pauses it instead of submitting a run
-(engine.schedules.tokens). Over the API, on SQLite and PostgreSQL, ticked at chosen times."""
+it with): revoking that token pauses it at once, and a tick that still finds it enabled with
+its token revoked (a revocation from before, or brought back by a restore) pauses it instead
+of submitting a run (engine.schedules.tokens). Over the API and the CLI, on SQLite and
+PostgreSQL, ticked at chosen times."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from engine.models import AuditEvent, RevokedToken, Run, in_utc, utcnow
 from engine.schedules import firing
 from engine.schedules.models import Schedule
 from tests.conftest import spec
-from tests.support.cli import failed, run_engine
+from tests.support.cli import failed, ok, run_engine
 from tests.support.commit_trap import refusing_commits
 from tests.support.http import problem
 from tests.support.stack import Stack
@@ -45,10 +47,18 @@ def create(database: Stack, name: str, minted: MintedToken, workflow: str) -> di
     return created.get_json()
 
 
-def revoke(database: Stack, jti: str) -> None:
+def revoke(database: Stack, jti: str) -> dict[str, Any]:
     admin = database.headers("root@example.com", "admin.tokens")
     answer = database.client().post("/admin/tokens/revoke", json={"jti": jti}, headers=admin)
-    assert answer.status_code == 204, answer.get_json()
+    assert answer.status_code == 200, answer.get_json()
+    return dict(answer.get_json())
+
+
+def revoked_long_ago(database: Stack, jti: str) -> None:
+    """A revocation the schedules acting with it have not seen: one made before revoking
+    paused them, or brought back by a restore. They are still enabled."""
+    with database.sessions.begin() as session:
+        session.add(RevokedToken(jti=jti, revoked_by="root@example.com"))
 
 
 def stored(database: Stack, name: str) -> Schedule:
@@ -78,14 +88,107 @@ def counted(outcome: str) -> float:
     return REGISTRY.get_sample_value("schedule_fires_total", {"outcome": outcome}) or 0.0
 
 
-def test_a_revoked_creators_schedule_is_paused_at_its_fire_with_the_reason_and_audited(
+def pauses_of(database: Stack, schedule_id: str) -> list[AuditEvent]:
+    with database.sessions() as session:
+        return list(
+            session.scalars(
+                select(AuditEvent).where(
+                    AuditEvent.target == f"schedule:{schedule_id}",
+                    AuditEvent.action == "schedule.pause",
+                )
+            )
+        )
+
+
+def test_revoking_a_token_pauses_its_schedules_at_once_and_names_them(
+    database: Stack, unique: str
+) -> None:
+    database.register(spec(unique, [{"id": "a", "action": "noop"}]))
+    creator, other = token(database), token(database)
+    first = create(database, f"{unique}_a", creator, unique)
+    second = create(database, f"{unique}_b", creator, unique)
+    create(database, f"{unique}_other", other, unique)
+    before = counted("revoked")
+
+    answer = revoke(database, creator.jti)
+    assert answer["jti"] == creator.jti
+    assert answer["paused_schedules"] == [
+        {"id": first["id"], "name": f"{unique}_a", "owner": OWNER},
+        {"id": second["id"], "name": f"{unique}_b", "owner": OWNER},
+    ]
+    assert counted("revoked") == before + 2
+    fresh = bearer(token(database))
+    for made in (first, second):
+        shown = database.client().get(f"/schedules/{made['id']}", headers=fresh).get_json()
+        assert not shown["enabled"] and shown["next_fire_at"] is None
+        assert REVOKED in shown["last_error"] and creator.jti in shown["last_error"]
+        assert "revoked by root@example.com" in shown["last_error"]
+        [audited] = pauses_of(database, made["id"])
+        assert (audited.actor, audited.reason) == ("root@example.com", REVOKED)
+        assert audited.detail == {
+            "name": made["name"],
+            "owner": OWNER,
+            "jti": creator.jti,
+            "revoked_by": "root@example.com",
+        }
+    assert stored(database, f"{unique}_other").enabled
+    listed = {
+        line.split()[0]: line.split()
+        for line in run_engine(database.env, "schedules", "list").output.splitlines()
+    }
+    assert listed[f"{unique}_a"][1] == "paused" and listed[f"{unique}_other"][1] == "enabled"
+
+    # Revoked again: nothing more to pause; the tick finds none of them due.
+    assert revoke(database, creator.jti)["paused_schedules"] == []
+    assert counted("revoked") == before + 2
+    with database.sessions.begin() as session:
+        later = firing.fire_due(session, database.settings, utcnow() + timedelta(days=1))
+    assert f"{unique}_a" not in later.revoked and f"{unique}_a" not in later.runs
+
+
+def test_the_cli_revocation_names_the_schedules_it_paused(database: Stack, unique: str) -> None:
+    database.register(spec(unique, [{"id": "a", "action": "noop"}]))
+    creator = token(database)
+    create(database, unique, creator, unique)
+    before = counted("revoked")
+
+    output = ok(run_engine(database.env, "token", "revoke", creator.jti, "--reason", "leaked"))
+    assert output.splitlines() == [
+        f"revoked {creator.jti}",
+        f"paused schedule {unique} (owner {OWNER})",
+    ]
+    assert not stored(database, unique).enabled
+    assert counted("revoked") == before + 1
+    [audited] = pauses_of(database, stored(database, unique).id)
+    assert audited.actor.startswith("cli:") and audited.reason == REVOKED
+
+
+def test_a_revocation_whose_commit_the_database_refuses_pauses_and_counts_nothing(
+    database: Stack, unique: str
+) -> None:
+    database.register(spec(unique, [{"id": "a", "action": "noop"}]))
+    creator = token(database)
+    create(database, unique, creator, unique)
+    before = counted("revoked")
+    admin = database.headers("root@example.com", "admin.tokens")
+
+    with refusing_commits(database, "revoked_tokens", f"NEW.jti = '{creator.jti}'", "INSERT"):
+        refused = database.client().post(
+            "/admin/tokens/revoke", json={"jti": creator.jti}, headers=admin
+        )
+        assert refused.status_code == 500
+    assert stored(database, unique).enabled
+    assert pauses_of(database, stored(database, unique).id) == []
+    assert counted("revoked") == before
+
+
+def test_a_tick_pauses_an_enabled_schedule_whose_token_was_revoked_before(
     database: Stack, unique: str
 ) -> None:
     database.register(spec(unique, [{"id": "a", "action": "noop"}]))
     creator = token(database)
     created = create(database, unique, creator, unique)
-    assert stored(database, unique).created_jti == creator.jti
-    revoke(database, creator.jti)
+    revoked_long_ago(database, creator.jti)
     before = counted("revoked")
 
     fired = tick_when_due(database, unique)
@@ -98,10 +201,7 @@ def test_a_revoked_creators_schedule_is_paused_at_its_fire_with_the_reason_and_a
     assert not shown["enabled"] and shown["next_fire_at"] is None
     assert REVOKED in shown["last_error"] and creator.jti in shown["last_error"]
     assert shown["last_run_id"] is None and shown["last_fired_at"] is None
-    with database.sessions() as session:
-        [audited] = session.scalars(
-            select(AuditEvent).where(AuditEvent.target == f"schedule:{created['id']}")
-        ).all()
+    [audited] = pauses_of(database, created["id"])
     assert (audited.action, audited.actor, audited.reason) == (
         "schedule.pause",
         "schedules.fire",
@@ -149,7 +249,7 @@ def test_an_owners_change_with_a_fresh_token_rebinds_it_before_its_fire(
     database.register(spec(unique, [{"id": "a", "action": "noop"}]))
     creator = token(database)
     create(database, unique, creator, unique)
-    revoke(database, creator.jti)
+    revoked_long_ago(database, creator.jti)  # still enabled, due to fire
     fresh = token(database)
     changed = database.client().patch(
         f"/schedules/{unique}", json={"priority": 2}, headers=bearer(fresh)
@@ -169,12 +269,12 @@ def test_an_administrator_may_pause_but_not_resume_a_schedule_whose_token_was_re
     create(database, unique, creator, unique)
     create(database, f"{unique}_kept", kept, unique)
     revoke(database, creator.jti)
-    # Before its next fire pauses it, the list already tells it from the others.
+    # The list tells it from the others: paused, its token revoked.
     listed = {
         line.split()[0]: line
         for line in run_engine(database.env, "schedules", "list").output.splitlines()
     }
-    assert listed[unique].endswith("token revoked")
+    assert listed[unique].endswith("token revoked") and "paused" in listed[unique].split()
     assert not listed[f"{unique}_kept"].endswith("token revoked")
     admin = database.headers("root@example.com", f"{WRITER},admin.schedules")
     client = database.client()
@@ -199,9 +299,9 @@ def test_a_schedule_made_before_tokens_were_remembered_fires_on(
     database.register(spec(unique, [{"id": "a", "action": "noop"}]))
     creator = token(database)
     create(database, unique, creator, unique)
-    revoke(database, creator.jti)
     with database.sessions.begin() as session:
         session.execute(update(Schedule).where(Schedule.name == unique).values(created_jti=None))
+    assert revoke(database, creator.jti)["paused_schedules"] == []
 
     fired = tick_when_due(database, unique)
     assert list(fired.runs) == [unique] and fired.revoked == []
@@ -211,8 +311,9 @@ def test_a_schedule_made_before_tokens_were_remembered_fires_on(
 def test_a_revocation_a_schedule_acts_with_outlives_the_pruning_of_expired_ones(
     database: Stack, unique: str
 ) -> None:
-    """A schedule outlives its token's expiry: weeks after, its fire must still find the
-    token revoked, though another revocation prunes those of tokens long expired."""
+    """A schedule outlives its token's expiry: weeks after, the token must still be known
+    as revoked (an administrator's resume is refused, a tick would pause the schedule
+    again), though another revocation prunes those of tokens long expired."""
     database.register(spec(unique, [{"id": "a", "action": "noop"}]))
     creator, unbound = token(database), token(database, sub="bob@example.com")
     create(database, unique, creator, unique)
@@ -230,7 +331,9 @@ def test_a_revocation_a_schedule_acts_with_outlives_the_pruning_of_expired_ones(
         kept = set(session.scalars(select(RevokedToken.jti)))
     assert creator.jti in kept and unbound.jti not in kept
 
-    assert tick_when_due(database, unique).revoked == [unique]
+    admin = database.headers("root@example.com", f"{WRITER},admin.schedules")
+    resumed = database.client().post(f"/schedules/{unique}/resume", headers=admin)
+    assert problem(resumed, 409)["code"] == "schedule_token_revoked"
 
 
 def test_one_tick_looks_up_the_revocations_of_every_due_schedule_in_one_query(
@@ -241,7 +344,7 @@ def test_one_tick_looks_up_the_revocations_of_every_due_schedule_in_one_query(
     for index, minted in enumerate(made):
         create(database, f"{unique}_{index}", minted, unique)
     for minted in made[:2]:
-        revoke(database, minted.jti)
+        revoked_long_ago(database, minted.jti)
     due: datetime = max(in_utc(stored(database, f"{unique}_{i}").next_fire_at) for i in range(4))
 
     statements: list[str] = []
@@ -268,9 +371,7 @@ def test_a_tick_whose_commit_the_database_refuses_pauses_submits_and_counts_noth
     revoked_token, valid = token(database), token(database)
     create(database, f"{unique}_revoked", revoked_token, unique)
     create(database, f"{unique}_valid", valid, unique)
-    # Revoked as a restore brings a revocation back: the schedule is still enabled.
-    with database.sessions.begin() as session:
-        session.add(RevokedToken(jti=revoked_token.jti, revoked_by="root@example.com"))
+    revoked_long_ago(database, revoked_token.jti)
     due = max(in_utc(stored(database, f"{unique}_{n}").next_fire_at) for n in ("revoked", "valid"))
     before = {outcome: counted(outcome) for outcome in ("revoked", "submitted")}
 

@@ -302,6 +302,18 @@ RESPONSES: dict[str, dict[str, Any]] = {
         }
     ),
     "MintedToken": shape({"token": STRING, "jti": STRING, "expires_at": TIME}),
+    "Revocation": shape(
+        {
+            "jti": STRING,
+            "expires_at": MAYBE_TIME,
+            "paused_schedules": {
+                "type": "array",
+                "items": shape(
+                    {"id": {"type": "string", "format": "uuid"}, "name": STRING, "owner": STRING}
+                ),
+            },
+        }
+    ),
     "Status": shape(
         {
             "version": STRING,

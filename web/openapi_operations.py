@@ -350,8 +350,9 @@ OPERATIONS: list[Operation] = [
         "post",
         "/admin/tokens/revoke",
         "admin.tokens",
-        "Revoke a token by jti",
-        {204: None},
+        "Revoke a token by jti; the enabled schedules acting with it are paused in the same "
+        "transaction (last_error says why) and named in the answer",
+        {200: "Revocation"},
         body("RevokeToken"),
     ),
     Operation(
@@ -368,8 +369,8 @@ OPERATIONS: list[Operation] = [
         "schedules.write",
         "Create a schedule: {name, workflow, cron, timezone?, version?, params?, priority?, "
         "enabled?}; its runs are submitted as the caller (who needs runs.write too), with "
-        "this token's scopes; once this token is revoked, the schedule is paused at its next "
-        "fire (last_error says why). Its expiry stops nothing",
+        "this token's scopes; revoking this token pauses the schedule (last_error says why). "
+        "Its expiry stops nothing",
         {201: "Schedule"},
         body("CreateSchedule"),
         problems=(409,),
@@ -416,7 +417,7 @@ OPERATIONS: list[Operation] = [
         "schedules.write",
         "Resume a schedule (by id or name) from its first fire time after now; the times "
         "missed while paused are not made up. Its owner's resume binds it to this token (its "
-        "scopes, and its revocation pauses the schedule at its next fire; runs.write needed, "
+        "scopes, and its revocation pauses the schedule; runs.write needed, "
         "as on create). Another's (admin.schedules) keeps the owner's token, and is a 409 "
         "schedule_token_revoked when that token was revoked: only the owner resumes it then",
         {200: "Schedule"},

@@ -1,4 +1,5 @@
-"""Access tokens: mint for a caller, revoke by jti."""
+"""Access tokens: mint for a caller, revoke by jti (which pauses the schedules acting with
+the token, and says which)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from engine.auth import MAX_SUB_LENGTH
 from web import schemas, serialize
 from web.auth import current_caller, require_scopes
 from web.db import get_session
+from web.dispatch import send
 
 bp = Blueprint("tokens", __name__, url_prefix="/admin/tokens")
 
@@ -63,5 +65,13 @@ def revoke_token() -> Any:
     session = get_session()
     revocation = tokens.revoke(session, current_caller(), body["jti"], body.get("reason"))
     session.commit()
+    send(revocation.work)
     current_app.extensions["engine.revocations"].publish(revocation)
-    return "", 204
+    return {
+        "jti": revocation.jti,
+        "expires_at": serialize.timestamp(revocation.expires_at),
+        "paused_schedules": [
+            {"id": schedule.id, "name": schedule.name, "owner": schedule.created_by}
+            for schedule in revocation.paused
+        ],
+    }

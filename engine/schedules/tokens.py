@@ -1,14 +1,16 @@
 """Which token a schedule acts with, and what revoking that token does to it.
 
 A schedule's runs act as its owner, with the scopes of one of the owner's tokens: the one
-that created it, or the one its owner last resumed or changed it with (`bind`). Once that
-token is revoked (engine.tokens.revoke), the schedule's next fire submits nothing: the tick
-pauses it instead, says why in `last_error`, audits the pause and counts the fire as
-`revoked` (`stop`). Its owner carries on by resuming it (or changing it) with a valid
-token, which binds it to that token. An administrator may pause such a schedule, or delete
-it, but not resume it (`check_not_revoked`): its runs would go on with the scopes of a
-token that was revoked, and binding it to the administrator's would make them act with
-authority the owner never gave.
+that created it, or the one its owner last resumed or changed it with (`bind`). Revoking
+that token (engine.tokens.revoke) pauses the schedule in the same transaction
+(`pause_bound`): `last_error` says why, the pause is audited and counted as `revoked`
+(`stop`). A tick that finds an enabled schedule whose token is revoked (a revocation from
+before revocations paused schedules, or one a restore brought back) pauses it the same way
+instead of firing it. Its owner carries on by resuming it with a valid token, which binds
+it to that token (a change binds it too, and leaves it paused). An administrator may pause
+such a schedule, or delete it, but not resume it (`check_not_revoked`): its runs would go
+on with the scopes of a token that was revoked, and binding it to the administrator's would
+make them act with authority the owner never gave.
 
 A token that merely expires stops nothing: a schedule outlives its token's expiry, as it
 outlives a session of its owner. A schedule made before revision 0010 remembers no token
@@ -54,12 +56,34 @@ def revocations(session: Session, jtis: Iterable[str | None]) -> dict[str, Revok
     return {row.jti: row for row in found}
 
 
+def pause_bound(
+    session: Session, revocation: RevokedToken, actor: str, now: datetime, work: Work
+) -> list[Schedule]:
+    """Pause every enabled schedule that acts with the revoked token, as `stop` does, the
+    pause audited as `actor`'s (who revoked it); the schedules paused, by name."""
+    bound = session.scalars(
+        select(Schedule)
+        .where(Schedule.created_jti == revocation.jti, Schedule.enabled.is_(True))
+        .order_by(Schedule.name)
+        .with_for_update()
+    ).all()
+    for schedule in bound:
+        stop(session, schedule, revocation, now, work, actor=actor)
+    return list(bound)
+
+
 def stop(
-    session: Session, schedule: Schedule, revocation: RevokedToken, now: datetime, work: Work
+    session: Session,
+    schedule: Schedule,
+    revocation: RevokedToken,
+    now: datetime,
+    work: Work,
+    *,
+    actor: str = TICK_ACTOR,
 ) -> None:
-    """Pause a due schedule whose token was revoked, instead of firing it: no run, the fire
-    time passes (it is not made up on resume), and `last_error` says why; counted in `work`
-    once the caller committed."""
+    """Pause a schedule whose token was revoked: at the revocation, or at a fire (no run,
+    the fire time passes and is not made up on resume). `last_error` says why, the pause is
+    audited as `actor`'s, and counted in `work` once the caller committed."""
     schedule.enabled = False
     schedule.next_fire_at = None
     schedule.last_error = (
@@ -69,7 +93,7 @@ def stop(
     schedule.updated_at = now
     audit.record(
         session,
-        actor=TICK_ACTOR,
+        actor=actor,
         action="schedule.pause",
         target=f"schedule:{schedule.id}",
         reason=REVOKED,
@@ -82,7 +106,7 @@ def stop(
     )
     work.count(metrics.schedule_fires_total.labels(outcome="revoked"))
     log.warning(
-        "schedule %s (%s): paused, no run submitted: %s (jti %s)",
+        "schedule %s (%s): paused, it submits no run: %s (jti %s)",
         schedule.id,
         schedule.name,
         REVOKED,
