@@ -9,7 +9,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from engine.models import utcnow
 from engine.schedules.models import Schedule
@@ -178,6 +178,10 @@ def test_a_change_is_audited_with_old_and_new_values_and_its_runs_take_the_edito
 ) -> None:
     created = create(database, unique)
     client = database.client()
+    with database.sessions() as session:
+        creators_jti = session.scalars(
+            select(Schedule.created_jti).where(Schedule.id == created["id"])
+        ).one()
     narrower = database.headers(scopes="schedules.write,runs.write")
     assert (
         client.patch(f"/schedules/{unique}", json={"cron": "0 * * * *"}, headers=narrower)
@@ -194,14 +198,17 @@ def test_a_change_is_audited_with_old_and_new_values_and_its_runs_take_the_edito
     assert [(event["action"], event["actor"]) for event in events] == [
         ("schedule.update", "alice@example.com")
     ]
+    with database.sessions() as session:
+        stored = session.get(Schedule, created["id"])
+        assert stored is not None and stored.created_scopes == ["schedules.write", "runs.write"]
+    # The change bound it to the editor's token: the event says from which, to which.
+    assert creators_jti and stored.created_jti and stored.created_jti != creators_jti
     assert events[0]["detail"] == {
         "name": unique,
         "owner": "alice@example.com",
         "changed": {"cron": {"from": "*/10 * * * *", "to": "0 * * * *"}},
+        "jti": {"from": creators_jti, "to": stored.created_jti},
     }
-    with database.sessions() as session:
-        stored = session.get(Schedule, created["id"])
-        assert stored is not None and stored.created_scopes == ["schedules.write", "runs.write"]
 
     cannot_submit = database.headers(scopes="schedules.write")
     refused = client.patch(f"/schedules/{unique}", json={"priority": 2}, headers=cannot_submit)

@@ -88,16 +88,20 @@ def counted(outcome: str) -> float:
     return REGISTRY.get_sample_value("schedule_fires_total", {"outcome": outcome}) or 0.0
 
 
-def pauses_of(database: Stack, schedule_id: str) -> list[AuditEvent]:
+def audited(database: Stack, schedule_id: str, action: str) -> list[AuditEvent]:
+    """The schedule's audit events of `action`, oldest first."""
     with database.sessions() as session:
         return list(
             session.scalars(
-                select(AuditEvent).where(
-                    AuditEvent.target == f"schedule:{schedule_id}",
-                    AuditEvent.action == "schedule.pause",
-                )
+                select(AuditEvent)
+                .where(AuditEvent.target == f"schedule:{schedule_id}", AuditEvent.action == action)
+                .order_by(AuditEvent.id)
             )
         )
+
+
+def pauses_of(database: Stack, schedule_id: str) -> list[AuditEvent]:
+    return audited(database, schedule_id, "schedule.pause")
 
 
 def test_revoking_a_token_pauses_its_schedules_at_once_and_names_them(
@@ -242,6 +246,17 @@ def test_its_owner_resumes_it_with_a_fresh_token_whose_scopes_its_runs_then_carr
     assert fired.runs == {unique: run.id} and fired.revoked == []
     assert run.created_by == OWNER and run.created_scopes == ["schedules.write", "runs.write"]
 
+    # The audit trail tells when it moved from the revoked token to the fresh one; a resume
+    # with the token it already acts with records no move.
+    assert client.post(f"/schedules/{unique}/pause", headers=bearer(fresh)).status_code == 200
+    assert client.post(f"/schedules/{unique}/resume", headers=bearer(fresh)).status_code == 200
+    moved, again = audited(database, rebound.id, "schedule.resume")
+    assert (moved.actor, moved.detail) == (
+        OWNER,
+        {"name": unique, "owner": OWNER, "jti": {"from": creator.jti, "to": fresh.jti}},
+    )
+    assert again.detail == {"name": unique, "owner": OWNER}
+
 
 def test_an_owners_change_with_a_fresh_token_rebinds_it_before_its_fire(
     database: Stack, unique: str
@@ -256,6 +271,13 @@ def test_an_owners_change_with_a_fresh_token_rebinds_it_before_its_fire(
     )
     assert changed.status_code == 200, changed.get_json()
     assert stored(database, unique).created_jti == fresh.jti
+    [update_event] = audited(database, changed.get_json()["id"], "schedule.update")
+    assert update_event.detail == {
+        "name": unique,
+        "owner": OWNER,
+        "changed": {"priority": {"from": 0, "to": 2}},
+        "jti": {"from": creator.jti, "to": fresh.jti},
+    }
 
     fired = tick_when_due(database, unique)
     assert list(fired.runs) == [unique] and fired.revoked == []

@@ -41,8 +41,9 @@ def change(
     """Apply the fields `changes` gives (a JSON merge patch), checked as on create: a new
     cron or timezone fires next at its first time after now (nothing missed is made up); a
     new version or params are checked against the workflow's params schema. Audited as
-    schedule.update with each field's old and new value; a change that changes nothing is
-    neither stored nor audited."""
+    schedule.update with each field's old and new value, and `jti` (from, to) when the
+    change binds it to another token; a change that changes nothing is neither stored nor
+    audited."""
     schedule = manage.get(session, ref, caller, lock=True)
     if schedule.created_by != caller.sub:
         raise PermissionDenied(
@@ -73,20 +74,23 @@ def change(
         setattr(schedule, field, value)
     if wanted.keys() & _TIMING and schedule.enabled:
         schedule.next_fire_at = timing.next_after(schedule.cron, schedule.timezone, now)
-    tokens.bind(schedule, caller)
+    moved = tokens.bind(schedule, caller)
     schedule.updated_at = now
     with manage.name_taken_as_conflict(schedule.name):
         with session.begin_nested():
             session.flush()
+    detail: dict[str, Any] = {
+        "name": schedule.name,
+        "owner": schedule.created_by,
+        "changed": {field: {"from": before[field], "to": wanted[field]} for field in wanted},
+    }
+    if moved:
+        detail["jti"] = moved  # bound to another token: from which, to which
     audit.record(
         session,
         actor=caller.sub,
         action="schedule.update",
         target=f"schedule:{schedule.id}",
-        detail={
-            "name": schedule.name,
-            "owner": schedule.created_by,
-            "changed": {field: {"from": before[field], "to": wanted[field]} for field in wanted},
-        },
+        detail=detail,
     )
     return schedule

@@ -180,20 +180,22 @@ def pause(session: Session, ref: str, caller: Caller) -> Schedule:
 def resume(session: Session, ref: str, caller: Caller, now: datetime | None = None) -> Schedule:
     """Fire again from the first time after now: the times missed while paused are not
     made up for. Its owner's resume binds it to the owner's token (who needs runs.write,
-    as on create); another's keeps the token it has, and is refused when that token was
-    revoked (engine.schedules.tokens)."""
+    as on create; the audit event records a move to another token as `jti`: from, to);
+    another's keeps the token it has, and is refused when that token was revoked
+    (engine.schedules.tokens)."""
     schedule = get(session, ref, caller)
     if not schedule.enabled:
+        moved = None
         if schedule.created_by == caller.sub:
             check_can_submit(caller)
-            tokens.bind(schedule, caller)
+            moved = tokens.bind(schedule, caller)
         else:
             tokens.check_not_revoked(session, schedule)
         now = now or utcnow()
         schedule.enabled = True
         schedule.next_fire_at = timing.next_after(schedule.cron, schedule.timezone, now)
         schedule.updated_at = now
-        _record(session, caller, "schedule.resume", schedule)
+        _record(session, caller, "schedule.resume", schedule, {"jti": moved} if moved else {})
     return schedule
 
 
@@ -238,11 +240,17 @@ def _exists(session: Session, settings: Settings, workflow: str) -> bool:
     return True
 
 
-def _record(session: Session, caller: Caller, action: str, schedule: Schedule) -> None:
+def _record(
+    session: Session,
+    caller: Caller,
+    action: str,
+    schedule: Schedule,
+    extra: dict[str, Any] | None = None,
+) -> None:
     audit.record(
         session,
         actor=caller.sub,
         action=action,
         target=f"schedule:{schedule.id}",
-        detail={"name": schedule.name, "owner": schedule.created_by},
+        detail={"name": schedule.name, "owner": schedule.created_by, **(extra or {})},
     )

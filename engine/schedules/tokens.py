@@ -39,11 +39,16 @@ REVOKED = "the token that created this schedule was revoked"
 TICK_ACTOR = "schedules.fire"
 
 
-def bind(schedule: Schedule, caller: Caller) -> None:
+def bind(schedule: Schedule, caller: Caller) -> dict[str, str | None] | None:
     """From now on the schedule's runs act with the caller's token: its scopes, and its
-    revocation stops them."""
+    revocation stops them. When that is another token than before, the move for the audit
+    event of the change that bound it: {"from": old jti, "to": new jti}; else None."""
+    moved = None
+    if schedule.created_jti != caller.jti:
+        moved = {"from": schedule.created_jti, "to": caller.jti}
     schedule.created_scopes = list(caller.scopes)
     schedule.created_jti = caller.jti
+    return moved
 
 
 def revocations(session: Session, jtis: Iterable[str | None]) -> dict[str, RevokedToken]:
