@@ -223,7 +223,7 @@ def test_no_backfill_while_its_token_is_revoked_or_its_workflow_paused_but_a_pau
 
     with database.sessions() as session:
         jti = session.scalars(select(Schedule.created_jti).where(Schedule.name == unique)).one()
-    assert client.post("/admin/tokens/revoke", json={"jti": jti}, headers=ops).status_code == 204
+    assert client.post("/admin/tokens/revoke", json={"jti": jti}, headers=ops).status_code == 200
     for body in ({"dry_run": True}, {"confirm_count": 5, "reason": "r"}):
         refused = problem(backfill(database, unique, **body), 409)
         assert refused["code"] == "schedule_token_revoked" and OWNER in refused["detail"]
