@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from engine import audit, pauses, runs
 from engine.auth import Caller
 from engine.config import Settings
-from engine.errors import Conflict, InvalidInput, ScheduleTokenRevoked
+from engine.errors import Conflict, InvalidInput
 from engine.models import Run, timestamp, utcnow
 from engine.replay import require_reason
 from engine.schedules import firing, manage, timing, tokens
@@ -186,12 +186,7 @@ def backfill(
 def _check_can_submit(session: Session, settings: Settings, schedule: Schedule) -> None:
     """ScheduleTokenRevoked or WorkflowPaused (both 409) when the schedule's runs would be
     refused now; InvalidInput naming the field when its workflow no longer takes them."""
-    if tokens.is_revoked(session, schedule):
-        raise ScheduleTokenRevoked(
-            f"{tokens.REVOKED} (jti {schedule.created_jti}): its owner "
-            f"({schedule.created_by}) binds {schedule.name!r} to a valid token by resuming or "
-            "changing it, before it can be backfilled"
-        )
+    tokens.check_can_submit(session, schedule, "backfilled")
     if pauses.paused(session, [schedule.workflow]):
         raise pauses.refusal(session, schedule.workflow)
     manage.check_submission(session, settings, schedule.workflow, schedule.version, schedule.params)

@@ -133,3 +133,15 @@ def check_not_revoked(session: Session, schedule: Schedule) -> None:
             f"({schedule.created_by}) may resume {schedule.name!r}, with a valid token that "
             "its runs then act with"
         )
+
+
+def check_can_submit(session: Session, schedule: Schedule, doing: str) -> None:
+    """ScheduleTokenRevoked when the token the schedule acts with was revoked: its runs
+    cannot be submitted (`doing`: "triggered", "backfilled") until its owner binds it to a
+    valid token by resuming or changing it."""
+    if is_revoked(session, schedule):
+        raise ScheduleTokenRevoked(
+            f"{REVOKED} (jti {schedule.created_jti}): its owner "
+            f"({schedule.created_by}) binds {schedule.name!r} to a valid token by resuming or "
+            f"changing it, before it can be {doing}"
+        )

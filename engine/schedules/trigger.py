@@ -18,7 +18,6 @@ from sqlalchemy.orm import Session
 from engine import audit, runs
 from engine.auth import Caller
 from engine.config import Settings
-from engine.errors import ScheduleTokenRevoked
 from engine.models import Run, utcnow
 from engine.schedules import manage, tokens
 from engine.work import Work
@@ -39,12 +38,7 @@ def trigger(
     """Submit the run the schedule's next fire would, now: (the run, the work to send once
     committed, whether it is new; a repeated key answers the first run)."""
     schedule = manage.get(session, ref, caller)
-    if tokens.is_revoked(session, schedule):
-        raise ScheduleTokenRevoked(
-            f"{tokens.REVOKED} (jti {schedule.created_jti}): its owner "
-            f"({schedule.created_by}) binds {schedule.name!r} to a valid token by resuming or "
-            "changing it, before it can be triggered"
-        )
+    tokens.check_can_submit(session, schedule, "triggered")
     request = runs.SubmitRun(
         schedule.workflow,
         schedule.params,
