@@ -77,6 +77,9 @@ WEBHOOK_DUE = (
     "webhook_url IS NOT NULL AND finished_at IS NOT NULL"
     " AND (webhook_event_at IS NULL OR webhook_event_at <> finished_at)"
 )
+# A queued run submitted with a not_before (ix_runs_not_before): the delayed runs, waiting
+# or just sent; a run submitted without one is never in it (engine.delayed).
+DELAYED = "status = 'queued' AND not_before IS NOT NULL"
 
 
 class Base(DeclarativeBase):
@@ -131,6 +134,14 @@ class Run(Base):
             postgresql_where=text(WEBHOOK_DUE),
             sqlite_where=text(WEBHOOK_DUE),
         ),
+        # Queued runs with a not_before only: the delay tick's lookup of what is due
+        # (engine.delayed), the longest due first; a submission without one skips it.
+        Index(
+            "ix_runs_not_before",
+            "not_before",
+            postgresql_where=text(DELAYED),
+            sqlite_where=text(DELAYED),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -166,6 +177,9 @@ class Run(Base):
     # was triggered; None for a run submitted otherwise. Its steps read it as
     # run.scheduled_for (engine.run_context).
     scheduled_for: Mapped[datetime | None]
+    # Not started before this time (engine.delayed): while it is ahead the run waits queued,
+    # its plan message unsent. None for a run that starts at once.
+    not_before: Mapped[datetime | None]
 
 
 class Step(Base):

@@ -129,6 +129,7 @@ def submit(
         "webhook_event_at": None,
         "webhook_status": None,
         "scheduled_for": request.scheduled_for,
+        "not_before": None,
     }
     if request.idempotency_key is None:
         # Nothing unique to race on: no SAVEPOINT, and a Core INSERT of the values instead of

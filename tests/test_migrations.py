@@ -3,6 +3,8 @@ schema they build is the one the models describe."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -11,6 +13,8 @@ from sqlalchemy import inspect
 from engine import migrations
 from engine.db import make_engine
 from engine.models import Base
+
+DIALECTS = ("postgresql", "sqlite")
 
 
 def tables(url: str) -> set[str]:
@@ -210,3 +214,55 @@ def test_0011_gives_runs_a_fire_time_that_those_submitted_before_it_lack(
         db_engine.dispose()
     migrations.upgrade(fresh_database)
     assert "scheduled_for" in columns() and drift(fresh_database) == []
+
+
+def test_0012_gives_runs_a_not_before_and_the_partial_index_of_delayed_runs(
+    fresh_database: str,
+) -> None:
+    from sqlalchemy import text
+
+    def schema() -> tuple[set[str], dict[str, Any]]:
+        db_engine = make_engine(fresh_database)
+        try:
+            inspector = inspect(db_engine)
+            columns = {column["name"] for column in inspector.get_columns("runs")}
+            indexes = {index["name"]: index for index in inspector.get_indexes("runs")}
+            return columns, indexes
+        finally:
+            db_engine.dispose()
+
+    migrations.upgrade(fresh_database, "0011")
+    columns, indexes = schema()
+    assert "not_before" not in columns and "ix_runs_not_before" not in indexes
+    db_engine = make_engine(fresh_database)
+    try:
+        with db_engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO runs (id, workflow, version, params, status, priority, "
+                    "created_by, leaves_left, plan_deliveries, created_at, dispatched_at) "
+                    "VALUES ('r1', 'w', 1, '{}', 'queued', 0, 'me', 1, 0, "
+                    "'2026-01-01 00:00:00', '2026-01-01 00:00:00')"
+                )
+            )
+        db_engine.dispose()
+        migrations.upgrade(fresh_database, "0012")
+        columns, indexes = schema()
+        assert "not_before" in columns
+        index = indexes["ix_runs_not_before"]
+        assert index["column_names"] == ["not_before"]
+        options = index.get("dialect_options", {})
+        predicate = " ".join(str(options.get(f"{name}_where", "")) for name in DIALECTS)
+        assert "not_before IS NOT NULL" in predicate and "queued" in predicate, index
+        with db_engine.connect() as connection:
+            rows = connection.execute(text("SELECT id, not_before FROM runs")).all()
+        # Submitted before: starts at once, as it always would have.
+        assert [tuple(row) for row in rows] == [("r1", None)]
+        db_engine.dispose()
+        migrations.downgrade(fresh_database, "0011")
+        columns, indexes = schema()
+        assert "not_before" not in columns and "ix_runs_not_before" not in indexes
+    finally:
+        db_engine.dispose()
+    migrations.upgrade(fresh_database)
+    assert drift(fresh_database) == []
