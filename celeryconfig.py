@@ -9,6 +9,7 @@ from kombu import Queue
 
 from engine.config import Settings
 from engine.work import (
+    DELAY_TASK,
     MANAGER_QUEUE,
     PRUNE_INTERVAL_S,
     PRUNE_TASK,
@@ -22,8 +23,8 @@ QUEUES = (MANAGER_QUEUE, "steps", "default")
 
 
 def beat_schedule(settings: Settings) -> dict[str, Any]:
-    """What beat sends: the reconciler, the schedules' fires and the webhook deliverer
-    always; the prune when a retention is set."""
+    """What beat sends: the reconciler, the schedules' fires, the delayed runs' tick and the
+    webhook deliverer always; the prune when a retention is set."""
     schedule: dict[str, Any] = {
         "reconcile": {
             "task": RECONCILE_TASK,
@@ -36,6 +37,17 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
             "task": SCHEDULE_TASK,
             "schedule": settings.schedule_tick_s,
             "options": {"queue": MANAGER_QUEUE, "expires": settings.schedule_tick_s * 2},
+        },
+        # Sends the plan messages of the delayed runs now due (engine.delayed). A tick may
+        # wait in a busy manager queue up to DISPATCH_GRACE_S and still be of use; past
+        # that the reconciler sends those runs anyway.
+        "delayed_runs": {
+            "task": DELAY_TASK,
+            "schedule": settings.run_delay_tick_s,
+            "options": {
+                "queue": MANAGER_QUEUE,
+                "expires": max(settings.run_delay_tick_s * 2, settings.dispatch_grace_s),
+            },
         },
         # On the default queue: a slow receiver does not hold up planning. Two passes at
         # once are safe (engine.webhook_delivery claims each delivery once).

@@ -6,11 +6,16 @@ asks for is sent to the broker after its transaction commits.
 
 from __future__ import annotations
 
+import re
+from datetime import datetime, timedelta
+
 import click
 
 from cli import watch
 from cli.context import emit, json_option, operator, sender, session, settings_with_actions
-from engine import audit, cancels, resume, run_query, runs, specs
+from engine import audit, cancels, delayed, resume, run_query, runs, specs
+from engine.errors import EngineError
+from engine.models import timestamp, utcnow
 from engine.work import Work
 
 
@@ -24,24 +29,58 @@ def runs_group() -> None:
     """Runs."""
 
 
+# A delay as --in takes it: a whole number of seconds, minutes, hours or days.
+_DELAY = re.compile(r"(\d{1,9})\s*([smhd])")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _not_before(at: str | None, delay: str | None) -> datetime | None:
+    """The run's not_before from --at (an RFC 3339 time with its offset) or --in (10m, 2h,
+    1d: from now); None without either."""
+    if at is not None and delay is not None:
+        raise click.UsageError("give --at or --in, not both")
+    if at is not None:
+        try:
+            return delayed.parse(at)
+        except EngineError as exc:
+            raise click.BadParameter(exc.errors[0]["message"], param_hint="--at") from exc
+    if delay is None:
+        return None
+    found = _DELAY.fullmatch(delay.strip().lower())
+    if found is None:
+        raise click.BadParameter("a number and a unit: 30s, 10m, 2h or 1d", param_hint="--in")
+    return utcnow() + timedelta(seconds=int(found[1]) * _UNIT_S[found[2]])
+
+
 @runs_group.command("submit")
 @click.argument("workflow")
 @click.option("--params", default="{}", help="JSON object of run params.")
 @click.option("--version", type=click.IntRange(1, specs.MAX_VERSION), default=None)
 @click.option("--priority", type=click.IntRange(0, 9), default=0)
+@click.option("--at", default=None, help="Start it at this time (RFC 3339, with its offset).")
+@click.option("--in", "delay", default=None, help="Start it this long from now: 10m, 2h, 1d.")
 @click.option("--wait", is_flag=True, help="Then follow it as `runs watch` does.")
 @click.option("--json", "as_json", is_flag=True, help="With --wait: states as JSON.")
 def runs_submit(
-    workflow: str, params: str, version: int | None, priority: int, wait: bool, as_json: bool
+    workflow: str,
+    params: str,
+    version: int | None,
+    priority: int,
+    at: str | None,
+    delay: str | None,
+    wait: bool,
+    as_json: bool,
 ) -> None:
-    """Submit a run of WORKFLOW and print its id; with --wait, follow it until it finishes
-    (exit 0 when it succeeded, 1 when it failed or was cancelled)."""
+    """Submit a run of WORKFLOW and print its id; with --at or --in it waits, queued, until
+    then. With --wait, follow it until it finishes (exit 0 when it succeeded, 1 when it
+    failed or was cancelled)."""
     parsed = json_option(params, "--params")
+    not_before = _not_before(at, delay)
     with session() as current:
         run, work, _ = runs.submit(
             current,
             settings_with_actions(),
-            runs.SubmitRun(workflow, parsed, version, priority),
+            runs.SubmitRun(workflow, parsed, version, priority, not_before=not_before),
             operator(),
         )
         run_id = run.id
@@ -100,9 +139,11 @@ def runs_ls(
             emit(serialize.page([serialize.run(run) for run in items], following))
             return
         for run in items:
+            waits = run.status == "queued" and run.not_before is not None
             click.echo(
                 f"{run.id}  {run.status:<10} {run.workflow}@{run.version}  "
                 f"{run.created_at:%Y-%m-%d %H:%M:%S}  {run.created_by}"
+                + (f"  not before {timestamp(run.not_before)}" if waits else "")
             )
 
 

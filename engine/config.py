@@ -108,6 +108,10 @@ class Settings:
     schedule_batch: int = 100
     # One backfill submits at most this many runs (engine.schedules.backfill).
     schedule_backfill_max: int = 1000
+    # Delayed runs (engine.delayed): how far ahead a submission's not_before may be, and how
+    # often beat sends the plan messages of the delayed runs that are due.
+    run_delay_max_s: float = 30 * 86400.0
+    run_delay_tick_s: float = 1.0
     dispatch_grace_s: float = 30.0
     lease_grace_s: float = 30.0
     bulk_replay_rate: float = 100.0
@@ -266,6 +270,8 @@ class Settings:
             schedule_tick_s=number("SCHEDULE_TICK_S", cls.schedule_tick_s),
             schedule_batch=int(number("SCHEDULE_BATCH", cls.schedule_batch)),
             schedule_backfill_max=int(number("SCHEDULE_BACKFILL_MAX", cls.schedule_backfill_max)),
+            run_delay_max_s=number("RUN_DELAY_MAX_S", cls.run_delay_max_s),
+            run_delay_tick_s=number("RUN_DELAY_TICK_S", cls.run_delay_tick_s),
             dispatch_grace_s=number("DISPATCH_GRACE_S", cls.dispatch_grace_s),
             lease_grace_s=number("LEASE_GRACE_S", cls.lease_grace_s),
             sqlite_busy_timeout_s=number("SQLITE_BUSY_TIMEOUT_S", cls.sqlite_busy_timeout_s),

@@ -28,6 +28,10 @@ MAX_RETENTION_DAYS = 36_500
 # Where the rate limits' counters may live: a Redis, or one process's memory.
 RATE_LIMIT_STORAGE_SCHEMES = ("redis", "rediss", "redis+unix", "memory")
 
+# The furthest ahead a run may be delayed: a year and a day (a start further off belongs in
+# a schedule), and its not_before stays a valid date.
+MAX_RUN_DELAY_S = 366 * 86400.0
+
 # Rows a batch (a bulk cancel, a prune) names in one statement, at most.
 MAX_BATCH = 10_000
 
@@ -101,7 +105,7 @@ def _api(settings: Settings) -> list[str]:
 
 
 def _steps(settings: Settings) -> list[str]:
-    """Steps' limits, recovery, the broker and the database, schedules."""
+    """Steps' limits, recovery, the broker and the database, schedules, delayed runs."""
     found: list[str] = []
     if settings.step_timeout_s > settings.step_timeout_max_s:
         found.append(
@@ -140,6 +144,12 @@ def _steps(settings: Settings) -> list[str]:
         found.append(
             f"SCHEDULE_BACKFILL_MAX must be from 1 to {MAX_BATCH}, "
             f"got {settings.schedule_backfill_max}"
+        )
+    if not (settings.run_delay_tick_s > 0 and 0 < settings.run_delay_max_s <= MAX_RUN_DELAY_S):
+        found.append(
+            f"RUN_DELAY_TICK_S must be > 0 and RUN_DELAY_MAX_S > 0 and at most "
+            f"{MAX_RUN_DELAY_S:.0f} (366 days), got {settings.run_delay_tick_s:g} and "
+            f"{settings.run_delay_max_s:g}"
         )
     if settings.broker_socket_timeout_s < BROKER_SOCKET_TIMEOUT_MIN_S:
         found.append(

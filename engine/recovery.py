@@ -14,22 +14,15 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import ColumnElement, and_, exists, or_, select, update
 from sqlalchemy.orm import Session
 
-from engine import leftovers, metrics, workflows
+from engine import delayed, leftovers, metrics
 from engine.attempts import Outcome, parse_task_id
 from engine.config import Settings
 from engine.db import changed
-from engine.errors import InvalidSpec
 from engine.failures import fail_attempt
 from engine.lost_attempts import record_lost_attempt
 from engine.models import Run, Step, utcnow
 from engine.state import STEP_LIVE, RunStatus, StepStatus
-from engine.work import (
-    MANAGER_QUEUE,
-    Work,
-    plan_dispatch,
-    step_dispatch,
-    uncompiled_plan_dispatch,
-)
+from engine.work import MANAGER_QUEUE, Work, step_dispatch
 
 log = logging.getLogger(__name__)
 steps = Step.__table__
@@ -57,9 +50,14 @@ def reconcile(
     stale = now - grace
     cutoffs = _cutoffs(session, stale, grace, oldest_waiting)
     work = Work()
-    unsent = or_(
-        runs.c.dispatched_at.is_(None),
-        runs.c.dispatched_at < cutoffs.get(MANAGER_QUEUE, stale),
+    unsent = and_(
+        or_(
+            runs.c.dispatched_at.is_(None),
+            runs.c.dispatched_at < cutoffs.get(MANAGER_QUEUE, stale),
+        ),
+        # A delayed run waits with its not_before as its dispatched_at (engine.delayed), so
+        # the cutoff keeps it out until it is due; said here too, whatever that stamp says.
+        or_(runs.c.not_before.is_(None), runs.c.not_before <= now),
     )
     run_ids = session.scalars(
         select(runs.c.id)
@@ -75,19 +73,12 @@ def reconcile(
             .values(dispatched_at=now)
             .returning(runs.c.workflow, runs.c.version, runs.c.priority)
         ).first()
-        if run is None:
-            continue
-        try:
-            workflow = workflows.compiled(session, settings, run.workflow, run.version)
-        except InvalidSpec as exc:
-            # Not here (an action plugin this process lacks): plan_run fails the run, naming
-            # why, and the other runs' plans go out all the same.
-            log.warning("reconciler: run %s: %s %s", run_id, exc.detail, exc.errors)
+        if run is not None:
             work.dispatches.append(
-                uncompiled_plan_dispatch(run_id, run.workflow, run.version, settings, run.priority)
+                delayed.plan_message(
+                    session, settings, run_id, run.workflow, run.version, run.priority
+                )
             )
-            continue
-        work.dispatches.append(plan_dispatch(run_id, workflow, settings, run.priority))
 
     # A step's message carries its next attempt; only steps of running runs are claimable.
     waiting = or_(

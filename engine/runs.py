@@ -14,12 +14,12 @@ from sqlalchemy import ColumnElement, and_, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from engine import pauses, workflows
+from engine import delayed, pauses, workflows
 from engine.auth import Caller
 from engine.config import Settings
 from engine.db import changed, statement_by_statement
 from engine.errors import Conflict
-from engine.models import Run, new_id, utcnow
+from engine.models import Run, in_utc, new_id, utcnow
 from engine.run_query import RunRow
 from engine.state import RunStatus
 from engine.work import Work, plan_dispatch
@@ -63,11 +63,16 @@ class SubmitRun:
     # The fire time a schedule submits it for (engine.schedules): not part of the digest, so
     # a repeated key answers the first run whenever it is asked again.
     scheduled_for: datetime | None = None
+    # Not started before this time (engine.delayed); in UTC.
+    not_before: datetime | None = None
 
     def digest(self) -> str:
-        body = [self.workflow, self.version, self.params, self.priority]
-        if self.webhook_url is not None:  # runs submitted without one keep their digest
+        body: list[Any] = [self.workflow, self.version, self.params, self.priority]
+        # Runs submitted without these keep their digest.
+        if self.webhook_url is not None:
             body.append(self.webhook_url)
+        if self.not_before is not None:  # the instant, however its offset was written
+            body.append({delayed.FIELD: in_utc(self.not_before).isoformat()})
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
@@ -81,7 +86,8 @@ def submit(
 ) -> tuple[Any, Work, bool]:
     """Insert a queued run: returns it (a Run for a repeat with an idempotency key, else a
     row of the values inserted, its attributes named as the model's), its work, and whether
-    it was created; WorkflowPaused while its workflow is paused (engine.pauses). With an
+    it was created; WorkflowPaused while its workflow is paused (engine.pauses). A run whose
+    not_before is ahead is stored unsent, its work empty (engine.delayed). With an
     idempotency key, a repeat returns the first run (created=False), even while paused; the
     same key with another body is a Conflict. Without a version, the
     latest this process remembers is tried first (`remembered`), then read again when a
@@ -107,6 +113,10 @@ def submit(
     )
     workflow.check_params(request.params)
     now = utcnow()
+    # Waits for its not_before (engine.delayed): stamped sent then, and not sent now.
+    waits = request.not_before is not None and request.not_before > now
+    if request.not_before is not None:
+        delayed.check_ahead(request.not_before, settings, now)
     values = {
         "id": new_id(),
         "workflow": workflow.name,
@@ -119,7 +129,7 @@ def submit(
         "idempotency_key": request.idempotency_key,
         "request_hash": request.digest(),
         "created_at": now,
-        "dispatched_at": now,
+        "dispatched_at": request.not_before if waits else now,
         "leaves_left": workflow.leaves,
         "plan_deliveries": 0,
         "error": None,
@@ -129,7 +139,7 @@ def submit(
         "webhook_event_at": None,
         "webhook_status": None,
         "scheduled_for": request.scheduled_for,
-        "not_before": None,
+        "not_before": request.not_before,
     }
     if request.idempotency_key is None:
         # Nothing unique to race on: no SAVEPOINT, and a Core INSERT of the values instead of
@@ -154,5 +164,7 @@ def submit(
         if inserted != 1:
             raise pauses.refusal(session, workflow.name)
         run = RunRow(**values)
+    if waits:
+        return run, Work(), True
     work = Work([plan_dispatch(run.id, workflow, settings, run.priority)])
     return run, work, True

@@ -8,9 +8,9 @@ webhook_deliveries, the body fixed then, so every attempt sends the same event w
 same id. A replayed run that finishes again gets a new finished_at, so a new event.
 
 The body names the run as a summary built here (id, workflow, version, status, priority,
-created_by, error, times; the names and shapes GET /runs/{id} uses), not the full run: the
-engine does not import the API's serialiser, and params, step inputs and outputs may be
-large or sensitive while the URL is the client's. A receiver wanting more reads
+created_by, error, times and not_before; the names and shapes GET /runs/{id} uses), not the
+full run: the engine does not import the API's serialiser, and params, step inputs and
+outputs may be large or sensitive while the URL is the client's. A receiver wanting more reads
 GET /runs/{id} with its own token.
 """
 
@@ -131,6 +131,7 @@ def run_summary(run: Any) -> dict[str, Any]:
         "started_at": timestamp(run.started_at),
         "finished_at": timestamp(run.finished_at),
         "error": run.error,
+        "not_before": timestamp(run.not_before),
     }
 
 

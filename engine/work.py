@@ -21,6 +21,7 @@ WEBHOOK_TASK = "webhooks.deliver"
 # How often beat asks for a prune (engine.retention) when a retention is set.
 PRUNE_INTERVAL_S = 3600.0
 SCHEDULE_TASK = "schedules.fire"
+DELAY_TASK = "manager.start_delayed"
 MANAGER_QUEUE = "manager"
 PLAN_BUDGET_S = 60.0
 

@@ -17,7 +17,7 @@ import pytest
 from click.testing import Result
 from sqlalchemy import delete, insert, select, text, update
 
-from engine import migrations, runs
+from engine import delayed, migrations, runs
 from engine.auth import Caller
 from engine.models import RevokedToken, Run, Workflow, utcnow
 from tests.conftest import spec
@@ -319,3 +319,30 @@ def test_a_database_that_is_not_the_platforms_is_refused_before_anything_is_touc
 
 def jti_of(token: str) -> str:
     return str(jwt.decode(token, options={"verify_signature": False})["jti"])
+
+
+def test_a_delayed_run_comes_back_from_a_backup_still_waiting_for_its_time(
+    platform: Stack, unique: str, tmp_path: Path
+) -> None:
+    platform.register(spec(unique, [{"id": "a", "action": "noop"}]))
+    at = (utcnow() + timedelta(hours=3)).replace(microsecond=0)
+    response = platform.client().post(
+        "/runs",
+        json={"workflow": unique, "not_before": at.isoformat()},
+        headers=platform.headers(),
+    )
+    assert response.status_code == 202, response.get_json()
+    run_id = response.get_json()["id"]
+    backup = tmp_path / "delayed.bak"
+    ok(engine_cli(platform, "db", "backup", str(backup)))
+    with platform.sessions.begin() as session:
+        session.execute(delete(Run).where(Run.id == run_id))
+
+    ok(engine_cli(platform, "db", "restore", "--no-safety-copy", str(backup)))
+    with platform.sessions() as session:
+        run = session.get(Run, run_id)
+        assert run is not None
+        assert (run.status, run.not_before, run.dispatched_at) == ("queued", at, at)
+        # Still found waiting, and due at its time (the tick's lookup, its index restored).
+        assert delayed.waiting(session) == 1
+        assert delayed.lag_seconds(session, at + timedelta(seconds=5)) == 5.0

@@ -347,3 +347,25 @@ def test_the_backfill_cap_is_read_from_the_environment_and_bounded(tmp_path: Pat
             ConfigError, match=f"SCHEDULE_BACKFILL_MAX must be from 1 to 10000, got {value}"
         ):
             Settings.from_env(environment(tmp_path, SCHEDULE_BACKFILL_MAX=value))
+
+
+def test_the_run_delay_bound_and_tick_are_read_from_the_environment_and_checked(
+    tmp_path: Path,
+) -> None:
+    default = Settings.from_env(environment(tmp_path))
+    assert (default.run_delay_max_s, default.run_delay_tick_s) == (30 * 86400, 1)
+    settings = Settings.from_env(
+        environment(tmp_path, RUN_DELAY_MAX_S="3600", RUN_DELAY_TICK_S="0.5")
+    )
+    assert (settings.run_delay_max_s, settings.run_delay_tick_s) == (3600, 0.5)
+    assert celeryconfig.build(settings)["beat_schedule"]["delayed_runs"]["schedule"] == 0.5
+    for name, value in (
+        ("RUN_DELAY_TICK_S", "0"),
+        ("RUN_DELAY_MAX_S", "0"),
+        ("RUN_DELAY_MAX_S", "nan"),
+        # Beyond a year and a day: a start that far off belongs in a schedule.
+        ("RUN_DELAY_MAX_S", str(367 * 86400)),
+    ):
+        with pytest.raises(ConfigError, match="RUN_DELAY_TICK_S must be > 0 and RUN_DELAY_MAX_S"):
+            Settings.from_env(environment(tmp_path, **{name: value}))
+    assert Settings.from_env(environment(tmp_path, RUN_DELAY_MAX_S=str(366 * 86400)))

@@ -309,12 +309,12 @@ def test_a_worker_runs_the_prune_task_while_it_keeps_running_steps(platform: Sta
 def test_beat_schedules_the_prune_only_when_a_retention_is_set(tmp_path: Path) -> None:
     base = {"JWT_SECRET": "s" * 40, "ENGINE_VAR_DIR": str(tmp_path)}
     off = celeryconfig.build(Settings.from_env(base))["beat_schedule"]
-    assert set(off) == {"reconcile", "schedules", "webhooks"}
+    assert set(off) == {"reconcile", "schedules", "delayed_runs", "webhooks"}
     for setting in ("RUN_RETENTION_DAYS", "AUDIT_RETENTION_DAYS"):
         on = celeryconfig.build(Settings.from_env({**base, setting: "90"}))["beat_schedule"]
         assert on["prune"]["task"] == "maintenance.prune"
         assert on["prune"]["schedule"] == PRUNE_INTERVAL_S
-        assert set(on) == {"reconcile", "schedules", "webhooks", "prune"}
+        assert set(on) == {"reconcile", "schedules", "delayed_runs", "webhooks", "prune"}
 
 
 @pytest.mark.parametrize(

@@ -114,6 +114,9 @@ RUN = shape(
                 ),
             ]
         },
+        # Not started before this time (null: at once); a queued run with a not_before
+        # ahead waits for it (README: Starting a run later).
+        "not_before": MAYBE_TIME,
         "steps": {"type": "array", "items": ref("Step")},
     },
     optional=("steps",),  # on a single run (GET /runs/{run_id}, cancel) only

@@ -167,7 +167,8 @@ OPERATIONS: list[Operation] = [
         "runs.write",
         "Submit a run: 202 new; 200 a repeat with the same Idempotency-Key; 409 "
         "workflow_paused while its workflow is paused; a webhook_url is POSTed a signed "
-        "run.finished event when it finishes",
+        "run.finished event when it finishes; with a not_before ahead (RFC 3339 with its "
+        "offset, at most RUN_DELAY_MAX_S ahead) it waits queued and starts then",
         {202: "Run", 200: "Run"},
         body("SubmitRun"),
         (IDEMPOTENCY_KEY,),

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, request, url_for
 
-from engine import audit, cancels, resume, run_query, runs, webhooks
+from engine import audit, cancels, delayed, resume, run_query, runs, webhooks
 from web import events, schemas, serialize
 from web.auth import current_caller, request_claims, require_scopes
 from web.db import get_session, read_connection
@@ -36,6 +36,7 @@ def submit_run() -> Any:
             body.get("priority", 0),
             key,
             webhook_url,
+            delayed.parse(body.get("not_before")),
         ),
         current_caller(),
     )

@@ -26,6 +26,9 @@ SUBMIT_RUN = {
         "priority": {"type": "integer", "minimum": 0, "maximum": 9},
         # Checked further by engine.webhooks.check_url (scheme, host, outbound policy).
         "webhook_url": {"type": "string", "minLength": 1, "maxLength": WEBHOOK_URL_MAX},
+        # An RFC 3339 time with its offset; checked further by engine.delayed.parse (an
+        # offset, a real time) and engine.runs.submit (at most RUN_DELAY_MAX_S ahead).
+        "not_before": {"type": "string", "format": "date-time", "minLength": 1, "maxLength": 64},
     },
 }
 CREATE_SCHEDULE: dict[str, Any] = {

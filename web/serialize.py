@@ -28,6 +28,7 @@ def run(row: Run | Row[Any], steps: Sequence[Step | Row[Any]] | None = None) -> 
         "finished_at": timestamp(row.finished_at),
         "error": row.error,
         "webhook": _webhook(row),
+        "not_before": timestamp(row.not_before),
     }
     if steps is not None:
         body["steps"] = [step(item) for item in steps]

@@ -9,12 +9,21 @@ from typing import Any
 from celery.exceptions import Retry
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from engine import lost_attempts, plan_failures, planning, recovery, retention, webhook_delivery
+from engine import (
+    delayed,
+    lost_attempts,
+    plan_failures,
+    planning,
+    recovery,
+    retention,
+    webhook_delivery,
+)
 from engine.attempts import Claim, Outcome
 from engine.dlq import describe
 from engine.models import utcnow
 from engine.schedules import firing
 from engine.work import (
+    DELAY_TASK,
     PLAN_TASK,
     PRUNE_TASK,
     RECONCILE_TASK,
@@ -172,6 +181,18 @@ def fire_schedules() -> int:
         fired = firing.fire_due(session, settings(), utcnow())
     dispatch.send(fired.work)
     return len(fired.runs)
+
+
+@app.task(name=DELAY_TASK)
+def start_delayed() -> int:
+    """Send the plan messages of the delayed runs now due, a batch per transaction; safe
+    alongside another tick (each run is stamped sent once). If the broker is down they stay
+    stamped and the reconciler sends them."""
+    sent = 0
+    for work in delayed.start_due_batches(sessions(), settings()):
+        dispatch.send(work)
+        sent += len(work.dispatches)
+    return sent
 
 
 @app.task(name=WEBHOOK_TASK)
