@@ -123,13 +123,14 @@ class Readings:
     workers_online: int | None = None
     schedule_lag_seconds: float | None = None
     webhook_lag_seconds: float | None = None
+    delayed_run_lag_seconds: float | None = None
 
 
 class LiveGauges(Collector):
-    """queue_depth, queue_lag_seconds, dlq_open, workers_online, schedule_lag_seconds and
-    webhook_lag_seconds, read at scrape time. A reading that failed is left out, never
-    served as 0: the ReadinessFailing alert reads a missing dlq_open as the database
-    failing and a missing queue_depth as the broker."""
+    """queue_depth, queue_lag_seconds, dlq_open, workers_online, schedule_lag_seconds,
+    webhook_lag_seconds and delayed_run_lag_seconds, read at scrape time. A reading that
+    failed is left out, never served as 0: the ReadinessFailing alert reads a missing
+    dlq_open as the database failing and a missing queue_depth as the broker."""
 
     def __init__(self, read: Callable[[], Readings]) -> None:
         self._read = read
@@ -168,7 +169,13 @@ class LiveGauges(Collector):
         )
         if readings.webhook_lag_seconds is not None:
             undelivered.add_metric([], readings.webhook_lag_seconds)
-        yield from (depth, lag, dlq, online, overdue, undelivered)
+        unstarted = GaugeMetricFamily(
+            "delayed_run_lag_seconds",
+            "How long the most overdue delayed run has waited past its not_before unsent",
+        )
+        if readings.delayed_run_lag_seconds is not None:
+            unstarted.add_metric([], readings.delayed_run_lag_seconds)
+        yield from (depth, lag, dlq, online, overdue, undelivered, unstarted)
 
 
 class _ProcessRegistry(Collector):

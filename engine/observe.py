@@ -1,10 +1,10 @@
 """Live readings of the platform for /metrics and /admin/status.
 
 Queue depth and lag come from the broker's Redis lists (engine.queues), runs by status, open
-dead letters and the schedules' and webhooks' lag from the database, online workers from a
-ping the caller supplies (engine never imports Celery). Every probe runs under a deadline,
-so a slow Redis, database or broker makes a reading missing, never a scrape or a status
-request hang.
+dead letters and the lags of schedules, webhooks and delayed runs from the database, online
+workers from a ping the caller supplies (engine never imports Celery). Every probe runs
+under a deadline, so a slow Redis, database or broker makes a reading missing, never a
+scrape or a status request hang.
 """
 
 from __future__ import annotations
@@ -14,20 +14,29 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
 from typing import Any
 
 import redis
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
+from engine import delayed, webhooks
 from engine.metrics import Readings
 from engine.models import DeadLetter, Run, Step, utcnow
 from engine.queues import FirstSeen, QueueLayout, queue_stats
-from engine.schedules.firing import lag_seconds
+from engine.schedules import firing
 from engine.state import RunStatus, StepStatus
-from engine.webhooks import lag_seconds as webhook_lag_seconds
 
 log = logging.getLogger(__name__)
+# The lags read from the database (probe name: what it reads, the Readings field it fills):
+# how long the most overdue item of each kind has waited past its time.
+LAGS: dict[str, tuple[Callable[[Session, datetime], float], str]] = {
+    "schedules": (firing.lag_seconds, "schedule_lag_seconds"),
+    "webhooks": (webhooks.lag_seconds, "webhook_lag_seconds"),
+    "delayed_runs": (delayed.lag_seconds, "delayed_run_lag_seconds"),
+}
 
 
 def runs_by_status(session: Session) -> dict[str, int]:
@@ -139,12 +148,7 @@ class Observer:
         self._cached: tuple[float, Readings] | None = None
 
     def probes(
-        self,
-        *,
-        runs: bool = False,
-        database: bool = False,
-        schedules: bool = False,
-        webhooks: bool = False,
+        self, *, runs: bool = False, database: bool = False, lags: bool = False
     ) -> dict[str, Callable[[], Any]]:
         probes: dict[str, Callable[[], Any]] = {
             "broker": self.client.ping,
@@ -155,16 +159,12 @@ class Observer:
         if self.sessions is not None:
             probes["step_queues"] = self._learn_step_queues
             probes["dead_letters"] = lambda: self._query(open_dead_letters)
-            if schedules:
-                probes["schedules"] = lambda: self._query(
-                    lambda session: lag_seconds(session, utcnow())
-                )
-            if webhooks:
-                probes["webhooks"] = lambda: self._query(
-                    lambda session: webhook_lag_seconds(session, utcnow())
-                )
+            if lags:
+                for name, (lag, _) in LAGS.items():
+                    probes[name] = partial(self._lag, lag)
             if runs:
                 probes["runs"] = lambda: self._query(runs_by_status)
+                probes["delayed_waiting"] = lambda: self._query(delayed.waiting)
             if database:
                 probes["database"] = self.database_ping
         ping = self.ping
@@ -191,6 +191,9 @@ class Observer:
             self._step_queues.update(found)
         return found
 
+    def _lag(self, lag: Callable[[Session, datetime], float]) -> float:
+        return float(self._query(lambda session: lag(session, utcnow())))
+
     def database_ping(self) -> Any:
         """A `SELECT 1` through a session: raises when the database cannot be read."""
         return self._query(lambda session: session.execute(text("SELECT 1")).scalar_one())
@@ -201,23 +204,17 @@ class Observer:
             return read(session)
 
     def snapshot(
-        self,
-        *,
-        runs: bool = False,
-        database: bool = False,
-        schedules: bool = False,
-        webhooks: bool = False,
+        self, *, runs: bool = False, database: bool = False, lags: bool = False
     ) -> dict[str, Reading]:
         """Every reading now (not cached), each with its value or its error."""
-        probes = self.probes(runs=runs, database=database, schedules=schedules, webhooks=webhooks)
-        return gather(probes, self.timeout)
+        return gather(self.probes(runs=runs, database=database, lags=lags), self.timeout)
 
     def readings(self) -> Readings:
         """The gauges for /metrics, reused for `ttl` seconds; what failed is left out."""
         with self._lock:
             if self._cached is not None and time.monotonic() - self._cached[0] < self.ttl:
                 return self._cached[1]
-            snapshot = self.snapshot(schedules=True, webhooks=True)
+            snapshot = self.snapshot(lags=True)
             readings = Readings()
             queues = snapshot["queues"]
             if queues.ok:
@@ -228,12 +225,10 @@ class Observer:
             letters = snapshot.get("dead_letters")
             if letters is not None and letters.ok:
                 readings.dlq_open = letters.value
-            schedules = snapshot.get("schedules")
-            if schedules is not None and schedules.ok:
-                readings.schedule_lag_seconds = schedules.value
-            deliveries = snapshot.get("webhooks")
-            if deliveries is not None and deliveries.ok:
-                readings.webhook_lag_seconds = deliveries.value
+            for name, (_, field) in LAGS.items():
+                lag = snapshot.get(name)
+                if lag is not None and lag.ok:
+                    setattr(readings, field, lag.value)
             workers = snapshot.get("workers")
             if workers is not None:
                 # No answer means no worker, as far as this process can tell.

@@ -1,8 +1,8 @@
 """The delay tick and the reconciler on delayed runs, on a database alone (SQLite and
 PostgreSQL; what they would send is inspected instead of sent): due runs are sent once, the
 longest due first, however many ticks run at once; the reconciler never sends a run before
-its time and recovers a due one whose message was lost; their lag; beat's entry.
-Submitting and end to end: tests/test_delayed_runs.py."""
+its time and recovers a due one whose message was lost; the lag gauge and /admin/status;
+beat's entry. Submitting and end to end: tests/test_delayed_runs.py."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from engine.auth import Caller
 from engine.models import Run, utcnow
 from engine.work import DELAY_TASK, MANAGER_QUEUE, plan_task_id
 from tests.conftest import spec
+from tests.support.metrics import read_api_metrics
 from tests.support.stack import Stack
 
 ALICE = Caller("alice@example.com", ("runs.read", "runs.write"))
@@ -227,6 +228,18 @@ def test_the_lag_is_how_long_the_most_overdue_waiting_run_has_waited_past_its_ti
     assert waiting() == 2
     assert tick(platform, at + timedelta(seconds=30)) == [soon]
     assert lag(at + timedelta(seconds=30)) == 0.0 and waiting() == 1
+
+    age(platform, [later], timedelta(minutes=4))  # a minute overdue now
+    [served] = [
+        line
+        for line in read_api_metrics(platform.app).splitlines()
+        if line.startswith("delayed_run_lag_seconds ")
+    ]
+    assert float(served.split()[1]) == pytest.approx(60.0, abs=5.0)
+    status = platform.client().get("/admin/status", headers=platform.headers(scopes="admin.*"))
+    part = status.get_json()["delayed_runs"]
+    assert part["status"] == "ok" and part["waiting"] == 1
+    assert part["lag_s"] == pytest.approx(60.0, abs=5.0)
 
 
 def test_beat_ticks_the_delayed_runs_every_run_delay_tick_s(platform: Stack) -> None:

@@ -330,6 +330,9 @@ RESPONSES: dict[str, dict[str, Any]] = {
             "dead_letters": part(open={"type": ["integer", "null"]}),
             "schedules": part(lag_s={"type": ["number", "null"]}),
             "webhooks": part(lag_s={"type": ["number", "null"]}),
+            "delayed_runs": part(
+                lag_s={"type": ["number", "null"]}, waiting={"type": ["integer", "null"]}
+            ),
             "status": {"enum": ["ok", "degraded"]},
         }
     ),

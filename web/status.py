@@ -33,6 +33,11 @@ def _workers(reading: Reading | None) -> dict[str, Any]:
     return {**_part(reading), "online": len(names), "names": names}
 
 
+def _failing(*readings: Reading | None) -> Reading | None:
+    """The first of a part's readings that is missing or failed, else its last."""
+    return next((item for item in readings if item is None or not item.ok), readings[-1])
+
+
 def _rounded(reading: Reading | None) -> float | None:
     return round(reading.value, 3) if reading is not None and reading.ok else None
 
@@ -46,7 +51,7 @@ def _iso(moment: datetime) -> str:
 def admin_status() -> dict[str, Any]:
     observer: Observer = current_app.extensions["engine.observer"]
     started_at, started = current_app.extensions["engine.started"]
-    readings = observer.snapshot(runs=True, database=True, schedules=True, webhooks=True)
+    readings = observer.snapshot(runs=True, database=True, lags=True)
 
     queues = readings["queues"]
     workers = readings.get("workers")
@@ -54,6 +59,7 @@ def admin_status() -> dict[str, Any]:
     letters = readings.get("dead_letters")
     schedules = readings.get("schedules")
     webhooks = readings.get("webhooks")
+    delayed, waiting = readings.get("delayed_runs"), readings.get("delayed_waiting")
     body: dict[str, Any] = {
         "version": engine.__version__,
         "started_at": _iso(started_at),
@@ -74,6 +80,13 @@ def admin_status() -> dict[str, Any]:
         # schedule_lag_seconds and webhook_lag_seconds gauges): near 0 while beat keeps up.
         "schedules": _part(schedules, lag_s=_rounded(schedules)),
         "webhooks": _part(webhooks, lag_s=_rounded(webhooks)),
+        # Runs waiting for their not_before, and how long the most overdue one has waited
+        # past it unsent (the delayed_run_lag_seconds gauge): near 0 while beat keeps up.
+        "delayed_runs": _part(
+            _failing(delayed, waiting),
+            lag_s=_rounded(delayed),
+            waiting=waiting.value if waiting is not None and waiting.ok else None,
+        ),
     }
     parts = (
         "database",
@@ -84,6 +97,7 @@ def admin_status() -> dict[str, Any]:
         "dead_letters",
         "schedules",
         "webhooks",
+        "delayed_runs",
     )
     healthy = all(body[part]["status"] == "ok" for part in parts)
     # Up but useless: nothing would run the work.

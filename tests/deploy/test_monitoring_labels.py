@@ -54,6 +54,7 @@ def declared_labels() -> dict[str, set[str]]:
         workers_online=0,
         schedule_lag_seconds=0.0,
         webhook_lag_seconds=0.0,
+        delayed_run_lag_seconds=0.0,
     )
     for family in metrics.LiveGauges(lambda: full).collect():
         labels[family.name] = {key for sample in family.samples for key in sample.labels}
@@ -122,3 +123,4 @@ def test_the_labels_of_code_and_live_gauges_are_known() -> None:
     assert declared["queue_lag_seconds"] == {"queue"}
     assert declared["schedule_lag_seconds"] == set()
     assert declared["webhook_lag_seconds"] == set()
+    assert declared["delayed_run_lag_seconds"] == set()
