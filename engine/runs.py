@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from datetime import datetime
 from typing import Any
 
@@ -60,6 +60,9 @@ class SubmitRun:
     priority: int = 0
     idempotency_key: str | None = None
     webhook_url: str | None = None
+    # The two times are named where given: both are datetimes, and one in the other's place
+    # would go unnoticed.
+    _: KW_ONLY
     # The fire time a schedule submits it for (engine.schedules): not part of the digest, so
     # a repeated key answers the first run whenever it is asked again.
     scheduled_for: datetime | None = None

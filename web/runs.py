@@ -36,7 +36,7 @@ def submit_run() -> Any:
             body.get("priority", 0),
             key,
             webhook_url,
-            delayed.parse(body.get("not_before")),
+            not_before=delayed.parse(body.get("not_before")),
         ),
         current_caller(),
     )
