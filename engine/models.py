@@ -80,6 +80,9 @@ WEBHOOK_DUE = (
 # A queued run submitted with a not_before (ix_runs_not_before): the delayed runs, waiting
 # or just sent; a run submitted without one is never in it (engine.delayed).
 DELAYED = "status = 'queued' AND not_before IS NOT NULL"
+# A queued run waiting for a slot of its workflow's concurrency limit (ix_runs_waiting,
+# engine.concurrency): unsent until admitted; every other run is never in it.
+HELD = "status = 'queued' AND waiting IS NOT NULL"
 
 
 class Base(DeclarativeBase):
@@ -142,6 +145,16 @@ class Run(Base):
             postgresql_where=text(DELAYED),
             sqlite_where=text(DELAYED),
         ),
+        # Runs waiting for a slot only (engine.concurrency): the admissions' lookup by
+        # workflow; a run of a workflow without a limit is never in it.
+        Index(
+            "ix_runs_waiting",
+            "workflow",
+            "priority",
+            "created_at",
+            postgresql_where=text(HELD),
+            sqlite_where=text(HELD),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -180,6 +193,9 @@ class Run(Base):
     # Not started before this time (engine.delayed): while it is ahead the run waits queued,
     # its plan message unsent. None for a run that starts at once.
     not_before: Mapped[datetime | None]
+    # Why a queued run waits unsent besides its not_before: "concurrency" while its
+    # workflow's limit has no slot free (engine.concurrency). None otherwise.
+    waiting: Mapped[str | None] = mapped_column(String(16))
 
 
 class Step(Base):

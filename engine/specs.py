@@ -35,6 +35,7 @@ _TIMEOUT = {"type": "number", "exclusiveMinimum": 0}
 # Versions are a 32-bit INTEGER column on PostgreSQL.
 MAX_VERSION = 2**31 - 1
 VERSION = {"type": "integer", "minimum": 1, "maximum": MAX_VERSION}
+CONCURRENCY = {"type": "integer", "minimum": 1, "maximum": MAX_VERSION}
 _QUEUE = {"type": "string", "pattern": r"^[A-Za-z0-9_.-]{1,100}$(?!\n)"}
 SPEC_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -45,6 +46,8 @@ SPEC_SCHEMA: dict[str, Any] = {
         "version": VERSION,
         "description": {"type": "string"},
         "params": {"type": "object"},
+        # The most runs of the workflow (every version) active at once (engine.concurrency).
+        "concurrency": CONCURRENCY,
         "defaults": {
             "type": "object",
             "additionalProperties": False,
@@ -112,6 +115,9 @@ class CompiledWorkflow:
     params_schema: dict[str, Any]
     steps: dict[str, StepSpec]
     children: dict[str, list[str]]
+    # At most this many runs of the workflow (by name, every version) active at once; a run
+    # of this version beyond it waits queued, unsent (engine.concurrency). None: no limit.
+    concurrency: int | None = None
 
     @cached_property
     def params_validator(self) -> Draft202012Validator:
@@ -287,4 +293,5 @@ def compile_spec(spec: Any, settings: Settings, *, registering: bool = True) -> 
         params_schema,
         steps,
         planner.dependents({step.id: step.needs for step in steps.values()}),
+        spec.get("concurrency"),
     )
