@@ -162,7 +162,7 @@ def runs_show(run_id: str) -> None:
 def runs_cancel(run_id: str) -> None:
     """Cancel a live run."""
     with session() as current:
-        _, work = cancels.cancel(current, run_id, operator())
+        _, work = cancels.cancel(current, settings_with_actions(), run_id, operator())
     _send(work)
     click.echo(f"cancelled {run_id}")
 

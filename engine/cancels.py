@@ -17,9 +17,10 @@ from typing import Any
 from sqlalchemy import Row, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from engine import audit, metrics
+from engine import admission, audit, metrics
 from engine.attempts import INLINE_MARK
 from engine.auth import ADMIN_RUNS_SCOPE, Caller
+from engine.config import Settings
 from engine.errors import Conflict, InvalidTransition, PermissionDenied
 from engine.models import Run, Step, utcnow
 from engine.run_query import get_run
@@ -32,8 +33,10 @@ steps = Step.__table__
 BATCH_DEFAULT = 200
 
 
-def cancel(session: Session, run_id: str, caller: Caller) -> tuple[Run, Work]:
-    """Cancel a live run the caller may see; another caller's run is audited (run.cancel)."""
+def cancel(session: Session, settings: Settings, run_id: str, caller: Caller) -> tuple[Run, Work]:
+    """Cancel a live run the caller may see; another caller's run is audited (run.cancel).
+    A run of a workflow with a concurrency limit gives its slot to the next waiting run in
+    the same transaction (engine.admission)."""
     run = get_run(session, run_id, caller)
     if run.status not in RUN_LIVE:
         raise InvalidTransition(f"run {run_id} is {run.status} and cannot be cancelled")
@@ -51,6 +54,8 @@ def cancel(session: Session, run_id: str, caller: Caller) -> tuple[Run, Work]:
     session.refresh(run)
     work = Work(revoke=_revocations(run_id, stopped))
     work.count(metrics.runs_total.labels(workflow=run.workflow, status="cancelled"))
+    if admission.limit_of(session, settings, run.workflow, run.version):
+        work.extend(admission.admit(session, settings, run.workflow))
     return run, work
 
 

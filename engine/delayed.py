@@ -10,6 +10,9 @@ each run it sends with its own time, after not_before: from then on a lost messa
 as any run's is. A run submitted with a not_before already past (or now) is sent at once,
 as any other, its not_before kept for the record.
 
+A due run of a workflow with a concurrency limit is not sent by the tick: it is set waiting
+for a slot (engine.concurrency), and admitted as any waiting run is (engine.admission).
+
 A run cancelled while it waits is no longer queued: nothing sends it. The delayed runs of a
 paused workflow start when due, as its other queued runs go on (engine.pauses); pausing it
 with cancel_running cancels them with its other live runs."""
@@ -25,10 +28,11 @@ from typing import Any
 from sqlalchemy import ColumnElement, TextClause, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from engine import workflows
+from engine import concurrency, workflows
 from engine.config import Settings
 from engine.errors import InvalidInput, InvalidSpec
 from engine.models import DELAYED, Run, in_utc, timestamp, utcnow
+from engine.state import RunStatus
 from engine.work import Dispatch, Work, plan_dispatch, uncompiled_plan_dispatch
 
 log = logging.getLogger(__name__)
@@ -123,12 +127,37 @@ def start_due(session: Session, settings: Settings, now: datetime, limit: int = 
         .returning(runs.c.id, runs.c.workflow, runs.c.version, runs.c.priority, runs.c.not_before)
     ).all()
     work = Work()
+    held = []
     for run in sorted(stamped, key=lambda row: row.not_before):
+        if limited(session, settings, run.workflow, run.version):
+            held.append(run.id)
+            continue
         log.info("run %s: due since %s, its plan is sent", run.id, timestamp(run.not_before))
         work.dispatches.append(
             plan_message(session, settings, run.id, run.workflow, run.version, run.priority)
         )
+    if held:
+        hold(session, held)
     return work
+
+
+def limited(session: Session, settings: Settings, name: str, version: int) -> bool:
+    """Whether a version has a concurrency limit (engine.concurrency)."""
+    try:
+        return workflows.compiled(session, settings, name, version).concurrency is not None
+    except InvalidSpec:
+        return False  # its plan fails the run, naming why
+
+
+def hold(session: Session, run_ids: list[str]) -> None:
+    """Set due delayed runs of workflows with a limit waiting for a slot: engine.admission
+    admits them (the tick does, right after) as a slot frees, in priority order."""
+    session.execute(
+        update(runs)
+        .where(runs.c.id.in_(run_ids), runs.c.status == RunStatus.QUEUED)
+        .values(waiting=concurrency.REASON)
+    )
+    log.info("%d due delayed run(s) wait for a slot of their workflow", len(run_ids))
 
 
 def start_due_batches(sessions: sessionmaker[Session], settings: Settings) -> Iterator[Work]:

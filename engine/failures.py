@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import Update, bindparam, select, update
 from sqlalchemy.orm import Session
 
-from engine import metrics
+from engine import admission, metrics
 from engine.attempts import B_NOW, B_RUN_ID, MINE, Outcome
 from engine.config import Settings
 from engine.db import changed
@@ -148,7 +148,7 @@ def fail_attempt(
         return Outcome("retrying", work, retry_in_s=delay, error=message)
     if not changed(session.execute(_fail_update(False, inputs is not None), recorded)):
         return Outcome("lost")
-    return bury_step(
+    buried = bury_step(
         session,
         workflow.name,
         run_id,
@@ -160,3 +160,6 @@ def fail_attempt(
         failure=(error_type, message, trace),
         failed_at=now,
     )
+    if workflow.concurrency is not None:  # its run failed: the next waiting run takes its slot
+        buried.work.extend(admission.admit(session, settings, workflow.name))
+    return buried

@@ -17,7 +17,7 @@ from sqlalchemy import and_, bindparam, case, select, update
 from sqlalchemy.exc import DataError, DBAPIError, StatementError
 from sqlalchemy.orm import Session
 
-from engine import dlq, metrics
+from engine import admission, dlq, metrics
 from engine.attempts import B_NOW, B_RUN_ID, MINE, RUN_IS_RUNNING, Claim, Outcome, Result
 from engine.config import Settings
 from engine.db import changed, statement_by_statement
@@ -151,7 +151,10 @@ def finish_attempt(session: Session, settings: Settings, claim: Claim, result: R
     }
     run = None
     try:
-        if not children and session.get_bind().dialect.name == "postgresql":
+        # A workflow with a concurrency limit admits its next waiting run in the transaction
+        # that finishes a run (engine.admission): no one-statement transaction for it.
+        limited = claim.workflow.concurrency is not None
+        if not children and not limited and session.get_bind().dialect.name == "postgresql":
             statement_by_statement(session)  # the one statement needs no transaction around it
             run = session.execute(_SUCCEED_LEAF, values).first()
             won = run is not None
@@ -189,6 +192,8 @@ def finish_attempt(session: Session, settings: Settings, claim: Claim, result: R
             run = session.execute(_COUNT_DOWN_RUN, {"b_run_id": claim.run_id, "b_now": now}).first()
         if run is not None and run.status == RunStatus.SUCCEEDED and run.leaves_left == 0:
             metrics.runs_total.labels(workflow=claim.workflow.name, status="succeeded").inc()
+            if limited:  # its slot is free: the next waiting run takes it
+                outcome.work.extend(admission.admit(session, settings, claim.workflow.name))
     else:
         released = session.execute(
             _RELEASE_CHILDREN,

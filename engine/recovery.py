@@ -58,22 +58,35 @@ def reconcile(
         # A delayed run waits with its not_before as its dispatched_at (engine.delayed), so
         # the cutoff keeps it out until it is due; said here too, whatever that stamp says.
         or_(runs.c.not_before.is_(None), runs.c.not_before <= now),
+        # A run waiting for a slot of its workflow's concurrency limit was never sent, and
+        # is not to be: engine.admission sends it once admitted.
+        runs.c.waiting.is_(None),
     )
-    run_ids = session.scalars(
-        select(runs.c.id)
+    # A delayed run that no tick sent (beat down), read before the UPDATE below stamps it.
+    due_unsent = and_(*delayed.WAITING[1:]).label("delayed")
+    queued = session.execute(
+        select(runs.c.id, due_unsent)
         .where(runs.c.status == RunStatus.QUEUED, unsent)
         .order_by(runs.c.id)
         .limit(SWEEP_LIMIT)
         .with_for_update(skip_locked=True)
     ).all()
-    for run_id in run_ids:
+    for run_id, was_delayed in queued:
         run = session.execute(
             update(runs)
             .where(runs.c.id == run_id, runs.c.status == RunStatus.QUEUED, unsent)
             .values(dispatched_at=now)
             .returning(runs.c.workflow, runs.c.version, runs.c.priority)
         ).first()
-        if run is not None:
+        if (
+            run is not None
+            and was_delayed
+            and delayed.limited(session, settings, run.workflow, run.version)
+        ):
+            # Of a workflow with a concurrency limit: it waits for a slot, as the tick would
+            # have set it (engine.delayed.hold), admitted by the next tick or finish.
+            delayed.hold(session, [run_id])
+        elif run is not None:
             work.dispatches.append(
                 delayed.plan_message(
                     session, settings, run_id, run.workflow, run.version, run.priority

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
-from engine import audit, metrics, workflows
+from engine import audit, concurrency, metrics, workflows
 from engine.auth import Caller
 from engine.config import Settings
 from engine.db import changed
@@ -105,18 +105,27 @@ def resume(
 ) -> Work:
     """Re-enter a failed run at the given dead steps (their next attempt): succeeded steps
     stay done, skipped steps wait for their parents again (wake_skipped), the run is
-    running again.
+    running again. A failed run of a workflow whose concurrency limit has no slot free waits
+    for one instead, queued, unsent (engine.concurrency), and nothing is sent.
 
     Every move is a conditional UPDATE, so two callers resuming one step cannot both win:
     the loser gets InvalidTransition and its transaction must be rolled back."""
-    if run.status not in (RunStatus.FAILED, RunStatus.RUNNING):
+    # A retried run that waited for a slot, now admitted (engine.admission).
+    admitted = run.status == RunStatus.QUEUED and run.started_at is not None and not run.waiting
+    if run.status not in (RunStatus.FAILED, RunStatus.RUNNING) and not admitted:
         raise InvalidTransition(f"run {run.id} is {run.status}; only a failed run resumes")
     workflow = workflows.compiled(session, settings, run.workflow, run.version)
+    limit = workflow.concurrency
+    if run.status == RunStatus.FAILED and not concurrency.slot_free(session, run.workflow, limit):
+        concurrency.wait_for_slot(session, run, step_ids, inputs_override)
+        return Work()
     now = utcnow()
     # The run row first: a step finishing concurrently updates it too, so that step either
     # committed before this statement (and is seen as succeeded below) or waits for us.
-    # Failed first: only a failed run's skipped steps come back (see wake_skipped).
-    failed = session.execute(_REENTER, {"b_run_id": run.id, "b_was": RunStatus.FAILED}).first()
+    # Failed first: only a failed run's skipped steps come back (see wake_skipped). A run
+    # admitted to a slot after its retry waited for one (engine.admission) is as it failed.
+    was = RunStatus.QUEUED if admitted else RunStatus.FAILED
+    failed = session.execute(_REENTER, {"b_run_id": run.id, "b_was": was}).first()
     if (
         failed is None
         and session.execute(_REENTER, {"b_run_id": run.id, "b_was": RunStatus.RUNNING}).first()
@@ -184,7 +193,12 @@ def resume(
 
 def requeue_plan(session: Session, settings: Settings, run: Run) -> Work:
     """Send a run whose planning failed back to the manager: queued again, with its count
-    of lost plan deliveries reset."""
+    of lost plan deliveries reset; waiting for a slot when its workflow's concurrency limit
+    has none free."""
+    workflow = workflows.compiled(session, settings, run.workflow, run.version)
+    if not concurrency.slot_free(session, workflow.name, workflow.concurrency):
+        concurrency.wait_for_slot(session, run, [], None)
+        return Work()
     if not changed(
         session.execute(
             update(runs)
@@ -204,7 +218,6 @@ def requeue_plan(session: Session, settings: Settings, run: Run) -> Work:
     ):
         raise InvalidTransition(f"run {run.id} is not a failed run waiting to be planned")
     session.refresh(run)
-    workflow = workflows.compiled(session, settings, run.workflow, run.version)
     return Work([plan_dispatch(run.id, workflow, settings, run.priority)])
 
 

@@ -14,15 +14,15 @@ from sqlalchemy import ColumnElement, and_, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from engine import delayed, pauses, workflows
+from engine import admission, concurrency, delayed, pauses, workflows
 from engine.auth import Caller
 from engine.config import Settings
-from engine.db import changed, statement_by_statement
+from engine.db import changed, one_transaction_from_here, statement_by_statement
 from engine.errors import Conflict
 from engine.models import Run, in_utc, new_id, utcnow
 from engine.run_query import RunRow
 from engine.state import RunStatus
-from engine.work import Work, plan_dispatch
+from engine.work import Work, plan_dispatch, plan_task_id
 
 runs = Run.__table__
 
@@ -90,7 +90,8 @@ def submit(
     """Insert a queued run: returns it (a Run for a repeat with an idempotency key, else a
     row of the values inserted, its attributes named as the model's), its work, and whether
     it was created; WorkflowPaused while its workflow is paused (engine.pauses). A run whose
-    not_before is ahead is stored unsent, its work empty (engine.delayed). With an
+    not_before is ahead is stored unsent, its work empty (engine.delayed); so is a run of a
+    workflow whose concurrency limit has no slot free (engine.concurrency). With an
     idempotency key, a repeat returns the first run (created=False), even while paused; the
     same key with another body is a Conflict. Without a version, the
     latest this process remembers is tried first (`remembered`), then read again when a
@@ -120,6 +121,13 @@ def submit(
     waits = request.not_before is not None and request.not_before > now
     if request.not_before is not None:
         delayed.check_ahead(request.not_before, settings, now)
+    # A workflow with a concurrency limit: the run is inserted waiting for a slot, then
+    # admitted if one is free, under the workflow's lock (engine.admission), in one
+    # transaction. A delayed run is not: the delay tick sets it waiting once it is due.
+    limited = workflow.concurrency is not None and not waits
+    if limited:
+        one_transaction_from_here(session)
+        concurrency.lock(session, workflow.name)
     values = {
         "id": new_id(),
         "workflow": workflow.name,
@@ -143,6 +151,7 @@ def submit(
         "webhook_status": None,
         "scheduled_for": request.scheduled_for,
         "not_before": request.not_before,
+        "waiting": concurrency.REASON if limited else None,
     }
     if request.idempotency_key is None:
         # Nothing unique to race on: no SAVEPOINT, and a Core INSERT of the values instead of
@@ -169,5 +178,10 @@ def submit(
         run = RunRow(**values)
     if waits:
         return run, Work(), True
+    if limited:
+        work = admission.admit(session, settings, workflow.name)
+        if any(dispatch.task_id == plan_task_id(run.id) for dispatch in work.dispatches):
+            run = run._replace(waiting=None)
+        return run, work, True
     work = Work([plan_dispatch(run.id, workflow, settings, run.priority)])
     return run, work, True

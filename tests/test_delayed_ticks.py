@@ -197,7 +197,7 @@ def test_a_cancelled_or_paused_waiting_run(platform: Stack, unique: str) -> None
     platform.register(spec(unique, [{"id": "a", "action": "noop"}]))
     cancelled, paused = delayed_runs(platform, unique, timedelta(minutes=1), timedelta(minutes=1))
     with platform.sessions.begin() as session:
-        cancels.cancel(session, cancelled, ALICE)
+        cancels.cancel(session, platform.settings, cancelled, ALICE)
         pauses.pause(session, unique, "drill", "ops@example.com")
     age(platform, [cancelled, paused], timedelta(minutes=10))
     assert tick(platform, utcnow()) == [paused]

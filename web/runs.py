@@ -98,7 +98,7 @@ def run_events(run_id: str) -> Any:
 @require_scopes("runs.write")
 def cancel_run(run_id: str) -> Any:
     session = get_session()
-    run, work = cancels.cancel(session, run_id, current_caller())
+    run, work = cancels.cancel(session, current_app.config["SETTINGS"], run_id, current_caller())
     session.commit()
     send(work)
     return serialize.run(run, run_query.run_steps(session, run_id))

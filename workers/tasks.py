@@ -10,7 +10,7 @@ from celery.exceptions import Retry
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from engine import (
-    delayed,
+    admission,
     lost_attempts,
     plan_failures,
     planning,
@@ -185,11 +185,12 @@ def fire_schedules() -> int:
 
 @app.task(name=DELAY_TASK)
 def start_delayed() -> int:
-    """Send the plan messages of the delayed runs now due, a batch per transaction; safe
-    alongside another tick (each run is stamped sent once). If the broker is down they stay
-    stamped and the reconciler sends them."""
+    """Send the plan messages of the delayed runs now due, a batch per transaction, then
+    admit the runs waiting for a slot of their workflow's concurrency limit; safe alongside
+    another tick (each run is stamped sent once, each admission under its workflow's lock).
+    If the broker is down they stay stamped and the reconciler sends them."""
     sent = 0
-    for work in delayed.start_due_batches(sessions(), settings()):
+    for work in admission.tick(sessions(), settings()):
         dispatch.send(work)
         sent += len(work.dispatches)
     return sent
