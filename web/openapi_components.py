@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine import dlq_query, specs, webhooks
+from engine import concurrency, dlq_query, specs, webhooks
 from engine.state import RunStatus, StepStatus
 from web import admin, schedules, schemas, tokens
 
@@ -117,6 +117,9 @@ RUN = shape(
         # Not started before this time (null: at once); a queued run with a not_before
         # ahead waits for it (README: Starting a run later).
         "not_before": MAYBE_TIME,
+        # Why a queued run waits unsent: for a slot of its workflow's concurrency limit, or
+        # for its not_before; null when it does not wait (README: A workflow's concurrency).
+        "waiting": {"enum": [*concurrency.REASONS, None]},
         "steps": {"type": "array", "items": ref("Step")},
     },
     optional=("steps",),  # on a single run (GET /runs/{run_id}, cancel) only

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import Row
 
-from engine import webhooks
+from engine import concurrency, webhooks
 from engine.models import DeadLetter, Run, Step, Workflow, WorkflowPause, timestamp
 from engine.schedules import backfill
 from engine.schedules.models import Schedule
@@ -29,6 +29,9 @@ def run(row: Run | Row[Any], steps: Sequence[Step | Row[Any]] | None = None) -> 
         "error": row.error,
         "webhook": _webhook(row),
         "not_before": timestamp(row.not_before),
+        # Why a queued run waits unsent: "concurrency" (no slot of its workflow's limit
+        # free) or "not_before"; null when it does not wait (engine.concurrency).
+        "waiting": concurrency.waits_for(row),
     }
     if steps is not None:
         body["steps"] = [step(item) for item in steps]
