@@ -23,7 +23,7 @@ from cli.runs import runs_group
 from cli.schedules import schedules
 from cli.token_ops import COMMANDS as TOKEN_COMMANDS
 from cli.workflow_pauses import COMMANDS as PAUSE_COMMANDS
-from engine import auth, migrations, pauses, spec_text, specs, tokens, workflows
+from engine import auth, concurrency, migrations, pauses, spec_text, specs, tokens, workflows
 from engine.errors import EngineError
 
 
@@ -117,8 +117,26 @@ def workflows_ls(as_json: bool) -> None:
             return
         for workflow in latest:
             state = "  paused" if workflow.name in paused else ""
+            if workflow.spec.get(concurrency.FIELD) is not None:
+                state += f"  at most {workflow.spec[concurrency.FIELD]} at once"
             steps = len(workflow.spec["steps"])
             click.echo(f"{workflow.name}@{workflow.version}  {steps} steps{state}")
+
+
+@workflows_group.command("show")
+@click.argument("name")
+@click.option("--version", type=click.IntRange(1, specs.MAX_VERSION), default=None)
+def workflows_show(name: str, version: int | None) -> None:
+    """Show a workflow version (the latest by default) as JSON, as GET /workflows/{name}
+    does: its spec, versions, pause, and concurrency (limit, active and waiting runs)."""
+    from web import serialize
+
+    with session() as current:
+        row = workflows.get(current, name, version)
+        body = serialize.workflow(row, pauses.paused(current, [name]).get(name))
+        body["versions"] = [item.version for item in workflows.list_versions(current, name)]
+        body["concurrency"] = concurrency.usage(current, name, row.spec)
+    emit(body)
 
 
 @main.group()

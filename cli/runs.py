@@ -13,7 +13,7 @@ import click
 
 from cli import watch
 from cli.context import emit, json_option, operator, sender, session, settings_with_actions
-from engine import audit, cancels, delayed, resume, run_query, runs, specs
+from engine import audit, cancels, concurrency, delayed, resume, run_query, runs, specs
 from engine.errors import EngineError
 from engine.models import timestamp, utcnow
 from engine.work import Work
@@ -139,11 +139,12 @@ def runs_ls(
             emit(serialize.page([serialize.run(run) for run in items], following))
             return
         for run in items:
-            waits = run.status == "queued" and run.not_before is not None
+            waits = concurrency.waits_for(run)
             click.echo(
                 f"{run.id}  {run.status:<10} {run.workflow}@{run.version}  "
                 f"{run.created_at:%Y-%m-%d %H:%M:%S}  {run.created_by}"
-                + (f"  not before {timestamp(run.not_before)}" if waits else "")
+                + (f"  not before {timestamp(run.not_before)}" if waits == "not_before" else "")
+                + ("  waiting for a slot" if waits == concurrency.REASON else "")
             )
 
 

@@ -114,6 +114,16 @@ def waiting(session: Session, name: str | None = None) -> int:
     return int(session.scalar(query) or 0)
 
 
+def usage(session: Session, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """A workflow's limit as a version's spec sets it (null: none), and how many of its runs
+    hold a slot and wait for one (GET /workflows/{name}, engine workflows show)."""
+    return {
+        "limit": spec.get(FIELD),
+        "active": active(session, name),
+        "waiting": waiting(session, name),
+    }
+
+
 def waits_for(row: Any) -> str | None:
     """Why a run (a row or a Run) waits unsent: 'concurrency', 'not_before', or None."""
     if row.status != RunStatus.QUEUED:

@@ -124,12 +124,14 @@ class Readings:
     schedule_lag_seconds: float | None = None
     webhook_lag_seconds: float | None = None
     delayed_run_lag_seconds: float | None = None
+    # Queued runs waiting unsent, by reason (concurrency, not_before); empty when unread.
+    runs_waiting: dict[str, int] = field(default_factory=dict)
 
 
 class LiveGauges(Collector):
     """queue_depth, queue_lag_seconds, dlq_open, workers_online, schedule_lag_seconds,
-    webhook_lag_seconds and delayed_run_lag_seconds, read at scrape time. A reading that
-    failed is left out, never served as 0: the ReadinessFailing alert reads a missing
+    webhook_lag_seconds, delayed_run_lag_seconds and runs_waiting, read at scrape time. A
+    reading that failed is left out, never served as 0: the ReadinessFailing alert reads a missing
     dlq_open as the database failing and a missing queue_depth as the broker."""
 
     def __init__(self, read: Callable[[], Readings]) -> None:
@@ -175,7 +177,16 @@ class LiveGauges(Collector):
         )
         if readings.delayed_run_lag_seconds is not None:
             unstarted.add_metric([], readings.delayed_run_lag_seconds)
-        yield from (depth, lag, dlq, online, overdue, undelivered, unstarted)
+        # One series per reason, never per workflow (GET /workflows/{name} tells those).
+        held = GaugeMetricFamily(
+            "runs_waiting",
+            "Queued runs waiting unsent: for a slot of their workflow's concurrency limit, "
+            "or for their not_before",
+            labels=["reason"],
+        )
+        for reason, count in sorted(readings.runs_waiting.items()):
+            held.add_metric([reason], count)
+        yield from (depth, lag, dlq, online, overdue, undelivered, unstarted, held)
 
 
 class _ProcessRegistry(Collector):

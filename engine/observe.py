@@ -1,10 +1,10 @@
 """Live readings of the platform for /metrics and /admin/status.
 
 Queue depth and lag come from the broker's Redis lists (engine.queues), runs by status, open
-dead letters and the lags of schedules, webhooks and delayed runs from the database, online
-workers from a ping the caller supplies (engine never imports Celery). Every probe runs
-under a deadline, so a slow Redis, database or broker makes a reading missing, never a
-scrape or a status request hang.
+dead letters, runs waiting and the lags of schedules, webhooks and delayed runs from the
+database, online workers from a ping the caller supplies (engine never imports Celery).
+Every probe runs under a deadline, so a slow Redis, database or broker makes a reading
+missing, never a scrape or a status request hang.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import redis
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from engine import delayed, webhooks
+from engine import concurrency, delayed, webhooks
 from engine.metrics import Readings
 from engine.models import DeadLetter, Run, Step, utcnow
 from engine.queues import FirstSeen, QueueLayout, queue_stats
@@ -45,6 +45,15 @@ def runs_by_status(session: Session) -> dict[str, int]:
     for status, count in session.execute(select(Run.status, func.count()).group_by(Run.status)):
         counts[status] = int(count)
     return counts
+
+
+def runs_waiting(session: Session) -> dict[str, int]:
+    """How many queued runs wait unsent, by why: for a slot of their workflow's concurrency
+    limit, or for their not_before (both read from partial indexes)."""
+    return {
+        concurrency.REASON: concurrency.waiting(session),
+        concurrency.NOT_BEFORE: delayed.waiting(session),
+    }
 
 
 def open_dead_letters(session: Session) -> int:
@@ -162,6 +171,7 @@ class Observer:
             if lags:
                 for name, (lag, _) in LAGS.items():
                     probes[name] = partial(self._lag, lag)
+                probes["runs_waiting"] = lambda: self._query(runs_waiting)
             if runs:
                 probes["runs"] = lambda: self._query(runs_by_status)
                 probes["delayed_waiting"] = lambda: self._query(delayed.waiting)
@@ -229,6 +239,9 @@ class Observer:
                 lag = snapshot.get(name)
                 if lag is not None and lag.ok:
                     setattr(readings, field, lag.value)
+            waiting = snapshot.get("runs_waiting")
+            if waiting is not None and waiting.ok:
+                readings.runs_waiting = waiting.value
             workers = snapshot.get("workers")
             if workers is not None:
                 # No answer means no worker, as far as this process can tell.

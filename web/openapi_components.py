@@ -214,8 +214,18 @@ RESPONSES: dict[str, dict[str, Any]] = {
             "created_at": TIME,
             **WORKFLOW_PAUSE,
             "versions": {"type": "array", "items": INTEGER},
+            # The version's concurrency limit (null: none), and how many runs of the
+            # workflow (every version) hold a slot and wait for one.
+            "concurrency": shape(
+                {
+                    "limit": {"type": ["integer", "null"], "minimum": 1},
+                    "active": INTEGER,
+                    "waiting": INTEGER,
+                }
+            ),
         },
-        optional=("versions",),  # on GET /workflows/{name}: every version of that name
+        # On GET /workflows/{name}: every version of that name, and its runs' slots.
+        optional=("versions", "concurrency"),
     ),
     "WorkflowList": page("Workflow"),
     "WorkflowPauseState": shape({"workflow": STRING, **WORKFLOW_PAUSE}),
@@ -336,6 +346,8 @@ RESPONSES: dict[str, dict[str, Any]] = {
             "delayed_runs": part(
                 lag_s={"type": ["number", "null"]}, waiting={"type": ["integer", "null"]}
             ),
+            # Queued runs waiting unsent, by reason (concurrency, not_before).
+            "runs_waiting": part(by_reason={"type": ["object", "null"]}),
             "status": {"enum": ["ok", "degraded"]},
         }
     ),

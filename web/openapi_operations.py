@@ -237,7 +237,9 @@ OPERATIONS: list[Operation] = [
         "get",
         "/workflows/{name}",
         "workflows.read",
-        "A workflow (latest or ?version=)",
+        "A workflow (latest or ?version=), with its versions and its concurrency: the "
+        "version's limit (null: none), and how many runs of it (every version) are active "
+        "(planning, running, or queued with their plan sent) and wait for a slot",
         {200: "Workflow"},
         parameters=VERSION_QUERY,
     ),

@@ -60,6 +60,7 @@ def admin_status() -> dict[str, Any]:
     schedules = readings.get("schedules")
     webhooks = readings.get("webhooks")
     delayed, waiting = readings.get("delayed_runs"), readings.get("delayed_waiting")
+    held = readings.get("runs_waiting")
     body: dict[str, Any] = {
         "version": engine.__version__,
         "started_at": _iso(started_at),
@@ -87,6 +88,9 @@ def admin_status() -> dict[str, Any]:
             lag_s=_rounded(delayed),
             waiting=waiting.value if waiting is not None and waiting.ok else None,
         ),
+        # Queued runs waiting unsent, by reason (the runs_waiting gauge): for a slot of
+        # their workflow's concurrency limit, or for their not_before.
+        "runs_waiting": _part(held, by_reason=held.value if held is not None else None),
     }
     parts = (
         "database",
@@ -98,6 +102,7 @@ def admin_status() -> dict[str, Any]:
         "schedules",
         "webhooks",
         "delayed_runs",
+        "runs_waiting",
     )
     healthy = all(body[part]["status"] == "ok" for part in parts)
     # Up but useless: nothing would run the work.

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, request, url_for
 
-from engine import cancels, pauses, spec_text, specs, workflows
+from engine import cancels, concurrency, pauses, spec_text, specs, workflows
 from engine.auth import ADMIN_WORKFLOWS_SCOPE
 from engine.errors import InvalidInput
 from web import schemas, serialize
@@ -70,6 +70,7 @@ def get_workflow(name: str) -> Any:
     row = workflows.get(session, name, int(version) if version else None)
     body = serialize.workflow(row, pauses.paused(session, [name]).get(name))
     body["versions"] = [item.version for item in workflows.list_versions(session, name)]
+    body["concurrency"] = concurrency.usage(session, name, row.spec)
     return body
 
 
