@@ -7,6 +7,7 @@ workers: tests/test_concurrency.py."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
@@ -22,6 +23,9 @@ from engine.models import Run, utcnow
 from engine.state import RunStatus
 from engine.work import plan_task_id
 from tests.conftest import spec
+from tests.support.cli import run_engine
+from tests.support.http import fields
+from tests.support.metrics import read_api_metrics
 from tests.support.stack import Stack
 
 ALICE = Caller("alice@example.com", ("runs.read", "runs.write"))
@@ -175,3 +179,55 @@ def test_a_workflow_without_a_limit_submits_with_the_statements_it_always_did(
     )
     # With one: the admission's statements come on top.
     assert len(counted[limited]) > len(counted[unlimited])
+
+
+def test_the_workflow_the_gauge_and_the_status_tell_how_many_runs_wait(
+    platform: Stack, unique: str
+) -> None:
+    platform.register(spec(unique, NOOP, concurrency=1))
+    submitted(platform, unique)
+    waiting = [submitted(platform, unique)[0] for _ in range(2)]
+    submitted(platform, unique, not_before=utcnow() + timedelta(minutes=5))
+    shown = platform.client().get(f"/workflows/{unique}", headers=platform.headers())
+    assert shown.status_code == 200, shown.get_json()
+    assert shown.get_json()["concurrency"] == {"limit": 1, "active": 1, "waiting": 2}
+    listed = platform.client().get(f"/runs?workflow={unique}", headers=platform.headers())
+    assert sorted(str(item["waiting"]) for item in listed.get_json()["items"]) == [
+        "None",
+        "concurrency",
+        "concurrency",
+        "not_before",
+    ]
+    assert platform.run(waiting[0])["waiting"] == "concurrency"
+
+    served = {
+        line.split()[0]: float(line.split()[1])
+        for line in read_api_metrics(platform.app).splitlines()
+        if line.startswith("runs_waiting{")
+    }
+    assert served == {
+        'runs_waiting{reason="concurrency"}': 2.0,
+        'runs_waiting{reason="not_before"}': 1.0,
+    }
+    status = platform.client().get("/admin/status", headers=platform.headers(scopes="admin.*"))
+    part = status.get_json()["runs_waiting"]
+    assert part == {"status": "ok", "by_reason": {"concurrency": 2, "not_before": 1}}
+
+    shown_cli = run_engine(platform.env, "workflows", "show", unique)
+    assert shown_cli.exit_code == 0, shown_cli.output
+    assert json.loads(shown_cli.output)["concurrency"] == {"limit": 1, "active": 1, "waiting": 2}
+    listed_cli = run_engine(platform.env, "runs", "ls", "--workflow", unique)
+    assert listed_cli.output.count("waiting for a slot") == 2, listed_cli.output
+
+
+def test_a_concurrency_that_is_not_a_whole_number_from_1_is_refused_naming_it(
+    database: Stack, unique: str
+) -> None:
+    for limit in (0, -1, 1.5, "2", True):
+        response = database.client().post(
+            "/workflows",
+            json=spec(unique, NOOP, concurrency=limit),
+            headers=database.headers(scopes="workflows.write"),
+        )
+        assert response.status_code == 422, (limit, response.get_json())
+        assert "concurrency" in fields(response.get_json()), (limit, response.get_json())
