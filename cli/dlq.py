@@ -203,6 +203,7 @@ def _replay_all(
     db_engine = make_engine(settings())
     pacer = bulk_replay.Pacer(settings().bulk_replay_rate)
     outcomes: dict[str, int] = {}
+    waiting = 0
     try:
         with sender() as send:
             for batch in bulk_replay.replay_batches(
@@ -213,10 +214,16 @@ def _replay_all(
                         time.sleep(pacer.delay())
                         send(item.work)
                     outcomes[item.outcome] = outcomes.get(item.outcome, 0) + 1
-                    click.echo(f"{item.id}  {item.outcome}  {item.detail or item.run_id or ''}")
+                    line = f"{item.id}  {item.outcome}  {item.detail or item.run_id or ''}"
+                    if item.waiting:  # its run waits for a slot of its workflow's limit
+                        waiting += 1
+                        line += f"  waiting ({item.waiting})"
+                    click.echo(line)
     finally:
         db_engine.dispose()
     summary = ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items()))
+    if waiting:
+        summary += f"; {waiting} run(s) waiting for a slot"
     click.echo(f"{len(plan.ids)} dead letter(s): {summary or 'none'}")
 
 

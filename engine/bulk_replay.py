@@ -5,6 +5,11 @@ replays the planned ids a batch per transaction with set-based statements (a han
 instead of about eight per letter), and replays a batch that cannot go through whole one letter
 per transaction, so one bad letter never takes the others down. The caller sends each batch's
 work after its commit, paced by a Pacer.
+
+A letter whose run is of a workflow version with a concurrency limit (engine.concurrency) goes
+one per transaction through replay(), as a single replay does: its run takes a free slot or
+waits for one, so a bulk replay never starts more runs of the workflow than its limit allows.
+Letters of workflows without a limit keep the batch path.
 """
 
 from __future__ import annotations
@@ -12,17 +17,19 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Row, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from engine import audit, metrics, replay_batch
+from engine import admission, audit, metrics, replay_batch
 from engine.auth import Caller
 from engine.config import Settings
 from engine.dlq_query import OPEN, LetterFilter, letters
 from engine.errors import Conflict, EngineError, InvalidInput, InvalidTransition, NotFound
+from engine.models import Run
 from engine.replay import replay, require_reason
 from engine.replay_batch import ItemResult
 
@@ -36,6 +43,7 @@ __all__ = [
     "replay_batches",
 ]
 log = logging.getLogger(__name__)
+runs = Run.__table__
 # Letters per transaction at most: big enough that statements, not round trips, dominate.
 BATCH_MAX = 200
 
@@ -44,6 +52,8 @@ BATCH_MAX = 200
 class BulkPlan:
     ids: list[str]
     batch: str
+    # The letters whose run's version has a concurrency limit: replayed one by one.
+    limited: frozenset[str] = frozenset()
 
 
 def plan_bulk(
@@ -69,14 +79,15 @@ def plan_bulk(
         reason = require_reason(reason)
     open_only = replace(where, status=OPEN)
     limit = settings.bulk_replay_max
-    ids = list(
-        session.scalars(
-            select(letters.c.id)
-            .where(*open_only.clauses())
-            .order_by(letters.c.failed_at, letters.c.id)
-            .limit(limit + 1)
-        )
-    )
+    # The run's workflow and version come in the same read (a run never changes either).
+    rows = session.execute(
+        select(letters.c.id, runs.c.workflow, runs.c.version)
+        .select_from(letters.outerjoin(runs, runs.c.id == letters.c.run_id))
+        .where(*open_only.clauses())
+        .order_by(letters.c.failed_at, letters.c.id)
+        .limit(limit + 1)
+    ).all()
+    ids = [row.id for row in rows]
     if len(ids) > limit:
         total = session.scalar(select(func.count()).where(*open_only.clauses()))
         raise InvalidInput(
@@ -104,7 +115,25 @@ def plan_bulk(
             reason=reason,
             detail={"filter": where.describe(), "count": len(ids)},
         )
-    return BulkPlan(ids, batch)
+    if confirm_count is None or action != "replay":
+        return BulkPlan(ids, batch)
+    return BulkPlan(ids, batch, _limited(session, settings, rows))
+
+
+def _limited(session: Session, settings: Settings, rows: Sequence[Row[Any]]) -> frozenset[str]:
+    """The letters of `rows` whose run's version has a concurrency limit (one compiled
+    lookup per version, cached: no statement per letter)."""
+    limits: dict[tuple[str, int], int | None] = {}
+    found = set()
+    for row in rows:
+        if row.workflow is None:
+            continue  # a letter of no run, or of one deleted since
+        key = (row.workflow, row.version)
+        if key not in limits:
+            limits[key] = admission.limit_of(session, settings, *key)
+        if limits[key] is not None:
+            found.add(row.id)
+    return frozenset(found)
 
 
 def batch_size(settings: Settings) -> int:
@@ -129,23 +158,37 @@ def replay_batches(
     size = batch_size(settings)
     for start in range(0, len(plan.ids), size):
         chunk = plan.ids[start : start + size]
-        try:
-            with sessions.begin() as session:
-                done, rest = replay_batch.replay_letters(
-                    session, settings, chunk, caller, reason, plan.batch
-                )
-        except replay_batch.Mismatch as exc:
-            log.info("bulk replay %s: %s; this batch goes letter by letter", plan.batch, exc)
-            done, rest = {}, chunk
-        except Exception:  # the letters are retried one by one, and each reports its own error
-            log.exception("bulk replay %s: a batch of %d failed", plan.batch, len(chunk))
-            done, rest = {}, chunk
+        together = [letter_id for letter_id in chunk if letter_id not in plan.limited]
+        done, rest = _replay_together(sessions, settings, together, caller, reason, plan.batch)
+        rest += [letter_id for letter_id in chunk if letter_id in plan.limited]
         replayed = sum(1 for item in done.values() if item.outcome == "replayed")
         if replayed:
             metrics.dlq_events_total.labels(event="replayed").inc(replayed)
         for letter_id in rest:
             done[letter_id] = _replay_one(sessions, settings, letter_id, caller, reason, plan.batch)
         yield [done[letter_id] for letter_id in chunk]
+
+
+def _replay_together(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    ids: list[str],
+    caller: Caller,
+    reason: str,
+    batch: str,
+) -> tuple[dict[str, ItemResult], list[str]]:
+    """replay_batch.replay_letters in a transaction of its own; on any failure, every letter
+    is left for replay one by one."""
+    if not ids:
+        return {}, []
+    try:
+        with sessions.begin() as session:
+            return replay_batch.replay_letters(session, settings, ids, caller, reason, batch)
+    except replay_batch.Mismatch as exc:
+        log.info("bulk replay %s: %s; this batch goes letter by letter", batch, exc)
+    except Exception:  # the letters are retried one by one, and each reports its own error
+        log.exception("bulk replay %s: a batch of %d failed", batch, len(ids))
+    return {}, list(ids)
 
 
 def _replay_one(
@@ -167,7 +210,13 @@ def _replay_one(
         log.exception("dead letter %s: bulk replay failed", letter_id)
         return ItemResult(letter_id, "error", f"{type(exc).__name__}: see the API log")
     replayed.work.count_committed()  # as a batch's count: once committed, not when sent
-    return ItemResult(letter_id, "replayed", run_id=replayed.run_id, work=replayed.work)
+    return ItemResult(
+        letter_id,
+        "replayed",
+        run_id=replayed.run_id,
+        work=replayed.work,
+        waiting=replayed.waiting,
+    )
 
 
 class Pacer:

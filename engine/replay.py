@@ -25,11 +25,13 @@ from engine.work import Work
 
 @dataclass
 class Replayed:
-    """A replayed letter; the caller commits, then sends `work`."""
+    """A replayed letter; the caller commits, then sends `work`. `waiting`: why its run
+    waits unsent (engine.concurrency: for a slot of its workflow's limit), else None."""
 
     letter: DeadLetter
     run_id: str
     work: Work
+    waiting: str | None = None
 
 
 def require_reason(reason: str | None) -> str:
@@ -101,7 +103,7 @@ def replay(
     )
     session.refresh(letter)
     work.count(metrics.dlq_events_total.labels(event="replayed"))
-    return Replayed(letter, run.id, work)
+    return Replayed(letter, run.id, work, run.waiting)
 
 
 def discard(

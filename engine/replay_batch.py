@@ -43,13 +43,15 @@ _RECOUNT_LEAVES = (
 
 @dataclass
 class ItemResult:
-    """One letter of a bulk replay: replayed (send `work`), conflict or error."""
+    """One letter of a bulk replay: replayed (send `work`), conflict or error. A replayed
+    letter's run may wait for a slot of its workflow's concurrency limit (`waiting`)."""
 
     id: str
     outcome: str
     detail: str | None = None
     run_id: str | None = None
     work: Work = field(default_factory=Work)
+    waiting: str | None = None
 
 
 class Mismatch(Exception):

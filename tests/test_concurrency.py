@@ -1,7 +1,8 @@
 """A workflow's concurrency limit end to end, on SQLite and PostgreSQL with a real worker
 (two children, so runs could overlap) and beat ticking: runs of a workflow limited to one
 never overlap and start by priority, then age; a cancelled run frees its slot and a
-cancelled waiting run never starts; a failed run frees its slot and its retry waits for one.
+cancelled waiting run never starts; a failed run frees its slot and its retry waits for one;
+a bulk replay of a limited workflow's dead letters runs them one at a time (API and CLI).
 Admission on the database alone (reconciler, tick, racing submissions, statements):
 tests/test_concurrency_admission.py."""
 
@@ -15,6 +16,7 @@ import pytest
 
 from tests.conftest import spec
 from tests.support import services
+from tests.support.cli import ok, run_engine
 from tests.support.stack import Stack
 
 TICK_ENV = {"RUN_DELAY_TICK_S": "0.2"}
@@ -123,3 +125,57 @@ def test_a_failed_run_frees_its_slot_and_its_retry_waits_for_one(
     [step] = resumed["steps"]
     assert step["attempts"] == 2
     assert moment(step["started_at"]) >= moment(done["finished_at"])
+
+
+def failing_then_napping(stack: Stack, name: str, seconds: float) -> list[str]:
+    """A workflow limited to one whose step fails its first attempt (its only one) and a
+    nap after it; returns its four runs, failed, each with one dead letter."""
+    boom = {"id": "boom", "action": "fail", "with": {"until_attempt": 2}}
+    after = {**nap(seconds)[0], "needs": ["boom"]}
+    stack.register(spec(name, [{**boom, "retry": {"max_attempts": 1}}, after], concurrency=1))
+    run_ids = [submit(stack, name)["id"] for _ in range(4)]
+    for run_id in run_ids:
+        assert stack.wait_finished(run_id)["status"] == "failed"
+    return run_ids
+
+
+def assert_one_at_a_time(stack: Stack, run_ids: list[str]) -> None:
+    """Each run succeeded, and from its replayed step's start to its end no other ran."""
+    finished = [stack.wait_finished(run_id) for run_id in run_ids]
+    assert [run["status"] for run in finished] == ["succeeded"] * len(run_ids)
+    spans = sorted(
+        (moment(run["steps"][0]["started_at"]), moment(run["finished_at"])) for run in finished
+    )
+    for before, after in zip(spans, spans[1:], strict=False):
+        assert after[0] >= before[1], (before, after)
+
+
+def test_a_bulk_replay_of_a_limited_workflow_runs_one_run_at_a_time(
+    ticking: Stack, unique: str
+) -> None:
+    run_ids = failing_then_napping(ticking, unique, 0.8)
+    headers = ticking.headers("ops@example.com", "admin.*")
+    body = {"filter": {"workflow": unique}, "confirm_count": 4, "reason": "redrive"}
+    answer = ticking.client().post("/admin/dlq/replay", json=body, headers=headers)
+    assert answer.status_code == 202, answer.get_json()
+    results = answer.get_json()["results"]
+    assert [item["outcome"] for item in results] == ["replayed"] * 4
+    # The last run waits behind three naps of 0.8 s: still unsent now.
+    last = ticking.run(results[-1]["run_id"])
+    assert (last["status"], last["waiting"]) == ("queued", "concurrency")
+
+    assert_one_at_a_time(ticking, run_ids)
+    # Oldest letter first: the first took the free slot, the others waited for it.
+    assert [item.get("waiting") for item in results] == [None] + ["concurrency"] * 3
+
+
+def test_the_cli_says_which_runs_of_a_bulk_replay_wait_for_a_slot(
+    ticking: Stack, unique: str
+) -> None:
+    run_ids = failing_then_napping(ticking, unique, 0.2)
+    args = ("--workflow", unique, "--confirm-count", "4", "--reason", "redrive")
+    output = ok(run_engine(ticking.env, "dlq", "replay", "--all", *args))
+    lines = output.splitlines()
+    assert [line.endswith("waiting (concurrency)") for line in lines[:4]] == [False] + [True] * 3
+    assert lines[4] == "4 dead letter(s): 4 replayed; 3 run(s) waiting for a slot"
+    assert_one_at_a_time(ticking, run_ids)

@@ -203,6 +203,8 @@ def _item(item: bulk.ItemResult) -> dict[str, Any]:
         result["run_id"] = item.run_id
     if item.detail:
         result["detail"] = item.detail
+    if item.waiting:
+        result["waiting"] = item.waiting
     return result
 
 

@@ -151,7 +151,15 @@ GROUP = shape(
     {"fingerprint": STRING, "exception_type": STRING, "count": INTEGER, "last_failed_at": TIME}
 )
 RESULT = shape(
-    {"id": STRING, "outcome": STRING, "run_id": STRING, "detail": STRING}, ("run_id", "detail")
+    {
+        "id": STRING,
+        "outcome": STRING,
+        "run_id": STRING,
+        "detail": STRING,
+        # A replayed letter whose run waits for a slot of its workflow's concurrency limit.
+        "waiting": {"enum": [concurrency.REASON]},
+    },
+    ("run_id", "detail", "waiting"),
 )
 PROBLEM = shape(
     {

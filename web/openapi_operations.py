@@ -302,7 +302,8 @@ OPERATIONS: list[Operation] = [
         "/admin/dlq/replay",
         "admin.dlq.replay",
         "Bulk replay by filter: {filter, dry_run: true} -> 200 {count, ids}; "
-        "then {filter, confirm_count, reason} -> 202 per-item results",
+        "then {filter, confirm_count, reason} -> 202 per-item results (waiting: concurrency "
+        "where the run waits for a slot of its workflow's concurrency limit)",
         {200: "BulkReplayPlan", 202: "BulkReplayResults"},
         body("BulkReplay"),
         problems=(409,),
