@@ -244,6 +244,7 @@ def test_dashboards_chart_what_operators_look_for():
             "webhook_deliveries_total",
             "webhook_lag_seconds",
             "delayed_run_lag_seconds",
+            "runs_waiting",
             "runs_pruned_total",
         },
         "manager-health": {

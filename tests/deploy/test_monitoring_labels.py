@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from engine import metrics
+from engine import concurrency, metrics
 from tests.deploy.test_monitoring import alert_rules, dashboard_queries, names_in_promql
 
 # Labels Prometheus adds to every series it scrapes, and the histogram bucket's.
@@ -23,6 +23,7 @@ CLOSED_VALUES: dict[tuple[str, str], set[str]] = {
     ("steps_total", "status"): set(metrics.STEP_OUTCOMES),
     # A cancel is counted by the API (engine.runs), the rest by the workers.
     ("runs_total", "status"): {*metrics.RUN_OUTCOMES, "cancelled"},
+    ("runs_waiting", "reason"): set(concurrency.REASONS),
 }
 HTTP_STATUS_LABELS = {("api_requests_total", "status"), ("api_errors_total", "status")}
 
@@ -55,6 +56,7 @@ def declared_labels() -> dict[str, set[str]]:
         schedule_lag_seconds=0.0,
         webhook_lag_seconds=0.0,
         delayed_run_lag_seconds=0.0,
+        runs_waiting=dict.fromkeys(concurrency.REASONS, 0),
     )
     for family in metrics.LiveGauges(lambda: full).collect():
         labels[family.name] = {key for sample in family.samples for key in sample.labels}
@@ -124,3 +126,4 @@ def test_the_labels_of_code_and_live_gauges_are_known() -> None:
     assert declared["schedule_lag_seconds"] == set()
     assert declared["webhook_lag_seconds"] == set()
     assert declared["delayed_run_lag_seconds"] == set()
+    assert declared["runs_waiting"] == {"reason"}
