@@ -266,3 +266,60 @@ def test_0012_gives_runs_a_not_before_and_the_partial_index_of_delayed_runs(
         db_engine.dispose()
     migrations.upgrade(fresh_database)
     assert drift(fresh_database) == []
+
+
+def test_0013_gives_runs_a_waiting_reason_and_the_partial_index_of_runs_waiting_for_a_slot(
+    fresh_database: str,
+) -> None:
+    from sqlalchemy import text
+
+    def schema() -> tuple[dict[str, Any], dict[str, Any]]:
+        db_engine = make_engine(fresh_database)
+        try:
+            inspector = inspect(db_engine)
+            columns = {column["name"]: column for column in inspector.get_columns("runs")}
+            indexes = {index["name"]: index for index in inspector.get_indexes("runs")}
+            return columns, indexes
+        finally:
+            db_engine.dispose()
+
+    migrations.upgrade(fresh_database, "0012")
+    columns, indexes = schema()
+    assert "waiting" not in columns and "ix_runs_waiting" not in indexes
+    db_engine = make_engine(fresh_database)
+    try:
+        with db_engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO runs (id, workflow, version, params, status, priority, "
+                    "created_by, leaves_left, plan_deliveries, created_at, dispatched_at) "
+                    "VALUES ('r1', 'w', 1, '{}', 'queued', 0, 'me', 1, 0, "
+                    "'2026-01-01 00:00:00', '2026-01-01 00:00:00')"
+                )
+            )
+        db_engine.dispose()
+        migrations.upgrade(fresh_database, "0013")
+        columns, indexes = schema()
+        assert columns["waiting"]["nullable"]
+        index = indexes["ix_runs_waiting"]
+        assert index["column_names"] == ["workflow", "priority", "created_at"]
+        options = index.get("dialect_options", {})
+        predicate = " ".join(str(options.get(f"{name}_where", "")) for name in DIALECTS)
+        assert "waiting IS NOT NULL" in predicate and "queued" in predicate, index
+        with db_engine.connect() as connection:
+            rows = connection.execute(text("SELECT id, waiting FROM runs")).all()
+            held = connection.execute(
+                text("SELECT count(*) FROM runs WHERE status = 'queued' AND waiting IS NOT NULL")
+            ).scalar()
+        # Submitted before: it waits for no slot (admission never takes it), as it never did.
+        assert [tuple(row) for row in rows] == [("r1", None)] and held == 0
+        db_engine.dispose()
+        migrations.downgrade(fresh_database, "0012")
+        columns, indexes = schema()
+        assert "waiting" not in columns and "ix_runs_waiting" not in indexes
+        with db_engine.connect() as connection:
+            assert connection.execute(text("SELECT id FROM runs")).scalars().all() == ["r1"]
+    finally:
+        db_engine.dispose()
+    migrations.upgrade(fresh_database)
+    assert "waiting" in schema()[0] and drift(fresh_database) == []
