@@ -174,7 +174,8 @@ def dlq_replay(
         )
     with sender() as send:
         send(replayed.work)
-    click.echo(f"replayed {letter_id} into run {replayed.run_id}")
+    waits = f"; it waits for a slot ({replayed.waiting})" if replayed.waiting else ""
+    click.echo(f"replayed {letter_id} into run {replayed.run_id}{waits}")
 
 
 def _require_reason(reason: str | None) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -179,3 +179,24 @@ def test_the_cli_says_which_runs_of_a_bulk_replay_wait_for_a_slot(
     assert [line.endswith("waiting (concurrency)") for line in lines[:4]] == [False] + [True] * 3
     assert lines[4] == "4 dead letter(s): 4 replayed; 3 run(s) waiting for a slot"
     assert_one_at_a_time(ticking, run_ids)
+
+
+def test_a_single_replay_says_when_its_run_waits_for_a_slot(ticking: Stack, unique: str) -> None:
+    run_ids = failing_then_napping(ticking, unique, 0.5)
+    headers = ticking.headers("ops@example.com", "admin.*")
+    listed = ticking.client().get(f"/admin/dlq?workflow={unique}", headers=headers).get_json()
+    letters = {item["run_id"]: item["id"] for item in listed["items"]}
+    first, second, third = (letters[run_id] for run_id in run_ids[:3])
+
+    def replay(letter_id: str) -> dict[str, Any]:
+        answer = ticking.client().post(
+            f"/admin/dlq/{letter_id}/replay", json={"reason": "redrive"}, headers=headers
+        )
+        assert answer.status_code == 202, answer.get_json()
+        return cast(dict[str, Any], answer.get_json())
+
+    assert replay(first)["waiting"] is None  # the slot was free
+    output = ok(run_engine(ticking.env, "dlq", "replay", second, "--reason", "redrive"))
+    assert output.strip().endswith("it waits for a slot (concurrency)"), output
+    assert replay(third)["waiting"] == "concurrency"
+    assert_one_at_a_time(ticking, run_ids[:3])

@@ -114,7 +114,11 @@ def replay_dead_letter(letter_id: str) -> Any:
     send(replayed.work)
     location = url_for("runs.get_run", run_id=replayed.run_id)
     return (
-        {"dead_letter": _letter(replayed.letter), "run_id": replayed.run_id},
+        {
+            "dead_letter": _letter(replayed.letter),
+            "run_id": replayed.run_id,
+            "waiting": replayed.waiting,
+        },
         202,
         {"Location": location},
     )

@@ -252,7 +252,14 @@ RESPONSES: dict[str, dict[str, Any]] = {
     "DeadLetter": DEAD_LETTER,
     "DeadLetterGroup": GROUP,
     "DeadLetterList": page("DeadLetter", groups={"type": "array", "items": ref("DeadLetterGroup")}),
-    "Replayed": shape({"dead_letter": ref("DeadLetter"), "run_id": STRING}),
+    "Replayed": shape(
+        {
+            "dead_letter": ref("DeadLetter"),
+            "run_id": STRING,
+            # Why the run waits unsent (its workflow's concurrency limit), or null.
+            "waiting": {"type": ["string", "null"], "enum": ["concurrency", None]},
+        }
+    ),
     "BulkReplayPlan": shape({"count": INTEGER, "ids": STRINGS}),
     "BulkReplayResults": shape({"count": INTEGER, "results": {"type": "array", "items": RESULT}}),
     # A dry run's {count, ids}, or the confirmed call's {count, results}.
