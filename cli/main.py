@@ -23,7 +23,17 @@ from cli.runs import runs_group
 from cli.schedules import schedules
 from cli.token_ops import COMMANDS as TOKEN_COMMANDS
 from cli.workflow_pauses import COMMANDS as PAUSE_COMMANDS
-from engine import auth, concurrency, migrations, pauses, spec_text, specs, tokens, workflows
+from engine import (
+    auth,
+    concurrency,
+    migrations,
+    pauses,
+    spec_schema,
+    spec_text,
+    specs,
+    tokens,
+    workflows,
+)
 from engine.errors import EngineError
 
 
@@ -125,7 +135,7 @@ def workflows_ls(as_json: bool) -> None:
 
 @workflows_group.command("show")
 @click.argument("name")
-@click.option("--version", type=click.IntRange(1, specs.MAX_VERSION), default=None)
+@click.option("--version", type=click.IntRange(1, spec_schema.MAX_VERSION), default=None)
 def workflows_show(name: str, version: int | None) -> None:
     """Show a workflow version (the latest by default) as JSON, as GET /workflows/{name}
     does: its spec, versions, pause, and concurrency (limit, active and waiting runs)."""

@@ -13,7 +13,7 @@ import click
 
 from cli import watch
 from cli.context import emit, json_option, operator, sender, session, settings_with_actions
-from engine import audit, cancels, concurrency, delayed, resume, run_query, runs, specs
+from engine import audit, cancels, concurrency, delayed, resume, run_query, runs, spec_schema
 from engine.errors import EngineError
 from engine.models import timestamp, utcnow
 from engine.work import Work
@@ -55,7 +55,7 @@ def _not_before(at: str | None, delay: str | None) -> datetime | None:
 @runs_group.command("submit")
 @click.argument("workflow")
 @click.option("--params", default="{}", help="JSON object of run params.")
-@click.option("--version", type=click.IntRange(1, specs.MAX_VERSION), default=None)
+@click.option("--version", type=click.IntRange(1, spec_schema.MAX_VERSION), default=None)
 @click.option("--priority", type=click.IntRange(0, 9), default=0)
 @click.option("--at", default=None, help="Start it at this time (RFC 3339, with its offset).")
 @click.option("--in", "delay", default=None, help="Start it this long from now: 10m, 2h, 1d.")

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from sqlalchemy import func, select
 
-from engine import payloads, specs
+from engine import payloads, spec_schema
 from engine.models import Run, Workflow
 from tests.conftest import spec
 from tests.support.http import fields, problem
@@ -272,7 +272,7 @@ def test_workflows_are_listed_and_read_by_version(database: Stack, unique: str) 
         "version"
     ]
     # Numbers no version can have, and digits int() refuses, name the field too (not a 500).
-    for version in ("0", str(specs.MAX_VERSION + 1), "9" * 30, "²"):
+    for version in ("0", str(spec_schema.MAX_VERSION + 1), "9" * 30, "²"):
         query = {"version": version}
         answer = client.get(f"/workflows/{unique}", query_string=query, headers=headers)
         assert fields(problem(answer, 422)) == ["version"], version

@@ -20,7 +20,7 @@ from referencing.jsonschema import DRAFT202012
 from sqlalchemy import select
 from werkzeug.datastructures import ImmutableMultiDict
 
-from engine import specs
+from engine import spec_schema
 from engine.models import DeadLetter
 from engine.schedules.models import Schedule
 from tests.conftest import spec
@@ -149,7 +149,7 @@ def test_every_body_is_documented_with_the_schema_object_its_view_checks_it_with
         named = request_schema(operation)
         if (method, path) == ("post", "/workflows"):
             # The engine checks a spec (JSON or YAML) with its own validator of SPEC_SCHEMA.
-            assert named is specs.SPEC_SCHEMA and specs._SPEC_VALIDATOR.schema is named
+            assert named is spec_schema.SPEC_SCHEMA and spec_schema.SPEC_VALIDATOR.schema is named
             assert set(operation["requestBody"]["content"]) == {
                 "application/json",
                 "application/yaml",

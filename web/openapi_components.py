@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine import concurrency, dlq_query, specs, webhooks
+from engine import concurrency, dlq_query, spec_schema, webhooks
 from engine.state import RunStatus, StepStatus
 from web import admin, schedules, schemas, tokens
 
@@ -50,7 +50,7 @@ def part(**values: Any) -> dict[str, Any]:
 REQUESTS: dict[str, dict[str, Any]] = {
     "SubmitRun": schemas.SUBMIT_RUN,
     "PlanRequest": schemas.PLAN,
-    "WorkflowSpec": specs.SPEC_SCHEMA,
+    "WorkflowSpec": spec_schema.SPEC_SCHEMA,
     "Replay": admin.REPLAY,
     "Discard": admin.DISCARD,
     "BulkReplay": admin.BULK_REPLAY,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from engine import dlq_query, specs
+from engine import dlq_query, spec_schema
 from engine.schedules import trigger
 from engine.state import RunStatus
 from web.openapi_components import MAYBE_TIME, STRING, TIME, ref, shape
@@ -47,7 +47,7 @@ RUN_QUERY = (
     LIMIT,
     CURSOR,
 )
-VERSION_QUERY = (query("version", specs.VERSION, "this version instead of the latest"),)
+VERSION_QUERY = (query("version", spec_schema.VERSION, "this version instead of the latest"),)
 _LETTER_FILTERS = {
     "status": query(
         "status",

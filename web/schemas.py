@@ -13,7 +13,8 @@ from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 from engine import payloads
 from engine.errors import InvalidInput
 from engine.models import WEBHOOK_URL_MAX
-from engine.specs import VERSION, PlatformValidator, error_path
+from engine.spec_schema import VERSION, PlatformValidator
+from engine.step_checks import error_path
 
 SUBMIT_RUN = {
     "type": "object",

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, request, url_for
 
-from engine import cancels, concurrency, pauses, spec_text, specs, workflows
+from engine import cancels, concurrency, pauses, spec_schema, spec_text, workflows
 from engine.auth import ADMIN_WORKFLOWS_SCOPE
 from engine.errors import InvalidInput
 from web import schemas, serialize
@@ -60,10 +60,10 @@ def register_workflow() -> Any:
 def get_workflow(name: str) -> Any:
     version = request.args.get("version") or None
     if version is not None and not (
-        version.isascii() and version.isdigit() and 1 <= int(version) <= specs.MAX_VERSION
+        version.isascii() and version.isdigit() and 1 <= int(version) <= spec_schema.MAX_VERSION
     ):
         raise InvalidInput(
-            f"version must be an integer from 1 to {specs.MAX_VERSION}",
+            f"version must be an integer from 1 to {spec_schema.MAX_VERSION}",
             errors=[{"field": "version", "message": "not a version number"}],
         )
     session = get_session()
