@@ -19,7 +19,7 @@ from engine.auth import Caller
 from engine.config import Settings
 from engine.dlq_query import OPEN, REPLAYED, letters
 from engine.models import Run, Step, utcnow
-from engine.resume import RESUMABLE_STEP, leaves_to_run, requeued
+from engine.resume import RESUMABLE_STEP, leaves_to_run, requeued, stays_skipped
 from engine.specs import CompiledWorkflow
 from engine.state import RunStatus, StepStatus
 from engine.work import Dispatch, Work, step_dispatch
@@ -204,7 +204,9 @@ def _resume_steps(
         session.execute(_RECOUNT_LEAVES, recounted)
     waiting: dict[int, list[tuple[str, str]]] = {}
     for row in current:
-        if row.status == StepStatus.SKIPPED:
+        if row.status == StepStatus.SKIPPED and not stays_skipped(
+            run_of[row.run_id][0], row.step_id, done.get(row.run_id, set())
+        ):
             unmet = sum(1 for need in row.depends_on if (row.run_id, need) not in succeeded)
             waiting.setdefault(unmet, []).append((row.run_id, row.step_id))
     for unmet, skipped in waiting.items():

@@ -63,13 +63,24 @@ def leaves_to_run(workflow: CompiledWorkflow, succeeded: set[str]) -> int:
     )
 
 
+def stays_skipped(workflow: CompiledWorkflow, step_id: str, succeeded: set[str]) -> bool:
+    """Whether a skipped step of a resumed failed run stays skipped: one that has children,
+    all of them succeeded. Only a step its `when` skipped can be so (a step a failure
+    skipped has children that never ran), and evaluated again it would skip again; brought
+    back, nothing would wait for it, and the run could succeed before it was evaluated,
+    leaving it pending in a finished run."""
+    children = workflow.children.get(step_id) or []
+    return bool(children) and all(child in succeeded for child in children)
+
+
 def wake_skipped(
     session: Session, workflow: CompiledWorkflow, run_id: str, leaves_left: int
 ) -> None:
     """Bring a failed run's skipped steps back as pending, each counting its needs that have
     not succeeded, and recount its leaves_left (read as the run was re-entered). Those a
     failure skipped run now; those their `when` skipped are evaluated again (and skip again:
-    their params and needs' outputs are the same). A running run's skipped steps (a second
+    their params and needs' outputs are the same), but for those whose children all
+    succeeded (stays_skipped). A running run's skipped steps (a second
     dead letter of it replayed) were all skipped by their `when`, and stay done: a replay
     of one had already brought the rest back."""
     current = session.execute(
@@ -81,7 +92,7 @@ def wake_skipped(
         session.execute(update(runs).where(runs.c.id == run_id).values(leaves_left=left))
     waiting: dict[int, list[str]] = {}
     for row in current:
-        if row.status == StepStatus.SKIPPED:
+        if row.status == StepStatus.SKIPPED and not stays_skipped(workflow, row.step_id, succeeded):
             unmet = sum(1 for need in row.depends_on if need not in succeeded)
             waiting.setdefault(unmet, []).append(row.step_id)
     for unmet, skipped in waiting.items():
