@@ -182,7 +182,8 @@ def test_the_cli_says_which_runs_of_a_bulk_replay_wait_for_a_slot(
 
 
 def test_a_single_replay_says_when_its_run_waits_for_a_slot(ticking: Stack, unique: str) -> None:
-    run_ids = failing_then_napping(ticking, unique, 0.5)
+    # Naps long enough that the first run still holds the slot while the CLI starts.
+    run_ids = failing_then_napping(ticking, unique, 3.0)
     headers = ticking.headers("ops@example.com", "admin.*")
     listed = ticking.client().get(f"/admin/dlq?workflow={unique}", headers=headers).get_json()
     letters = {item["run_id"]: item["id"] for item in listed["items"]}
