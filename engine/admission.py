@@ -17,9 +17,8 @@ from collections.abc import Iterator
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from engine import concurrency, delayed, resume, run_query, workflows
+from engine import concurrency, delayed, resume, run_query
 from engine.config import Settings
-from engine.errors import InvalidSpec
 from engine.models import Run, utcnow
 from engine.state import StepStatus
 from engine.work import Work
@@ -28,15 +27,6 @@ log = logging.getLogger(__name__)
 runs = Run.__table__
 # Waiting runs one admission reads at most (the next finish or tick takes the rest).
 BATCH = 500
-
-
-def limit_of(session: Session, settings: Settings, name: str, version: int) -> int | None:
-    """The concurrency of a version; None for none, or for one this process cannot compile
-    (its plan then fails the run, naming why, which frees the slot)."""
-    try:
-        return workflows.compiled(session, settings, name, version).concurrency
-    except InvalidSpec:
-        return None
 
 
 def admit(session: Session, settings: Settings, name: str) -> Work:
@@ -57,7 +47,7 @@ def admit(session: Session, settings: Settings, name: str) -> Work:
     taken = concurrency.active(session, name)
     chosen = []
     for row in candidates:
-        limit = limit_of(session, settings, name, row.version)
+        limit = concurrency.limit_of(session, settings, name, row.version)
         if limit is None or taken < limit:
             chosen.append(row.id)
             taken += 1

@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import Row, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from engine import admission, audit, metrics, replay_batch
+from engine import audit, concurrency, metrics, replay_batch
 from engine.auth import Caller
 from engine.config import Settings
 from engine.dlq_query import OPEN, LetterFilter, letters
@@ -130,7 +130,7 @@ def _limited(session: Session, settings: Settings, rows: Sequence[Row[Any]]) -> 
             continue  # a letter of no run, or of one deleted since
         key = (row.workflow, row.version)
         if key not in limits:
-            limits[key] = admission.limit_of(session, settings, *key)
+            limits[key] = concurrency.limit_of(session, settings, *key)
         if limits[key] is not None:
             found.add(row.id)
     return frozenset(found)

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Row, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from engine import admission, audit, metrics
+from engine import admission, audit, concurrency, metrics
 from engine.attempts import INLINE_MARK
 from engine.auth import ADMIN_RUNS_SCOPE, Caller
 from engine.config import Settings
@@ -54,7 +54,7 @@ def cancel(session: Session, settings: Settings, run_id: str, caller: Caller) ->
     session.refresh(run)
     work = Work(revoke=_revocations(run_id, stopped))
     work.count(metrics.runs_total.labels(workflow=run.workflow, status="cancelled"))
-    if admission.limit_of(session, settings, run.workflow, run.version):
+    if concurrency.limit_of(session, settings, run.workflow, run.version):
         work.extend(admission.admit(session, settings, run.workflow))
     return run, work
 

@@ -18,8 +18,10 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
+from engine import workflows
+from engine.config import Settings
 from engine.db import changed
-from engine.errors import InvalidTransition
+from engine.errors import InvalidSpec, InvalidTransition
 from engine.models import HELD, Run, Step, utcnow
 from engine.state import RunStatus
 
@@ -49,6 +51,15 @@ ACTIVE: ColumnElement[bool] = or_(
     runs.c.status.in_((RunStatus.PLANNING, RunStatus.RUNNING)),
     and_(runs.c.status == RunStatus.QUEUED, runs.c.waiting.is_(None), _NOT_DELAYED),
 )
+
+
+def limit_of(session: Session, settings: Settings, name: str, version: int) -> int | None:
+    """The concurrency of a version; None for none, or for one this process cannot compile
+    (its plan then fails the run, naming why, which frees the slot)."""
+    try:
+        return workflows.compiled(session, settings, name, version).concurrency
+    except InvalidSpec:
+        return None
 
 
 def lock(session: Session, name: str) -> None:

@@ -129,7 +129,7 @@ def start_due(session: Session, settings: Settings, now: datetime, limit: int = 
     work = Work()
     held = []
     for run in sorted(stamped, key=lambda row: row.not_before):
-        if limited(session, settings, run.workflow, run.version):
+        if concurrency.limit_of(session, settings, run.workflow, run.version) is not None:
             held.append(run.id)
             continue
         log.info("run %s: due since %s, its plan is sent", run.id, timestamp(run.not_before))
@@ -139,14 +139,6 @@ def start_due(session: Session, settings: Settings, now: datetime, limit: int = 
     if held:
         hold(session, held)
     return work
-
-
-def limited(session: Session, settings: Settings, name: str, version: int) -> bool:
-    """Whether a version has a concurrency limit (engine.concurrency)."""
-    try:
-        return workflows.compiled(session, settings, name, version).concurrency is not None
-    except InvalidSpec:
-        return False  # its plan fails the run, naming why
 
 
 def hold(session: Session, run_ids: list[str]) -> None:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import ColumnElement, and_, exists, or_, select, update
 from sqlalchemy.orm import Session
 
-from engine import delayed, leftovers, metrics
+from engine import concurrency, delayed, leftovers, metrics
 from engine.attempts import Outcome, parse_task_id
 from engine.config import Settings
 from engine.db import changed
@@ -81,7 +81,7 @@ def reconcile(
         if (
             run is not None
             and was_delayed
-            and delayed.limited(session, settings, run.workflow, run.version)
+            and concurrency.limit_of(session, settings, run.workflow, run.version) is not None
         ):
             # Of a workflow with a concurrency limit: it waits for a slot, as the tick would
             # have set it (engine.delayed.hold), admitted by the next tick or finish.
