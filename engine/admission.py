@@ -17,10 +17,9 @@ from collections.abc import Iterator
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from engine import concurrency, delayed, resume, run_query
+from engine import concurrency, delayed, resume
 from engine.config import Settings
 from engine.models import Run, utcnow
-from engine.state import StepStatus
 from engine.work import Work
 
 log = logging.getLogger(__name__)
@@ -76,12 +75,7 @@ def _resume(session: Session, settings: Settings, run_id: str) -> Work:
     run = session.get(Run, run_id)
     if run is None:
         return Work()
-    failed = [
-        step.step_id
-        for step in run_query.run_steps(session, run_id)
-        if step.status in (StepStatus.DEAD, StepStatus.FAILED)
-    ]
-    return resume.resume(session, settings, run, failed)
+    return resume.resume(session, settings, run, resume.failed_steps(session, run_id))
 
 
 def admit_all(session: Session, settings: Settings) -> Work:

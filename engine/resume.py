@@ -232,6 +232,11 @@ def requeue_plan(session: Session, settings: Settings, run: Run) -> Work:
     return Work([plan_dispatch(run.id, workflow, settings, run.priority)])
 
 
+def failed_steps(session: Session, run_id: str) -> list[str]:
+    """The steps of a run a retry resumes at: those dead or failed."""
+    return [step.step_id for step in run_steps(session, run_id) if step.status in RESUMABLE_STEP]
+
+
 def retry_run(
     session: Session, settings: Settings, run_id: str, caller: Caller
 ) -> tuple[Run, Work]:
@@ -241,11 +246,7 @@ def retry_run(
     run = get_run(session, run_id, caller)
     if run.status != RunStatus.FAILED:
         raise InvalidTransition(f"run {run_id} is {run.status}; only a failed run is retried")
-    failed = [
-        step.step_id
-        for step in run_steps(session, run_id)
-        if step.status in (StepStatus.DEAD, StepStatus.FAILED)
-    ]
+    failed = failed_steps(session, run_id)
     resolved = {
         "status": "replayed",
         "resolved_by": caller.sub,
